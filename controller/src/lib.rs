@@ -1,0 +1,3 @@
+//! The Weft controller. For now: the mesh certificate authority.
+
+pub mod ca;

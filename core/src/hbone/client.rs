@@ -1,0 +1,233 @@
+//! The HBONE client: a pool of mTLS HTTP/2 connections, one set per (source identity,
+//! destination proxy, destination identity), each carrying many CONNECT streams.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
+
+use super::stream::ActiveGuard;
+use super::{ConnectRequest, H2Stream, HboneError, forwarded_header, settings};
+use crate::identity::SpiffeId;
+
+/// Pool limits.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Most CONNECT streams carried by one connection.
+    pub max_streams_per_conn: usize,
+    /// A connection with no stream for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for TCP connect plus the TLS and HTTP/2 handshakes.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_conn: 100,
+            idle_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which connections may be shared: same client certificate, same peer, same expected peer
+/// identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The identity presented (the source workload's).
+    pub source: SpiffeId,
+    /// The peer proxy's address (`ip:15008`).
+    pub proxy: SocketAddr,
+    /// The identity the peer must prove.
+    pub destination: SpiffeId,
+}
+
+struct Conn {
+    sender: SendRequest<Bytes>,
+    active: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+    last_used: Instant,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Vec<Conn>>>;
+
+/// The connection pool. Cheap to share behind an `Arc`.
+pub struct Pool {
+    config: PoolConfig,
+    slots: Mutex<HashMap<PoolKey, Slot>>,
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(config: PoolConfig) -> Self {
+        Self {
+            config,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Number of open connections (for metrics and tests).
+    pub fn connections(&self) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .values()
+            .filter_map(|slot| slot.try_lock().ok().map(|conns| conns.len()))
+            .sum()
+    }
+
+    /// Opens a tunnel to `req.destination` through the proxy in `key`. `tls` builds the client
+    /// config if a new connection is needed; `dial` opens its TCP connection (the node proxy dials
+    /// from inside the source pod's network namespace).
+    pub async fn connect<T, D, F>(
+        &self,
+        key: &PoolKey,
+        tls: T,
+        dial: D,
+        req: &ConnectRequest,
+    ) -> Result<H2Stream, HboneError>
+    where
+        T: FnOnce() -> Result<ClientConfig, crate::tls::TlsError>,
+        D: FnOnce(SocketAddr) -> F,
+        F: Future<Output = std::io::Result<TcpStream>>,
+    {
+        let (sender, guard) = self.checkout(key, tls, dial).await?;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(req.destination.to_string())
+            .header("forwarded", forwarded_header(req.client));
+        let request = match (&req.traceparent, &req.baggage) {
+            (None, None) => request,
+            (tp, bg) => {
+                let mut request = request;
+                if let Some(tp) = tp {
+                    request = request.header("traceparent", tp);
+                }
+                if let Some(bg) = bg {
+                    request = request.header("baggage", bg);
+                }
+                request
+            }
+        }
+        .body(())?;
+        let h2_err = |source| HboneError::H2 {
+            addr: key.proxy,
+            source,
+        };
+        let mut sender = sender.ready().await.map_err(h2_err)?;
+        let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
+        let response = response.await.map_err(h2_err)?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Refused {
+                addr: key.proxy,
+                destination: req.destination,
+                status: response.status(),
+            });
+        }
+        Ok(H2Stream::new(send, response.into_body(), Some(guard)))
+    }
+
+    async fn checkout<T, D, F>(
+        &self,
+        key: &PoolKey,
+        tls: T,
+        dial: D,
+    ) -> Result<(SendRequest<Bytes>, ActiveGuard), HboneError>
+    where
+        T: FnOnce() -> Result<ClientConfig, crate::tls::TlsError>,
+        D: FnOnce(SocketAddr) -> F,
+        F: Future<Output = std::io::Result<TcpStream>>,
+    {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(key.clone()).or_default().clone()
+        };
+        // Holding the slot's lock while connecting means concurrent first requests to one peer
+        // share one new connection instead of racing to open several.
+        let mut conns = slot.lock().await;
+        let now = Instant::now();
+        let idle = self.config.idle_timeout;
+        conns.retain(|c| {
+            !c.closed.load(Ordering::Relaxed)
+                && !(c.active.load(Ordering::Relaxed) == 0 && now - c.last_used > idle)
+        });
+        let max = self.config.max_streams_per_conn;
+        let conn = match conns
+            .iter_mut()
+            .position(|c| c.active.load(Ordering::Relaxed) < max)
+        {
+            Some(i) => &mut conns[i],
+            None => {
+                let fresh = tokio::time::timeout(
+                    self.config.connect_timeout,
+                    handshake(key.proxy, tls()?, dial),
+                )
+                .await
+                .map_err(|_| HboneError::Connect {
+                    addr: key.proxy,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connection timed out",
+                    ),
+                })??;
+                debug!(peer = %key.proxy, source = %key.source, destination = %key.destination, "new HBONE connection");
+                conns.push(fresh);
+                conns.last_mut().expect("just pushed")
+            }
+        };
+        conn.last_used = now;
+        conn.active.fetch_add(1, Ordering::Relaxed);
+        Ok((conn.sender.clone(), ActiveGuard(conn.active.clone())))
+    }
+}
+
+async fn handshake<D, F>(addr: SocketAddr, tls: ClientConfig, dial: D) -> Result<Conn, HboneError>
+where
+    D: FnOnce(SocketAddr) -> F,
+    F: Future<Output = std::io::Result<TcpStream>>,
+{
+    let tcp = dial(addr)
+        .await
+        .map_err(|source| HboneError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    let tls = TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|source| HboneError::Tls { addr, source })?;
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(settings::STREAM_WINDOW)
+        .initial_connection_window_size(settings::CONNECTION_WINDOW)
+        .max_frame_size(settings::MAX_FRAME)
+        .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|source| HboneError::H2 { addr, source })?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let done = closed.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await
+            && !e.is_go_away()
+        {
+            warn!(peer = %addr, error = %e, "HBONE connection failed");
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    Ok(Conn {
+        sender,
+        active: Arc::new(AtomicUsize::new(0)),
+        closed,
+        last_used: Instant::now(),
+    })
+}

@@ -1,0 +1,268 @@
+//! The HBONE server: mTLS handshake, the HTTP/2 connection, and validation of each CONNECT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::{H2Stream, MESH_PORTS, parse_forwarded, settings};
+use crate::identity::SpiffeId;
+
+/// Why an incoming HBONE connection was refused before any request.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The handshake did not finish in time.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// TLS failed: not TLS at all, unknown CA, expired certificate, no client certificate...
+    #[error("mTLS handshake failed: {0}{hint}", hint = tls_hint(.0))]
+    Tls(std::io::Error),
+    /// The client certificate chains to the mesh root but carries no workload identity.
+    #[error("client certificate has no workload identity: {0}")]
+    Identity(#[from] crate::identity::CertError),
+    /// The HTTP/2 preface or settings exchange failed.
+    #[error("HTTP/2 handshake failed: {0}")]
+    H2(h2::Error),
+}
+
+fn tls_hint(e: &std::io::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        " (the peer did not speak TLS: plaintext sent to the HBONE port?)"
+    } else if text.contains("UnknownIssuer") {
+        " (the peer's certificate is not issued by this mesh's CA)"
+    } else if text.contains("Expired") {
+        " (the peer's certificate has expired: is its node proxy rotating certificates?)"
+    } else if text.contains("NoCertificatesPresented") || text.contains("CertificateRequired") {
+        " (the peer presented no client certificate)"
+    } else {
+        ""
+    }
+}
+
+/// An accepted HBONE connection: the peer's proven identity and its HTTP/2 connection.
+pub struct Incoming<IO> {
+    peer: SpiffeId,
+    conn: h2::server::Connection<TlsStream<IO>, Bytes>,
+}
+
+/// Performs the mTLS and HTTP/2 handshakes on an accepted TCP connection.
+pub async fn accept<IO>(
+    io: IO,
+    tls: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> Result<Incoming<IO>, AcceptError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshakes = async {
+        let tls = TlsAcceptor::from(tls)
+            .accept(io)
+            .await
+            .map_err(AcceptError::Tls)?;
+        let peer = crate::tls::session_peer_identity(tls.get_ref().1.peer_certificates())?;
+        let conn = h2::server::Builder::new()
+            .initial_window_size(settings::STREAM_WINDOW)
+            .initial_connection_window_size(settings::CONNECTION_WINDOW)
+            .max_frame_size(settings::MAX_FRAME)
+            .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+            .max_concurrent_streams(1000)
+            .handshake(tls)
+            .await
+            .map_err(AcceptError::H2)?;
+        Ok(Incoming { peer, conn })
+    };
+    tokio::time::timeout(timeout, handshakes)
+        .await
+        .map_err(|_| AcceptError::Timeout(timeout))?
+}
+
+impl<IO> Incoming<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The identity the peer proved with its certificate.
+    pub fn peer(&self) -> &SpiffeId {
+        &self.peer
+    }
+
+    /// The next CONNECT on this connection; `None` once the connection is closed. Must be
+    /// polled for the connection (and all its streams) to make progress.
+    pub async fn next(&mut self) -> Option<Result<PendingTunnel, h2::Error>> {
+        let (request, respond) = match self.conn.accept().await? {
+            Ok(pair) => pair,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(PendingTunnel { request, respond }))
+    }
+
+    /// Starts a graceful close: GOAWAY, in-flight streams finish.
+    pub fn graceful_shutdown(&mut self) {
+        self.conn.graceful_shutdown();
+    }
+
+    /// Drives the connection until every stream is done (after `next` returned `None`).
+    pub async fn closed(&mut self) -> Result<(), h2::Error> {
+        std::future::poll_fn(|cx| self.conn.poll_closed(cx)).await
+    }
+}
+
+/// What a valid CONNECT asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectTarget {
+    /// The original destination (`:authority`).
+    pub destination: SocketAddr,
+    /// The original client, from `forwarded`.
+    pub client: Option<SocketAddr>,
+    /// W3C trace context, if sent.
+    pub traceparent: Option<String>,
+    /// W3C baggage, if sent.
+    pub baggage: Option<String>,
+}
+
+/// A refusal, with the status HBONE answers it with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// 400: not a CONNECT, or the authority is not an acceptable `ip:port`.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 401: policy denies it.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// 503: the destination did not accept the connection.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Rejection {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Denied(_) => StatusCode::UNAUTHORIZED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A CONNECT awaiting an answer.
+pub struct PendingTunnel {
+    request: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+}
+
+impl PendingTunnel {
+    /// Validates the request: method CONNECT, `:authority` an IP and port that is not one of
+    /// the mesh's own ports.
+    pub fn target(&self) -> Result<ConnectTarget, Rejection> {
+        parse_target(&self.request)
+    }
+
+    /// Answers with the rejection's status and closes the stream.
+    pub fn reject(mut self, rejection: &Rejection) {
+        let response = Response::builder()
+            .status(rejection.status())
+            .body(())
+            .unwrap_or_default();
+        let _ = self.respond.send_response(response, true);
+    }
+
+    /// Answers 200 and returns the tunnel.
+    pub fn open(mut self) -> Result<H2Stream, h2::Error> {
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .unwrap_or_default();
+        let send = self.respond.send_response(response, false)?;
+        Ok(H2Stream::new(send, self.request.into_body(), None))
+    }
+}
+
+fn parse_target<B>(request: &Request<B>) -> Result<ConnectTarget, Rejection> {
+    if request.method() != Method::CONNECT {
+        return Err(Rejection::BadRequest(format!(
+            "method {} (only CONNECT is served on the HBONE port)",
+            request.method()
+        )));
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or_else(|| Rejection::BadRequest("CONNECT without :authority".into()))?;
+    let destination: SocketAddr = authority.as_str().parse().map_err(|_| {
+        Rejection::BadRequest(format!(
+            ":authority {authority:?} is not the destination's ip:port"
+        ))
+    })?;
+    if MESH_PORTS.contains(&destination.port()) {
+        return Err(Rejection::BadRequest(format!(
+            "{destination} is a port of the mesh itself"
+        )));
+    }
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let client = match header("forwarded") {
+        Some(value) => Some(parse_forwarded(&value).ok_or_else(|| {
+            Rejection::BadRequest(format!("forwarded header {value:?} has no for= address"))
+        })?),
+        None => None,
+    };
+    Ok(ConnectTarget {
+        destination,
+        client,
+        traceparent: header("traceparent"),
+        baggage: header("baggage"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(authority: &str) -> Request<()> {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .header("forwarded", "for=\"10.0.0.1:4000\"")
+            .header("traceparent", "00-abc-def-01")
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn accepts_ip_port_authority() {
+        let target = parse_target(&connect("10.0.0.2:8080")).expect("valid");
+        assert_eq!(target.destination, "10.0.0.2:8080".parse().expect("addr"));
+        assert_eq!(target.client, Some("10.0.0.1:4000".parse().expect("addr")));
+        assert_eq!(target.traceparent.as_deref(), Some("00-abc-def-01"));
+    }
+
+    #[test]
+    fn rejects_hostnames_mesh_ports_and_other_methods() {
+        for bad in ["reviews:8080", "10.0.0.2:15008", "10.0.0.2:15001", "10.0.0.2"] {
+            let err = parse_target(&connect(bad)).expect_err(bad);
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}: {err}");
+        }
+        let get = Request::builder()
+            .method(Method::GET)
+            .uri("http://10.0.0.2:8080/")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            parse_target(&get).expect_err("GET").status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

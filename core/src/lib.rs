@@ -1,0 +1,29 @@
+//! The library the Weft binaries share: identity and TLS, HBONE, the mesh state, metrics,
+//! drain, the admin server and network-namespace sockets.
+
+pub mod admin;
+pub mod config;
+pub mod copy;
+pub mod drain;
+pub mod hbone;
+pub mod identity;
+pub mod metrics;
+pub mod netns;
+pub mod telemetry;
+pub mod tls;
+
+/// Well-known ports (Istio's numbering, so its NetworkPolicy guidance carries over).
+pub mod ports {
+    /// Admin (localhost only): config dump.
+    pub const ADMIN: u16 = 15000;
+    /// Captured outbound connections.
+    pub const OUTBOUND: u16 = 15001;
+    /// Captured inbound plaintext.
+    pub const INBOUND_PLAINTEXT: u16 = 15006;
+    /// HBONE.
+    pub const HBONE: u16 = 15008;
+    /// Prometheus metrics.
+    pub const METRICS: u16 = 15020;
+    /// Readiness.
+    pub const READINESS: u16 = 15021;
+}

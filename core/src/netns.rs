@@ -1,0 +1,156 @@
+//! Sockets inside other network namespaces.
+//!
+//! The node proxy serves pods from the node's namespace but opens its listeners, and the
+//! outbound sockets it connects on behalf of a pod, *inside* the pod's network namespace (the
+//! in-pod model of ztunnel). A socket stays in the namespace it was created in, so only the
+//! `socket()` call has to happen there: each [`Netns`] owns one thread that has entered the
+//! namespace and creates sockets on request. Tokio's worker threads never change namespace.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A handle on a network namespace, with a thread inside it that creates sockets.
+#[derive(Debug)]
+pub struct Netns {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Options for a listening socket.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenOpts {
+    /// `IP_TRANSPARENT`: accept connections redirected by TPROXY to addresses that are not local.
+    pub transparent: bool,
+    /// `SO_MARK` on the listener (inherited by accepted sockets).
+    pub mark: Option<u32>,
+}
+
+impl Netns {
+    /// Opens the namespace at `path` (e.g. `/run/netns/<name>` or `/proc/<pid>/ns/net`) and
+    /// starts its socket thread.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| annotate(path, "open", e))?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let name = format!(
+            "netns-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+        );
+        std::thread::Builder::new().name(name).spawn(move || {
+            let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from);
+            drop(file);
+            let ok = entered.is_ok();
+            let _ = ready_tx.send(entered);
+            if ok {
+                // Runs until every sender (the Netns) is dropped.
+                for job in rx {
+                    job();
+                }
+            }
+        })?;
+        ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("netns thread exited"))?
+            .map_err(|e| annotate(path, "setns", e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            jobs,
+        })
+    }
+
+    /// The namespace's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the thread inside the namespace.
+    pub fn run<T, F>(&self, f: F) -> impl Future<Output = io::Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(io::Error::other("netns thread is gone"));
+            }
+            rx.await
+                .map_err(|_| io::Error::other("netns thread dropped the job"))
+        }
+    }
+
+    /// Opens a TCP listener on `addr` inside the namespace.
+    pub async fn listen(
+        &self,
+        addr: SocketAddr,
+        opts: ListenOpts,
+    ) -> io::Result<tokio::net::TcpListener> {
+        let socket = self.run(move || listen_socket(addr, opts)).await??;
+        tokio::net::TcpListener::from_std(socket.into())
+    }
+
+    /// Creates an unconnected TCP socket inside the namespace, marked with `mark` so the
+    /// namespace's capture rules let it through.
+    pub async fn tcp_socket(&self, mark: Option<u32>) -> io::Result<tokio::net::TcpSocket> {
+        let socket = self
+            .run(move || -> io::Result<Socket> {
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                if let Some(mark) = mark {
+                    socket.set_mark(mark)?;
+                }
+                socket.set_nonblocking(true)?;
+                Ok(socket)
+            })
+            .await??;
+        Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
+    }
+
+    /// Connects to `addr` from inside the namespace.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        mark: Option<u32>,
+    ) -> io::Result<tokio::net::TcpStream> {
+        let stream = self.tcp_socket(mark).await?.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Opens a TCP listener in the current namespace.
+pub fn listen_socket(addr: SocketAddr, opts: ListenOpts) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if opts.transparent {
+        socket.set_ip_transparent_v4(true)?;
+    }
+    if let Some(mark) = opts.mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+fn annotate(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("{what} network namespace {}: {e}", path.display()),
+    )
+}
