@@ -189,3 +189,33 @@ fn pki_error(e: webpki::Error) -> rustls::CertificateError {
         other => C::Other(rustls::OtherError(Arc::new(other))),
     }
 }
+
+/// Describes a TLS handshake failure for an operator, naming identities rather than dumping
+/// rustls internals.
+pub fn describe_handshake_error(e: &std::io::Error) -> String {
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return e.to_string();
+    };
+    use rustls::CertificateError as C;
+    match inner {
+        rustls::Error::InvalidCertificate(C::Other(other)) => {
+            format!("peer certificate rejected: {}", other.0)
+        }
+        rustls::Error::InvalidCertificate(e @ (C::UnknownIssuer | C::BadSignature)) => {
+            format!("peer certificate rejected: not issued by this mesh's CA ({e:?})")
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "peer certificate rejected: expired (is its node proxy rotating certificates?)".into()
+        }
+        rustls::Error::InvalidMessage(_) => format!(
+            "{inner} (the peer did not speak TLS: plaintext sent to the HBONE port?)"
+        ),
+        rustls::Error::NoCertificatesPresented => {
+            "the peer presented no client certificate".into()
+        }
+        rustls::Error::AlertReceived(alert) => format!(
+            "the peer refused our certificate ({alert:?}): is our identity trusted by its mesh CA?"
+        ),
+        other => other.to_string(),
+    }
+}

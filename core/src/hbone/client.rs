@@ -204,7 +204,10 @@ where
     let tls = TlsConnector::from(Arc::new(tls))
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
-        .map_err(|source| HboneError::Tls { addr, source })?;
+        .map_err(|e| HboneError::Tls {
+            addr,
+            reason: crate::tls::describe_handshake_error(&e),
+        })?;
     let (sender, connection) = h2::client::Builder::new()
         .initial_window_size(settings::STREAM_WINDOW)
         .initial_connection_window_size(settings::CONNECTION_WINDOW)

@@ -55,12 +55,12 @@ pub enum HboneError {
         source: std::io::Error,
     },
     /// The TLS handshake failed (wrong identity, unknown CA, expired certificate...).
-    #[error("mTLS handshake with {addr}: {source}")]
+    #[error("mTLS handshake with {addr}: {reason}")]
     Tls {
         /// The peer proxy.
         addr: SocketAddr,
-        /// What TLS reported.
-        source: std::io::Error,
+        /// What TLS reported, for an operator.
+        reason: String,
     },
     /// The local TLS configuration could not be built.
     #[error(transparent)]

@@ -22,29 +22,14 @@ pub enum AcceptError {
     #[error("handshake timed out after {0:?}")]
     Timeout(Duration),
     /// TLS failed: not TLS at all, unknown CA, expired certificate, no client certificate...
-    #[error("mTLS handshake failed: {0}{hint}", hint = tls_hint(.0))]
-    Tls(std::io::Error),
+    #[error("mTLS handshake failed: {0}")]
+    Tls(String),
     /// The client certificate chains to the mesh root but carries no workload identity.
     #[error("client certificate has no workload identity: {0}")]
     Identity(#[from] crate::identity::CertError),
     /// The HTTP/2 preface or settings exchange failed.
     #[error("HTTP/2 handshake failed: {0}")]
     H2(h2::Error),
-}
-
-fn tls_hint(e: &std::io::Error) -> &'static str {
-    let text = e.to_string();
-    if text.contains("InvalidContentType") || text.contains("corrupt message") {
-        " (the peer did not speak TLS: plaintext sent to the HBONE port?)"
-    } else if text.contains("UnknownIssuer") {
-        " (the peer's certificate is not issued by this mesh's CA)"
-    } else if text.contains("Expired") {
-        " (the peer's certificate has expired: is its node proxy rotating certificates?)"
-    } else if text.contains("NoCertificatesPresented") || text.contains("CertificateRequired") {
-        " (the peer presented no client certificate)"
-    } else {
-        ""
-    }
 }
 
 /// An accepted HBONE connection: the peer's proven identity and its HTTP/2 connection.
@@ -66,7 +51,7 @@ where
         let tls = TlsAcceptor::from(tls)
             .accept(io)
             .await
-            .map_err(AcceptError::Tls)?;
+            .map_err(|e| AcceptError::Tls(crate::tls::describe_handshake_error(&e)))?;
         let peer = crate::tls::session_peer_identity(tls.get_ref().1.peer_certificates())?;
         let conn = h2::server::Builder::new()
             .initial_window_size(settings::STREAM_WINDOW)

@@ -1,0 +1,248 @@
+//! HBONE client and server over real TLS on loopback, with certificates from the mesh CA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
+use weft_core::hbone::{self, ConnectRequest, HboneError, Pool, PoolConfig, PoolKey, Rejection};
+use weft_core::identity::{SpiffeId, TrustBundle, WorkloadCert, WorkloadCsr};
+use weft_core::tls;
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "shop", sa)
+}
+
+fn issue(ca: &Ca, sa: &str) -> anyhow::Result<WorkloadCert> {
+    let csr = WorkloadCsr::generate(&id(sa))?;
+    let issued = ca.sign_csr(&csr.csr_pem, &id(sa), DEFAULT_WORKLOAD_TTL)?;
+    Ok(WorkloadCert::from_pem(&id(sa), &issued.chain_pem, &csr.key_pem)?)
+}
+
+/// An HBONE server that echoes on tunnels to port 7 and answers 503 to anything else. Returns
+/// its address and a channel of the peer identities / rejections it saw.
+async fn echo_server(
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+) -> anyhow::Result<(SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+    let config = Arc::new(tls::server_config(cert, bundle)?);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let config = config.clone();
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut incoming =
+                    match hbone::accept(tcp, config, Duration::from_secs(5)).await {
+                        Ok(incoming) => incoming,
+                        Err(e) => {
+                            let _ = events.send(format!("refused: {e}"));
+                            return;
+                        }
+                    };
+                let _ = events.send(format!("peer {}", incoming.peer()));
+                while let Some(Ok(tunnel)) = incoming.next().await {
+                    tokio::spawn(async move {
+                        match tunnel.target() {
+                            Ok(target) if target.destination.port() == 7 => {
+                                let Ok(mut stream) = tunnel.open() else {
+                                    return;
+                                };
+                                let mut buf = vec![0u8; 64 * 1024];
+                                loop {
+                                    match stream.read(&mut buf).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => {
+                                            if stream.write_all(&buf[..n]).await.is_err() {
+                                                break;
+                                            }
+                                        }
+                                    }
+                                }
+                                let _ = stream.shutdown().await;
+                            }
+                            Ok(target) => tunnel.reject(&Rejection::Unavailable(format!(
+                                "nothing listens on {}",
+                                target.destination
+                            ))),
+                            Err(rejection) => tunnel.reject(&rejection),
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok((addr, rx))
+}
+
+fn request(port: u16) -> ConnectRequest {
+    ConnectRequest {
+        destination: SocketAddr::from(([10, 0, 0, 2], port)),
+        client: "10.0.0.1:40000".parse().expect("addr"),
+        traceparent: None,
+        baggage: None,
+    }
+}
+
+async fn open(
+    pool: &Pool,
+    client: &WorkloadCert,
+    bundle: &TrustBundle,
+    proxy: SocketAddr,
+    expect: &str,
+    port: u16,
+) -> Result<hbone::H2Stream, HboneError> {
+    let key = PoolKey {
+        source: client.identity().clone(),
+        proxy,
+        destination: id(expect),
+    };
+    pool.connect(
+        &key,
+        || tls::client_config(client, id(expect), bundle),
+        TcpStream::connect,
+        &request(port),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn many_streams_share_one_mtls_connection() -> anyhow::Result<()> {
+    let ca = Ca::generate("cluster.local")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let (addr, mut events) = echo_server(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig::default());
+
+    let mut tasks = Vec::new();
+    let pool = Arc::new(pool);
+    let client = Arc::new(client);
+    for i in 0..40u32 {
+        let (pool, client, bundle) = (pool.clone(), client.clone(), bundle.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = open(&pool, &client, &bundle, addr, "web", 7).await?;
+            // Bigger than the stream window so flow control is exercised.
+            let payload: Vec<u8> = (0..(5 * 1024 * 1024 + i as usize))
+                .map(|b| (b % 251) as u8)
+                .collect();
+            let (mut rd, mut wr) = tokio::io::split(stream_box(&mut stream));
+            let send = async {
+                wr.write_all(&payload).await?;
+                wr.shutdown().await
+            };
+            let mut echoed = Vec::new();
+            let recv = rd.read_to_end(&mut echoed);
+            let (sent, received) = tokio::join!(send, recv);
+            sent?;
+            received?;
+            anyhow::ensure!(echoed == payload, "stream {i}: echo differs");
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    assert_eq!(pool.connections(), 1, "all streams on one connection");
+    assert_eq!(
+        events.recv().await.as_deref(),
+        Some("peer spiffe://cluster.local/ns/shop/sa/client")
+    );
+    Ok(())
+}
+
+fn stream_box(s: &mut hbone::H2Stream) -> &mut hbone::H2Stream {
+    s
+}
+
+#[tokio::test]
+async fn refused_tunnels_report_the_status() -> anyhow::Result<()> {
+    let ca = Ca::generate("cluster.local")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let (addr, _events) = echo_server(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig::default());
+    let err = open(&pool, &client, &bundle, addr, "web", 8080)
+        .await
+        .err()
+        .expect("503");
+    assert!(
+        matches!(err, HboneError::Refused { status, .. } if status == 503),
+        "{err}"
+    );
+    let err = open(&pool, &client, &bundle, addr, "web", 15008)
+        .await
+        .err()
+        .expect("400");
+    assert!(
+        matches!(err, HboneError::Refused { status, .. } if status == 400),
+        "{err}"
+    );
+    // The connection survives refused streams.
+    let mut ok = open(&pool, &client, &bundle, addr, "web", 7).await?;
+    ok.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    ok.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"ping");
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_refuses_a_server_with_another_identity() -> anyhow::Result<()> {
+    let ca = Ca::generate("cluster.local")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, impostor) = (issue(&ca, "client")?, issue(&ca, "impostor")?);
+    let (addr, _events) = echo_server(&impostor, &bundle).await?;
+    let pool = Pool::new(PoolConfig::default());
+    let err = open(&pool, &client, &bundle, addr, "web", 7)
+        .await
+        .err()
+        .expect("must refuse");
+    let text = err.to_string();
+    assert!(matches!(err, HboneError::Tls { .. }), "{text}");
+    assert!(text.contains("sa/impostor") && text.contains("sa/web"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_refuses_foreign_ca_expired_and_plaintext() -> anyhow::Result<()> {
+    let ca = Ca::generate("cluster.local")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let server = issue(&ca, "web")?;
+    let (addr, mut events) = echo_server(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig::default());
+
+    // A client whose certificate comes from another CA.
+    let other = Ca::generate("cluster.local")?;
+    let foreign = issue(&other, "client")?;
+    assert!(open(&pool, &foreign, &bundle, addr, "web", 7).await.is_err());
+    let event = events.recv().await.unwrap_or_default();
+    assert!(event.contains("not issued by this mesh's CA"), "{event}");
+
+    // An expired certificate from the right CA.
+    let csr = WorkloadCsr::generate(&id("client"))?;
+    let now = time::OffsetDateTime::now_utc();
+    let issued = ca.sign_csr_valid(
+        &csr.csr_pem,
+        &id("client"),
+        now - time::Duration::hours(48),
+        now - time::Duration::hours(24),
+    )?;
+    let expired = WorkloadCert::from_pem(&id("client"), &issued.chain_pem, &csr.key_pem)?;
+    assert!(open(&pool, &expired, &bundle, addr, "web", 7).await.is_err());
+    let event = events.recv().await.unwrap_or_default();
+    assert!(event.contains("expired"), "{event}");
+
+    // Plaintext HTTP to the HBONE port.
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let event = events.recv().await.unwrap_or_default();
+    assert!(event.contains("did not speak TLS"), "{event}");
+    Ok(())
+}
