@@ -1,1 +1,191 @@
-fn main() {}
+//! `weft-node-proxy`: the per-node L4 proxy of the Weft mesh.
+
+mod admin;
+mod capture;
+mod identity;
+mod inbound;
+mod inbound_plaintext;
+mod inputs;
+mod outbound;
+mod pods;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use weft_core::config::{MeshConfig, State};
+use weft_core::drain;
+use weft_core::telemetry::{self, LogFormat};
+
+use crate::identity::CertStore;
+use crate::inputs::{Inputs, ProxyConfig};
+use crate::pods::Pods;
+
+/// The Weft node proxy: captures enrolled pods' traffic and carries it over HBONE (mTLS).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Name of the node this proxy serves.
+    #[arg(long, env = "WEFT_NODE")]
+    node: String,
+    /// Mesh config (workloads and services), YAML. Re-read when it changes.
+    #[arg(long, env = "WEFT_CONFIG")]
+    config: PathBuf,
+    /// Directory of workload certificates: <dir>/<namespace>/<serviceaccount>/{cert,key}.pem.
+    #[arg(long, env = "WEFT_CERT_DIR")]
+    cert_dir: PathBuf,
+    /// Trust bundle (PEM). Default: <cert-dir>/root-cert.pem.
+    #[arg(long, env = "WEFT_TRUST_BUNDLE")]
+    trust_bundle: Option<PathBuf>,
+    /// Admin address (config dump).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Prometheus metrics address.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    /// Readiness address.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
+    /// How often the config and certificate files are checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    reload_interval_ms: u64,
+    /// Time in-flight connections get to finish on SIGTERM, in seconds.
+    #[arg(long, default_value_t = 10)]
+    drain_deadline_secs: u64,
+    /// Log format: plain or json.
+    #[arg(long, default_value = "plain")]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format, "info");
+    let config = ProxyConfig {
+        trust_bundle: args
+            .trust_bundle
+            .clone()
+            .unwrap_or_else(|| args.cert_dir.join("root-cert.pem")),
+        node: args.node,
+        config_path: args.config,
+        cert_dir: args.cert_dir,
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        readiness_addr: args.readiness_addr,
+        reload_interval: Duration::from_millis(args.reload_interval_ms),
+        drain_deadline: Duration::from_secs(args.drain_deadline_secs),
+        handshake_timeout: Duration::from_secs(10),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(config))
+}
+
+async fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    // No first config, no proxy: a clear error names the file and field.
+    let mesh = MeshConfig::load(&config.config_path)?;
+    let state = State::new(mesh);
+    let certs = load_certs(&config, &state);
+    info!(node = %config.node, config = %config.config_path.display(), workloads = state.config().workloads.len(), services = state.config().services.len(), "node proxy starting");
+    let inputs = Arc::new(Inputs::new(config.clone(), state, certs));
+
+    let (signal_drain, watch) = drain::channel();
+    let enrolled = Arc::new(Mutex::new(Vec::new()));
+    for (addr, handler, what) in [
+        (config.metrics_addr, admin::metrics(inputs.clone()), "metrics"),
+        (config.readiness_addr, admin::readiness(inputs.clone()), "readiness"),
+        (config.admin_addr, admin::config_dump(inputs.clone(), enrolled.clone()), "admin"),
+    ] {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {what} port {addr}"))?;
+        tokio::spawn(weft_core::admin::serve(listener, handler, watch.clone()));
+    }
+
+    let mut pods = Pods::default();
+    pods.reconcile(&inputs, &watch).await;
+    *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
+    inputs.ready.store(true, Ordering::Relaxed);
+    info!("node proxy ready");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(config.reload_interval);
+    let mut last_text = std::fs::read_to_string(&config.config_path).unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = tick.tick() => {}
+        }
+        let changed = reload_config(&inputs, &mut last_text);
+        let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
+        if changed || stamp != inputs.certs.load().stamp {
+            inputs.certs.store(Arc::new(load_certs(&config, &inputs.state.load())));
+        }
+        // Reconciling every tick also retries pods that failed to enroll.
+        pods.reconcile(&inputs, &watch).await;
+        *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
+    }
+
+    info!(deadline = ?config.drain_deadline, "draining: no new connections, GOAWAY to HBONE peers");
+    inputs.ready.store(false, Ordering::Relaxed);
+    pods.stop_all();
+    drop(watch);
+    if !signal_drain.drain(config.drain_deadline).await {
+        warn!("drain deadline passed with connections still open");
+    }
+    info!("node proxy stopped");
+    Ok(())
+}
+
+/// Re-reads the config file if its text changed. A bad version is reported and the last good
+/// config stays in force.
+fn reload_config(inputs: &Inputs, last_text: &mut String) -> bool {
+    let path = &inputs.config.config_path;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            if !last_text.is_empty() {
+                error!("config {}: {e}; keeping the last good config", path.display());
+                last_text.clear();
+            }
+            return false;
+        }
+    };
+    if text == *last_text {
+        return false;
+    }
+    *last_text = text;
+    match MeshConfig::parse(path, last_text) {
+        Ok(mesh) => {
+            info!(workloads = mesh.workloads.len(), services = mesh.services.len(), "config reloaded");
+            inputs.state.store(Arc::new(State::new(mesh)));
+            true
+        }
+        Err(e) => {
+            error!("{e}; keeping the last good config");
+            false
+        }
+    }
+}
+
+fn load_certs(config: &ProxyConfig, state: &State) -> CertStore {
+    let wanted = state
+        .workloads_on(&config.node)
+        .map(|w| state.identity(w))
+        .collect::<Vec<_>>();
+    let (store, errors) = CertStore::load(&config.cert_dir, &config.trust_bundle, wanted.into_iter());
+    for e in errors {
+        error!(error = %e, "certificate not loaded; pods with this identity are refused until it is fixed");
+    }
+    store
+}

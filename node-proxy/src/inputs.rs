@@ -1,0 +1,116 @@
+//! What every listener of the node proxy shares: its flags, the mesh state, certificates, the
+//! HBONE pool and metrics. State read per connection is a lock-free snapshot.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use weft_core::config::State;
+use weft_core::hbone::{Pool, PoolConfig};
+use weft_core::metrics::TcpMetrics;
+
+use crate::identity::CertStore;
+
+/// The node proxy's settings, built once from flags.
+#[derive(Clone, Debug)]
+pub(crate) struct ProxyConfig {
+    pub(crate) node: String,
+    pub(crate) config_path: PathBuf,
+    pub(crate) cert_dir: PathBuf,
+    pub(crate) trust_bundle: PathBuf,
+    pub(crate) admin_addr: SocketAddr,
+    pub(crate) metrics_addr: SocketAddr,
+    pub(crate) readiness_addr: SocketAddr,
+    pub(crate) reload_interval: Duration,
+    pub(crate) drain_deadline: Duration,
+    pub(crate) handshake_timeout: Duration,
+}
+
+pub(crate) struct Inputs {
+    pub(crate) config: Arc<ProxyConfig>,
+    pub(crate) state: ArcSwap<State>,
+    pub(crate) certs: ArcSwap<CertStore>,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: TcpMetrics,
+    pub(crate) registry: Registry,
+    pub(crate) ready: AtomicBool,
+    next_conn: AtomicU64,
+    next_pick: AtomicUsize,
+}
+
+impl Inputs {
+    pub(crate) fn new(config: ProxyConfig, state: State, certs: CertStore) -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let metrics = TcpMetrics::register(&mut registry);
+        Self {
+            config: Arc::new(config),
+            state: ArcSwap::from_pointee(state),
+            certs: ArcSwap::from_pointee(certs),
+            pool: Pool::new(PoolConfig::default()),
+            metrics,
+            registry,
+            ready: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            next_pick: AtomicUsize::new(0),
+        }
+    }
+
+    /// A fresh connection id for log spans.
+    pub(crate) fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Round-robin choice among `n` endpoints.
+    pub(crate) fn pick(&self, n: usize) -> usize {
+        self.next_pick.fetch_add(1, Ordering::Relaxed) % n.max(1)
+    }
+}
+
+/// One side of a connection, as metrics and access logs name it.
+pub(crate) struct Peer<'a> {
+    pub(crate) workload: Option<&'a weft_core::config::Workload>,
+    pub(crate) identity: Option<&'a weft_core::identity::SpiffeId>,
+}
+
+impl Peer<'_> {
+    pub(crate) const UNKNOWN: Peer<'static> = Peer {
+        workload: None,
+        identity: None,
+    };
+}
+
+pub(crate) fn tcp_labels(
+    reporter: weft_core::metrics::Reporter,
+    source: &Peer<'_>,
+    destination: &Peer<'_>,
+    service: Option<&weft_core::config::Service>,
+    policy: weft_core::metrics::SecurityPolicy,
+) -> weft_core::metrics::TcpLabels {
+    let name = |p: &Peer<'_>| p.workload.map_or_else(|| "unknown".into(), |w| w.name.clone());
+    let ns = |p: &Peer<'_>| {
+        p.workload
+            .map_or_else(|| "unknown".into(), |w| w.namespace.clone())
+    };
+    let principal = |p: &Peer<'_>| {
+        p.identity
+            .map_or_else(|| "unknown".into(), ToString::to_string)
+    };
+    weft_core::metrics::TcpLabels {
+        reporter,
+        source_workload: name(source),
+        source_workload_namespace: ns(source),
+        source_principal: principal(source),
+        destination_workload: name(destination),
+        destination_workload_namespace: ns(destination),
+        destination_principal: principal(destination),
+        destination_service: service.map_or_else(
+            || "unknown".into(),
+            |s| format!("{}.{}.svc.cluster.local", s.name, s.namespace),
+        ),
+        connection_security_policy: policy,
+    }
+}

@@ -1,0 +1,211 @@
+//! Outbound: connections captured from a pod (port 15001 inside the pod's namespace). The
+//! listener belongs to one pod, so the source workload is known without trusting anything the
+//! pod sends. The original destination is resolved to a workload (through a service VIP if
+//! need be) and reached over HBONE, presenting the source workload's certificate; destinations
+//! outside the mesh are passed through as plain TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, info, info_span, warn};
+use weft_core::drain;
+use weft_core::hbone::{ConnectRequest, PoolKey};
+use weft_core::metrics::{Reporter, SecurityPolicy};
+use weft_core::tls;
+
+use crate::capture::PROXY_MARK;
+use crate::inputs::{Inputs, Peer, tcp_labels};
+use crate::pods::Pod;
+
+pub(crate) struct Outbound {
+    inputs: Arc<Inputs>,
+    pod: Arc<Pod>,
+    listener: TcpListener,
+}
+
+impl Outbound {
+    pub(crate) fn new(inputs: Arc<Inputs>, pod: Arc<Pod>, listener: TcpListener) -> Self {
+        Self {
+            inputs,
+            pod,
+            listener,
+        }
+    }
+
+    pub(crate) async fn run(self, drain: drain::Watch) {
+        loop {
+            let (stream, client) = tokio::select! {
+                _ = drain.signaled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(pod = %self.pod.workload.name, error = %e, "outbound accept failed");
+                        continue;
+                    }
+                },
+            };
+            let span = info_span!("outbound", id = self.inputs.conn_id(), pod = %self.pod.workload.name);
+            let (inputs, pod, conn_drain) = (self.inputs.clone(), self.pod.clone(), drain.clone());
+            tokio::spawn(
+                async move {
+                    proxy(&inputs, &pod, stream, client).await;
+                    drop(conn_drain);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr) {
+    let started = Instant::now();
+    // Phase 1: context. The original destination survives the redirect in conntrack.
+    let dst = match original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            warn!(%client, error = %e, "early deny: original destination unknown");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let state = inputs.state.load();
+    let src_id = state.identity(&pod.workload);
+    let source = Peer {
+        workload: Some(&pod.workload),
+        identity: Some(&src_id),
+    };
+    let upstream = state.resolve(dst, |n| inputs.pick(n));
+
+    // Phase 2: choose the path. Phase 3: forward.
+    let Some(upstream) = upstream else {
+        if state.is_service(dst) {
+            warn!(%client, %dst, "early deny: service has no endpoints");
+            return;
+        }
+        let labels = tcp_labels(
+            Reporter::source,
+            &source,
+            &Peer::UNKNOWN,
+            None,
+            SecurityPolicy::none,
+        );
+        return passthrough(inputs, pod, stream, client, dst, &labels, started).await;
+    };
+    let dst_id = state.identity(&upstream.workload);
+    let destination = Peer {
+        workload: Some(&upstream.workload),
+        identity: Some(&dst_id),
+    };
+    if upstream.workload.protocol == weft_core::config::Protocol::Tcp {
+        let labels = tcp_labels(
+            Reporter::source,
+            &source,
+            &destination,
+            upstream.service.as_deref(),
+            SecurityPolicy::none,
+        );
+        return passthrough(inputs, pod, stream, client, upstream.addr, &labels, started).await;
+    }
+
+    let certs = inputs.certs.load();
+    let (Some(identity), Some(bundle)) = (certs.get(&src_id), certs.bundle.as_ref()) else {
+        warn!(%client, %dst, source = %src_id, "early deny: no certificate for the source identity yet");
+        return;
+    };
+    let proxy_addr = SocketAddr::new(upstream.workload.ip, weft_core::ports::HBONE);
+    let key = PoolKey {
+        source: src_id.clone(),
+        proxy: proxy_addr,
+        destination: dst_id.clone(),
+    };
+    let request = ConnectRequest {
+        destination: upstream.addr,
+        client,
+        traceparent: None,
+        baggage: None,
+    };
+    let netns = pod.netns.clone();
+    let tunnel = inputs
+        .pool
+        .connect(
+            &key,
+            || tls::client_config(&identity.cert, dst_id.clone(), bundle),
+            |addr| async move { netns.connect(addr, Some(PROXY_MARK)).await },
+            &request,
+        )
+        .await;
+    let tunnel = match tunnel {
+        Ok(tunnel) => tunnel,
+        Err(e) => {
+            warn!(%client, %dst, destination = %dst_id, error = %e, "connection failed");
+            return;
+        }
+    };
+    let labels = tcp_labels(
+        Reporter::source,
+        &source,
+        &destination,
+        upstream.service.as_deref(),
+        SecurityPolicy::mutual_tls,
+    );
+    let metrics = inputs.metrics.open(&labels);
+    let result = weft_core::copy::proxy(stream, tunnel, &metrics).await;
+    let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
+    info!(
+        target: "access",
+        src_workload = %pod.workload.name,
+        src_identity = %src_id,
+        dst_addr = %upstream.addr,
+        dst_workload = %upstream.workload.name,
+        dst_identity = %dst_id,
+        dst_service = upstream.service.as_ref().map_or("", |s| s.name.as_str()),
+        via = "hbone",
+        bytes_sent = sent,
+        bytes_received = received,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = result.err().map(|e| e.to_string()),
+        "connection complete"
+    );
+}
+
+async fn passthrough(
+    inputs: &Inputs,
+    pod: &Pod,
+    stream: TcpStream,
+    client: SocketAddr,
+    dst: SocketAddr,
+    labels: &weft_core::metrics::TcpLabels,
+    started: Instant,
+) {
+    let upstream = match pod.netns.connect(dst, Some(PROXY_MARK)).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            warn!(%client, %dst, error = %e, "passthrough connection failed");
+            return;
+        }
+    };
+    let metrics = inputs.metrics.open(labels);
+    let result = weft_core::copy::proxy(stream, upstream, &metrics).await;
+    let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
+    info!(
+        target: "access",
+        src_workload = %pod.workload.name,
+        dst_addr = %dst,
+        dst_workload = %labels.destination_workload,
+        via = "passthrough",
+        bytes_sent = sent,
+        bytes_received = received,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "connection complete"
+    );
+}
+
+/// The destination the pod asked for, before the capture redirected it to us.
+fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    socket2::SockRef::from(stream)
+        .original_dst_v4()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
+}
