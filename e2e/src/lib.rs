@@ -1,1 +1,852 @@
+//! The network-namespace test bed: "nodes" and "pods" as network namespaces on one Linux
+//! machine, wired the way a cluster is. Every node is joined to a fabric (a bridge in a namespace
+//! of its own); pods are created by calling the real `bridge` and `host-local` CNI plugins from
+//! inside the node's namespace, as a kubelet would. One real `weft-node-proxy` runs per node.
+//!
+//! Names are unique per test bed, traffic stays inside its namespaces, and everything is torn
+//! down when the [`TestBed`] is dropped — also when a test panics.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let mut bed = weft_e2e::TestBed::new("demo", 2)?;
+//! let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+//! let server = bed.pod("web").namespace("shop").on_node(1).add()?;
+//! bed.start()?;
+//! let out = bed.exec(&client, &["curl", "-s", &format!("http://{}:8080/", server.ip)])?;
+//! # Ok(()) }
+//! ```
 
+pub mod pcap;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
+use weft_core::config::{MeshConfig, Protocol, Service, ServicePort, Workload};
+use weft_core::identity::{SpiffeId, WorkloadCsr};
+
+/// Where Debian's containernetworking-plugins put the CNI plugins.
+pub const CNI_PATH: &str = "/usr/lib/cni";
+
+/// A node of the test bed.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Logical name (`node1`...), as workloads refer to it.
+    pub name: String,
+    /// The network namespace.
+    pub netns: String,
+    /// Its address on the fabric.
+    pub ip: Ipv4Addr,
+    /// Pod subnet (`/24`).
+    pub pod_subnet: Ipv4Addr,
+}
+
+/// A pod of the test bed.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Pod name.
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Index of its node.
+    pub node: usize,
+    /// The network namespace.
+    pub netns: String,
+    /// The IP the CNI plugin gave it.
+    pub ip: Ipv4Addr,
+    /// Whether it is enrolled in the mesh.
+    pub enrolled: bool,
+}
+
+impl Pod {
+    /// `/run/netns/<netns>`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+
+    /// Its SPIFFE identity.
+    pub fn identity(&self) -> SpiffeId {
+        SpiffeId::new("cluster.local", &self.namespace, &self.service_account)
+    }
+}
+
+/// Builds a pod: `bed.pod("web").namespace("shop").service_account("web").on_node(1).add()`.
+pub struct PodBuilder<'a> {
+    bed: &'a mut TestBed,
+    name: String,
+    namespace: String,
+    service_account: Option<String>,
+    node: usize,
+    enrolled: bool,
+}
+
+impl PodBuilder<'_> {
+    /// Kubernetes namespace (default `default`).
+    pub fn namespace(mut self, ns: &str) -> Self {
+        self.namespace = ns.to_owned();
+        self
+    }
+
+    /// Service account (default: the pod's name).
+    pub fn service_account(mut self, sa: &str) -> Self {
+        self.service_account = Some(sa.to_owned());
+        self
+    }
+
+    /// Node index (default 0).
+    pub fn on_node(mut self, node: usize) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Leaves the pod out of the mesh.
+    pub fn not_enrolled(mut self) -> Self {
+        self.enrolled = false;
+        self
+    }
+
+    /// Creates the pod's namespace and network (CNI ADD).
+    pub fn add(self) -> Result<Pod> {
+        let sa = self.service_account.unwrap_or_else(|| self.name.clone());
+        self.bed
+            .add_pod(&self.name, &self.namespace, &sa, self.node, self.enrolled)
+    }
+}
+
+/// The test bed. Dropping it tears everything down.
+pub struct TestBed {
+    id: String,
+    dir: PathBuf,
+    fabric: String,
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    services: Vec<Service>,
+    ca: Ca,
+    bin_dir: PathBuf,
+    proxies: Vec<Option<Child>>,
+    children: Vec<Child>,
+    netns_created: Vec<String>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl TestBed {
+    /// Creates `nodes` nodes joined by a fabric. `label` appears in names and logs.
+    pub fn new(label: &str, nodes: usize) -> Result<Self> {
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "the network-namespace test bed needs root (network namespaces, nftables)"
+        );
+        ensure!(
+            Path::new(CNI_PATH).join("bridge").exists(),
+            "CNI plugins missing in {CNI_PATH}: apt-get install containernetworking-plugins"
+        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let id = format!(
+            "wt{:x}{:x}{:x}",
+            std::process::id() & 0xfffff,
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            nanos & 0xfff
+        );
+        let dir = std::env::temp_dir().join(format!("weft-{label}-{id}"));
+        std::fs::create_dir_all(dir.join("certs"))?;
+        let mut bed = Self {
+            fabric: format!("{id}-fab"),
+            id,
+            dir,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            services: Vec::new(),
+            ca: Ca::generate("cluster.local")?,
+            bin_dir: bin_dir()?,
+            proxies: Vec::new(),
+            children: Vec::new(),
+            netns_created: Vec::new(),
+        };
+        bed.add_netns(&bed.fabric.clone())?;
+        let fabric = bed.fabric.clone();
+        run("ip", &["-n", &fabric, "link", "add", "br0", "type", "bridge"])?;
+        run("ip", &["-n", &fabric, "link", "set", "br0", "up"])?;
+        for i in 0..nodes {
+            let node = Node {
+                name: format!("node{}", i + 1),
+                netns: format!("{}-n{}", bed.id, i + 1),
+                ip: Ipv4Addr::new(10, 254, 0, (i + 1) as u8),
+                pod_subnet: Ipv4Addr::new(10, 10, (i + 1) as u8, 0),
+            };
+            bed.add_netns(&node.netns)?;
+            let port = format!("n{}", i + 1);
+            run(
+                "ip",
+                &[
+                    "-n", &fabric, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &node.netns,
+                ],
+            )?;
+            run("ip", &["-n", &fabric, "link", "set", &port, "master", "br0", "up"])?;
+            run(
+                "ip",
+                &["-n", &node.netns, "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
+            )?;
+            run("ip", &["-n", &node.netns, "link", "set", "eth0", "up"])?;
+            sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+            bed.nodes.push(node);
+        }
+        // Every node routes the other nodes' pod subnets over the fabric.
+        for node in &bed.nodes {
+            for other in bed.nodes.iter().filter(|o| o.name != node.name) {
+                run(
+                    "ip",
+                    &[
+                        "-n",
+                        &node.netns,
+                        "route",
+                        "add",
+                        &format!("{}/24", other.pod_subnet),
+                        "via",
+                        &other.ip.to_string(),
+                    ],
+                )?;
+            }
+        }
+        Ok(bed)
+    }
+
+    /// Starts building a pod.
+    pub fn pod(&mut self, name: &str) -> PodBuilder<'_> {
+        PodBuilder {
+            bed: self,
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            service_account: None,
+            node: 0,
+            enrolled: true,
+        }
+    }
+
+    /// Declares a service with a VIP, one port, and the named pods as endpoints.
+    pub fn service(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        vip: Ipv4Addr,
+        port: u16,
+        target_port: u16,
+        endpoints: &[&Pod],
+    ) {
+        self.services.push(Service {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            vip: vip.into(),
+            ports: vec![ServicePort { port, target_port }],
+            endpoints: endpoints.iter().map(|p| p.name.clone()).collect(),
+        });
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The test bed's working directory (config, certificates, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the mesh config the node proxies read.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("mesh.yaml")
+    }
+
+    /// The mesh CA of this bed.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    fn add_pod(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        sa: &str,
+        node: usize,
+        enrolled: bool,
+    ) -> Result<Pod> {
+        let node_ref = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| anyhow!("no node {node}"))?
+            .clone();
+        let netns = format!("{}-p{}", self.id, self.pods.len() + 1);
+        self.add_netns(&netns)?;
+        let result = self.cni(&node_ref, &netns, "ADD")?;
+        let ip = parse_cni_ip(&result).with_context(|| format!("CNI result: {result}"))?;
+        let pod = Pod {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: sa.to_owned(),
+            node,
+            netns,
+            ip,
+            enrolled,
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    fn cni_config(&self, node: &Node) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("weft-{}", self.id),
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "isDefaultGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": format!("{}/24", node.pod_subnet) }]],
+                "dataDir": self.dir.join("ipam").join(&node.name),
+            }
+        })
+        .to_string()
+    }
+
+    /// Calls the bridge plugin in the node's namespace, as the kubelet's runtime would.
+    fn cni(&self, node: &Node, pod_netns: &str, command: &str) -> Result<String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(Path::new(CNI_PATH).join("bridge"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", pod_netns)
+            .env("CNI_NETNS", Path::new("/run/netns").join(pod_netns))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PATH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running the bridge CNI plugin")?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(self.cni_config(node).as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "CNI {command} for {pod_netns} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    }
+
+    fn add_netns(&mut self, name: &str) -> Result<()> {
+        run("ip", &["netns", "add", name])?;
+        self.netns_created.push(name.to_owned());
+        run("ip", &["-n", name, "link", "set", "lo", "up"])
+    }
+
+    /// The mesh config for the current pods and services.
+    pub fn mesh_config(&self) -> MeshConfig {
+        MeshConfig {
+            trust_domain: "cluster.local".into(),
+            workloads: self
+                .pods
+                .iter()
+                .map(|p| Workload {
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    service_account: p.service_account.clone(),
+                    ip: p.ip.into(),
+                    node: self.nodes[p.node].name.clone(),
+                    protocol: if p.enrolled {
+                        Protocol::Hbone
+                    } else {
+                        Protocol::Tcp
+                    },
+                    netns: Some(p.netns_path()),
+                })
+                .collect(),
+            services: self.services.clone(),
+        }
+    }
+
+    /// Writes the config atomically (rename), as a config management tool would.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        let tmp = self.dir.join("mesh.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.config_path())?;
+        Ok(())
+    }
+
+    /// Issues a certificate for `identity` (a CSR signed by the bed's CA, as the node proxy's CA
+    /// client will do) into the certificate directory.
+    pub fn issue_cert(&self, identity: &SpiffeId) -> Result<()> {
+        let csr = WorkloadCsr::generate(identity)?;
+        let issued = self
+            .ca
+            .sign_csr(&csr.csr_pem, identity, DEFAULT_WORKLOAD_TTL)?;
+        let dir = self
+            .dir
+            .join("certs")
+            .join(identity.namespace())
+            .join(identity.service_account());
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("key.pem"), &csr.key_pem)?;
+        std::fs::write(dir.join("cert.pem"), &issued.chain_pem)?;
+        Ok(())
+    }
+
+    /// Writes config and certificates and starts one node proxy per node; returns when all
+    /// report ready.
+    pub fn start(&mut self) -> Result<()> {
+        std::fs::write(self.dir.join("certs/root-cert.pem"), self.ca.root_pem())?;
+        let identities: std::collections::BTreeSet<_> = self
+            .pods
+            .iter()
+            .filter(|p| p.enrolled)
+            .map(Pod::identity)
+            .collect();
+        for id in &identities {
+            self.issue_cert(id)?;
+        }
+        self.write_config(&serde_yaml::to_string(&self.mesh_config())?)?;
+        for i in 0..self.nodes.len() {
+            let child = self.spawn_proxy(i)?;
+            self.proxies.push(Some(child));
+        }
+        for i in 0..self.nodes.len() {
+            self.wait_ready(i)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_proxy(&self, i: usize) -> Result<Child> {
+        let node = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.proxy_log_path(i))?;
+        Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(self.bin_dir.join("weft-node-proxy"))
+            .args(["--node", &node.name, "--config"])
+            .arg(self.config_path())
+            .arg("--cert-dir")
+            .arg(self.dir.join("certs"))
+            .args(["--reload-interval-ms", "100", "--drain-deadline-secs", "2"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {}/weft-node-proxy (run `cargo build --workspace --bins` first)",
+                    self.bin_dir.display()
+                )
+            })
+    }
+
+    /// Stops node `i`'s proxy (SIGKILL).
+    pub fn kill_proxy(&mut self, i: usize) -> Result<()> {
+        if let Some(mut child) = self.proxies[i].take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `i`'s proxy again after [`kill_proxy`](Self::kill_proxy).
+    pub fn restart_proxy(&mut self, i: usize) -> Result<()> {
+        self.kill_proxy(i)?;
+        let child = self.spawn_proxy(i)?;
+        self.proxies[i] = Some(child);
+        self.wait_ready(i)
+    }
+
+    /// Whether node `i`'s proxy process is still running.
+    pub fn proxy_running(&mut self, i: usize) -> bool {
+        match self.proxies[i].as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn wait_ready(&mut self, i: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.http_get_node(i, 15021, "/healthz/ready") {
+                return Ok(());
+            }
+            if !self.proxy_running(i) {
+                bail!(
+                    "node proxy on {} exited; its log:\n{}",
+                    self.nodes[i].name,
+                    self.proxy_log(i)
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "node proxy on {} not ready in 20 s; its log:\n{}",
+                self.nodes[i].name,
+                self.proxy_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Path of node `i`'s proxy log.
+    pub fn proxy_log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}-proxy.log", self.nodes[i].name))
+    }
+
+    /// Node `i`'s proxy log so far.
+    pub fn proxy_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.proxy_log_path(i)).unwrap_or_default()
+    }
+
+    /// Waits until node `i`'s proxy log contains `needle` (after `from` bytes).
+    pub fn wait_log(&self, i: usize, from: usize, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.proxy_log(i);
+            if let Some(line) = log
+                .get(from..)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return Ok(line.to_owned());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{:?} not logged by {}'s proxy within {timeout:?}; log:\n{log}",
+                needle,
+                self.nodes[i].name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET `path` from node `i`'s proxy on `port` (inside the node's namespace).
+    pub fn http_get_node(&self, i: usize, port: u16, path: &str) -> Result<(u16, String)> {
+        http_get_in(
+            &Path::new("/run/netns").join(&self.nodes[i].netns),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            path,
+        )
+    }
+
+    /// Node `i`'s metrics, parsed into (series → value).
+    pub fn metrics(&self, i: usize) -> Result<BTreeMap<String, f64>> {
+        let (status, body) = self.http_get_node(i, 15020, "/metrics")?;
+        ensure!(status == 200, "metrics answered {status}");
+        Ok(parse_metrics(&body))
+    }
+
+    /// Runs a program inside a pod and waits for it.
+    pub fn exec(&self, pod: &Pod, argv: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &pod.netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {argv:?} in pod {}", pod.name))
+    }
+
+    /// Runs a program inside a namespace of the bed (a node's, say) and waits for it.
+    pub fn exec_in(&self, netns: &str, argv: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {argv:?} in {netns}"))
+    }
+
+    /// Starts a long-running program inside a namespace; it is killed on teardown.
+    pub fn spawn_in(&mut self, netns: &str, argv: &[&str], log: &str) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join(log))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {netns}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Serves `files` (name → contents) over plain HTTP on `port` in `pod`, with Python's
+    /// http.server, and waits until it accepts connections.
+    pub fn serve_http(&mut self, pod: &Pod, port: u16, files: &[(&str, &str)]) -> Result<()> {
+        let root = self.dir.join(format!("www-{}", pod.name));
+        std::fs::create_dir_all(&root)?;
+        for (name, contents) in files {
+            std::fs::write(root.join(name), contents)?;
+        }
+        let root_str = root.display().to_string();
+        let port_str = port.to_string();
+        self.spawn_in(
+            &pod.netns.clone(),
+            &[
+                "python3", "-m", "http.server", &port_str, "--bind", "0.0.0.0", "--directory",
+                &root_str,
+            ],
+            &format!("http-{}.log", pod.name),
+        )?;
+        wait_listening(&pod.netns_path(), SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+
+    /// `curl` from `pod`: returns (exit status success, stdout, stderr).
+    pub fn curl(&self, pod: &Pod, url: &str) -> Result<(bool, String, String)> {
+        let out = self.exec(
+            pod,
+            &["curl", "-sS", "--max-time", "5", "--connect-timeout", "3", url],
+        )?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Starts a packet capture on node `i`'s fabric link, written to `file` in the bed's dir.
+    pub fn capture(&mut self, i: usize, file: &str) -> Result<PathBuf> {
+        let path = self.dir.join(file);
+        let netns = self.nodes[i].netns.clone();
+        let path_str = path.display().to_string();
+        self.spawn_in(
+            &netns,
+            &[
+                "tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-n", "-Z", "root", "-s", "0",
+                "-w", &path_str, "tcp",
+            ],
+            &format!("{file}.log"),
+        )?;
+        // tcpdump says "listening on" once the capture is armed.
+        let log = self.dir.join(format!("{file}.log"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            ensure!(Instant::now() < deadline, "tcpdump did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(path)
+    }
+
+    /// Stops running helper programs (servers, captures) so their output is complete.
+    pub fn stop_helpers(&mut self) {
+        for child in &mut self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        for child in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+
+    /// A summary of the bed for humans.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  {} (netns {}, fabric {}, pods {}/24)",
+                node.name, node.netns, node.ip, node.pod_subnet
+            );
+            for pod in self.pods.iter().filter(|p| p.node == i) {
+                let _ = writeln!(
+                    out,
+                    "    {:<14} {:<15} {} {}",
+                    pod.name,
+                    pod.ip,
+                    if pod.enrolled { "ambient " } else { "no mesh " },
+                    if pod.enrolled {
+                        pod.identity().to_string()
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        out
+    }
+
+    fn teardown(&mut self) {
+        for i in 0..self.proxies.len() {
+            if let Some(mut child) = self.proxies[i].take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.stop_helpers();
+        for pod in self.pods.clone() {
+            let node = self.nodes[pod.node].clone();
+            let _ = self.cni(&node, &pod.netns, "DEL");
+        }
+        for netns in self.netns_created.drain(..).rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &netns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if std::env::var_os("WEFT_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Directory holding the workspace's binaries: next to the running executable (or its parent,
+/// for test binaries in `deps/`), or `WEFT_BIN_DIR`.
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("WEFT_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("executable has no directory"))?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
+    run(
+        "ip",
+        &["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")],
+    )
+}
+
+fn parse_cni_ip(result: &str) -> Result<Ipv4Addr> {
+    let v: serde_json::Value = serde_json::from_str(result)?;
+    let addr = v["ips"][0]["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no ips[0].address"))?;
+    let ip = addr.split('/').next().unwrap_or_default();
+    Ok(ip.parse()?)
+}
+
+/// Runs `f` on a thread inside the network namespace at `path`.
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    std::thread::spawn(move || -> Result<T> {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow!("netns thread panicked"))?
+}
+
+/// A minimal HTTP/1.0 GET made from inside a namespace.
+pub fn http_get_in(netns: &Path, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let path = path.to_owned();
+    in_netns(netns, move || -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("not an HTTP response"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    })?
+}
+
+/// Waits until something accepts TCP connections on `addr` inside the namespace.
+pub fn wait_listening(netns: &Path, addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = in_netns(netns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })?;
+        if ok {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Parses the Prometheus text format into `name{labels}` → value.
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sums the series of `name` whose labels contain every `key="value"` in `labels`.
+pub fn metric_sum(metrics: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| {
+            series.starts_with(&format!("{name}{{"))
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
