@@ -46,7 +46,9 @@ pub enum CaError {
     #[error("CSR rejected: {0}")]
     Csr(String),
     /// The CSR asks for something other than the identity the caller may have.
-    #[error("CSR rejected: it must ask for exactly {expected} (and no other name), it asks for {found:?}")]
+    #[error(
+        "CSR rejected: it must ask for exactly {expected} (and no other name), it asks for {found:?}"
+    )]
     Identity {
         /// The identity the caller may have.
         expected: SpiffeId,
@@ -81,7 +83,10 @@ impl Ca {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Weft");
-        dn.push(DnType::CommonName, format!("Weft mesh root ({trust_domain})"));
+        dn.push(
+            DnType::CommonName,
+            format!("Weft mesh root ({trust_domain})"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![
@@ -272,7 +277,11 @@ mod tests {
     fn refuses_garbage_csr() -> anyhow::Result<()> {
         let ca = Ca::generate("cluster.local")?;
         let err = ca
-            .sign_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &id("a"), DEFAULT_WORKLOAD_TTL)
+            .sign_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                &id("a"),
+                DEFAULT_WORKLOAD_TTL,
+            )
             .expect_err("garbage");
         assert!(matches!(err, CaError::Csr(_)));
         Ok(())

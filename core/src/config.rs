@@ -134,11 +134,10 @@ impl MeshConfig {
 
     /// Parses and validates YAML; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: MeshConfig =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let config: MeshConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -230,12 +229,15 @@ pub struct Upstream {
     pub service: Option<Arc<Service>>,
 }
 
+/// A service port as resolved: the service, its target port and its endpoints.
+type ServiceEntry = (Arc<Service>, u16, Vec<Arc<Workload>>);
+
 /// An indexed, immutable snapshot of a [`MeshConfig`], swapped whole on change.
 #[derive(Debug, Default)]
 pub struct State {
     config: MeshConfig,
     workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
-    services_by_addr: HashMap<SocketAddr, (Arc<Service>, u16, Vec<Arc<Workload>>)>,
+    services_by_addr: HashMap<SocketAddr, ServiceEntry>,
 }
 
 impl State {
@@ -285,7 +287,9 @@ impl State {
 
     /// Workloads scheduled on `node`.
     pub fn workloads_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Workload>> {
-        self.workloads_by_ip.values().filter(move |w| w.node == node)
+        self.workloads_by_ip
+            .values()
+            .filter(move |w| w.node == node)
     }
 
     /// Identity of a workload in this mesh's trust domain.

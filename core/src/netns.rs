@@ -37,7 +37,7 @@ impl Netns {
     /// Opens the namespace at `path` (e.g. `/run/netns/<name>` or `/proc/<pid>/ns/net`) and
     /// starts its socket thread.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| annotate(path, "open", e))?;
+        let file = std::fs::File::open(path).map_err(|e| annotate(path, "open", &e))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let name = format!(
@@ -60,7 +60,7 @@ impl Netns {
         ready_rx
             .recv()
             .map_err(|_| io::Error::other("netns thread exited"))?
-            .map_err(|e| annotate(path, "setns", e))?;
+            .map_err(|e| annotate(path, "setns", &e))?;
         Ok(Self {
             path: path.to_path_buf(),
             jobs,
@@ -148,7 +148,7 @@ pub fn listen_socket(addr: SocketAddr, opts: ListenOpts) -> io::Result<Socket> {
     Ok(socket)
 }
 
-fn annotate(path: &Path, what: &str, e: io::Error) -> io::Error {
+fn annotate(path: &Path, what: &str, e: &io::Error) -> io::Error {
     io::Error::new(
         e.kind(),
         format!("{what} network namespace {}: {e}", path.display()),

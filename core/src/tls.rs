@@ -21,9 +21,9 @@ pub enum TlsError {
     #[error("TLS configuration for {identity}: {source}")]
     Config {
         /// The local identity.
-        identity: SpiffeId,
+        identity: String,
         /// What rustls said.
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
     /// The client certificate verifier could not be built.
     #[error("client certificate verifier: {0}")]
@@ -58,8 +58,8 @@ pub fn client_config(
         algs: provider.signature_verification_algorithms,
     });
     let wrap = |source| TlsError::Config {
-        identity: local.identity().clone(),
-        source,
+        identity: local.identity().to_string(),
+        source: Box::new(source),
     };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -82,8 +82,8 @@ pub fn server_config(local: &WorkloadCert, bundle: &TrustBundle) -> Result<Serve
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let wrap = |source| TlsError::Config {
-        identity: local.identity().clone(),
-        source,
+        identity: local.identity().to_string(),
+        source: Box::new(source),
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -145,8 +145,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(
                     crate::identity::CertError::WrongIdentity {
-                        expected: self.expected.clone(),
-                        found,
+                        expected: Box::new(self.expected.clone()),
+                        found: Box::new(found),
                     },
                 ))),
             ));
@@ -207,12 +207,10 @@ pub fn describe_handshake_error(e: &std::io::Error) -> String {
         rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
             "peer certificate rejected: expired (is its node proxy rotating certificates?)".into()
         }
-        rustls::Error::InvalidMessage(_) => format!(
-            "{inner} (the peer did not speak TLS: plaintext sent to the HBONE port?)"
-        ),
-        rustls::Error::NoCertificatesPresented => {
-            "the peer presented no client certificate".into()
+        rustls::Error::InvalidMessage(_) => {
+            format!("{inner} (the peer did not speak TLS: plaintext sent to the HBONE port?)")
         }
+        rustls::Error::NoCertificatesPresented => "the peer presented no client certificate".into(),
         rustls::Error::AlertReceived(alert) => format!(
             "the peer refused our certificate ({alert:?}): is our identity trusted by its mesh CA?"
         ),

@@ -18,7 +18,11 @@ fn id(sa: &str) -> SpiffeId {
 fn issue(ca: &Ca, sa: &str) -> anyhow::Result<WorkloadCert> {
     let csr = WorkloadCsr::generate(&id(sa))?;
     let issued = ca.sign_csr(&csr.csr_pem, &id(sa), DEFAULT_WORKLOAD_TTL)?;
-    Ok(WorkloadCert::from_pem(&id(sa), &issued.chain_pem, &csr.key_pem)?)
+    Ok(WorkloadCert::from_pem(
+        &id(sa),
+        &issued.chain_pem,
+        &csr.key_pem,
+    )?)
 }
 
 /// An HBONE server that echoes on tunnels to port 7 and answers 503 to anything else. Returns
@@ -39,14 +43,13 @@ async fn echo_server(
             let config = config.clone();
             let events = events.clone();
             tokio::spawn(async move {
-                let mut incoming =
-                    match hbone::accept(tcp, config, Duration::from_secs(5)).await {
-                        Ok(incoming) => incoming,
-                        Err(e) => {
-                            let _ = events.send(format!("refused: {e}"));
-                            return;
-                        }
-                    };
+                let mut incoming = match hbone::accept(tcp, config, Duration::from_secs(5)).await {
+                    Ok(incoming) => incoming,
+                    Err(e) => {
+                        let _ = events.send(format!("refused: {e}"));
+                        return;
+                    }
+                };
                 let _ = events.send(format!("peer {}", incoming.peer()));
                 while let Some(Ok(tunnel)) = incoming.next().await {
                     tokio::spawn(async move {
@@ -206,7 +209,10 @@ async fn client_refuses_a_server_with_another_identity() -> anyhow::Result<()> {
         .expect("must refuse");
     let text = err.to_string();
     assert!(matches!(err, HboneError::Tls { .. }), "{text}");
-    assert!(text.contains("sa/impostor") && text.contains("sa/web"), "{text}");
+    assert!(
+        text.contains("sa/impostor") && text.contains("sa/web"),
+        "{text}"
+    );
     Ok(())
 }
 
@@ -221,7 +227,11 @@ async fn server_refuses_foreign_ca_expired_and_plaintext() -> anyhow::Result<()>
     // A client whose certificate comes from another CA.
     let other = Ca::generate("cluster.local")?;
     let foreign = issue(&other, "client")?;
-    assert!(open(&pool, &foreign, &bundle, addr, "web", 7).await.is_err());
+    assert!(
+        open(&pool, &foreign, &bundle, addr, "web", 7)
+            .await
+            .is_err()
+    );
     let event = events.recv().await.unwrap_or_default();
     assert!(event.contains("not issued by this mesh's CA"), "{event}");
 
@@ -235,7 +245,11 @@ async fn server_refuses_foreign_ca_expired_and_plaintext() -> anyhow::Result<()>
         now - time::Duration::hours(24),
     )?;
     let expired = WorkloadCert::from_pem(&id("client"), &issued.chain_pem, &csr.key_pem)?;
-    assert!(open(&pool, &expired, &bundle, addr, "web", 7).await.is_err());
+    assert!(
+        open(&pool, &expired, &bundle, addr, "web", 7)
+            .await
+            .is_err()
+    );
     let event = events.recv().await.unwrap_or_default();
     assert!(event.contains("expired"), "{event}");
 

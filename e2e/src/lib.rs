@@ -177,7 +177,10 @@ impl TestBed {
         };
         bed.add_netns(&bed.fabric.clone())?;
         let fabric = bed.fabric.clone();
-        run("ip", &["-n", &fabric, "link", "add", "br0", "type", "bridge"])?;
+        run(
+            "ip",
+            &["-n", &fabric, "link", "add", "br0", "type", "bridge"],
+        )?;
         run("ip", &["-n", &fabric, "link", "set", "br0", "up"])?;
         for i in 0..nodes {
             let node = Node {
@@ -191,14 +194,35 @@ impl TestBed {
             run(
                 "ip",
                 &[
-                    "-n", &fabric, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                    "netns", &node.netns,
+                    "-n",
+                    &fabric,
+                    "link",
+                    "add",
+                    &port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &node.netns,
                 ],
             )?;
-            run("ip", &["-n", &fabric, "link", "set", &port, "master", "br0", "up"])?;
             run(
                 "ip",
-                &["-n", &node.netns, "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
+                &["-n", &fabric, "link", "set", &port, "master", "br0", "up"],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &node.netns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", node.ip),
+                    "dev",
+                    "eth0",
+                ],
             )?;
             run("ip", &["-n", &node.netns, "link", "set", "eth0", "up"])?;
             sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
@@ -519,7 +543,13 @@ impl TestBed {
     }
 
     /// Waits until node `i`'s proxy log contains `needle` (after `from` bytes).
-    pub fn wait_log(&self, i: usize, from: usize, needle: &str, timeout: Duration) -> Result<String> {
+    pub fn wait_log(
+        &self,
+        i: usize,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.proxy_log(i);
@@ -605,19 +635,36 @@ impl TestBed {
         self.spawn_in(
             &pod.netns.clone(),
             &[
-                "python3", "-m", "http.server", &port_str, "--bind", "0.0.0.0", "--directory",
+                "python3",
+                "-m",
+                "http.server",
+                &port_str,
+                "--bind",
+                "0.0.0.0",
+                "--directory",
                 &root_str,
             ],
             &format!("http-{}.log", pod.name),
         )?;
-        wait_listening(&pod.netns_path(), SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        wait_listening(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        )
     }
 
     /// `curl` from `pod`: returns (exit status success, stdout, stderr).
     pub fn curl(&self, pod: &Pod, url: &str) -> Result<(bool, String, String)> {
         let out = self.exec(
             pod,
-            &["curl", "-sS", "--max-time", "5", "--connect-timeout", "3", url],
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--connect-timeout",
+                "3",
+                url,
+            ],
         )?;
         Ok((
             out.status.success(),
@@ -634,8 +681,19 @@ impl TestBed {
         self.spawn_in(
             &netns,
             &[
-                "tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-n", "-Z", "root", "-s", "0",
-                "-w", &path_str, "tcp",
+                "tcpdump",
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-Z",
+                "root",
+                "-s",
+                "0",
+                "-w",
+                &path_str,
+                "tcp",
             ],
             &format!("{file}.log"),
         )?;
@@ -762,7 +820,14 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
 fn sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
     run(
         "ip",
-        &["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")],
+        &[
+            "netns",
+            "exec",
+            netns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ],
     )
 }
 

@@ -12,7 +12,10 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 fn marker(bed: &TestBed) -> String {
     format!(
         "weft-e2e-secret-payload-{}",
-        bed.dir().file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        bed.dir()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("x")
     )
 }
 
@@ -30,7 +33,10 @@ fn pod_to_pod_across_nodes_is_mtls_on_the_wire() -> Result<()> {
     let (ok, body, err) = bed.curl(&client, &format!("http://{}:8080/marker.txt", web.ip))?;
     ensure!(ok && body == secret, "curl to the pod IP: {err} {body}");
     let (ok, body, err) = bed.curl(&client, &format!("http://{VIP}/marker.txt"))?;
-    ensure!(ok && body == secret, "curl to the service VIP: {err} {body}");
+    ensure!(
+        ok && body == secret,
+        "curl to the service VIP: {err} {body}"
+    );
     bed.stop_helpers();
 
     // The wire between the nodes carried TLS on 15008 and never the payload.
@@ -48,24 +54,30 @@ fn pod_to_pod_across_nodes_is_mtls_on_the_wire() -> Result<()> {
         "no TLS ClientHello to 15008 on the link"
     );
     ensure!(
-        segments.iter().all(|s| s.src.port() == 15008
-            || s.dst.port() == 15008
-            || s.payload.is_empty()),
+        segments
+            .iter()
+            .all(|s| s.src.port() == 15008 || s.dst.port() == 15008 || s.payload.is_empty()),
         "traffic other than HBONE crossed the link"
     );
-    let leaked = bytes
-        .windows(secret.len())
-        .any(|w| w == secret.as_bytes());
+    let leaked = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
     ensure!(!leaked, "the payload marker is visible on the wire");
     ensure!(
-        segments.iter().all(|s| s.dst.port() != 8080 && s.src.port() != 8080),
+        segments
+            .iter()
+            .all(|s| s.dst.port() != 8080 && s.src.port() != 8080),
         "plaintext port 8080 seen between nodes"
     );
 
     // Both node proxies counted both connections, with the right identities.
     let labels = [
-        ("source_principal", "spiffe://cluster.local/ns/shop/sa/client"),
-        ("destination_principal", "spiffe://cluster.local/ns/shop/sa/web"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/shop/sa/client",
+        ),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/shop/sa/web",
+        ),
         ("connection_security_policy", "mutual_tls"),
     ];
     let src = bed.metrics(0)?;
@@ -79,7 +91,10 @@ fn pod_to_pod_across_nodes_is_mtls_on_the_wire() -> Result<()> {
         "weft_tcp_connections_opened_total",
         &[&labels[..], &[("reporter", "destination")]].concat(),
     );
-    ensure!(opened == 2.0, "destination proxy counted {opened} connections");
+    ensure!(
+        opened == 2.0,
+        "destination proxy counted {opened} connections"
+    );
     let access = bed.wait_log(1, 0, "connection complete", Duration::from_secs(2))?;
     ensure!(
         access.contains("src_identity=spiffe://cluster.local/ns/shop/sa/client"),
@@ -137,7 +152,10 @@ fn same_node_non_mesh_and_strict_plaintext() -> Result<()> {
 
     // A pod outside the mesh cannot reach an enrolled pod in plaintext (STRICT).
     let (ok, _, _) = bed.curl(&legacy, &format!("http://{}:8080/x", local.ip))?;
-    ensure!(!ok, "plaintext from outside the mesh reached an enrolled pod");
+    ensure!(
+        !ok,
+        "plaintext from outside the mesh reached an enrolled pod"
+    );
     bed.wait_log(0, 0, "plaintext connection refused", Duration::from_secs(2))?;
     Ok(())
 }
@@ -215,10 +233,21 @@ mod rogue {
         let now = time::OffsetDateTime::now_utc();
 
         // A valid mesh certificate, but not the identity of the workload it claims to be.
-        let intruder = cert(bed.ca(), &SpiffeId::new("cluster.local", "shop", "intruder"), None)?;
+        let intruder = cert(
+            bed.ca(),
+            &SpiffeId::new("cluster.local", "shop", "intruder"),
+            None,
+        )?;
         let mark = bed.proxy_log(1).len();
         let err = rt
-            .block_on(tunnel(&netns, &intruder, &bundle, server, &web_id, client_addr))
+            .block_on(tunnel(
+                &netns,
+                &intruder,
+                &bundle,
+                server,
+                &web_id,
+                client_addr,
+            ))
             .err()
             .ok_or_else(|| anyhow::anyhow!("intruder got a tunnel"))?;
         ensure!(
@@ -231,36 +260,67 @@ mod rogue {
         let foreign = cert(&Ca::generate("cluster.local")?, &client.identity(), None)?;
         let mark = bed.proxy_log(1).len();
         ensure!(
-            rt.block_on(tunnel(&netns, &foreign, &bundle, server, &web_id, client_addr))
-                .is_err()
+            rt.block_on(tunnel(
+                &netns,
+                &foreign,
+                &bundle,
+                server,
+                &web_id,
+                client_addr
+            ))
+            .is_err()
         );
-        bed.wait_log(1, mark, "not issued by this mesh's CA", Duration::from_secs(2))?;
+        bed.wait_log(
+            1,
+            mark,
+            "not issued by this mesh's CA",
+            Duration::from_secs(2),
+        )?;
 
         // An expired certificate from the right CA.
         let expired = cert(
             bed.ca(),
             &client.identity(),
-            Some((now - time::Duration::hours(30), now - time::Duration::hours(6))),
+            Some((
+                now - time::Duration::hours(30),
+                now - time::Duration::hours(6),
+            )),
         )?;
         let mark = bed.proxy_log(1).len();
         ensure!(
-            rt.block_on(tunnel(&netns, &expired, &bundle, server, &web_id, client_addr))
-                .is_err()
+            rt.block_on(tunnel(
+                &netns,
+                &expired,
+                &bundle,
+                server,
+                &web_id,
+                client_addr
+            ))
+            .is_err()
         );
         bed.wait_log(1, mark, "expired", Duration::from_secs(2))?;
 
         // Plaintext HTTP, then random garbage, to 15008.
         for (payload, needle) in [
-            (&b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"[..], "did not speak TLS"),
-            (&[0x5a, 0x00, 0xff, 0x13, 0x37, 0x42, 0x99, 0x01, 0x02, 0x03][..], "HBONE connection refused"),
+            (
+                &b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"[..],
+                "did not speak TLS",
+            ),
+            (
+                &[0x5a, 0x00, 0xff, 0x13, 0x37, 0x42, 0x99, 0x01, 0x02, 0x03][..],
+                "HBONE connection refused",
+            ),
         ] {
             let mark = bed.proxy_log(1).len();
             let netns = netns.clone();
             let answered = rt.block_on(async move {
-                let mut tcp = netns.connect(SocketAddr::new(web.ip.into(), 15008), None).await?;
+                let mut tcp = netns
+                    .connect(SocketAddr::new(web.ip.into(), 15008), None)
+                    .await?;
                 tcp.write_all(payload).await?;
                 let mut buf = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
                 Ok::<_, anyhow::Error>(buf)
             })?;
             ensure!(
@@ -273,7 +333,10 @@ mod rogue {
         // The proxy kept serving legitimate traffic throughout.
         ensure!(bed.proxy_running(1), "node proxy died");
         let (ok, body, err) = bed.curl(&client, &format!("http://{}:8080/x", web.ip))?;
-        ensure!(ok && body == "ok", "legitimate traffic broken after attacks: {err}");
+        ensure!(
+            ok && body == "ok",
+            "legitimate traffic broken after attacks: {err}"
+        );
         Ok(())
     }
 }
@@ -296,11 +359,19 @@ fn malformed_config_is_reported_and_the_last_good_one_kept() -> Result<()> {
             good.replacen(&format!("ip: {}", web.ip), "ip: 10.10.2.999", 1),
             "workloads[1].ip",
         ),
-        (good.replacen("serviceAccount", "serviceAcount", 1), "serviceAcount"),
+        (
+            good.replacen("serviceAccount", "serviceAcount", 1),
+            "serviceAcount",
+        ),
     ] {
         let mark = bed.proxy_log(0).len();
         bed.write_config(&text)?;
-        let line = bed.wait_log(0, mark, "keeping the last good config", Duration::from_secs(3))?;
+        let line = bed.wait_log(
+            0,
+            mark,
+            "keeping the last good config",
+            Duration::from_secs(3),
+        )?;
         ensure!(line.contains("mesh.yaml") && line.contains(field), "{line}");
         let (ok, body, err) = bed.curl(&client, &url)?;
         ensure!(ok && body == "ok", "traffic broke on a bad config: {err}");
@@ -325,7 +396,14 @@ fn proxy_refuses_to_start_on_a_malformed_config() -> Result<()> {
         .arg(&config)
         .arg("--cert-dir")
         .arg(&dir)
-        .args(["--metrics-addr", "127.0.0.1:0", "--readiness-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--readiness-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
         .output()?;
     std::fs::remove_dir_all(&dir)?;
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -30,7 +30,10 @@ pub(crate) fn readiness(inputs: Arc<Inputs>) -> Handler {
     })
 }
 
-pub(crate) fn config_dump(inputs: Arc<Inputs>, enrolled: Arc<std::sync::Mutex<Vec<String>>>) -> Handler {
+pub(crate) fn config_dump(
+    inputs: Arc<Inputs>,
+    enrolled: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Handler {
     Arc::new(move |path| match path {
         "/config_dump" => {
             let state = inputs.state.load();

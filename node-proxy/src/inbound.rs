@@ -52,20 +52,30 @@ impl Inbound {
     }
 }
 
-async fn serve_connection(inputs: Arc<Inputs>, pod: Arc<Pod>, stream: TcpStream, drain: drain::Watch) {
+async fn serve_connection(
+    inputs: Arc<Inputs>,
+    pod: Arc<Pod>,
+    stream: TcpStream,
+    drain: drain::Watch,
+) {
     let local_id = inputs.state.load().identity(&pod.workload);
     let Some(identity) = inputs.certs.load().get(&local_id).cloned() else {
         warn!(identity = %local_id, "early deny: no certificate for this pod's identity yet");
         return;
     };
-    let mut incoming =
-        match hbone::accept(stream, identity.server.clone(), inputs.config.handshake_timeout).await {
-            Ok(incoming) => incoming,
-            Err(e) => {
-                warn!(error = %e, "HBONE connection refused");
-                return;
-            }
-        };
+    let mut incoming = match hbone::accept(
+        stream,
+        identity.server.clone(),
+        inputs.config.handshake_timeout,
+    )
+    .await
+    {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            warn!(error = %e, "HBONE connection refused");
+            return;
+        }
+    };
     let peer_id = incoming.peer().clone();
     let mut draining = false;
     loop {
@@ -108,7 +118,11 @@ async fn tunnel_to_pod(inputs: &Inputs, pod: &Pod, peer_id: &SpiffeId, tunnel: P
             return;
         }
     };
-    let upstream = match pod.netns.connect(target.destination, Some(PROXY_MARK)).await {
+    let upstream = match pod
+        .netns
+        .connect(target.destination, Some(PROXY_MARK))
+        .await
+    {
         Ok(upstream) => upstream,
         Err(e) => {
             let rejection = Rejection::Unavailable(format!("{}: {e}", target.destination));

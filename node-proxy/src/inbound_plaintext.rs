@@ -37,7 +37,9 @@ impl InboundPlaintext {
                     );
                     // Dropping the stream closes it.
                 }
-                Err(e) => warn!(pod = %self.pod.workload.name, error = %e, "inbound plaintext accept failed"),
+                Err(e) => {
+                    warn!(pod = %self.pod.workload.name, error = %e, "inbound plaintext accept failed")
+                }
             }
         }
     }

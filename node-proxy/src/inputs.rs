@@ -90,7 +90,10 @@ pub(crate) fn tcp_labels(
     service: Option<&weft_core::config::Service>,
     policy: weft_core::metrics::SecurityPolicy,
 ) -> weft_core::metrics::TcpLabels {
-    let name = |p: &Peer<'_>| p.workload.map_or_else(|| "unknown".into(), |w| w.name.clone());
+    let name = |p: &Peer<'_>| {
+        p.workload
+            .map_or_else(|| "unknown".into(), |w| w.name.clone())
+    };
     let ns = |p: &Peer<'_>| {
         p.workload
             .map_or_else(|| "unknown".into(), |w| w.namespace.clone())

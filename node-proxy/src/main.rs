@@ -100,9 +100,21 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let (signal_drain, watch) = drain::channel();
     let enrolled = Arc::new(Mutex::new(Vec::new()));
     for (addr, handler, what) in [
-        (config.metrics_addr, admin::metrics(inputs.clone()), "metrics"),
-        (config.readiness_addr, admin::readiness(inputs.clone()), "readiness"),
-        (config.admin_addr, admin::config_dump(inputs.clone(), enrolled.clone()), "admin"),
+        (
+            config.metrics_addr,
+            admin::metrics(inputs.clone()),
+            "metrics",
+        ),
+        (
+            config.readiness_addr,
+            admin::readiness(inputs.clone()),
+            "readiness",
+        ),
+        (
+            config.admin_addr,
+            admin::config_dump(inputs.clone(), enrolled.clone()),
+            "admin",
+        ),
     ] {
         let listener = TcpListener::bind(addr)
             .await
@@ -129,7 +141,9 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         let changed = reload_config(&inputs, &mut last_text);
         let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
         if changed || stamp != inputs.certs.load().stamp {
-            inputs.certs.store(Arc::new(load_certs(&config, &inputs.state.load())));
+            inputs
+                .certs
+                .store(Arc::new(load_certs(&config, &inputs.state.load())));
         }
         // Reconciling every tick also retries pods that failed to enroll.
         pods.reconcile(&inputs, &watch).await;
@@ -155,7 +169,10 @@ fn reload_config(inputs: &Inputs, last_text: &mut String) -> bool {
         Ok(text) => text,
         Err(e) => {
             if !last_text.is_empty() {
-                error!("config {}: {e}; keeping the last good config", path.display());
+                error!(
+                    "config {}: {e}; keeping the last good config",
+                    path.display()
+                );
                 last_text.clear();
             }
             return false;
@@ -167,7 +184,11 @@ fn reload_config(inputs: &Inputs, last_text: &mut String) -> bool {
     *last_text = text;
     match MeshConfig::parse(path, last_text) {
         Ok(mesh) => {
-            info!(workloads = mesh.workloads.len(), services = mesh.services.len(), "config reloaded");
+            info!(
+                workloads = mesh.workloads.len(),
+                services = mesh.services.len(),
+                "config reloaded"
+            );
             inputs.state.store(Arc::new(State::new(mesh)));
             true
         }
@@ -183,7 +204,8 @@ fn load_certs(config: &ProxyConfig, state: &State) -> CertStore {
         .workloads_on(&config.node)
         .map(|w| state.identity(w))
         .collect::<Vec<_>>();
-    let (store, errors) = CertStore::load(&config.cert_dir, &config.trust_bundle, wanted.into_iter());
+    let (store, errors) =
+        CertStore::load(&config.cert_dir, &config.trust_bundle, wanted.into_iter());
     for e in errors {
         error!(error = %e, "certificate not loaded; pods with this identity are refused until it is fixed");
     }

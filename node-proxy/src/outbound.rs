@@ -46,7 +46,8 @@ impl Outbound {
                     }
                 },
             };
-            let span = info_span!("outbound", id = self.inputs.conn_id(), pod = %self.pod.workload.name);
+            let span =
+                info_span!("outbound", id = self.inputs.conn_id(), pod = %self.pod.workload.name);
             let (inputs, pod, conn_drain) = (self.inputs.clone(), self.pod.clone(), drain.clone());
             tokio::spawn(
                 async move {

@@ -45,7 +45,9 @@ enum EnrollError {
     Netns(std::io::Error),
     #[error(transparent)]
     Capture(#[from] capture::CaptureError),
-    #[error("opening listener {port} in the pod: {source} (is something in the pod already using it?)")]
+    #[error(
+        "opening listener {port} in the pod: {source} (is something in the pod already using it?)"
+    )]
     Listen { port: u16, source: std::io::Error },
 }
 

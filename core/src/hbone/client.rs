@@ -159,8 +159,8 @@ impl Pool {
         let now = Instant::now();
         let idle = self.config.idle_timeout;
         conns.retain(|c| {
-            !c.closed.load(Ordering::Relaxed)
-                && !(c.active.load(Ordering::Relaxed) == 0 && now - c.last_used > idle)
+            let idle_too_long = c.active.load(Ordering::Relaxed) == 0 && now - c.last_used > idle;
+            !c.closed.load(Ordering::Relaxed) && !idle_too_long
         });
         let max = self.config.max_streams_per_conn;
         let conn = match conns

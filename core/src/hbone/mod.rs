@@ -47,7 +47,9 @@ pub struct ConnectRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
     /// TCP connect to the peer proxy failed.
-    #[error("connecting to {addr}: {source} (is port 15008 blocked by a NetworkPolicy, or the peer's node proxy down?)")]
+    #[error(
+        "connecting to {addr}: {source} (is port 15008 blocked by a NetworkPolicy, or the peer's node proxy down?)"
+    )]
     Connect {
         /// The peer proxy.
         addr: SocketAddr,

@@ -236,7 +236,12 @@ mod tests {
 
     #[test]
     fn rejects_hostnames_mesh_ports_and_other_methods() {
-        for bad in ["reviews:8080", "10.0.0.2:15008", "10.0.0.2:15001", "10.0.0.2"] {
+        for bad in [
+            "reviews:8080",
+            "10.0.0.2:15008",
+            "10.0.0.2:15001",
+            "10.0.0.2",
+        ] {
             let err = parse_target(&connect(bad)).expect_err(bad);
             assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}: {err}");
         }

@@ -49,7 +49,8 @@ impl H2Stream {
 
 fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
-        e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"))
     } else if e.reason() == Some(h2::Reason::NO_ERROR) {
         io::Error::new(io::ErrorKind::UnexpectedEof, "tunnel closed")
     } else {
@@ -101,7 +102,10 @@ impl AsyncWrite for H2Stream {
                 Some(Ok(0)) => continue,
                 Some(Ok(n)) => {
                     let n = n.min(buf.len());
-                    return match this.send.send_data(Bytes::copy_from_slice(&buf[..n]), false) {
+                    return match this
+                        .send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    {
                         Ok(()) => Poll::Ready(Ok(n)),
                         Err(e) => Poll::Ready(Err(h2_io(e))),
                     };

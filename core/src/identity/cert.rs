@@ -42,9 +42,9 @@ pub enum CertError {
     #[error("certificate is for {found}, expected {expected}")]
     WrongIdentity {
         /// The identity that was asked for.
-        expected: SpiffeId,
+        expected: Box<SpiffeId>,
         /// The identity the certificate carries.
-        found: SpiffeId,
+        found: Box<SpiffeId>,
     },
     /// A root could not be added to the trust store.
     #[error("trust bundle: {0}")]
@@ -85,8 +85,8 @@ impl WorkloadCert {
         let (found, not_after) = leaf_identity(&chain[0])?;
         if &found != identity {
             return Err(CertError::WrongIdentity {
-                expected: identity.clone(),
-                found,
+                expected: Box::new(identity.clone()),
+                found: Box::new(found),
             });
         }
         Ok(Self {

@@ -31,7 +31,9 @@ pub enum SpiffeIdError {
     #[error("{0:?} is not a SPIFFE ID: it must start with spiffe://")]
     Scheme(String),
     /// The path is not `/ns/<namespace>/sa/<serviceaccount>`.
-    #[error("{0:?} is not a workload SPIFFE ID: expected spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>")]
+    #[error(
+        "{0:?} is not a workload SPIFFE ID: expected spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>"
+    )]
     Path(String),
 }
 

@@ -1,0 +1,232 @@
+//! The lab: the embedded default of Weft. Two nodes, pods in the ambient namespace `shop`, one
+//! pod outside the mesh, sample HTTP services behind VIPs, traffic, and a summary read from the
+//! node proxies' own metrics.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use weft_e2e::{Pod, TestBed, metric_sum};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LabArgs {
+    /// Requests sent to each service.
+    #[arg(long, default_value_t = 5)]
+    requests: u32,
+    /// Exit after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long)]
+    duration_secs: Option<u64>,
+    /// First local port where the nodes' metrics are exposed (one port per node).
+    #[arg(long, default_value_t = 15120)]
+    metrics_port: u16,
+}
+
+struct Svc {
+    name: &'static str,
+    vip: Ipv4Addr,
+    pod: Pod,
+}
+
+pub(crate) fn run(args: &LabArgs) -> Result<()> {
+    println!("Weft lab: building 2 nodes and the ambient namespace \"shop\"...");
+    let mut bed = TestBed::new("lab", 2)?;
+    let productpage = bed
+        .pod("productpage")
+        .namespace("shop")
+        .service_account("bookinfo-productpage")
+        .on_node(0)
+        .add()?;
+    let details = bed
+        .pod("details-v1")
+        .namespace("shop")
+        .service_account("details")
+        .on_node(0)
+        .add()?;
+    let reviews = bed
+        .pod("reviews-v1")
+        .namespace("shop")
+        .service_account("reviews")
+        .on_node(1)
+        .add()?;
+    let ratings = bed
+        .pod("ratings-v1")
+        .namespace("shop")
+        .service_account("ratings")
+        .on_node(1)
+        .add()?;
+    let legacy = bed
+        .pod("legacy")
+        .namespace("legacy")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    let services = [
+        Svc {
+            name: "details",
+            vip: Ipv4Addr::new(10, 96, 0, 20),
+            pod: details,
+        },
+        Svc {
+            name: "reviews",
+            vip: Ipv4Addr::new(10, 96, 0, 21),
+            pod: reviews,
+        },
+        Svc {
+            name: "ratings",
+            vip: Ipv4Addr::new(10, 96, 0, 22),
+            pod: ratings,
+        },
+    ];
+    for svc in &services {
+        bed.service(svc.name, "shop", svc.vip, 9080, 8080, &[&svc.pod]);
+    }
+    bed.start().context("starting the node proxies")?;
+    for svc in &services {
+        let body = format!(
+            "{{\"service\":\"{}\",\"pod\":\"{}\"}}\n",
+            svc.name, svc.pod.name
+        );
+        bed.serve_http(&svc.pod, 8080, &[("index.html", &body)])?;
+    }
+    print!("{}", bed.describe());
+
+    println!(
+        "\nTraffic: productpage -> details, reviews, ratings ({} requests each, by service VIP)",
+        args.requests
+    );
+    let mut failures = 0;
+    for svc in &services {
+        for _ in 0..args.requests {
+            let (ok, _, err) = bed.curl(&productpage, &format!("http://{}:9080/", svc.vip))?;
+            if !ok {
+                failures += 1;
+                eprintln!("  request to {} failed: {}", svc.name, err.trim());
+            }
+        }
+    }
+    let (legacy_ok, _, _) = bed.curl(&legacy, &format!("http://{}:8080/", services[1].pod.ip))?;
+    println!(
+        "Traffic: legacy (outside the mesh) -> reviews-v1 in plaintext: {}",
+        if legacy_ok {
+            "ALLOWED (unexpected!)"
+        } else {
+            "refused (STRICT mTLS)"
+        }
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    println!("\nWhat talked to what (reported by the source node proxy):");
+    let mut rows = BTreeMap::new();
+    for i in 0..bed.nodes().len() {
+        let metrics = bed.metrics(i)?;
+        for series in metrics.keys().filter(|s| {
+            s.starts_with("weft_tcp_connections_opened_total{") && s.contains("reporter=\"source\"")
+        }) {
+            let label = |k: &str| {
+                series
+                    .split(&format!("{k}=\""))
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            let key = (label("source_workload"), label("destination_workload"));
+            let filter = [
+                ("reporter", "source"),
+                ("source_workload", key.0.as_str()),
+                ("destination_workload", key.1.as_str()),
+            ];
+            rows.insert(
+                key.clone(),
+                (
+                    label("source_principal"),
+                    label("destination_principal"),
+                    label("connection_security_policy"),
+                    metric_sum(&metrics, "weft_tcp_connections_opened_total", &filter),
+                    metric_sum(&metrics, "weft_tcp_sent_bytes_total", &filter),
+                    metric_sum(&metrics, "weft_tcp_received_bytes_total", &filter),
+                ),
+            );
+        }
+    }
+    for ((src, dst), (sp, dp, policy, conns, sent, received)) in &rows {
+        println!(
+            "  {src} -> {dst}: {conns} connections, {sent} B sent, {received} B received, {}",
+            if policy == "mutual_tls" {
+                "mTLS (HBONE)"
+            } else {
+                "plain TCP"
+            }
+        );
+        println!("      {sp}  ->  {dp}");
+    }
+    ensure!(
+        failures == 0,
+        "{failures} requests failed; node proxy logs are in {}",
+        bed.dir().display()
+    );
+    ensure!(
+        !legacy_ok,
+        "plaintext from outside the mesh reached an enrolled pod"
+    );
+
+    // Each node's metrics, reachable from this machine's loopback.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    println!("\nMetrics (Prometheus text):");
+    for (i, node) in bed.nodes().iter().enumerate() {
+        let port = args.metrics_port + i as u16;
+        let netns = Arc::new(weft_core::netns::Netns::open(
+            &PathBuf::from("/run/netns").join(&node.netns),
+        )?);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
+            .with_context(|| format!("binding 127.0.0.1:{port} (use --metrics-port)"))?;
+        runtime.spawn(forward(
+            listener,
+            netns,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 15020)),
+        ));
+        println!("  {}: curl http://127.0.0.1:{port}/metrics", node.name);
+    }
+    println!(
+        "\nTry it: ip netns exec {} curl http://{}:9080/",
+        productpage.netns, services[1].vip
+    );
+    println!("Node proxy logs: {}/node*-proxy.log", bed.dir().display());
+    match args.duration_secs {
+        Some(secs) => {
+            println!("Running for {secs} s...");
+            std::thread::sleep(Duration::from_secs(secs));
+        }
+        None => {
+            println!("Running until Ctrl-C...");
+            runtime.block_on(async { tokio::signal::ctrl_c().await })?;
+        }
+    }
+    println!("Tearing the lab down.");
+    drop(runtime);
+    drop(bed);
+    Ok(())
+}
+
+/// Forwards connections from a loopback port of this namespace to `target` inside `netns`.
+async fn forward(
+    listener: tokio::net::TcpListener,
+    netns: Arc<weft_core::netns::Netns>,
+    target: SocketAddr,
+) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let netns = netns.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = netns.connect(target, None).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
