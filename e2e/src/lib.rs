@@ -501,6 +501,11 @@ impl TestBed {
         self.wait_ready(i)
     }
 
+    /// Process id of node `i`'s proxy (`ip netns exec` execs it, so it keeps the child's pid).
+    pub fn proxy_pid(&self, i: usize) -> Option<u32> {
+        self.proxies.get(i)?.as_ref().map(Child::id)
+    }
+
     /// Whether node `i`'s proxy process is still running.
     pub fn proxy_running(&mut self, i: usize) -> bool {
         match self.proxies[i].as_mut() {

@@ -1,1 +1,356 @@
-fn main() {}
+//! `weft-bench`: the same traffic with no mesh and through two node proxies, in one run.
+//!
+//! Run as root: `cargo run --release -p weft-e2e --bin weft-bench`. The orchestrator builds a
+//! 2-node test bed with an enrolled client/server pair and a non-enrolled pair on the same nodes
+//! and fabric, then runs this binary's `serve` and `load` modes inside the pods.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser)]
+#[command(about = "Weft benchmark: no mesh vs. through two node proxies")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Servers: sink on 5001, 64 B echo on 5002, accept-and-answer on 5003.
+    Serve,
+    /// One measurement against `target`; prints a JSON line.
+    Load {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize, Default, Clone, Copy)]
+struct Measured {
+    bytes: u64,
+    ops: u64,
+    secs: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Some(Mode::Serve) => runtime()?.block_on(serve()),
+        Some(Mode::Load {
+            kind,
+            target,
+            streams,
+            secs,
+        }) => {
+            let measured =
+                runtime()?.block_on(load(&kind, target, streams, Duration::from_secs(secs)))?;
+            println!("{}", serde_json::to_string(&measured)?);
+            Ok(())
+        }
+        None => orchestrate(cli.secs),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
+async fn serve() -> Result<()> {
+    let sink = TcpListener::bind("0.0.0.0:5001").await?;
+    let echo = TcpListener::bind("0.0.0.0:5002").await?;
+    let answer = TcpListener::bind("0.0.0.0:5003").await?;
+    tokio::spawn(accept_loop(sink, |mut s| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    }));
+    tokio::spawn(accept_loop(echo, |mut s| async move {
+        let _ = s.set_nodelay(true);
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).await.is_ok() {
+            if s.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    }));
+    accept_loop(answer, |mut s| async move {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).await.is_ok() {
+            let _ = s.write_all(&b).await;
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(handle(stream));
+    }
+}
+
+async fn load(kind: &str, target: SocketAddr, streams: usize, dur: Duration) -> Result<Measured> {
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let kind = kind.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut bytes = 0u64;
+            let mut lat = Vec::new();
+            match kind.as_str() {
+                "stream" => {
+                    let mut s = TcpStream::connect(target).await?;
+                    let buf = vec![0x5au8; 256 * 1024];
+                    while Instant::now() < deadline {
+                        s.write_all(&buf).await?;
+                        bytes += buf.len() as u64;
+                    }
+                }
+                "pingpong" => {
+                    let mut s = TcpStream::connect(target).await?;
+                    s.set_nodelay(true)?;
+                    let mut buf = [7u8; 64];
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        s.write_all(&buf).await?;
+                        s.read_exact(&mut buf).await?;
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+                _ => {
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let mut s = TcpStream::connect(target).await?;
+                        s.write_all(b"x").await?;
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).await?;
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((bytes, lat))
+        }));
+    }
+    let mut bytes = 0;
+    let mut lat = Vec::new();
+    for t in tasks {
+        let (b, l) = t.await??;
+        bytes += b;
+        lat.extend(l);
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Measured {
+        bytes,
+        ops: lat.len() as u64,
+        secs: start.elapsed().as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    })
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn orchestrate(secs: u64) -> Result<()> {
+    let mut bed = weft_e2e::TestBed::new("bench", 2)?;
+    let mesh_client = bed.pod("client").namespace("bench").on_node(0).add()?;
+    let mesh_server = bed.pod("server").namespace("bench").on_node(1).add()?;
+    let plain_client = bed
+        .pod("plain-client")
+        .namespace("nomesh")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let plain_server = bed
+        .pod("plain-server")
+        .namespace("nomesh")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    let exe = std::env::current_exe()?.display().to_string();
+    for server in [&mesh_server, &plain_server] {
+        bed.spawn_in(
+            &server.netns.clone(),
+            &[&exe, "serve"],
+            &format!("serve-{}.log", server.name),
+        )?;
+        weft_e2e::wait_listening(
+            &server.netns_path(),
+            SocketAddr::from(([127, 0, 0, 1], 5003)),
+        )?;
+    }
+    let pids = [
+        bed.proxy_pid(0).context("proxy 1")?,
+        bed.proxy_pid(1).context("proxy 2")?,
+    ];
+    let rss_idle = pids.map(rss_kib);
+
+    let run = |client: &weft_e2e::Pod,
+               server: &weft_e2e::Pod,
+               kind: &str,
+               port: u16,
+               streams: usize|
+     -> Result<(Measured, [f64; 2], [u64; 2])> {
+        let cpu0 = pids.map(cpu_secs);
+        let target = format!("{}:{port}", server.ip);
+        let (s, secs_s) = (streams.to_string(), secs.to_string());
+        let sampler = std::thread::spawn(move || {
+            let mut max = [0u64; 2];
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                for (m, pid) in max.iter_mut().zip(pids) {
+                    *m = (*m).max(rss_kib(pid));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            max
+        });
+        let out = bed.exec(
+            client,
+            &[
+                &exe,
+                "load",
+                "--kind",
+                kind,
+                "--target",
+                &target,
+                "--streams",
+                &s,
+                "--secs",
+                &secs_s,
+            ],
+        )?;
+        ensure!(
+            out.status.success(),
+            "load {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let measured: Measured = serde_json::from_slice(&out.stdout)?;
+        let cpu1 = pids.map(cpu_secs);
+        let rss = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?;
+        Ok((measured, [cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]], rss))
+    };
+
+    let mut rows = Vec::new();
+    let mut json = serde_json::Map::new();
+    let mut rss_load = [0u64; 2];
+    let mut cpu_per_gb = [0.0f64; 2];
+    for (name, kind, port, streams) in [
+        ("throughput_1_stream_gbps", "stream", 5001, 1),
+        ("throughput_4_streams_gbps", "stream", 5001, 4),
+        ("latency_64b", "pingpong", 5002, 1),
+        ("new_connections_per_sec", "connect", 5003, 1),
+    ] {
+        let (base, _, _) = run(&plain_client, &plain_server, kind, port, streams)?;
+        let (mesh, cpu, rss) = run(&mesh_client, &mesh_server, kind, port, streams)?;
+        match kind {
+            "stream" => {
+                let gbps = |m: &Measured| m.bytes as f64 * 8.0 / m.secs / 1e9;
+                rows.push((name.to_owned(), gbps(&base), gbps(&mesh)));
+                json.insert(name.into(), serde_json::json!({"no_mesh": gbps(&base), "mesh": gbps(&mesh), "ratio": gbps(&mesh) / gbps(&base)}));
+                if streams == 4 {
+                    let gb = mesh.bytes as f64 / 1e9;
+                    cpu_per_gb = [cpu[0] / gb, cpu[1] / gb];
+                    rss_load = rss;
+                }
+            }
+            "pingpong" => {
+                for (label, b, m) in [
+                    ("latency_64b_p50_us", base.p50_us, mesh.p50_us),
+                    ("latency_64b_p99_us", base.p99_us, mesh.p99_us),
+                ] {
+                    rows.push((label.to_owned(), b, m));
+                    json.insert(
+                        label.into(),
+                        serde_json::json!({"no_mesh": b, "mesh": m, "ratio": m / b}),
+                    );
+                }
+            }
+            _ => {
+                let rate = |m: &Measured| m.ops as f64 / m.secs;
+                rows.push((name.to_owned(), rate(&base), rate(&mesh)));
+                json.insert(name.into(), serde_json::json!({"no_mesh": rate(&base), "mesh": rate(&mesh), "ratio": rate(&mesh) / rate(&base)}));
+            }
+        }
+    }
+    println!(
+        "{:<28} {:>12} {:>12} {:>8}",
+        "metric", "no mesh", "mesh", "ratio"
+    );
+    for (name, base, mesh) in &rows {
+        println!("{name:<28} {base:>12.2} {mesh:>12.2} {:>8.3}", mesh / base);
+    }
+    for (i, node) in ["source proxy", "destination proxy"].iter().enumerate() {
+        println!(
+            "{node}: CPU {:.2} s/GB (4 streams), RSS idle {} KiB, under load {} KiB",
+            cpu_per_gb[i], rss_idle[i], rss_load[i]
+        );
+    }
+    json.insert(
+        "cpu_seconds_per_gb".into(),
+        serde_json::json!({"source_proxy": cpu_per_gb[0], "destination_proxy": cpu_per_gb[1]}),
+    );
+    json.insert(
+        "rss_kib".into(),
+        serde_json::json!({"idle": rss_idle, "load": rss_load}),
+    );
+    json.insert("secs_per_measurement".into(), secs.into());
+    println!("{}", serde_json::Value::Object(json));
+    Ok(())
+}
