@@ -31,6 +31,30 @@ struct Svc {
 }
 
 pub(crate) fn run(args: &LabArgs) -> Result<()> {
+    // Catch Ctrl-C/SIGTERM/SIGHUP before building anything, so an interruption at any point
+    // still tears the namespaces down (the TestBed's Drop) instead of leaving them behind.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    let stopped = || *stop.borrow();
     println!("Weft lab: building 2 nodes and the ambient namespace \"shop\"...");
     let mut bed = TestBed::new("lab", 2)?;
     let productpage = bed
@@ -173,11 +197,11 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         "plaintext from outside the mesh reached an enrolled pod"
     );
 
+    if stopped() {
+        println!("Interrupted: tearing the lab down.");
+        return Ok(());
+    }
     // Each node's metrics, reachable from this machine's loopback.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
     println!("\nMetrics (Prometheus text):");
     for (i, node) in bed.nodes().iter().enumerate() {
         let port = args.metrics_port + i as u16;
@@ -206,7 +230,8 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         }
         None => {
             println!("Running until Ctrl-C...");
-            runtime.block_on(async { tokio::signal::ctrl_c().await })?;
+            let mut stop = stop.clone();
+            runtime.block_on(async move { stop.wait_for(|s| *s).await.map(|_| ()) })?;
         }
     }
     println!("Tearing the lab down.");
