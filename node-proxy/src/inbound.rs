@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, warn};
 use weft_core::config::State;
 use weft_core::drain;
 use weft_core::hbone::{self, ConnectTarget, PendingTunnel, Rejection};
@@ -16,7 +16,7 @@ use weft_core::metrics::{Reporter, SecurityPolicy};
 
 use crate::capture::PROXY_MARK;
 use crate::inputs::{Inputs, Peer, tcp_labels};
-use crate::pods::Pod;
+use crate::pods::{Pod, accept_loop};
 
 pub(crate) struct Inbound {
     inputs: Arc<Inputs>,
@@ -34,21 +34,17 @@ impl Inbound {
     }
 
     pub(crate) async fn run(self, drain: drain::Watch) {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = drain.signaled() => return,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        warn!(pod = %self.pod.workload.name, error = %e, "inbound accept failed");
-                        continue;
-                    }
-                },
-            };
-            let span = info_span!("inbound", id = self.inputs.conn_id(), pod = %self.pod.workload.name, %peer);
-            let (inputs, pod, drain) = (self.inputs.clone(), self.pod.clone(), drain.clone());
-            tokio::spawn(serve_connection(inputs, pod, stream, drain).instrument(span));
-        }
+        let handle =
+            |inputs, pod, stream, _peer, drain| serve_connection(inputs, pod, stream, drain);
+        accept_loop(
+            self.listener,
+            "inbound",
+            self.inputs,
+            self.pod,
+            drain,
+            handle,
+        )
+        .await;
     }
 }
 

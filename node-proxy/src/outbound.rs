@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 use weft_core::drain;
 use weft_core::hbone::{ConnectRequest, PoolKey};
 use weft_core::metrics::{Reporter, SecurityPolicy};
@@ -17,7 +17,7 @@ use weft_core::tls;
 
 use crate::capture::PROXY_MARK;
 use crate::inputs::{Inputs, Peer, tcp_labels};
-use crate::pods::Pod;
+use crate::pods::{Pod, accept_loop};
 
 pub(crate) struct Outbound {
     inputs: Arc<Inputs>,
@@ -35,28 +35,19 @@ impl Outbound {
     }
 
     pub(crate) async fn run(self, drain: drain::Watch) {
-        loop {
-            let (stream, client) = tokio::select! {
-                _ = drain.signaled() => return,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        warn!(pod = %self.pod.workload.name, error = %e, "outbound accept failed");
-                        continue;
-                    }
-                },
-            };
-            let span =
-                info_span!("outbound", id = self.inputs.conn_id(), pod = %self.pod.workload.name);
-            let (inputs, pod, conn_drain) = (self.inputs.clone(), self.pod.clone(), drain.clone());
-            tokio::spawn(
-                async move {
-                    proxy(&inputs, &pod, stream, client).await;
-                    drop(conn_drain);
-                }
-                .instrument(span),
-            );
-        }
+        let handle = |inputs: Arc<Inputs>, pod: Arc<Pod>, stream, client, conn_drain| async move {
+            proxy(&inputs, &pod, stream, client).await;
+            drop(conn_drain);
+        };
+        accept_loop(
+            self.listener,
+            "outbound",
+            self.inputs,
+            self.pod,
+            drain,
+            handle,
+        )
+        .await;
     }
 }
 

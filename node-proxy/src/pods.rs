@@ -19,6 +19,43 @@ use crate::inbound_plaintext::InboundPlaintext;
 use crate::inputs::Inputs;
 use crate::outbound::Outbound;
 
+/// Accepts on one of a pod's listeners until `drain`, running `handle` for each connection in
+/// its own task, under a span naming the listener, a connection id, the pod and the peer.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    listener_name: &'static str,
+    inputs: Arc<Inputs>,
+    pod: Arc<Pod>,
+    drain: drain::Watch,
+    handle: F,
+) where
+    F: Fn(Arc<Inputs>, Arc<Pod>, tokio::net::TcpStream, SocketAddr, drain::Watch) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(pod = %pod.workload.name, listener = listener_name, error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let span = tracing::info_span!(
+            "conn",
+            listener = listener_name,
+            id = inputs.conn_id(),
+            pod = %pod.workload.name,
+            %peer
+        );
+        let task = handle(inputs.clone(), pod.clone(), stream, peer, drain.clone());
+        tokio::spawn(task.instrument(span));
+    }
+}
+
 /// An enrolled pod.
 pub(crate) struct Pod {
     pub(crate) workload: Arc<Workload>,
