@@ -9,6 +9,11 @@ command -v sysctl >/dev/null || need+=(procps)
 command -v curl >/dev/null || need+=(curl)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v /usr/bin/python3 >/dev/null || need+=(python3)
+command -v wrk >/dev/null || need+=(wrk)
+command -v clang >/dev/null || need+=(clang)
+command -v bpftool >/dev/null || need+=(bpftool)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+[ -f "/usr/include/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/asm/types.h" ] || need+=(linux-libc-dev)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -16,3 +21,5 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# eBPF capture pins its maps and links on bpffs (the node proxy mounts it too if it is missing).
+mountpoint -q /sys/fs/bpf || mount -t bpf bpffs /sys/fs/bpf

@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: Apache-2.0 OR GPL-2.0
+// Weft traffic capture for enrolled pods.
+//
+// Outbound: cgroup/connect4 sends TCP connects made inside an enrolled pod network namespace to
+// the node proxy's in-pod outbound listener (127.0.0.1:15001), remembering the original
+// destination by socket cookie; sockops re-keys it by (netns cookie, client address) once the
+// client's port is known, which is what the proxy sees on accept. getpeername4 shows the app its
+// original destination again. Sockets carrying the proxy mark are never touched.
+//
+// Inbound: a tc ingress program on the pod's interfaces assigns new TCP connections to the pod's
+// IP (other than HBONE on 15008 and the node's health probes) to the proxy's transparent
+// inbound-plaintext listener (15006). If that listener is missing (proxy down) the SYN is dropped:
+// captured traffic fails closed.
+//
+// Every map is keyed by something the pod cannot choose: the kernel's netns cookie or the pod IP
+// the node assigned. Maps are pinned by name so that a restarted proxy finds the same state.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define SOCK_STREAM 1
+#define PROXY_MARK 0x200
+#define OUTBOUND_PORT 15001
+#define INBOUND_PLAINTEXT_PORT 15006
+#define HBONE_PORT 15008
+#define LOOPBACK_IP 0x7f000001
+#define MAX_PODS 4096
+#define MAX_CONNS 65536
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+// An original destination: IPv4 address (network order) and port (host order).
+struct orig_dst {
+	__u32 ip;
+	__u32 port;
+};
+
+// A captured client socket as the proxy sees it on accept.
+struct client_key {
+	__u64 netns;
+	__u32 ip;   // network order
+	__u32 port; // host order
+};
+
+// Per enrolled pod, keyed by pod IP (network order).
+struct pod_inbound {
+	__u32 probe_src; // node address whose plaintext (health probes) reaches the app directly
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, __u64); // netns cookie
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_enrolled SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, __u32);
+	__type(value, struct pod_inbound);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_inbound SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64); // socket cookie
+	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, struct client_key);
+	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_orig_dst SEC(".maps");
+
+static __always_inline int enrolled(__u64 netns)
+{
+	return bpf_map_lookup_elem(&weft_enrolled, &netns) != 0;
+}
+
+SEC("cgroup/connect4")
+int weft_connect4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	if (!enrolled(bpf_get_netns_cookie(ctx)))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || (sk->mark & PROXY_MARK))
+		return 1;
+	__u32 ip = ctx->user_ip4;
+	if ((bpf_ntohl(ip) >> 24) == 127)
+		return 1;
+	struct orig_dst dst = {
+		.ip = ip,
+		.port = bpf_ntohs((__u16)ctx->user_port),
+	};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&weft_pending, &cookie, &dst, BPF_ANY))
+		return 0; // cannot remember where it was going: refuse rather than lose it
+	ctx->user_ip4 = bpf_htonl(LOOPBACK_IP);
+	ctx->user_port = bpf_htons(OUTBOUND_PORT);
+	return 1;
+}
+
+SEC("sockops")
+int weft_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB || skops->family != 2 /* AF_INET */)
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct orig_dst *dst = bpf_map_lookup_elem(&weft_pending, &cookie);
+	if (!dst)
+		return 1;
+	struct client_key key = {
+		.netns = bpf_get_netns_cookie(skops),
+		.ip = skops->local_ip4,
+		.port = skops->local_port,
+	};
+	bpf_map_update_elem(&weft_orig_dst, &key, dst, BPF_ANY);
+	bpf_map_delete_elem(&weft_pending, &cookie);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int weft_getpeername4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_ip4 != bpf_htonl(LOOPBACK_IP) || ctx->user_port != bpf_htons(OUTBOUND_PORT))
+		return 1;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	if (!enrolled(netns))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct client_key key = {.netns = netns, .ip = sk->src_ip4, .port = sk->src_port};
+	struct orig_dst *dst = bpf_map_lookup_elem(&weft_orig_dst, &key);
+	if (!dst)
+		return 1;
+	ctx->user_ip4 = dst->ip;
+	ctx->user_port = bpf_htons((__u16)dst->port);
+	return 1;
+}
+
+SEC("classifier")
+int weft_tc_ingress(struct __sk_buff *skb)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return TC_ACT_OK;
+	if (ip->protocol != IPPROTO_TCP || ip->ihl < 5)
+		return TC_ACT_OK;
+	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+	if ((void *)(tcp + 1) > data_end)
+		return TC_ACT_OK;
+	// Only new connections: everything else finds its established socket as usual.
+	if (!tcp->syn || tcp->ack)
+		return TC_ACT_OK;
+	__u32 daddr = ip->daddr;
+	struct pod_inbound *pod = bpf_map_lookup_elem(&weft_inbound, &daddr);
+	if (!pod)
+		return TC_ACT_OK;
+	if (tcp->dest == bpf_htons(HBONE_PORT))
+		return TC_ACT_OK;
+	if (pod->probe_src && ip->saddr == pod->probe_src)
+		return TC_ACT_OK;
+
+	struct bpf_sock_tuple tuple = {};
+	tuple.ipv4.saddr = ip->saddr;
+	tuple.ipv4.daddr = daddr;
+	tuple.ipv4.sport = tcp->source;
+	tuple.ipv4.dport = bpf_htons(INBOUND_PLAINTEXT_PORT);
+	struct bpf_sock *sk =
+		bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_SHOT; // proxy down: fail closed
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return TC_ACT_SHOT;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? TC_ACT_SHOT : TC_ACT_OK;
+}
