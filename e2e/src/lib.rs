@@ -65,6 +65,8 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// Whether it is enrolled in the mesh.
     pub enrolled: bool,
+    /// The primary (bridge) plugin's result, the `prevResult` weft-cni is chained on.
+    pub cni_result: String,
 }
 
 impl Pod {
@@ -135,6 +137,27 @@ pub struct TestBed {
     proxies: Vec<Option<Child>>,
     children: Vec<Child>,
     netns_created: Vec<String>,
+    capture: CaptureMode,
+    started: bool,
+}
+
+/// How the node proxies capture pod traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// eBPF programs (the default).
+    Ebpf,
+    /// The nftables fallback.
+    Nftables,
+}
+
+impl CaptureMode {
+    /// The `--capture` flag value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::Nftables => "nftables",
+        }
+    }
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -174,6 +197,8 @@ impl TestBed {
             proxies: Vec::new(),
             children: Vec::new(),
             netns_created: Vec::new(),
+            capture: CaptureMode::Ebpf,
+            started: false,
         };
         bed.add_netns(&bed.fabric.clone())?;
         let fabric = bed.fabric.clone();
@@ -324,9 +349,86 @@ impl TestBed {
             netns,
             ip,
             enrolled,
+            cni_result: result,
         };
         self.pods.push(pod.clone());
+        if self.started {
+            // A pod created on a running mesh: the API server knows it (config, certificate)
+            // and the runtime finishes the plugin chain with weft-cni.
+            if enrolled {
+                self.issue_cert(&pod.identity())?;
+            }
+            self.write_config(&serde_yaml::to_string(&self.mesh_config())?)?;
+            let out = self.weft_cni(&pod, "ADD")?;
+            ensure!(out.status.success(), "weft-cni ADD for {name} failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
         Ok(pod)
+    }
+
+    /// Chooses how the node proxies capture traffic (before [`start`](Self::start)); the
+    /// default is eBPF.
+    pub fn capture_mode(&mut self, mode: CaptureMode) -> &mut Self {
+        self.capture = mode;
+        self
+    }
+
+    /// Runs `weft-cni` for `pod` as the container runtime does after the primary plugin:
+    /// `command` is ADD, DEL or CHECK. Returns the plugin's output, whatever its status.
+    pub fn weft_cni(&self, pod: &Pod, command: &str) -> Result<Output> {
+        let node = &self.nodes[pod.node];
+        let prev: serde_json::Value = serde_json::from_str(&pod.cni_result).unwrap_or_default();
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("weft-{}", self.id),
+            "type": "weft-cni",
+            "socket": self.cni_socket(pod.node),
+            "timeoutSeconds": 5,
+            "prevResult": prev,
+        });
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(self.bin_dir.join("weft-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.netns)
+            .env("CNI_NETNS", pod.netns_path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PATH)
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running weft-cni (run `cargo build --workspace --bins` first)")?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(conf.to_string().as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Node `i`'s CNI socket.
+    pub fn cni_socket(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.nodes[i].name).join("cni.sock")
+    }
+
+    fn pin_dir(&self, i: usize) -> PathBuf {
+        Path::new("/sys/fs/bpf/weft").join(format!("{}-{}", self.id, self.nodes[i].name))
+    }
+
+    /// Enrolls or unenrolls a running pod (its workload's protocol in the config), as the
+    /// controller does when a namespace or pod label changes.
+    pub fn set_enrolled(&mut self, pod: &Pod, enrolled: bool) -> Result<()> {
+        if enrolled {
+            self.issue_cert(&pod.identity())?;
+        }
+        for p in self.pods.iter_mut().filter(|p| p.netns == pod.netns) {
+            p.enrolled = enrolled;
+        }
+        self.write_config(&serde_yaml::to_string(&self.mesh_config())?)
     }
 
     fn cni_config(&self, node: &Node) -> String {
@@ -401,7 +503,7 @@ impl TestBed {
                     } else {
                         Protocol::Tcp
                     },
-                    netns: Some(p.netns_path()),
+                    netns: None,
                 })
                 .collect(),
             services: self.services.clone(),
@@ -455,6 +557,19 @@ impl TestBed {
         for i in 0..self.nodes.len() {
             self.wait_ready(i)?;
         }
+        self.started = true;
+        // Pods created before the proxies: the runtime retries the chain until weft-cni
+        // succeeds, as a kubelet does while the node proxy DaemonSet starts.
+        for pod in self.pods.clone() {
+            let out = self.weft_cni(&pod, "ADD")?;
+            ensure!(
+                out.status.success(),
+                "weft-cni ADD for {} failed: {}\nproxy log:\n{}",
+                pod.name,
+                String::from_utf8_lossy(&out.stdout),
+                self.proxy_log(pod.node)
+            );
+        }
         Ok(())
     }
 
@@ -464,14 +579,23 @@ impl TestBed {
             .create(true)
             .append(true)
             .open(self.proxy_log_path(i))?;
-        Command::new("ip")
-            .args(["netns", "exec", &node.netns])
+        // nsenter, not `ip netns exec`: the latter gives the process a private mount namespace,
+        // and bpffs pins made there would vanish with it.
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
             .arg(self.bin_dir.join("weft-node-proxy"))
             .args(["--node", &node.name, "--config"])
             .arg(self.config_path())
             .arg("--cert-dir")
             .arg(self.dir.join("certs"))
             .args(["--reload-interval-ms", "100", "--drain-deadline-secs", "2"])
+            .args(["--capture", self.capture.flag()])
+            .arg("--bpf-pin-dir")
+            .arg(self.pin_dir(i))
+            .arg("--cni-socket")
+            .arg(self.cni_socket(i))
+            .arg("--state-dir")
+            .arg(self.dir.join(&node.name).join("state"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -501,7 +625,7 @@ impl TestBed {
         self.wait_ready(i)
     }
 
-    /// Process id of node `i`'s proxy (`ip netns exec` execs it, so it keeps the child's pid).
+    /// Process id of node `i`'s proxy (nsenter execs it, so it keeps the child's pid).
     pub fn proxy_pid(&self, i: usize) -> Option<u32> {
         self.proxies.get(i)?.as_ref().map(Child::id)
     }
@@ -771,7 +895,11 @@ impl TestBed {
         self.stop_helpers();
         for pod in self.pods.clone() {
             let node = self.nodes[pod.node].clone();
+            let _ = self.weft_cni(&pod, "DEL");
             let _ = self.cni(&node, &pod.netns, "DEL");
+        }
+        for i in 0..self.nodes.len() {
+            let _ = std::fs::remove_dir_all(self.pin_dir(i));
         }
         for netns in self.netns_created.drain(..).rev() {
             let _ = Command::new("ip")

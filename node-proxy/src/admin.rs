@@ -52,7 +52,7 @@ pub(crate) fn config_dump(
             let enrolled = enrolled.lock().map(|e| e.clone()).unwrap_or_default();
             let dump = serde_json::json!({
                 "node": inputs.config.node,
-                "capture_mode": "in-pod nftables",
+                "capture_mode": inputs.capture.mode(),
                 "config_file": inputs.config.config_path,
                 "enrolled_pods": enrolled,
                 "certificates": identities,

@@ -13,12 +13,18 @@ use weft_core::config::State;
 use weft_core::hbone::{Pool, PoolConfig};
 use weft_core::metrics::TcpMetrics;
 
+use crate::capture::Capture;
 use crate::identity::CertStore;
 
 /// The node proxy's settings, built once from flags.
 #[derive(Clone, Debug)]
 pub(crate) struct ProxyConfig {
     pub(crate) node: String,
+    pub(crate) capture: crate::capture::Requested,
+    pub(crate) bpf_pin_dir: PathBuf,
+    pub(crate) cgroup: Option<PathBuf>,
+    pub(crate) cni_socket: PathBuf,
+    pub(crate) state_dir: PathBuf,
     pub(crate) config_path: PathBuf,
     pub(crate) cert_dir: PathBuf,
     pub(crate) trust_bundle: PathBuf,
@@ -37,15 +43,29 @@ pub(crate) struct Inputs {
     pub(crate) pool: Pool,
     pub(crate) metrics: TcpMetrics,
     pub(crate) registry: Registry,
+    pub(crate) capture: Capture,
     pub(crate) ready: AtomicBool,
     next_conn: AtomicU64,
     next_pick: AtomicUsize,
 }
 
 impl Inputs {
-    pub(crate) fn new(config: ProxyConfig, state: State, certs: CertStore) -> Self {
+    pub(crate) fn new(
+        config: ProxyConfig,
+        state: State,
+        certs: CertStore,
+        capture: Capture,
+    ) -> Self {
         let mut registry = Registry::with_prefix("weft");
         let metrics = TcpMetrics::register(&mut registry);
+        let mode = prometheus_client::metrics::family::Family::<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>::default();
+        mode.get_or_create(&vec![("mode".to_owned(), capture.mode().to_owned())])
+            .set(1);
+        registry.register(
+            "capture_mode",
+            "Active traffic capture mechanism (1 for the mode in use)",
+            mode,
+        );
         Self {
             config: Arc::new(config),
             state: ArcSwap::from_pointee(state),
@@ -53,6 +73,7 @@ impl Inputs {
             pool: Pool::new(PoolConfig::default()),
             metrics,
             registry,
+            capture,
             ready: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             next_pick: AtomicUsize::new(0),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod capture;
+mod cni;
 mod identity;
 mod inbound;
 mod inbound_plaintext;
@@ -24,6 +25,7 @@ use weft_core::config::{MeshConfig, State};
 use weft_core::drain;
 use weft_core::telemetry::{self, LogFormat};
 
+use crate::capture::Capture;
 use crate::identity::CertStore;
 use crate::inputs::{Inputs, ProxyConfig};
 use crate::pods::Pods;
@@ -62,12 +64,41 @@ struct Args {
     /// Log format: plain or json.
     #[arg(long, default_value = "plain")]
     log_format: LogFormat,
+    /// Traffic capture: ebpf, nftables, or auto (eBPF, falling back to nftables).
+    #[arg(long, env = "WEFT_CAPTURE", value_enum, default_value = "auto")]
+    capture: capture::Requested,
+    /// bpffs directory for this proxy's pinned maps and links. Default: /sys/fs/bpf/weft/<node>.
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
+    /// cgroup v2 directory the socket programs attach to. Default: the cgroup v2 root.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Unix socket on which weft-cni reports pods.
+    #[arg(long, env = "WEFT_CNI_SOCKET", default_value = weft_cni::DEFAULT_SOCKET)]
+    cni_socket: PathBuf,
+    /// Directory for state that must survive a restart (the pods weft-cni reported).
+    /// Default: /var/run/weft/<node>.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format, "info");
+    let bpf_pin_dir = args
+        .bpf_pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(weft_ebpf::BPFFS).join("weft").join(&args.node));
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/run/weft").join(&args.node));
     let config = ProxyConfig {
+        capture: args.capture,
+        bpf_pin_dir,
+        cgroup: args.cgroup,
+        cni_socket: args.cni_socket,
+        state_dir,
         trust_bundle: args
             .trust_bundle
             .clone()
@@ -94,8 +125,10 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mesh = MeshConfig::load(&config.config_path)?;
     let state = State::new(mesh);
     let certs = load_certs(&config, &state);
-    info!(node = %config.node, config = %config.config_path.display(), workloads = state.config().workloads.len(), services = state.config().services.len(), "node proxy starting");
-    let inputs = Arc::new(Inputs::new(config.clone(), state, certs));
+    let capture = Capture::start(config.capture, &config.bpf_pin_dir, config.cgroup.as_deref())
+        .context("starting eBPF capture (use --capture nftables to run without eBPF)")?;
+    info!(node = %config.node, config = %config.config_path.display(), workloads = state.config().workloads.len(), services = state.config().services.len(), capture = capture.mode(), "node proxy starting");
+    let inputs = Arc::new(Inputs::new(config.clone(), state, certs, capture));
 
     let (signal_drain, watch) = drain::channel();
     let enrolled = Arc::new(Mutex::new(Vec::new()));
@@ -122,21 +155,32 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         tokio::spawn(weft_core::admin::serve(listener, handler, watch.clone()));
     }
 
+    let mut registry = cni::Registry::load(&config.state_dir);
     let mut pods = Pods::default();
-    pods.reconcile(&inputs, &watch).await;
+    let keep = pods.reconcile(&inputs, &registry, &watch).await;
+    // Whatever an earlier run captured for pods that are gone or left the mesh is released;
+    // pods still wanted stay captured even if they failed to enroll (fail closed).
+    inputs.capture.sweep(&keep);
     *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
+
+    let (cni_tx, mut cni_rx) = tokio::sync::mpsc::channel::<cni::Call>(64);
+    cni::serve(&config.cni_socket, cni_tx, watch.clone()).with_context(|| {
+        format!("listening for weft-cni on {}", config.cni_socket.display())
+    })?;
     inputs.ready.store(true, Ordering::Relaxed);
-    info!("node proxy ready");
+    info!(capture = inputs.capture.mode(), cni_socket = %config.cni_socket.display(), "node proxy ready");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(config.reload_interval);
     let mut last_text = std::fs::read_to_string(&config.config_path).unwrap_or_default();
     loop {
+        let mut call = None;
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick.tick() => {}
+            Some(c) = cni_rx.recv() => call = Some(c),
         }
         let changed = reload_config(&inputs, &mut last_text);
         let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
@@ -145,8 +189,13 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 .certs
                 .store(Arc::new(load_certs(&config, &inputs.state.load())));
         }
-        // Reconciling every tick also retries pods that failed to enroll.
-        pods.reconcile(&inputs, &watch).await;
+        if let Some((request, reply)) = call {
+            let response = handle_cni(&inputs, &mut registry, &mut pods, &watch, request).await;
+            let _ = reply.send(response);
+        } else {
+            // Reconciling every tick also retries pods that failed to enroll.
+            pods.reconcile(&inputs, &registry, &watch).await;
+        }
         *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
     }
 
@@ -197,6 +246,44 @@ fn reload_config(inputs: &Inputs, last_text: &mut String) -> bool {
             false
         }
     }
+}
+
+/// Answers weft-cni: the pod is captured before the ADD returns, or the ADD fails.
+async fn handle_cni(
+    inputs: &Arc<Inputs>,
+    registry: &mut cni::Registry,
+    pods: &mut Pods,
+    watch: &drain::Watch,
+    request: weft_cni::Request,
+) -> weft_cni::Response {
+    use weft_cni::{Request, Response};
+    let (namespace, name, label) = match &request {
+        Request::Add(pod) | Request::Check(pod) => (pod.namespace.clone(), pod.name.clone(), "add"),
+        Request::Del { namespace, name, .. } => (namespace.clone(), name.clone(), "del"),
+    };
+    match request {
+        Request::Add(pod) => registry.add(pod),
+        Request::Del { container_id, .. } => registry.remove(&namespace, &name, &container_id),
+        Request::Check(_) => {}
+    }
+    pods.reconcile(inputs, registry, watch).await;
+    let response = match (label, pods.enrollment(inputs, &namespace, &name)) {
+        ("del", _) => Response::Ok {
+            captured: false,
+            message: "released".into(),
+        },
+        (_, pods::Enrollment::Captured) => Response::Ok {
+            captured: true,
+            message: format!("captured ({})", inputs.capture.mode()),
+        },
+        (_, pods::Enrollment::NotInMesh) => Response::Ok {
+            captured: false,
+            message: "not in the mesh on this node: not captured".into(),
+        },
+        (_, pods::Enrollment::Failed(why)) => Response::Error { message: why },
+    };
+    info!(op = label, pod = %name, namespace = %namespace, ?response, "CNI request");
+    response
 }
 
 fn load_certs(config: &ProxyConfig, state: &State) -> CertStore {

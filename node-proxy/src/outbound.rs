@@ -53,8 +53,8 @@ impl Outbound {
 
 async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr) {
     let started = Instant::now();
-    // Phase 1: context. The original destination survives the redirect in conntrack.
-    let dst = match original_dst(&stream) {
+    // Phase 1: context. The capture kept the original destination (eBPF map or conntrack).
+    let dst = match inputs.capture.original_dst(pod.cookie, &stream, client) {
         Ok(dst) => dst,
         Err(e) => {
             warn!(%client, error = %e, "early deny: original destination unknown");
@@ -112,9 +112,10 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
         proxy: proxy_addr,
         destination: dst_id.clone(),
     };
+    // The pod's own address: with eBPF capture the listener saw the client on loopback.
     let request = ConnectRequest {
         destination: upstream.addr,
-        client,
+        client: SocketAddr::new(pod.ip.into(), client.port()),
         traceparent: None,
         baggage: None,
     };
@@ -192,12 +193,4 @@ async fn passthrough(
         duration_ms = started.elapsed().as_millis() as u64,
         "connection complete"
     );
-}
-
-/// The destination the pod asked for, before the capture redirected it to us.
-fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    socket2::SockRef::from(stream)
-        .original_dst_v4()?
-        .as_socket()
-        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
 }

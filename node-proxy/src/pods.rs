@@ -1,9 +1,11 @@
-//! Enrolled pods on this node: for each, its network namespace, capture rules and the three
-//! in-pod listeners. Reconciled against the config: new pods are enrolled, removed or
-//! unenrolled pods are released, all without touching the pod's processes.
+//! Enrolled pods on this node: for each, its network namespace, its capture and the three
+//! in-pod listeners. Reconciled against the config and the pods the CNI plugin reported: new
+//! pods are enrolled, removed or unenrolled pods are released, all without touching the pod's
+//! processes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,8 @@ use weft_core::drain;
 use weft_core::netns::{ListenOpts, Netns};
 use weft_core::ports;
 
-use crate::capture;
+use crate::capture::{self, PodNet};
+use crate::cni;
 use crate::inbound::Inbound;
 use crate::inbound_plaintext::InboundPlaintext;
 use crate::inputs::Inputs;
@@ -60,24 +63,37 @@ pub(crate) async fn accept_loop<F, Fut>(
 pub(crate) struct Pod {
     pub(crate) workload: Arc<Workload>,
     pub(crate) netns: Arc<Netns>,
+    /// The kernel's cookie of the pod's network namespace (eBPF capture keys on it).
+    pub(crate) cookie: u64,
+    /// The pod's IP (as the CNI plugin reported it).
+    pub(crate) ip: Ipv4Addr,
 }
 
 struct Running {
     pod: Arc<Pod>,
+    net: PodNet,
     stop: drain::Signal,
+}
+
+/// Where a wanted pod lives: from the CNI plugin's report, or the config's `netns`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Placement {
+    netns: PathBuf,
+    ip: Ipv4Addr,
+    probe_src: Option<Ipv4Addr>,
 }
 
 /// The set of enrolled pods.
 #[derive(Default)]
 pub(crate) struct Pods {
     running: HashMap<(String, String), Running>,
+    /// Why a wanted pod is not enrolled (reported to the CNI plugin).
+    failed: HashMap<(String, String), String>,
 }
 
 /// Why a pod could not be enrolled.
 #[derive(Debug, thiserror::Error)]
 enum EnrollError {
-    #[error("pod has no netns path in the config")]
-    NoNetns,
     #[error(transparent)]
     Netns(std::io::Error),
     #[error(transparent)]
@@ -88,52 +104,92 @@ enum EnrollError {
     Listen { port: u16, source: std::io::Error },
 }
 
+/// Whether a pod is captured now, as the CNI plugin is told.
+pub(crate) enum Enrollment {
+    Captured,
+    NotInMesh,
+    Failed(String),
+}
+
 impl Pods {
-    /// Brings the enrolled set in line with the current state.
-    pub(crate) async fn reconcile(&mut self, inputs: &Arc<Inputs>, global: &drain::Watch) {
+    /// Brings the enrolled set in line with the current state and the pods the CNI plugin
+    /// reported. Returns the IPs of every pod that is, or should be, captured.
+    pub(crate) async fn reconcile(
+        &mut self,
+        inputs: &Arc<Inputs>,
+        registry: &cni::Registry,
+        global: &drain::Watch,
+    ) -> BTreeSet<Ipv4Addr> {
         let state = inputs.state.load_full();
-        let wanted: HashMap<(String, String), &Arc<Workload>> = state
+        let wanted: HashMap<(String, String), (&Arc<Workload>, Placement)> = state
             .workloads_on(&inputs.config.node)
             .filter(|w| w.protocol == Protocol::Hbone)
-            .map(|w| ((w.namespace.clone(), w.name.clone()), w))
+            .filter_map(|w| Some(((w.namespace.clone(), w.name.clone()), (w, placement(w, registry)?))))
             .collect();
+        let keep: BTreeSet<Ipv4Addr> = wanted.values().map(|(_, p)| p.ip).collect();
 
         let stale: Vec<_> = self
             .running
             .iter()
-            .filter(|(key, running)| wanted.get(*key).is_none_or(|w| **w != running.pod.workload))
+            .filter(|(key, running)| {
+                wanted.get(*key).is_none_or(|(w, place)| {
+                    **w != running.pod.workload
+                        || place.netns != running.pod.netns.path()
+                        || place.ip != running.net.ip
+                        || place.probe_src != running.net.probe_src
+                })
+            })
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
             if let Some(running) = self.running.remove(&key) {
-                self.release(running).await;
+                release(inputs, running).await;
             }
         }
+        self.failed.retain(|key, _| wanted.contains_key(key));
 
-        for (key, workload) in wanted {
+        for (key, (workload, place)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
-            match enroll(inputs, workload, global).await {
+            if workload.ip != std::net::IpAddr::V4(place.ip) {
+                warn!(pod = %workload.name, config_ip = %workload.ip, cni_ip = %place.ip, "the config and the CNI plugin disagree on the pod's IP; capturing the CNI's");
+            }
+            match enroll(inputs, workload, &place, global).await {
                 Ok(running) => {
-                    info!(pod = %workload.name, namespace = %workload.namespace, ip = %workload.ip, "pod enrolled: traffic captured");
+                    info!(pod = %workload.name, namespace = %workload.namespace, ip = %place.ip, capture = inputs.capture.mode(), "pod enrolled: traffic captured");
+                    self.failed.remove(&key);
                     self.running.insert(key, running);
                 }
                 Err(e) => {
-                    error!(pod = %workload.name, namespace = %workload.namespace, error = %e, "cannot enroll pod; will retry");
+                    if self.failed.get(&key) != Some(&e.to_string()) {
+                        error!(pod = %workload.name, namespace = %workload.namespace, error = %e, "cannot enroll pod; will retry");
+                    }
+                    self.failed.insert(key, e.to_string());
                 }
             }
         }
+        keep
     }
 
-    async fn release(&self, running: Running) {
-        let pod = running.pod;
-        if let Err(e) = capture::remove(pod.netns.path()) {
-            // The namespace may be gone with the pod: nothing left to capture.
-            warn!(pod = %pod.workload.name, error = %e, "removing capture rules");
+    /// Whether the pod `namespace/name` is captured.
+    pub(crate) fn enrollment(&self, inputs: &Inputs, namespace: &str, name: &str) -> Enrollment {
+        let key = (namespace.to_owned(), name.to_owned());
+        if self.running.contains_key(&key) {
+            return Enrollment::Captured;
         }
-        info!(pod = %pod.workload.name, namespace = %pod.workload.namespace, "pod released: traffic no longer captured");
-        tokio::spawn(running.stop.drain(Duration::from_secs(5)));
+        if let Some(why) = self.failed.get(&key) {
+            return Enrollment::Failed(why.clone());
+        }
+        let state = inputs.state.load();
+        let wanted = state.workloads_on(&inputs.config.node).any(|w| {
+            w.namespace == namespace && w.name == name && w.protocol == Protocol::Hbone
+        });
+        if wanted {
+            Enrollment::Failed("not enrolled yet".into())
+        } else {
+            Enrollment::NotInMesh
+        }
     }
 
     /// Names of enrolled pods, for the config dump.
@@ -147,7 +203,7 @@ impl Pods {
         names
     }
 
-    /// Stops every pod's listeners (shutdown). Capture rules stay: traffic fails closed.
+    /// Stops every pod's listeners (shutdown). Capture stays: traffic fails closed.
     pub(crate) fn stop_all(&mut self) {
         for (_, running) in self.running.drain() {
             tokio::spawn(running.stop.drain(Duration::from_secs(1)));
@@ -155,13 +211,41 @@ impl Pods {
     }
 }
 
+fn placement(workload: &Workload, registry: &cni::Registry) -> Option<Placement> {
+    if let Some(pod) = registry.get(&workload.namespace, &workload.name) {
+        return Some(Placement {
+            netns: pod.netns.clone(),
+            ip: pod.ip,
+            probe_src: pod.gateway,
+        });
+    }
+    let std::net::IpAddr::V4(ip) = workload.ip else {
+        return None;
+    };
+    Some(Placement {
+        netns: workload.netns.clone()?,
+        ip,
+        probe_src: None,
+    })
+}
+
+async fn release(inputs: &Inputs, running: Running) {
+    let pod = &running.pod;
+    if let Err(e) = inputs.capture.remove(&running.net).await {
+        // The namespace may be gone with the pod: nothing left to capture.
+        warn!(pod = %pod.workload.name, error = %e, "removing capture");
+    }
+    info!(pod = %pod.workload.name, namespace = %pod.workload.namespace, "pod released: traffic no longer captured");
+    tokio::spawn(running.stop.drain(Duration::from_secs(5)));
+}
+
 async fn enroll(
     inputs: &Arc<Inputs>,
     workload: &Arc<Workload>,
+    place: &Placement,
     global: &drain::Watch,
 ) -> Result<Running, EnrollError> {
-    let path = workload.netns.as_ref().ok_or(EnrollError::NoNetns)?;
-    let netns = Arc::new(Netns::open(path).map_err(EnrollError::Netns)?);
+    let netns = Arc::new(Netns::open(&place.netns).map_err(EnrollError::Netns)?);
     let listen = |port, transparent, ip: Ipv4Addr| {
         let netns = netns.clone();
         async move {
@@ -177,18 +261,24 @@ async fn enroll(
                 .map_err(|source| EnrollError::Listen { port, source })
         }
     };
-    // Listeners first, rules second: no moment where traffic is captured with nobody listening.
+    // Listeners first, capture second: no moment where traffic is captured with nobody listening.
     let outbound = listen(ports::OUTBOUND, false, Ipv4Addr::LOCALHOST).await?;
     let plaintext = listen(ports::INBOUND_PLAINTEXT, true, Ipv4Addr::UNSPECIFIED).await?;
     let hbone = listen(ports::HBONE, false, Ipv4Addr::UNSPECIFIED).await?;
-    let install_path = path.clone();
-    tokio::task::spawn_blocking(move || capture::install(&install_path))
-        .await
-        .map_err(|e| EnrollError::Netns(std::io::Error::other(e)))??;
+    let cookie = weft_ebpf::netns_cookie(&outbound).map_err(EnrollError::Netns)?;
+    let net = PodNet {
+        netns: netns.clone(),
+        cookie,
+        ip: place.ip,
+        probe_src: place.probe_src,
+    };
+    inputs.capture.install(&net).await?;
 
     let pod = Arc::new(Pod {
         workload: workload.clone(),
         netns,
+        cookie,
+        ip: place.ip,
     });
     let (stop, watch) = drain::channel();
     let both = |listener_watch: drain::Watch| {
@@ -218,5 +308,5 @@ async fn enroll(
     run(Box::pin(
         InboundPlaintext::new(pod.clone(), plaintext).run(watch.clone()),
     ));
-    Ok(Running { pod, stop })
+    Ok(Running { pod, net, stop })
 }

@@ -1,22 +1,23 @@
-//! In-pod traffic capture with nftables: rules installed inside each enrolled pod's network
-//! namespace send its outbound TCP to the proxy's outbound listener and its inbound plaintext to
-//! the inbound-plaintext listener; HBONE (15008) reaches the proxy's listener in the pod directly.
+//! The nftables fallback: rules installed inside each enrolled pod's network namespace redirect
+//! its outbound TCP to the proxy's outbound listener (the original destination stays in
+//! conntrack, read back with `SO_ORIGINAL_DST`) and TPROXY its inbound plaintext to the
+//! inbound-plaintext listener; HBONE (15008) and the node's health probes are left alone.
 //!
 //! Sockets the proxy opens inside the pod carry [`PROXY_MARK`] and are never captured. If the
 //! proxy is down the rules stay and the listeners are gone, so captured traffic fails closed.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use weft_core::ports;
 
-/// `SO_MARK` of every socket the proxy opens inside a pod: exempt from capture.
-pub(crate) const PROXY_MARK: u32 = 0x200;
+use super::PROXY_MARK;
 
-/// Why capture could not be set up or removed.
+/// Why the rules could not be set up or removed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CaptureError {
+pub(crate) enum NftError {
     #[error("running nft in {netns}: {source} (are nftables and util-linux's nsenter installed?)")]
     Spawn {
         netns: String,
@@ -26,14 +27,15 @@ pub(crate) enum CaptureError {
     Nft { netns: String, stderr: String },
 }
 
-fn ruleset() -> String {
+fn ruleset(probe_src: Option<Ipv4Addr>) -> String {
+    let probe = probe_src.map_or_else(String::new, |ip| format!("ip saddr != {ip} "));
     format!(
         r#"table ip weft
 delete table ip weft
 table ip weft {{
   chain prerouting {{
     type filter hook prerouting priority mangle; policy accept;
-    meta l4proto tcp iifname != "lo" ct direction original tcp dport != {hbone} tproxy to :{inbound} accept
+    meta l4proto tcp iifname != "lo" ct direction original {probe}tcp dport != {hbone} tproxy to :{inbound} accept
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
@@ -51,16 +53,16 @@ table ip weft {{
 }
 
 /// Installs (or replaces) the capture rules in the namespace at `netns`.
-pub(crate) fn install(netns: &Path) -> Result<(), CaptureError> {
-    nft(netns, &ruleset())
+pub(crate) fn install(netns: &Path, probe_src: Option<Ipv4Addr>) -> Result<(), NftError> {
+    nft(netns, &ruleset(probe_src))
 }
 
 /// Removes the capture rules; a namespace without them is fine.
-pub(crate) fn remove(netns: &Path) -> Result<(), CaptureError> {
+pub(crate) fn remove(netns: &Path) -> Result<(), NftError> {
     nft(netns, "table ip weft\ndelete table ip weft\n")
 }
 
-fn nft(netns: &Path, script: &str) -> Result<(), CaptureError> {
+fn nft(netns: &Path, script: &str) -> Result<(), NftError> {
     let name = netns.display().to_string();
     let mut child = Command::new("nsenter")
         .arg(format!("--net={name}"))
@@ -69,28 +71,28 @@ fn nft(netns: &Path, script: &str) -> Result<(), CaptureError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CaptureError::Spawn {
+        .map_err(|source| NftError::Spawn {
             netns: name.clone(),
             source,
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
-            .map_err(|source| CaptureError::Spawn {
+            .map_err(|source| NftError::Spawn {
                 netns: name.clone(),
                 source,
             })?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|source| CaptureError::Spawn {
+        .map_err(|source| NftError::Spawn {
             netns: name.clone(),
             source,
         })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(CaptureError::Nft {
+        Err(NftError::Nft {
             netns: name,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
