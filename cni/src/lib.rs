@@ -103,7 +103,9 @@ mod tests {
     #[test]
     fn cni_args_name_the_pod() {
         assert_eq!(
-            pod_from_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=abc"),
+            pod_from_cni_args(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=abc"
+            ),
             Some(("shop".into(), "web-1".into()))
         );
         assert_eq!(pod_from_cni_args("IgnoreUnknown=1"), None);

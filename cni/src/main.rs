@@ -90,7 +90,11 @@ fn socket(conf: &Value) -> PathBuf {
 }
 
 fn timeout(conf: &Value) -> Duration {
-    Duration::from_secs(conf.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(10))
+    Duration::from_secs(
+        conf.get("timeoutSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(10),
+    )
 }
 
 fn excluded(conf: &Value, namespace: &str) -> bool {
@@ -180,8 +184,7 @@ fn add(conf: &Value, version: &str) -> Result<Option<Value>, Failure> {
 }
 
 fn del(conf: &Value) {
-    let Some((namespace, name)) =
-        pod_from_cni_args(&std::env::var("CNI_ARGS").unwrap_or_default())
+    let Some((namespace, name)) = pod_from_cni_args(&std::env::var("CNI_ARGS").unwrap_or_default())
     else {
         return;
     };
@@ -213,7 +216,10 @@ fn check(conf: &Value) -> Result<Option<Value>, Failure> {
         Ok(Response::Error { message }) => Err(fail(REFUSED, message, "")),
         Err(e) => Err(fail(
             TRY_AGAIN_LATER,
-            format!("the Weft node proxy is not reachable at {}: {e}", socket.display()),
+            format!(
+                "the Weft node proxy is not reachable at {}: {e}",
+                socket.display()
+            ),
             "",
         )),
     }

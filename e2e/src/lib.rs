@@ -360,7 +360,11 @@ impl TestBed {
             }
             self.write_config(&serde_yaml::to_string(&self.mesh_config())?)?;
             let out = self.weft_cni(&pod, "ADD")?;
-            ensure!(out.status.success(), "weft-cni ADD for {name} failed: {}", String::from_utf8_lossy(&out.stdout));
+            ensure!(
+                out.status.success(),
+                "weft-cni ADD for {name} failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         Ok(pod)
     }
@@ -395,7 +399,10 @@ impl TestBed {
             .env("CNI_PATH", CNI_PATH)
             .env(
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.namespace, pod.name),
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                    pod.namespace, pod.name
+                ),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1047,4 +1054,28 @@ pub fn metric_sum(metrics: &BTreeMap<String, f64>, name: &str, labels: &[(&str, 
         })
         .map(|(_, v)| v)
         .sum()
+}
+
+/// Defines each listed test (a `fn(CaptureMode) -> Result<()>` in the calling module) twice:
+/// `ebpf::<name>` and `nftables::<name>`, so every capture suite runs under both mechanisms.
+#[macro_export]
+macro_rules! in_both_capture_modes {
+    ($($name:ident),* $(,)?) => {
+        mod ebpf {
+            $(
+                #[test]
+                fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::CaptureMode::Ebpf)
+                }
+            )*
+        }
+        mod nftables {
+            $(
+                #[test]
+                fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::CaptureMode::Nftables)
+                }
+            )*
+        }
+    };
 }

@@ -5,7 +5,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use weft_e2e::{TestBed, metric_sum, pcap};
+use weft_e2e::{CaptureMode, TestBed, metric_sum, pcap};
+
+weft_e2e::in_both_capture_modes!(
+    pod_to_pod_across_nodes_is_mtls_on_the_wire,
+    same_node_non_mesh_and_strict_plaintext,
+);
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -19,9 +24,9 @@ fn marker(bed: &TestBed) -> String {
     )
 }
 
-#[test]
-fn pod_to_pod_across_nodes_is_mtls_on_the_wire() -> Result<()> {
+fn pod_to_pod_across_nodes_is_mtls_on_the_wire(mode: CaptureMode) -> Result<()> {
     let mut bed = TestBed::new("mtls", 2)?;
+    bed.capture_mode(mode);
     let client = bed.pod("client").namespace("shop").on_node(0).add()?;
     let web = bed.pod("web").namespace("shop").on_node(1).add()?;
     bed.service("web", "shop", VIP, 80, 8080, &[&web]);
@@ -103,9 +108,9 @@ fn pod_to_pod_across_nodes_is_mtls_on_the_wire() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn same_node_non_mesh_and_strict_plaintext() -> Result<()> {
+fn same_node_non_mesh_and_strict_plaintext(mode: CaptureMode) -> Result<()> {
     let mut bed = TestBed::new("paths", 2)?;
+    bed.capture_mode(mode);
     let client = bed.pod("client").namespace("shop").on_node(0).add()?;
     let local = bed.pod("local").namespace("shop").on_node(0).add()?;
     let legacy = bed

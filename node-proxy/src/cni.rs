@@ -17,11 +17,7 @@ use weft_core::drain;
 pub(crate) type Call = (Request, oneshot::Sender<Response>);
 
 /// Listens on `path`, handing each request to the proxy's main loop through `calls`.
-pub(crate) fn serve(
-    path: &Path,
-    calls: mpsc::Sender<Call>,
-    drain: drain::Watch,
-) -> io::Result<()> {
+pub(crate) fn serve(path: &Path, calls: mpsc::Sender<Call>, drain: drain::Watch) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -102,7 +98,9 @@ impl Registry {
         };
         for pod in pods {
             if pod.netns.exists() {
-                registry.pods.insert((pod.namespace.clone(), pod.name.clone()), pod);
+                registry
+                    .pods
+                    .insert((pod.namespace.clone(), pod.name.clone()), pod);
             } else {
                 info!(pod = %pod.name, namespace = %pod.namespace, "pod gone while the proxy was down");
             }

@@ -58,7 +58,10 @@ impl Inputs {
     ) -> Self {
         let mut registry = Registry::with_prefix("weft");
         let metrics = TcpMetrics::register(&mut registry);
-        let mode = prometheus_client::metrics::family::Family::<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>::default();
+        let mode = prometheus_client::metrics::family::Family::<
+            Vec<(String, String)>,
+            prometheus_client::metrics::gauge::Gauge,
+        >::default();
         mode.get_or_create(&vec![("mode".to_owned(), capture.mode().to_owned())])
             .set(1);
         registry.register(

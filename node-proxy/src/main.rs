@@ -85,10 +85,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format, "info");
-    let bpf_pin_dir = args
-        .bpf_pin_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(weft_ebpf::BPFFS).join("weft").join(&args.node));
+    let bpf_pin_dir = args.bpf_pin_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(weft_ebpf::BPFFS)
+            .join("weft")
+            .join(&args.node)
+    });
     let state_dir = args
         .state_dir
         .clone()
@@ -125,8 +126,12 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mesh = MeshConfig::load(&config.config_path)?;
     let state = State::new(mesh);
     let certs = load_certs(&config, &state);
-    let capture = Capture::start(config.capture, &config.bpf_pin_dir, config.cgroup.as_deref())
-        .context("starting eBPF capture (use --capture nftables to run without eBPF)")?;
+    let capture = Capture::start(
+        config.capture,
+        &config.bpf_pin_dir,
+        config.cgroup.as_deref(),
+    )
+    .context("starting eBPF capture (use --capture nftables to run without eBPF)")?;
     info!(node = %config.node, config = %config.config_path.display(), workloads = state.config().workloads.len(), services = state.config().services.len(), capture = capture.mode(), "node proxy starting");
     let inputs = Arc::new(Inputs::new(config.clone(), state, certs, capture));
 
@@ -164,9 +169,8 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
 
     let (cni_tx, mut cni_rx) = tokio::sync::mpsc::channel::<cni::Call>(64);
-    cni::serve(&config.cni_socket, cni_tx, watch.clone()).with_context(|| {
-        format!("listening for weft-cni on {}", config.cni_socket.display())
-    })?;
+    cni::serve(&config.cni_socket, cni_tx, watch.clone())
+        .with_context(|| format!("listening for weft-cni on {}", config.cni_socket.display()))?;
     inputs.ready.store(true, Ordering::Relaxed);
     info!(capture = inputs.capture.mode(), cni_socket = %config.cni_socket.display(), "node proxy ready");
 
@@ -259,7 +263,9 @@ async fn handle_cni(
     use weft_cni::{Request, Response};
     let (namespace, name, label) = match &request {
         Request::Add(pod) | Request::Check(pod) => (pod.namespace.clone(), pod.name.clone(), "add"),
-        Request::Del { namespace, name, .. } => (namespace.clone(), name.clone(), "del"),
+        Request::Del {
+            namespace, name, ..
+        } => (namespace.clone(), name.clone(), "del"),
     };
     match request {
         Request::Add(pod) => registry.add(pod),

@@ -124,7 +124,12 @@ impl Pods {
         let wanted: HashMap<(String, String), (&Arc<Workload>, Placement)> = state
             .workloads_on(&inputs.config.node)
             .filter(|w| w.protocol == Protocol::Hbone)
-            .filter_map(|w| Some(((w.namespace.clone(), w.name.clone()), (w, placement(w, registry)?))))
+            .filter_map(|w| {
+                Some((
+                    (w.namespace.clone(), w.name.clone()),
+                    (w, placement(w, registry)?),
+                ))
+            })
             .collect();
         let keep: BTreeSet<Ipv4Addr> = wanted.values().map(|(_, p)| p.ip).collect();
 
@@ -182,9 +187,9 @@ impl Pods {
             return Enrollment::Failed(why.clone());
         }
         let state = inputs.state.load();
-        let wanted = state.workloads_on(&inputs.config.node).any(|w| {
-            w.namespace == namespace && w.name == name && w.protocol == Protocol::Hbone
-        });
+        let wanted = state
+            .workloads_on(&inputs.config.node)
+            .any(|w| w.namespace == namespace && w.name == name && w.protocol == Protocol::Hbone);
         if wanted {
             Enrollment::Failed("not enrolled yet".into())
         } else {

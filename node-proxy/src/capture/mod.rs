@@ -73,7 +73,9 @@ impl Capture {
         }
         let loaded = match cgroup {
             Some(cgroup) => weft_ebpf::Capture::load(pin_dir, cgroup),
-            None => weft_ebpf::cgroup2_root().and_then(|root| weft_ebpf::Capture::load(pin_dir, &root)),
+            None => {
+                weft_ebpf::cgroup2_root().and_then(|root| weft_ebpf::Capture::load(pin_dir, &root))
+            }
         };
         match (loaded, requested) {
             (Ok(capture), _) => Ok(Self::Ebpf(Arc::new(capture))),
@@ -148,8 +150,12 @@ impl Capture {
             Self::Nftables { stale_pins } => {
                 if stale_pins.exists() {
                     match weft_ebpf::remove_pins(stale_pins) {
-                        Ok(()) => info!(dir = %stale_pins.display(), "removed an earlier eBPF capture"),
-                        Err(e) => warn!(dir = %stale_pins.display(), error = %e, "removing an earlier eBPF capture"),
+                        Ok(()) => {
+                            info!(dir = %stale_pins.display(), "removed an earlier eBPF capture")
+                        }
+                        Err(e) => {
+                            warn!(dir = %stale_pins.display(), error = %e, "removing an earlier eBPF capture")
+                        }
                     }
                 }
             }
@@ -157,7 +163,12 @@ impl Capture {
     }
 
     /// The destination a connection accepted on `pod`'s outbound listener was meant for.
-    pub(crate) fn original_dst(&self, pod_cookie: u64, stream: &TcpStream, client: SocketAddr) -> io::Result<SocketAddr> {
+    pub(crate) fn original_dst(
+        &self,
+        pod_cookie: u64,
+        stream: &TcpStream,
+        client: SocketAddr,
+    ) -> io::Result<SocketAddr> {
         match self {
             Self::Ebpf(capture) => {
                 let SocketAddr::V4(client) = client else {

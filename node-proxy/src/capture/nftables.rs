@@ -4,7 +4,8 @@
 //! inbound-plaintext listener; HBONE (15008) and the node's health probes are left alone.
 //!
 //! Sockets the proxy opens inside the pod carry [`PROXY_MARK`] and are never captured. If the
-//! proxy is down the rules stay and the listeners are gone, so captured traffic fails closed.
+//! proxy is down the rules stay and the listeners are gone, so captured traffic fails closed:
+//! TPROXY finding no listener lets the packet go on, so the rule after it drops it.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -36,6 +37,7 @@ table ip weft {{
   chain prerouting {{
     type filter hook prerouting priority mangle; policy accept;
     meta l4proto tcp iifname != "lo" ct direction original {probe}tcp dport != {hbone} tproxy to :{inbound} accept
+    meta l4proto tcp iifname != "lo" ct direction original {probe}tcp dport != {hbone} drop
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
@@ -83,12 +85,10 @@ fn nft(netns: &Path, script: &str) -> Result<(), NftError> {
                 source,
             })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| NftError::Spawn {
-            netns: name.clone(),
-            source,
-        })?;
+    let out = child.wait_with_output().map_err(|source| NftError::Spawn {
+        netns: name.clone(),
+        source,
+    })?;
     if out.status.success() {
         Ok(())
     } else {

@@ -1,0 +1,348 @@
+//! Traffic capture end to end, under eBPF and under the nftables fallback: who is captured and
+//! who is not, enrolling running pods, health probes, the node proxy going away and coming
+//! back, and the CNI plugin's contract. Real node proxies, real CNI plugins (bridge, host-local,
+//! weft-cni), curl and Python's http.server, in network namespaces. Needs root.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use weft_e2e::{CaptureMode, Pod, TestBed, metric_sum};
+
+weft_e2e::in_both_capture_modes!(
+    pods_outside_the_mesh_talk_directly,
+    enrolling_a_running_pod_captures_its_next_connection,
+    health_probes_from_the_node_reach_an_enrolled_pod,
+    proxy_down_fails_closed_and_restart_recovers_within_2s,
+    cni_add_needs_the_proxy_and_del_always_succeeds,
+);
+
+/// Connections the node proxies have handled, all reporters, both nodes.
+fn proxied(bed: &TestBed) -> Result<f64> {
+    let mut total = 0.0;
+    for i in 0..bed.nodes().len() {
+        total += metric_sum(&bed.metrics(i)?, "weft_tcp_connections_opened_total", &[]);
+    }
+    Ok(total)
+}
+
+/// curl with a short connect timeout: (success, body, stderr).
+fn fetch(bed: &TestBed, from: &Pod, to: &Pod, path: &str) -> Result<(bool, String, String)> {
+    let url = format!("http://{}:8080/{path}", to.ip);
+    let out = bed.exec(
+        from,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "--connect-timeout",
+            "1",
+            &url,
+        ],
+    )?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Requests a Python http.server in `pod` has logged.
+fn served(bed: &TestBed, pod: &Pod) -> usize {
+    std::fs::read_to_string(bed.dir().join(format!("http-{}.log", pod.name)))
+        .map(|log| log.lines().filter(|l| l.contains("\"GET ")).count())
+        .unwrap_or(0)
+}
+
+/// Process ids inside a pod's network namespace.
+fn pids(pod: &Pod) -> Result<Vec<String>> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", &pod.netns])
+        .output()?;
+    let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    pids.sort();
+    Ok(pids)
+}
+
+fn pods_outside_the_mesh_talk_directly(mode: CaptureMode) -> Result<()> {
+    let mut bed = TestBed::new("direct", 2)?;
+    bed.capture_mode(mode);
+    let enrolled = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let outsider = bed
+        .pod("batch")
+        .namespace("legacy")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    // In an enrolled namespace but opted out (`weft.io/dataplane-mode=none`).
+    let opted_out = bed
+        .pod("debug")
+        .namespace("shop")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let plain = bed
+        .pod("plain")
+        .namespace("legacy")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    bed.serve_http(&plain, 8080, &[("x", "plain")])?;
+
+    let before = proxied(&bed)?;
+    for pod in [&outsider, &opted_out] {
+        let (ok, body, err) = fetch(&bed, pod, &plain, "x")?;
+        ensure!(ok && body == "plain", "{} -> plain: {err}", pod.name);
+    }
+    ensure!(
+        proxied(&bed)? == before,
+        "a pod outside the mesh went through a node proxy ({before} -> {})",
+        proxied(&bed)?
+    );
+    // The control: the enrolled pod's request to the same server is proxied.
+    let (ok, _, err) = fetch(&bed, &enrolled, &plain, "x")?;
+    ensure!(ok, "enrolled -> plain: {err}");
+    ensure!(
+        proxied(&bed)? == before + 1.0,
+        "the enrolled pod's connection was not seen by its node proxy"
+    );
+    Ok(())
+}
+
+fn enrolling_a_running_pod_captures_its_next_connection(mode: CaptureMode) -> Result<()> {
+    let mut bed = TestBed::new("enroll", 2)?;
+    bed.capture_mode(mode);
+    let client = bed
+        .pod("client")
+        .namespace("shop")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let plain = bed
+        .pod("plain")
+        .namespace("legacy")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    bed.serve_http(&plain, 8080, &[("x", "plain")])?;
+    // A long-running process stands for the pod's app: it must survive (un)enrollment.
+    bed.spawn_in(&client.netns, &["sleep", "600"], "client-app.log")?;
+    let pids_before = pids(&client)?;
+    ensure!(!pids_before.is_empty(), "no process in the client pod");
+
+    let count = |bed: &TestBed| -> Result<f64> {
+        Ok(metric_sum(
+            &bed.metrics(0)?,
+            "weft_tcp_connections_opened_total",
+            &[("reporter", "source"), ("source_workload", "client")],
+        ))
+    };
+    let (ok, _, err) = fetch(&bed, &client, &plain, "x")?;
+    ensure!(ok, "before enrollment: {err}");
+    ensure!(count(&bed)? == 0.0, "captured before enrollment");
+
+    let log_at = bed.proxy_log(0).len();
+    bed.set_enrolled(&client, true)?;
+    let enrolled_at = Instant::now();
+    bed.wait_log(0, log_at, "pod enrolled", Duration::from_secs(3))?;
+    let (ok, _, err) = fetch(&bed, &client, &plain, "x")?;
+    ensure!(ok, "after enrollment: {err}");
+    ensure!(
+        count(&bed)? == 1.0,
+        "the first connection after enrollment was not captured"
+    );
+    let took = enrolled_at.elapsed();
+
+    let log_at = bed.proxy_log(0).len();
+    bed.set_enrolled(&client, false)?;
+    bed.wait_log(0, log_at, "pod released", Duration::from_secs(3))?;
+    let (ok, _, err) = fetch(&bed, &client, &plain, "x")?;
+    ensure!(ok, "after unenrollment: {err}");
+    ensure!(count(&bed)? == 1.0, "still captured after unenrollment");
+
+    ensure!(
+        pids(&client)? == pids_before,
+        "the pod's processes changed: {pids_before:?} -> {:?}",
+        pids(&client)?
+    );
+    eprintln!("enrolled and captured within {took:?}");
+    Ok(())
+}
+
+fn health_probes_from_the_node_reach_an_enrolled_pod(mode: CaptureMode) -> Result<()> {
+    let mut bed = TestBed::new("probe", 2)?;
+    bed.capture_mode(mode);
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    let other = bed
+        .pod("other")
+        .namespace("legacy")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    let remote = bed
+        .pod("remote")
+        .namespace("legacy")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("healthz", "ok")])?;
+
+    // The kubelet's probe comes from the node itself.
+    let node = bed.nodes()[1].netns.clone();
+    let url = format!("http://{}:8080/healthz", web.ip);
+    let out = bed.exec_in(
+        &node,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "--connect-timeout",
+            "1",
+            &url,
+        ],
+    )?;
+    ensure!(
+        out.status.success() && out.stdout == b"ok",
+        "probe from the node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every other plaintext source is refused (STRICT), same node or not.
+    for pod in [&other, &remote] {
+        let (ok, _, _) = fetch(&bed, pod, &web, "healthz")?;
+        ensure!(!ok, "plaintext from {} reached the enrolled pod", pod.name);
+    }
+    ensure!(
+        served(&bed, &web) == 1,
+        "the app saw {} requests, expected only the probe",
+        served(&bed, &web)
+    );
+    Ok(())
+}
+
+fn proxy_down_fails_closed_and_restart_recovers_within_2s(mode: CaptureMode) -> Result<()> {
+    let mut bed = TestBed::new("restart", 2)?;
+    bed.capture_mode(mode);
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    let plain = bed
+        .pod("plain")
+        .namespace("legacy")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    let outsider = bed
+        .pod("outsider")
+        .namespace("legacy")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("x", "web")])?;
+    bed.serve_http(&plain, 8080, &[("x", "plain")])?;
+    bed.spawn_in(&client.netns, &["sleep", "600"], "client-app.log")?;
+    let pids_before = pids(&client)?;
+    for to in [&web, &plain] {
+        let (ok, _, err) = fetch(&bed, &client, to, "x")?;
+        ensure!(ok, "before the kill, client -> {}: {err}", to.name);
+    }
+    let (web_seen, plain_seen) = (served(&bed, &web), served(&bed, &plain));
+
+    // Source node proxy down: the enrolled pod's connections fail, none goes around the mesh.
+    bed.kill_proxy(0)?;
+    for to in [&web, &plain] {
+        let (ok, _, _) = fetch(&bed, &client, to, "x")?;
+        ensure!(!ok, "with its node proxy down, client reached {}", to.name);
+    }
+    ensure!(
+        served(&bed, &plain) == plain_seen,
+        "the non-mesh server was reached directly while the proxy was down"
+    );
+    // Destination node proxy down: plaintext to the enrolled pod does not reach its app.
+    bed.restart_proxy(0)?;
+    bed.kill_proxy(1)?;
+    let (ok, _, _) = fetch(&bed, &outsider, &web, "x")?;
+    ensure!(
+        !ok,
+        "with its node proxy down, the enrolled pod took plaintext"
+    );
+    ensure!(
+        served(&bed, &web) == web_seen,
+        "the app was reached around the mesh"
+    );
+
+    // Back up: new connections succeed within 2 s, with no change to the pods.
+    let log_at = bed.proxy_log(1).len();
+    let restarted = Instant::now();
+    bed.restart_proxy(1)?;
+    loop {
+        let (ok, body, _) = fetch(&bed, &client, &web, "x")?;
+        if ok && body == "web" {
+            break;
+        }
+        ensure!(
+            restarted.elapsed() < Duration::from_secs(2),
+            "not recovered 2 s after the restart; log:\n{}",
+            bed.proxy_log(1)
+        );
+    }
+    let recovered = restarted.elapsed();
+    ensure!(
+        !bed.proxy_log(1)[log_at..].contains("CNI request"),
+        "the restarted proxy needed the CNI plugin to find its pods"
+    );
+    ensure!(pids(&client)? == pids_before, "the pod's processes changed");
+    eprintln!("recovered {recovered:?} after the restart began");
+    Ok(())
+}
+
+fn cni_add_needs_the_proxy_and_del_always_succeeds(mode: CaptureMode) -> Result<()> {
+    let mut bed = TestBed::new("cni", 1)?;
+    bed.capture_mode(mode);
+    let first = bed.pod("first").namespace("shop").on_node(0).add()?;
+    bed.start()?;
+
+    // CHECK on a captured pod passes; VERSION answers.
+    let out = bed.weft_cni(&first, "CHECK")?;
+    ensure!(
+        out.status.success(),
+        "CHECK: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = bed.weft_cni(&first, "VERSION")?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("supportedVersions"),
+        "VERSION: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    bed.kill_proxy(0)?;
+    let refused = bed.pod("second").namespace("shop").on_node(0).add();
+    let Err(e) = refused else {
+        anyhow::bail!("CNI ADD succeeded with the node proxy down");
+    };
+    let msg = format!("{e:#}");
+    ensure!(
+        msg.contains("not reachable") && msg.contains("\"code\":11"),
+        "unclear error: {msg}"
+    );
+    // DEL succeeds with the proxy down, and again (idempotent).
+    for _ in 0..2 {
+        let out = bed.weft_cni(&first, "DEL")?;
+        ensure!(
+            out.status.success(),
+            "DEL: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    bed.restart_proxy(0)?;
+    let out = bed.weft_cni(&first, "DEL")?;
+    ensure!(out.status.success(), "DEL after restart failed");
+    Ok(())
+}
