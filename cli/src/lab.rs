@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_e2e::{Pod, TestBed, metric_sum};
+use weft_e2e::{CaptureMode, Pod, TestBed, metric_sum};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct LabArgs {
@@ -22,6 +22,9 @@ pub(crate) struct LabArgs {
     /// First local port where the nodes' metrics are exposed (one port per node).
     #[arg(long, default_value_t = 15120)]
     metrics_port: u16,
+    /// How the node proxies capture pod traffic: ebpf or nftables.
+    #[arg(long, default_value = "ebpf")]
+    capture: String,
 }
 
 struct Svc {
@@ -57,6 +60,11 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
     let stopped = || *stop.borrow();
     println!("Weft lab: building 2 nodes and the ambient namespace \"shop\"...");
     let mut bed = TestBed::new("lab", 2)?;
+    bed.capture_mode(match args.capture.as_str() {
+        "ebpf" => CaptureMode::Ebpf,
+        "nftables" => CaptureMode::Nftables,
+        other => anyhow::bail!("--capture {other}: expected ebpf or nftables"),
+    });
     let productpage = bed
         .pod("productpage")
         .namespace("shop")

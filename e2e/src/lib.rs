@@ -871,8 +871,12 @@ impl TestBed {
         for (i, node) in self.nodes.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "  {} (netns {}, fabric {}, pods {}/24)",
-                node.name, node.netns, node.ip, node.pod_subnet
+                "  {} (netns {}, fabric {}, pods {}/24, capture: {}, pods reported by weft-cni)",
+                node.name,
+                node.netns,
+                node.ip,
+                node.pod_subnet,
+                self.capture.flag()
             );
             for pod in self.pods.iter().filter(|p| p.node == i) {
                 let _ = writeln!(

@@ -1,8 +1,12 @@
-//! `weft-bench`: the same traffic with no mesh and through two node proxies, in one run.
+//! `weft-bench`: the same traffic with no mesh, with capture only, and through two node proxies
+//! over HBONE, in one run.
 //!
-//! Run as root: `cargo run --release -p weft-e2e --bin weft-bench`. The orchestrator builds a
-//! 2-node test bed with an enrolled client/server pair and a non-enrolled pair on the same nodes
-//! and fabric, then runs this binary's `serve` and `load` modes inside the pods.
+//! Run as root: `cargo run --release -p weft-e2e --bin weft-bench [-- --capture nftables]`. The
+//! orchestrator builds a 2-node test bed with an enrolled client/server pair and a non-enrolled
+//! pair on the same nodes and fabric, then runs this binary's `serve` and `load` modes inside the
+//! pods. "Capture only" is the enrolled client calling the non-enrolled server: redirected into
+//! its node proxy and passed through as plain TCP (no HBONE, no destination proxy), which is the
+//! cost of having capture in the path.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -21,6 +25,9 @@ struct Cli {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     secs: u64,
+    /// Capture mechanism of the node proxies: ebpf or nftables.
+    #[arg(long, default_value = "ebpf")]
+    capture: String,
 }
 
 #[derive(Subcommand)]
@@ -64,7 +71,14 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&measured)?);
             Ok(())
         }
-        None => orchestrate(cli.secs),
+        None => {
+            let mode = match cli.capture.as_str() {
+                "ebpf" => weft_e2e::CaptureMode::Ebpf,
+                "nftables" => weft_e2e::CaptureMode::Nftables,
+                other => anyhow::bail!("--capture {other}: expected ebpf or nftables"),
+            };
+            orchestrate(cli.secs, mode)
+        }
     }
 }
 
@@ -206,8 +220,9 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn orchestrate(secs: u64) -> Result<()> {
+fn orchestrate(secs: u64, mode: weft_e2e::CaptureMode) -> Result<()> {
     let mut bed = weft_e2e::TestBed::new("bench", 2)?;
+    bed.capture_mode(mode);
     let mesh_client = bed.pod("client").namespace("bench").on_node(0).add()?;
     let mesh_server = bed.pod("server").namespace("bench").on_node(1).add()?;
     let plain_client = bed
@@ -298,12 +313,14 @@ fn orchestrate(secs: u64) -> Result<()> {
         ("new_connections_per_sec", "connect", 5003, 1),
     ] {
         let (base, _, _) = run(&plain_client, &plain_server, kind, port, streams)?;
+        let (capture, _, _) = run(&mesh_client, &plain_server, kind, port, streams)?;
         let (mesh, cpu, rss) = run(&mesh_client, &mesh_server, kind, port, streams)?;
+        let gbps = |m: &Measured| m.bytes as f64 * 8.0 / m.secs / 1e9;
+        let rate = |m: &Measured| m.ops as f64 / m.secs;
+        let mut figures: Vec<(String, f64, f64, f64)> = Vec::new();
         match kind {
             "stream" => {
-                let gbps = |m: &Measured| m.bytes as f64 * 8.0 / m.secs / 1e9;
-                rows.push((name.to_owned(), gbps(&base), gbps(&mesh)));
-                json.insert(name.into(), serde_json::json!({"no_mesh": gbps(&base), "mesh": gbps(&mesh), "ratio": gbps(&mesh) / gbps(&base)}));
+                figures.push((name.to_owned(), gbps(&base), gbps(&capture), gbps(&mesh)));
                 if streams == 4 {
                     let gb = mesh.bytes as f64 / 1e9;
                     cpu_per_gb = [cpu[0] / gb, cpu[1] / gb];
@@ -311,30 +328,40 @@ fn orchestrate(secs: u64) -> Result<()> {
                 }
             }
             "pingpong" => {
-                for (label, b, m) in [
-                    ("latency_64b_p50_us", base.p50_us, mesh.p50_us),
-                    ("latency_64b_p99_us", base.p99_us, mesh.p99_us),
-                ] {
-                    rows.push((label.to_owned(), b, m));
-                    json.insert(
-                        label.into(),
-                        serde_json::json!({"no_mesh": b, "mesh": m, "ratio": m / b}),
-                    );
-                }
+                figures.push((
+                    "latency_64b_p50_us".into(),
+                    base.p50_us,
+                    capture.p50_us,
+                    mesh.p50_us,
+                ));
+                figures.push((
+                    "latency_64b_p99_us".into(),
+                    base.p99_us,
+                    capture.p99_us,
+                    mesh.p99_us,
+                ));
             }
-            _ => {
-                let rate = |m: &Measured| m.ops as f64 / m.secs;
-                rows.push((name.to_owned(), rate(&base), rate(&mesh)));
-                json.insert(name.into(), serde_json::json!({"no_mesh": rate(&base), "mesh": rate(&mesh), "ratio": rate(&mesh) / rate(&base)}));
-            }
+            _ => figures.push((name.to_owned(), rate(&base), rate(&capture), rate(&mesh))),
+        }
+        for (label, b, c, m) in figures {
+            json.insert(
+                label.clone(),
+                serde_json::json!({"no_mesh": b, "capture_only": c, "mesh": m, "capture_only_ratio": c / b, "ratio": m / b}),
+            );
+            rows.push((label, b, c, m));
         }
     }
+    println!("capture mode: {}", mode.flag());
     println!(
-        "{:<28} {:>12} {:>12} {:>8}",
-        "metric", "no mesh", "mesh", "ratio"
+        "{:<28} {:>10} {:>12} {:>10} {:>10} {:>8}",
+        "metric", "no mesh", "capture only", "ratio", "mesh", "ratio"
     );
-    for (name, base, mesh) in &rows {
-        println!("{name:<28} {base:>12.2} {mesh:>12.2} {:>8.3}", mesh / base);
+    for (name, base, capture, mesh) in &rows {
+        println!(
+            "{name:<28} {base:>10.2} {capture:>12.2} {:>10.3} {mesh:>10.2} {:>8.3}",
+            capture / base,
+            mesh / base
+        );
     }
     for (i, node) in ["source proxy", "destination proxy"].iter().enumerate() {
         println!(
@@ -351,6 +378,7 @@ fn orchestrate(secs: u64) -> Result<()> {
         serde_json::json!({"idle": rss_idle, "load": rss_load}),
     );
     json.insert("secs_per_measurement".into(), secs.into());
+    json.insert("capture_mode".into(), mode.flag().into());
     println!("{}", serde_json::Value::Object(json));
     Ok(())
 }
