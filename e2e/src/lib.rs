@@ -138,6 +138,7 @@ pub struct TestBed {
     children: Vec<Child>,
     netns_created: Vec<String>,
     capture: CaptureMode,
+    extra_proxy_args: Vec<String>,
     started: bool,
 }
 
@@ -148,6 +149,8 @@ pub enum CaptureMode {
     Ebpf,
     /// The nftables fallback.
     Nftables,
+    /// eBPF, falling back to nftables if it cannot be loaded (the proxy's default).
+    Auto,
 }
 
 impl CaptureMode {
@@ -156,6 +159,7 @@ impl CaptureMode {
         match self {
             Self::Ebpf => "ebpf",
             Self::Nftables => "nftables",
+            Self::Auto => "auto",
         }
     }
 }
@@ -198,6 +202,7 @@ impl TestBed {
             children: Vec::new(),
             netns_created: Vec::new(),
             capture: CaptureMode::Ebpf,
+            extra_proxy_args: Vec::new(),
             started: false,
         };
         bed.add_netns(&bed.fabric.clone())?;
@@ -373,6 +378,13 @@ impl TestBed {
     /// default is eBPF.
     pub fn capture_mode(&mut self, mode: CaptureMode) -> &mut Self {
         self.capture = mode;
+        self
+    }
+
+    /// Extra flags for every node proxy (before [`start`](Self::start)).
+    pub fn proxy_args(&mut self, args: &[&str]) -> &mut Self {
+        self.extra_proxy_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 
@@ -603,6 +615,7 @@ impl TestBed {
             .arg(self.cni_socket(i))
             .arg("--state-dir")
             .arg(self.dir.join(&node.name).join("state"))
+            .args(&self.extra_proxy_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -54,17 +54,48 @@ fn served(bed: &TestBed, pod: &Pod) -> usize {
         .unwrap_or(0)
 }
 
-/// Process ids inside a pod's network namespace.
+/// Starts the pod's stand-in app (`sleep`) and returns its process ids once it runs.
+fn start_app(bed: &mut TestBed, pod: &Pod) -> Result<Vec<String>> {
+    bed.spawn_in(
+        &pod.netns,
+        &["sleep", "600"],
+        &format!("{}-app.log", pod.name),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let pids = pids(pod)?;
+        if !pids.is_empty() {
+            return Ok(pids);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the app did not start in {}",
+            pod.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Process ids of the pod's app (the `sleep` the tests start in it).
 fn pids(pod: &Pod) -> Result<Vec<String>> {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", &pod.netns])
         .output()?;
     let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
         .map(str::to_owned)
         .collect();
     pids.sort();
     Ok(pids)
+}
+
+/// Whether the pod's app processes are all still there (the pod was not restarted).
+fn still_running(pod: &Pod, before: &[String]) -> Result<bool> {
+    let now = pids(pod)?;
+    Ok(before.iter().all(|p| now.contains(p)))
 }
 
 fn pods_outside_the_mesh_talk_directly(mode: CaptureMode) -> Result<()> {
@@ -131,9 +162,7 @@ fn enrolling_a_running_pod_captures_its_next_connection(mode: CaptureMode) -> Re
     bed.start()?;
     bed.serve_http(&plain, 8080, &[("x", "plain")])?;
     // A long-running process stands for the pod's app: it must survive (un)enrollment.
-    bed.spawn_in(&client.netns, &["sleep", "600"], "client-app.log")?;
-    let pids_before = pids(&client)?;
-    ensure!(!pids_before.is_empty(), "no process in the client pod");
+    let pids_before = start_app(&mut bed, &client)?;
 
     let count = |bed: &TestBed| -> Result<f64> {
         Ok(metric_sum(
@@ -166,7 +195,7 @@ fn enrolling_a_running_pod_captures_its_next_connection(mode: CaptureMode) -> Re
     ensure!(count(&bed)? == 1.0, "still captured after unenrollment");
 
     ensure!(
-        pids(&client)? == pids_before,
+        still_running(&client, &pids_before)?,
         "the pod's processes changed: {pids_before:?} -> {:?}",
         pids(&client)?
     );
@@ -246,8 +275,7 @@ fn proxy_down_fails_closed_and_restart_recovers_within_2s(mode: CaptureMode) -> 
     bed.start()?;
     bed.serve_http(&web, 8080, &[("x", "web")])?;
     bed.serve_http(&plain, 8080, &[("x", "plain")])?;
-    bed.spawn_in(&client.netns, &["sleep", "600"], "client-app.log")?;
-    let pids_before = pids(&client)?;
+    let pids_before = start_app(&mut bed, &client)?;
     for to in [&web, &plain] {
         let (ok, _, err) = fetch(&bed, &client, to, "x")?;
         ensure!(ok, "before the kill, client -> {}: {err}", to.name);
@@ -297,7 +325,11 @@ fn proxy_down_fails_closed_and_restart_recovers_within_2s(mode: CaptureMode) -> 
         !bed.proxy_log(1)[log_at..].contains("CNI request"),
         "the restarted proxy needed the CNI plugin to find its pods"
     );
-    ensure!(pids(&client)? == pids_before, "the pod's processes changed");
+    ensure!(
+        still_running(&client, &pids_before)?,
+        "the pod's processes changed: {pids_before:?} -> {:?}",
+        pids(&client)?
+    );
     eprintln!("recovered {recovered:?} after the restart began");
     Ok(())
 }
@@ -344,5 +376,50 @@ fn cni_add_needs_the_proxy_and_del_always_succeeds(mode: CaptureMode) -> Result<
     bed.restart_proxy(0)?;
     let out = bed.weft_cni(&first, "DEL")?;
     ensure!(out.status.success(), "DEL after restart failed");
+    Ok(())
+}
+
+#[test]
+fn auto_falls_back_to_nftables_and_says_so() -> Result<()> {
+    let mut bed = TestBed::new("fallback", 2)?;
+    // A cgroup path that does not exist makes loading the eBPF programs fail.
+    bed.capture_mode(CaptureMode::Auto)
+        .proxy_args(&["--cgroup", "/nonexistent/weft-test-cgroup"]);
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("x", "web")])?;
+    for i in 0..2 {
+        bed.wait_log(i, 0, "falling back to nftables", Duration::from_secs(1))?;
+        let mode = |m: &str| -> Result<f64> {
+            Ok(metric_sum(
+                &bed.metrics(i)?,
+                "weft_capture_mode",
+                &[("mode", m)],
+            ))
+        };
+        ensure!(
+            mode("nftables")? == 1.0 && mode("ebpf")? == 0.0,
+            "capture mode metric wrong"
+        );
+        let (status, dump) = bed.http_get_node(i, 15000, "/config_dump")?;
+        ensure!(
+            status == 200 && dump.contains(r#""capture_mode": "nftables""#),
+            "config dump: {dump}"
+        );
+    }
+    let (ok, body, err) = fetch(&bed, &client, &web, "x")?;
+    ensure!(ok && body == "web", "traffic under the fallback: {err}");
+    ensure!(
+        metric_sum(
+            &bed.metrics(1)?,
+            "weft_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls")
+            ]
+        ) == 1.0,
+        "the request did not arrive over mTLS"
+    );
     Ok(())
 }

@@ -43,6 +43,18 @@ fn pod_to_pod_across_nodes_is_mtls_on_the_wire(mode: CaptureMode) -> Result<()> 
         "curl to the service VIP: {err} {body}"
     );
     bed.stop_helpers();
+    for i in 0..2 {
+        let active = metric_sum(
+            &bed.metrics(i)?,
+            "weft_capture_mode",
+            &[("mode", mode.flag())],
+        );
+        ensure!(
+            active == 1.0,
+            "node {i} does not report capture mode {}",
+            mode.flag()
+        );
+    }
 
     // The wire between the nodes carried TLS on 15008 and never the payload.
     let bytes = std::fs::read(&capture)?;
