@@ -14,6 +14,7 @@ weft_e2e::in_both_capture_modes!(
     health_probes_from_the_node_reach_an_enrolled_pod,
     proxy_down_fails_closed_and_restart_recovers_within_2s,
     cni_add_needs_the_proxy_and_del_always_succeeds,
+    native_ipv6_from_an_enrolled_pod_is_refused_not_bypassed,
 );
 
 /// Connections the node proxies have handled, all reporters, both nodes.
@@ -420,6 +421,92 @@ fn auto_falls_back_to_nftables_and_says_so() -> Result<()> {
             ]
         ) == 1.0,
         "the request did not arrive over mTLS"
+    );
+    Ok(())
+}
+
+fn native_ipv6_from_an_enrolled_pod_is_refused_not_bypassed(mode: CaptureMode) -> Result<()> {
+    let mut bed = TestBed::new("ipv6", 1)?;
+    bed.capture_mode(mode);
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let outsider = bed
+        .pod("outsider")
+        .namespace("legacy")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let plain = bed
+        .pod("plain")
+        .namespace("legacy")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    // The pods share the node's bridge: give them IPv6 addresses of their own (the CNI config
+    // is IPv4-only, as the mesh is).
+    for (pod, addr) in [
+        (&client, "fd00:77::2/64"),
+        (&outsider, "fd00:77::3/64"),
+        (&plain, "fd00:77::4/64"),
+    ] {
+        let out = bed.exec(pod, &["ip", "addr", "add", addr, "dev", "eth0", "nodad"])?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let root = bed.dir().join("www-v6");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("x"), "v6")?;
+    let root = root.display().to_string();
+    bed.spawn_in(
+        &plain.netns,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "::",
+            "--directory",
+            &root,
+        ],
+        "http-plain.log",
+    )?;
+    let url = "http://[fd00:77::4]:8080/x";
+    let curl = |pod: &Pod| -> Result<bool> {
+        let out = bed.exec(
+            pod,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                "--connect-timeout",
+                "1",
+                url,
+            ],
+        )?;
+        Ok(out.status.success() && out.stdout == b"v6")
+    };
+    // The control: IPv6 works between pods outside the mesh.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !curl(&outsider)? {
+        ensure!(
+            Instant::now() < deadline,
+            "IPv6 between non-mesh pods does not work"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = served(&bed, &plain);
+    ensure!(
+        !curl(&client)?,
+        "an enrolled pod reached an IPv6 destination around the mesh"
+    );
+    ensure!(
+        served(&bed, &plain) == seen,
+        "the server saw the enrolled pod's IPv6 request"
     );
     Ok(())
 }

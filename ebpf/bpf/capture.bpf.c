@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR GPL-2.0
 // Weft traffic capture for enrolled pods.
 //
-// Outbound: cgroup/connect4 sends TCP connects made inside an enrolled pod network namespace to
+// Outbound: cgroup/connect4 (and connect6 for v4-mapped destinations) sends TCP connects made inside an enrolled pod network namespace to
 // the node proxy's in-pod outbound listener (127.0.0.1:15001), remembering the original
 // destination by socket cookie; sockops re-keys it by (netns cookie, client address) once the
 // client's port is known, which is what the proxy sees on accept. getpeername4 shows the app its
@@ -116,10 +116,45 @@ int weft_connect4(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+// IPv6 sockets: a v4-mapped destination (dual-stack apps reaching IPv4) is captured like
+// connect4; any other IPv6 destination but loopback is refused, since the mesh carries IPv4 only
+// and letting it through would bypass mTLS.
+SEC("cgroup/connect6")
+int weft_connect6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	if (!enrolled(bpf_get_netns_cookie(ctx)))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || (sk->mark & PROXY_MARK))
+		return 1;
+	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2];
+	__u32 w3 = ctx->user_ip6[3];
+	if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == bpf_htonl(1))
+		return 1; // ::1
+	if (w0 != 0 || w1 != 0 || w2 != bpf_htonl(0xffff))
+		return 0; // native IPv6: not carried by the mesh, refused (EPERM)
+	if ((bpf_ntohl(w3) >> 24) == 127)
+		return 1;
+	struct orig_dst dst = {
+		.ip = w3,
+		.port = bpf_ntohs((__u16)ctx->user_port),
+	};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&weft_pending, &cookie, &dst, BPF_ANY))
+		return 0;
+	ctx->user_ip6[3] = bpf_htonl(LOOPBACK_IP);
+	ctx->user_port = bpf_htons(OUTBOUND_PORT);
+	return 1;
+}
+
 SEC("sockops")
 int weft_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB || skops->family != 2 /* AF_INET */)
+	// AF_INET, or AF_INET6 connecting to a v4-mapped address (local_ip4 then holds the IPv4
+	// source the proxy sees).
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB || (skops->family != 2 && skops->family != 10))
 		return 1;
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct orig_dst *dst = bpf_map_lookup_elem(&weft_pending, &cookie);

@@ -2,7 +2,7 @@
 //! script) and their loader.
 //!
 //! [`Capture::load`] loads the object, reusing the maps pinned under the node's pin directory by
-//! an earlier run, and attaches the socket programs (connect4, getpeername4, sockops) to a cgroup
+//! an earlier run, and attaches the socket programs (connect4/6, getpeername4, sockops) to a cgroup
 //! v2 directory. Every link is pinned, so the programs stay attached while the proxy is down
 //! (captured traffic then finds no listener and fails closed) and a restarted proxy replaces them
 //! without a gap: new links are attached before the old pins are removed.
@@ -35,7 +35,12 @@ pub const PROXY_MARK: u32 = 0x200;
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const TC_PROGRAM: &str = "weft_tc_ingress";
-const SOCKET_PROGRAMS: [&str; 3] = ["weft_connect4", "weft_getpeername4", "weft_sockops"];
+const SOCKET_PROGRAMS: [&str; 4] = [
+    "weft_connect4",
+    "weft_connect6",
+    "weft_getpeername4",
+    "weft_sockops",
+];
 
 /// Why capture could not be loaded or changed.
 #[derive(Debug, thiserror::Error)]

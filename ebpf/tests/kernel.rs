@@ -124,6 +124,27 @@ fn outbound_connects_reach_the_pod_listener_with_their_original_destination() {
     accepted.read_exact(&mut buf).expect("read");
     assert_eq!(&buf, b"ping");
 
+    // A dual-stack socket reaching IPv4 through a v4-mapped address is captured the same way;
+    // native IPv6 is refused (the mesh carries IPv4 only), never let around it.
+    let mapped = in_ns(&pod, || {
+        TcpStream::connect("[::ffff:10.96.7.9]:82").map(|s| s.local_addr())
+    });
+    assert!(mapped.is_ok(), "v4-mapped connect failed: {mapped:?}");
+    let (_, seen) = listener.accept().expect("accept v4-mapped");
+    let SocketAddr::V4(seen) = seen else {
+        panic!("v4")
+    };
+    assert_eq!(
+        capture.original_dst(cookie, seen),
+        Some("10.96.7.9:82".parse().expect("a"))
+    );
+    let native = in_ns(&pod, || TcpStream::connect("[fd00::1]:80"));
+    assert_eq!(
+        native.map_err(|e| e.raw_os_error()).err(),
+        Some(Some(libc::EPERM)),
+        "native IPv6 from an enrolled pod must be refused"
+    );
+
     // A socket with the proxy mark goes where it asked.
     let marked = in_ns(&pod, || {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)

@@ -6,6 +6,10 @@
 //! Sockets the proxy opens inside the pod carry [`PROXY_MARK`] and are never captured. If the
 //! proxy is down the rules stay and the listeners are gone, so captured traffic fails closed:
 //! TPROXY finding no listener lets the packet go on, so the rule after it drops it.
+//!
+//! The mesh carries IPv4 only: native IPv6 TCP to or from an enrolled pod is refused rather
+//! than let around the mesh (a dual-stack socket reaching IPv4 through a v4-mapped address sends
+//! IPv4 packets and is captured by the `ip` table).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -46,6 +50,21 @@ table ip weft {{
     meta l4proto tcp redirect to :{outbound}
   }}
 }}
+table ip6 weft
+delete table ip6 weft
+table ip6 weft {{
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "lo" accept
+    meta l4proto tcp ct direction original drop
+  }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    meta mark & {mark:#x} == {mark:#x} accept
+    oifname "lo" accept
+    meta l4proto tcp ct direction original reject with tcp reset
+  }}
+}}
 "#,
         hbone = ports::HBONE,
         inbound = ports::INBOUND_PLAINTEXT,
@@ -61,7 +80,10 @@ pub(crate) fn install(netns: &Path, probe_src: Option<Ipv4Addr>) -> Result<(), N
 
 /// Removes the capture rules; a namespace without them is fine.
 pub(crate) fn remove(netns: &Path) -> Result<(), NftError> {
-    nft(netns, "table ip weft\ndelete table ip weft\n")
+    nft(
+        netns,
+        "table ip weft\ndelete table ip weft\ntable ip6 weft\ndelete table ip6 weft\n",
+    )
 }
 
 fn nft(netns: &Path, script: &str) -> Result<(), NftError> {
