@@ -1,3 +1,7 @@
-//! The Weft controller. For now: the mesh certificate authority.
+//! The Weft controller: a pure core (`model`: objects and what the proxies are told), sources
+//! of objects (`source`: a manifest directory; the Kubernetes API comes next), and the mesh
+//! certificate authority (`ca`).
 
 pub mod ca;
+pub mod model;
+pub mod source;

@@ -1,0 +1,449 @@
+//! The manifest-directory source: the same Kubernetes YAML users apply with kubectl, read from
+//! a directory (multi-document files; files added, edited and removed while running). What the
+//! lab and the end-to-end tests drive the mesh with.
+//!
+//! A file that fails to parse keeps its last good objects, and each error names the file, the
+//! document, the object and the field; other files are not disturbed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{
+    Namespace, Object, Objects, Pod, PodPort, Service, ServicePortSpec, TargetPort,
+};
+
+/// A directory of manifests, as last read.
+#[derive(Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: (SystemTime, u64),
+    objects: Vec<Object>,
+    errors: Vec<String>,
+}
+
+/// What a refresh found.
+#[derive(Debug, Default)]
+pub struct Refresh {
+    /// Whether the objects changed.
+    pub changed: bool,
+    /// New errors (a file that is still broken is not reported again).
+    pub errors: Vec<String>,
+}
+
+impl ManifestDir {
+    /// A directory, not read yet.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Rereads files that were added, changed or removed since the last call.
+    pub fn refresh(&mut self) -> Refresh {
+        let mut refresh = Refresh::default();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                refresh
+                    .errors
+                    .push(format!("manifest directory {}: {e}", self.dir.display()));
+                return refresh;
+            }
+        };
+        let mut present = BTreeMap::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_manifest = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            let Ok(meta) = entry.metadata() else { continue };
+            if !is_manifest || !meta.is_file() {
+                continue;
+            }
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
+            present.insert(path, stamp);
+        }
+        let before = self.files.len();
+        self.files.retain(|path, _| present.contains_key(path));
+        refresh.changed |= self.files.len() != before;
+
+        for (path, stamp) in present {
+            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    refresh.errors.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let (objects, errors) = parse_file(&path, &text);
+            let previous = self.files.remove(&path);
+            let state = if errors.is_empty() {
+                refresh.changed |= previous.as_ref().is_none_or(|p| p.objects != objects);
+                FileState {
+                    stamp,
+                    objects,
+                    errors,
+                }
+            } else {
+                if previous.as_ref().is_none_or(|p| p.errors != errors) {
+                    for e in &errors {
+                        refresh
+                            .errors
+                            .push(format!("{e}; keeping this file's last good objects"));
+                    }
+                }
+                FileState {
+                    stamp,
+                    objects: previous.map(|p| p.objects).unwrap_or_default(),
+                    errors,
+                }
+            };
+            self.files.insert(path, state);
+        }
+        refresh
+    }
+
+    /// The objects of every file (a later file's version of an object wins).
+    pub fn objects(&self) -> Objects {
+        let mut objects = Objects::default();
+        for file in self.files.values() {
+            for object in &file.objects {
+                objects.upsert(object.clone());
+            }
+        }
+        objects
+    }
+
+    /// Current errors, by file.
+    pub fn errors(&self) -> Vec<String> {
+        self.files.values().flat_map(|f| f.errors.clone()).collect()
+    }
+}
+
+/// Parses every document of a file. Returns the objects and, if any document was bad, the
+/// errors (the caller then keeps the file's last good objects).
+pub fn parse_file(path: &Path, text: &str) -> (Vec<Object>, Vec<String>) {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let at = format!("{}: document {}", path.display(), i + 1);
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(format!("{at}: {e}"));
+                // The parser cannot find the next document after a syntax error.
+                break;
+            }
+        };
+        match parse_object(&value) {
+            Ok(Some(object)) => objects.push(object),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("{at} {e}")),
+        }
+    }
+    (objects, errors)
+}
+
+/// One manifest as an object Weft reads; `None` for kinds it does not.
+pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("?");
+    let namespace = value
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    let label = format!("({kind} {namespace}/{name})");
+    let object = match kind {
+        "Namespace" => {
+            let doc: NamespaceDoc = typed(value, &format!("(Namespace {name})"))?;
+            Object::Namespace(Namespace {
+                name: doc.metadata.name,
+                labels: doc.metadata.labels,
+            })
+        }
+        "Pod" => {
+            let doc: PodDoc = typed(value, &label)?;
+            let ip = match doc.status.pod_ip.as_deref() {
+                None | Some("") => None,
+                Some(ip) => Some(ip.parse::<IpAddr>().map_err(|e| {
+                    format!("{label}: status.podIP: {ip:?} is not an IP address: {e}")
+                })?),
+            };
+            Object::Pod(Pod {
+                name: doc.metadata.name,
+                namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
+                labels: doc.metadata.labels,
+                service_account: doc
+                    .spec
+                    .service_account_name
+                    .unwrap_or_else(|| "default".into()),
+                node: doc.spec.node_name,
+                ip,
+                ports: doc
+                    .spec
+                    .containers
+                    .into_iter()
+                    .flat_map(|c| c.ports)
+                    .map(|p| PodPort {
+                        name: p.name,
+                        container_port: p.container_port,
+                    })
+                    .collect(),
+            })
+        }
+        "Service" => {
+            let doc: ServiceDoc = typed(value, &label)?;
+            let cluster_ip = match doc.spec.cluster_ip.as_deref() {
+                None | Some("") | Some("None") => None,
+                Some(ip) => Some(ip.parse::<IpAddr>().map_err(|e| {
+                    format!("{label}: spec.clusterIP: {ip:?} is not an IP address: {e}")
+                })?),
+            };
+            Object::Service(Service {
+                name: doc.metadata.name,
+                namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
+                selector: doc.spec.selector,
+                cluster_ip,
+                ports: doc
+                    .spec
+                    .ports
+                    .into_iter()
+                    .map(|p| ServicePortSpec {
+                        port: p.port,
+                        target_port: match p.target_port {
+                            None => TargetPort::Number(p.port),
+                            Some(IntOrString::Int(n)) => TargetPort::Number(n),
+                            Some(IntOrString::Str(s)) => match s.parse() {
+                                Ok(n) => TargetPort::Number(n),
+                                Err(_) => TargetPort::Name(s),
+                            },
+                        },
+                    })
+                    .collect(),
+            })
+        }
+        "" => return Err(format!("{label}: no kind")),
+        // Other kinds (workloads' controllers, policies) are for other parts of Weft.
+        _ => return Ok(None),
+    };
+    Ok(Some(object))
+}
+
+fn typed<T: DeserializeOwned>(value: &serde_yaml::Value, label: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{label}: {path}: {}", e.into_inner())
+    })
+}
+
+// === Kubernetes shapes (only the fields Weft reads; others are ignored, as kubectl's objects
+// carry many) ===
+
+#[derive(Deserialize)]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct NamespaceDoc {
+    metadata: Meta,
+}
+
+#[derive(Deserialize)]
+struct PodDoc {
+    metadata: Meta,
+    #[serde(default)]
+    spec: PodSpec,
+    #[serde(default)]
+    status: PodStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    service_account_name: Option<String>,
+    #[serde(default)]
+    containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+struct Container {
+    #[serde(default)]
+    ports: Vec<ContainerPort>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerPort {
+    #[serde(default)]
+    name: Option<String>,
+    container_port: u16,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodStatus {
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ServiceDoc {
+    metadata: Meta,
+    spec: ServiceSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceSpec {
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    #[serde(default, rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    #[serde(default)]
+    ports: Vec<ServicePortDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServicePortDoc {
+    port: u16,
+    #[serde(default)]
+    target_port: Option<IntOrString>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntOrString {
+    Int(u16),
+    Str(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    weft.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  clusterIP: 10.96.0.21
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: shop, labels: {app: reviews}}
+spec:
+  nodeName: node2
+  serviceAccountName: reviews
+  containers: [{name: app, image: x, ports: [{containerPort: 8080}]}]
+status: {podIP: 10.10.2.2, phase: Running}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec: {hosts: [reviews]}
+"#;
+
+    #[test]
+    fn reads_kubectl_yaml() {
+        let (objects, errors) = parse_file(Path::new("shop.yaml"), SHOP);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            objects.len(),
+            3,
+            "the VirtualService is for another part of Weft"
+        );
+        let Object::Pod(pod) = &objects[2] else {
+            panic!("pod")
+        };
+        assert_eq!(pod.ip, "10.10.2.2".parse().ok());
+        assert_eq!(pod.service_account, "reviews");
+    }
+
+    #[test]
+    fn errors_name_the_file_document_object_and_field() {
+        let bad = SHOP.replace("port: 9080", "port: nine");
+        let (_, errors) = parse_file(Path::new("shop.yaml"), &bad);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert!(
+            e.contains("shop.yaml: document 2")
+                && e.contains("Service shop/reviews")
+                && e.contains("spec.ports[0].port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_objects_and_others_are_untouched() {
+        let dir = std::env::temp_dir().join(format!("weft-manifests-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("shop.yaml"), SHOP).expect("write");
+        std::fs::write(
+            dir.join("other.yaml"),
+            "kind: Namespace\nmetadata: {name: other}\n",
+        )
+        .expect("write");
+        let mut source = ManifestDir::new(&dir);
+        assert!(source.refresh().changed);
+        assert_eq!(source.objects().pods.len(), 1);
+
+        std::fs::write(
+            dir.join("shop.yaml"),
+            "kind: Pod\nmetadata: {name: [broken\n",
+        )
+        .expect("write");
+        let refresh = source.refresh();
+        assert!(!refresh.changed);
+        assert_eq!(refresh.errors.len(), 1, "{:?}", refresh.errors);
+        assert_eq!(source.objects().pods.len(), 1, "last good objects kept");
+        assert_eq!(source.objects().namespaces.len(), 2);
+
+        std::fs::remove_file(dir.join("shop.yaml")).expect("rm");
+        assert!(source.refresh().changed);
+        assert!(source.objects().pods.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,3 @@
+//! Where the controller learns the cluster's objects.
+
+pub mod manifests;
