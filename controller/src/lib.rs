@@ -3,5 +3,6 @@
 //! certificate authority (`ca`).
 
 pub mod ca;
+pub mod grpc;
 pub mod model;
 pub mod source;

@@ -142,7 +142,9 @@ impl MeshConfig {
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Checks the config for consistency; `path` (or a description of the source) is only
+    /// used in messages.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field: String, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             field,

@@ -2,7 +2,9 @@
 //! drain, the admin server and network-namespace sockets.
 
 pub mod admin;
+pub mod api;
 pub mod config;
+pub mod control;
 pub mod copy;
 pub mod drain;
 pub mod hbone;

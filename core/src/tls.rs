@@ -73,6 +73,51 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Client config for the control plane: no client certificate (a node authenticates to the
+/// controller with its credential, before it has any certificate), and the server must prove
+/// `expected_server`.
+pub fn control_client_config(
+    expected_server: SpiffeId,
+    bundle: &TrustBundle,
+) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let wrap = |source| TlsError::Config {
+        identity: "(control-plane client)".into(),
+        source: Box::new(source),
+    };
+    let verifier = Arc::new(SpiffeServerVerifier {
+        expected: expected_server,
+        roots: bundle.roots(),
+        algs: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(wrap)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.enable_sni = false;
+    Ok(config)
+}
+
+/// Server config for the control plane: presents `local`'s certificate and asks for no client
+/// certificate (callers authenticate with a credential in the request).
+pub fn control_server_config(local: &WorkloadCert) -> Result<ServerConfig, TlsError> {
+    let wrap = |source| TlsError::Config {
+        identity: local.identity().to_string(),
+        source: Box::new(source),
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(wrap)?
+        .with_no_client_auth()
+        .with_single_cert(local.chain().to_vec(), local.key())
+        .map_err(wrap)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
 /// Server config presenting `local`'s certificate and requiring a client certificate that
 /// chains to the mesh root. The caller reads the client's identity after the handshake with
 /// [`peer_identity`] and authorizes it.

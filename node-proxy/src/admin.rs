@@ -53,7 +53,7 @@ pub(crate) fn config_dump(
             let dump = serde_json::json!({
                 "node": inputs.config.node,
                 "capture_mode": inputs.capture.mode(),
-                "config_file": inputs.config.config_path,
+                "config_source": inputs.config.source.to_string(),
                 "enrolled_pods": enrolled,
                 "certificates": identities,
                 "mesh": state.config(),

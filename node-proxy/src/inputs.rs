@@ -25,7 +25,7 @@ pub(crate) struct ProxyConfig {
     pub(crate) cgroup: Option<PathBuf>,
     pub(crate) cni_socket: PathBuf,
     pub(crate) state_dir: PathBuf,
-    pub(crate) config_path: PathBuf,
+    pub(crate) source: ConfigSource,
     pub(crate) cert_dir: PathBuf,
     pub(crate) trust_bundle: PathBuf,
     pub(crate) admin_addr: SocketAddr,
@@ -34,6 +34,24 @@ pub(crate) struct ProxyConfig {
     pub(crate) reload_interval: Duration,
     pub(crate) drain_deadline: Duration,
     pub(crate) handshake_timeout: Duration,
+}
+
+/// Where the mesh config comes from.
+#[derive(Clone, Debug)]
+pub(crate) enum ConfigSource {
+    /// A YAML file, polled for changes.
+    File(PathBuf),
+    /// The controller's config stream.
+    Controller(crate::xds::ControllerSettings),
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file {}", path.display()),
+            Self::Controller(c) => write!(f, "controller {}", c.addr),
+        }
+    }
 }
 
 pub(crate) struct Inputs {

@@ -9,6 +9,7 @@ mod inbound_plaintext;
 mod inputs;
 mod outbound;
 mod pods;
+mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use weft_core::telemetry::{self, LogFormat};
 
 use crate::capture::Capture;
 use crate::identity::CertStore;
-use crate::inputs::{Inputs, ProxyConfig};
+use crate::inputs::{ConfigSource, Inputs, ProxyConfig};
 use crate::pods::Pods;
 
 /// The Weft node proxy: captures enrolled pods' traffic and carries it over HBONE (mTLS).
@@ -37,9 +38,24 @@ struct Args {
     /// Name of the node this proxy serves.
     #[arg(long, env = "WEFT_NODE")]
     node: String,
-    /// Mesh config (workloads and services), YAML. Re-read when it changes.
-    #[arg(long, env = "WEFT_CONFIG")]
-    config: PathBuf,
+    /// Mesh config (workloads and services), YAML, re-read when it changes. Either this or
+    /// --controller.
+    #[arg(
+        long,
+        env = "WEFT_CONFIG",
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    config: Option<PathBuf>,
+    /// The controller's gRPC address: config arrives over its stream.
+    #[arg(long, env = "WEFT_CONTROLLER")]
+    controller: Option<SocketAddr>,
+    /// File holding this node's credential for the controller.
+    #[arg(long, env = "WEFT_CONTROLLER_CREDENTIAL", requires = "controller")]
+    controller_credential: Option<PathBuf>,
+    /// Trust domain (the controller must prove spiffe://<trust-domain>/ns/weft-system/sa/weft-controller).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
     /// Directory of workload certificates: <dir>/<namespace>/<serviceaccount>/{cert,key}.pem.
     #[arg(long, env = "WEFT_CERT_DIR")]
     cert_dir: PathBuf,
@@ -104,8 +120,19 @@ fn main() -> anyhow::Result<()> {
             .trust_bundle
             .clone()
             .unwrap_or_else(|| args.cert_dir.join("root-cert.pem")),
+        source: match (args.config, args.controller) {
+            (Some(path), _) => ConfigSource::File(path),
+            (None, Some(addr)) => ConfigSource::Controller(xds::ControllerSettings {
+                addr,
+                credential_file: args
+                    .controller_credential
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/var/run/weft/credential")),
+                identity: weft_core::control::controller_identity(&args.trust_domain),
+            }),
+            (None, None) => anyhow::bail!("give --config or --controller"),
+        },
         node: args.node,
-        config_path: args.config,
         cert_dir: args.cert_dir,
         admin_addr: args.admin_addr,
         metrics_addr: args.metrics_addr,
@@ -122,9 +149,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: ProxyConfig) -> anyhow::Result<()> {
-    // No first config, no proxy: a clear error names the file and field.
-    let mesh = MeshConfig::load(&config.config_path)?;
-    let state = State::new(mesh);
+    // From a file: no first config, no proxy (a clear error names the file and field). From
+    // the controller: nothing is captured or swept until the first config has arrived.
+    let state = match &config.source {
+        ConfigSource::File(path) => State::new(MeshConfig::load(path)?),
+        ConfigSource::Controller(_) => State::default(),
+    };
     let certs = load_certs(&config, &state);
     let capture = Capture::start(
         config.capture,
@@ -132,8 +162,9 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         config.cgroup.as_deref(),
     )
     .context("starting eBPF capture (use --capture nftables to run without eBPF)")?;
-    info!(node = %config.node, config = %config.config_path.display(), workloads = state.config().workloads.len(), services = state.config().services.len(), capture = capture.mode(), "node proxy starting");
+    info!(node = %config.node, source = %config.source, workloads = state.config().workloads.len(), services = state.config().services.len(), capture = capture.mode(), "node proxy starting");
     let inputs = Arc::new(Inputs::new(config.clone(), state, certs, capture));
+    let changed = Arc::new(tokio::sync::Notify::new());
 
     let (signal_drain, watch) = drain::channel();
     let enrolled = Arc::new(Mutex::new(Vec::new()));
@@ -160,6 +191,25 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         tokio::spawn(weft_core::admin::serve(listener, handler, watch.clone()));
     }
 
+    if let ConfigSource::Controller(settings) = &config.source {
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(xds::run(
+            inputs.clone(),
+            settings.clone(),
+            changed.clone(),
+            first_tx,
+        ));
+        info!(controller = %settings.addr, "waiting for the first config from the controller");
+        let mut sigterm = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = first_rx => {}
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        inputs
+            .certs
+            .store(Arc::new(load_certs(&config, &inputs.state.load())));
+    }
     let mut registry = cni::Registry::load(&config.state_dir);
     let mut pods = Pods::default();
     let keep = pods.reconcile(&inputs, &registry, &watch).await;
@@ -177,16 +227,21 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(config.reload_interval);
-    let mut last_text = std::fs::read_to_string(&config.config_path).unwrap_or_default();
+    let mut last_text = match &config.source {
+        ConfigSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+        ConfigSource::Controller(_) => String::new(),
+    };
     loop {
         let mut call = None;
+        let mut streamed = false;
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = tick.tick() => {}
             Some(c) = cni_rx.recv() => call = Some(c),
+            _ = changed.notified() => streamed = true,
         }
-        let changed = reload_config(&inputs, &mut last_text);
+        let changed = streamed || reload_config(&inputs, &mut last_text);
         let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
         if changed || stamp != inputs.certs.load().stamp {
             inputs
@@ -217,7 +272,9 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
 /// Re-reads the config file if its text changed. A bad version is reported and the last good
 /// config stays in force.
 fn reload_config(inputs: &Inputs, last_text: &mut String) -> bool {
-    let path = &inputs.config.config_path;
+    let ConfigSource::File(path) = &inputs.config.source else {
+        return false;
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {

@@ -1,0 +1,66 @@
+//! The certificate service: a node proxy asks for the identities of workloads on its own node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use weft_core::api::v1;
+use weft_core::config::Protocol;
+use weft_core::identity::SpiffeId;
+
+use super::Shared;
+use crate::ca::Ca;
+
+/// The `Certificates` service.
+pub struct CertService {
+    shared: Shared,
+    ca: Arc<Ca>,
+    ttl: Duration,
+}
+
+impl CertService {
+    /// Signs with `ca`, certificates valid for `ttl`.
+    pub fn new(shared: Shared, ca: Arc<Ca>, ttl: Duration) -> Self {
+        Self { shared, ca, ttl }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::certificates_server::Certificates for CertService {
+    async fn sign(
+        &self,
+        request: Request<v1::SignRequest>,
+    ) -> Result<Response<v1::SignResponse>, Status> {
+        let node = self.shared.credentials.node_of(request.metadata())?;
+        let request = request.into_inner();
+        let identity: SpiffeId = request.identity.parse().map_err(|e| {
+            Status::invalid_argument(format!("identity {:?}: {e}", request.identity))
+        })?;
+        let entitled = {
+            let published = self.shared.published.borrow();
+            published.mesh.workloads.iter().any(|w| {
+                w.node == node
+                    && w.protocol == Protocol::Hbone
+                    && w.namespace == identity.namespace()
+                    && w.service_account == identity.service_account()
+                    && published.mesh.trust_domain == identity.trust_domain()
+            })
+        };
+        if !entitled {
+            warn!(%node, %identity, "certificate refused: no enrolled pod with this identity on the node");
+            return Err(Status::permission_denied(format!(
+                "node {node} may not have {identity}: no enrolled pod with that service account runs on {node}"
+            )));
+        }
+        let issued = self
+            .ca
+            .sign_csr(&request.csr_pem, &identity, self.ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        info!(%node, %identity, ttl = ?self.ttl, "certificate issued");
+        Ok(Response::new(v1::SignResponse {
+            chain_pem: issued.chain_pem,
+            trust_bundle_pem: issued.root_pem,
+        }))
+    }
+}

@@ -1,0 +1,114 @@
+//! The controller's gRPC layer: the config stream ([`config`]) and the certificate service
+//! ([`certs`]), both authenticating the calling node by its credential.
+
+pub mod certs;
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use weft_core::api::Resources;
+use weft_core::config::MeshConfig;
+
+/// What the controller currently tells the proxies.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The mesh config (the CA authorizes against it).
+    pub mesh: MeshConfig,
+    /// The same, as stream resources (with the trust bundle).
+    pub resources: Resources,
+}
+
+/// Per-node credentials (local mode: issued by the lab; in Kubernetes a projected service
+/// account token checked with TokenReview takes this place).
+#[derive(Clone, Debug, Default)]
+pub struct NodeCredentials {
+    by_token: BTreeMap<String, String>,
+}
+
+impl NodeCredentials {
+    /// Reads a YAML map `node: token`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let by_node: BTreeMap<String, String> =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self::from_nodes(by_node))
+    }
+
+    /// From `node → token`.
+    pub fn from_nodes(by_node: BTreeMap<String, String>) -> Self {
+        Self {
+            by_token: by_node.into_iter().map(|(n, t)| (t, n)).collect(),
+        }
+    }
+
+    /// The node a request's `authorization: Bearer <token>` belongs to.
+    pub fn node_of(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<String, tonic::Status> {
+        let value = metadata
+            .get(weft_core::api::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated("no node credential (authorization: Bearer <token>)")
+            })?;
+        let token = value.strip_prefix("Bearer ").unwrap_or(value);
+        self.by_token
+            .get(token)
+            .cloned()
+            .ok_or_else(|| tonic::Status::unauthenticated("unknown node credential"))
+    }
+}
+
+/// What the controller knows of each proxy's stream, for operators.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ProxyStatus {
+    /// Whether a stream is open now.
+    pub connected: bool,
+    /// Resources the proxy has acknowledged.
+    pub acked_resources: usize,
+    /// Updates acknowledged.
+    pub acks: u64,
+    /// Updates refused.
+    pub nacks: u64,
+    /// The last refusal's reason.
+    pub last_nack: Option<String>,
+    /// When the stream last changed state (seconds since the epoch).
+    pub since_unix: u64,
+}
+
+/// Status of every proxy that ever connected, by node.
+#[derive(Clone, Debug, Default)]
+pub struct Proxies(Arc<Mutex<BTreeMap<String, ProxyStatus>>>);
+
+impl Proxies {
+    /// Updates a node's status.
+    pub fn update(&self, node: &str, f: impl FnOnce(&mut ProxyStatus)) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let status = all.entry(node.to_owned()).or_default();
+        f(status);
+        status.since_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+    }
+
+    /// A copy of every node's status.
+    pub fn snapshot(&self) -> BTreeMap<String, ProxyStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The shared inputs of both services.
+#[derive(Clone)]
+pub struct Shared {
+    /// What is published now.
+    pub published: watch::Receiver<Arc<Published>>,
+    /// Node credentials.
+    pub credentials: Arc<NodeCredentials>,
+    /// Proxy status.
+    pub proxies: Proxies,
+}

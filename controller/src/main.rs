@@ -1,0 +1,212 @@
+//! `weft-controller`: reads the cluster's objects (here: a manifest directory), computes what
+//! every proxy must know, streams it to them over gRPC (TLS), and signs their workload
+//! certificates. The runtime only: flags, wiring, the refresh loop and the admin endpoint.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+use tracing::{error, info};
+use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
+use weft_controller::grpc::certs::CertService;
+use weft_controller::grpc::config::ConfigService;
+use weft_controller::grpc::{NodeCredentials, Proxies, Published, Shared};
+use weft_controller::model;
+use weft_controller::source::manifests::ManifestDir;
+use weft_core::api::v1;
+use weft_core::identity::{WorkloadCert, WorkloadCsr};
+use weft_core::telemetry::{self, LogFormat};
+
+/// The Weft controller.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Directory of Kubernetes manifests (Namespaces, Pods, Services, policies), re-read on change.
+    #[arg(long, env = "WEFT_MANIFESTS")]
+    manifests: PathBuf,
+    /// Directory of the CA's root (root-cert.pem, root-key.pem): generated there on first start,
+    /// or supplied by the operator (plug-in CA).
+    #[arg(long, env = "WEFT_CA_DIR")]
+    ca_dir: PathBuf,
+    /// Trust domain of the mesh's SPIFFE IDs.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// YAML map `node: token` of the node proxies' credentials.
+    #[arg(long, env = "WEFT_NODE_CREDENTIALS")]
+    node_credentials: PathBuf,
+    /// gRPC address (config stream and certificates, TLS).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Admin address: /debug/proxies, /debug/manifests, /config_dump, /healthz/ready.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    admin_addr: SocketAddr,
+    /// How often the manifest directory is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    refresh_interval_ms: u64,
+    /// Lifetime of workload certificates, in seconds (proxies renew at half-life).
+    #[arg(long, default_value_t = DEFAULT_WORKLOAD_TTL.as_secs())]
+    cert_ttl_secs: u64,
+    /// Log format: plain or json.
+    #[arg(long, default_value = "plain")]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format, "info");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let ca = Arc::new(
+        Ca::load_or_generate(&args.ca_dir, &args.trust_domain)
+            .with_context(|| format!("mesh CA in {}", args.ca_dir.display()))?,
+    );
+    let credentials = NodeCredentials::load(&args.node_credentials).map_err(anyhow::Error::msg)?;
+    let serving = serving_cert(&ca)?;
+    let tls = Arc::new(weft_core::tls::control_server_config(&serving)?);
+
+    let mut source = ManifestDir::new(&args.manifests);
+    let refresh = source.refresh();
+    for e in &refresh.errors {
+        error!("{e}");
+    }
+    let (publish, published) = watch::channel(Arc::new(publish_from(
+        &source,
+        &args.trust_domain,
+        ca.root_pem(),
+    )));
+    let proxies = Proxies::default();
+    let shared = Shared {
+        published: published.clone(),
+        credentials: Arc::new(credentials),
+        proxies: proxies.clone(),
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", args.listen))?;
+    let ttl = Duration::from_secs(args.cert_ttl_secs);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(v1::config_discovery_server::ConfigDiscoveryServer::new(
+            ConfigService::new(shared.clone()),
+        ))
+        .add_service(v1::certificates_server::CertificatesServer::new(
+            CertService::new(shared, ca.clone(), ttl),
+        ))
+        .serve_with_incoming(weft_core::control::incoming(listener, tls));
+    tokio::spawn(async move {
+        if let Err(e) = grpc.await {
+            error!(error = %e, "gRPC server stopped");
+        }
+    });
+
+    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
+    let errors = Arc::new(std::sync::Mutex::new(source.errors()));
+    let (_stop, watch_drain) = weft_core::drain::channel();
+    tokio::spawn(weft_core::admin::serve(
+        admin,
+        admin_handler(proxies, published, errors.clone()),
+        watch_drain,
+    ));
+    info!(listen = %args.listen, manifests = %args.manifests.display(), trust_domain = %args.trust_domain, "controller ready");
+
+    let mut tick = tokio::time::interval(Duration::from_millis(args.refresh_interval_ms));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let refresh = source.refresh();
+        for e in &refresh.errors {
+            error!("{e}");
+        }
+        *errors.lock().unwrap_or_else(|e| e.into_inner()) = source.errors();
+        if !refresh.changed {
+            continue;
+        }
+        let next = publish_from(&source, &args.trust_domain, ca.root_pem());
+        if next.resources != publish.borrow().resources {
+            info!(
+                workloads = next.mesh.workloads.len(),
+                services = next.mesh.services.len(),
+                "publishing a new config"
+            );
+            publish.send_replace(Arc::new(next));
+        }
+    }
+    info!("controller stopped");
+    Ok(())
+}
+
+fn publish_from(source: &ManifestDir, trust_domain: &str, root_pem: &str) -> Published {
+    let mesh = model::mesh_config(&source.objects(), trust_domain);
+    let resources = weft_core::api::resources(&mesh, root_pem);
+    Published { mesh, resources }
+}
+
+/// The controller's own certificate for the gRPC endpoint, from its CA.
+fn serving_cert(ca: &Ca) -> anyhow::Result<WorkloadCert> {
+    let identity = weft_core::control::controller_identity(ca.trust_domain());
+    let csr = WorkloadCsr::generate(&identity)?;
+    let issued = ca.sign_csr(
+        &csr.csr_pem,
+        &identity,
+        Duration::from_secs(365 * 24 * 3600),
+    )?;
+    Ok(WorkloadCert::from_pem(
+        &identity,
+        &issued.chain_pem,
+        &csr.key_pem,
+    )?)
+}
+
+fn admin_handler(
+    proxies: Proxies,
+    published: watch::Receiver<Arc<Published>>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+) -> weft_core::admin::Handler {
+    use weft_core::admin::Reply;
+    Arc::new(move |path| match path {
+        "/debug/proxies" => {
+            Reply::json(serde_json::to_string_pretty(&proxies.snapshot()).unwrap_or_default())
+        }
+        "/debug/manifests" => {
+            let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+            Reply::json(serde_json::json!({ "errors": errors }).to_string())
+        }
+        "/config_dump" => {
+            let published = published.borrow();
+            let versions: BTreeMap<&str, &str> = published
+                .resources
+                .values()
+                .map(|r| (r.name.as_str(), r.version.as_str()))
+                .collect();
+            Reply::json(
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "mesh": published.mesh,
+                    "versions": versions,
+                }))
+                .unwrap_or_default(),
+            )
+        }
+        "/healthz/ready" => Reply::text("ready\n"),
+        _ => Reply::status(
+            http::StatusCode::NOT_FOUND,
+            "try /debug/proxies, /debug/manifests, /config_dump\n",
+        ),
+    })
+}

@@ -1,0 +1,237 @@
+//! The controller's gRPC API (generated from `proto/weft/v1/mesh.proto`) and conversions
+//! between its resources and the mesh config.
+
+use std::collections::BTreeMap;
+
+use crate::config::{MeshConfig, Protocol, Service, ServicePort, Workload};
+
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("weft.v1");
+}
+
+/// Metadata key carrying a node's credential (`Bearer <token>`).
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Name of the mesh-wide settings resource.
+pub const MESH_RESOURCE: &str = "mesh";
+
+/// Resources by name: what a controller serves, or what a proxy holds.
+pub type Resources = BTreeMap<String, v1::Resource>;
+
+/// The resources describing `mesh` and its trust bundle, each with a content version.
+pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
+    use prost::Message as _;
+    let mut out = Resources::new();
+    let mut add = |name: String, kind: v1::resource::Kind| {
+        let mut resource = v1::Resource {
+            name: name.clone(),
+            version: String::new(),
+            kind: Some(kind),
+        };
+        resource.version = format!("{:016x}", fnv1a(&resource.encode_to_vec()));
+        out.insert(name, resource);
+    };
+    add(
+        MESH_RESOURCE.to_owned(),
+        v1::resource::Kind::Mesh(v1::MeshSettings {
+            trust_domain: mesh.trust_domain.clone(),
+            trust_bundle_pem: trust_bundle_pem.to_owned(),
+        }),
+    );
+    for w in &mesh.workloads {
+        add(
+            format!("workload/{}/{}", w.namespace, w.name),
+            v1::resource::Kind::Workload(v1::Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                ip: w.ip.to_string(),
+                node: w.node.clone(),
+                protocol: match w.protocol {
+                    Protocol::Hbone => v1::Protocol::Hbone,
+                    Protocol::Tcp => v1::Protocol::Tcp,
+                } as i32,
+            }),
+        );
+    }
+    for s in &mesh.services {
+        add(
+            format!("service/{}/{}", s.namespace, s.name),
+            v1::resource::Kind::Service(v1::Service {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                vip: s.vip.to_string(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| v1::ServicePort {
+                        port: u32::from(p.port),
+                        target_port: u32::from(p.target_port),
+                    })
+                    .collect(),
+                endpoints: s.endpoints.clone(),
+            }),
+        );
+    }
+    out
+}
+
+/// What differs between what a client holds (`held`: name → version) and `current`: resources
+/// to send (new or changed) and names to remove.
+pub fn diff(
+    held: &BTreeMap<String, String>,
+    current: &Resources,
+) -> (Vec<v1::Resource>, Vec<String>) {
+    let changed = current
+        .values()
+        .filter(|r| held.get(&r.name) != Some(&r.version))
+        .cloned()
+        .collect();
+    let removed = held
+        .keys()
+        .filter(|name| !current.contains_key(*name))
+        .cloned()
+        .collect();
+    (changed, removed)
+}
+
+/// Why a set of resources cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// A field does not parse.
+    #[error("resource {name}: {field}: {message}")]
+    Field {
+        /// Resource name.
+        name: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No mesh settings were sent.
+    #[error("no \"mesh\" resource (trust domain and bundle)")]
+    NoMesh,
+    /// The result is inconsistent.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// The mesh config and trust bundle (PEM) a set of resources describes, validated as a config
+/// file would be.
+pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceError> {
+    let mut mesh = MeshConfig::default();
+    let mut bundle = None;
+    for r in resources.values() {
+        let field = |field: &'static str, message: String| ResourceError::Field {
+            name: r.name.clone(),
+            field,
+            message,
+        };
+        match &r.kind {
+            Some(v1::resource::Kind::Mesh(m)) => {
+                mesh.trust_domain = m.trust_domain.clone();
+                bundle = Some(m.trust_bundle_pem.clone());
+            }
+            Some(v1::resource::Kind::Workload(w)) => mesh.workloads.push(Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+                ip: w
+                    .ip
+                    .parse()
+                    .map_err(|e| field("ip", format!("{:?}: {e}", w.ip)))?,
+                node: w.node.clone(),
+                protocol: match v1::Protocol::try_from(w.protocol) {
+                    Ok(v1::Protocol::Hbone) => Protocol::Hbone,
+                    Ok(v1::Protocol::Tcp) => Protocol::Tcp,
+                    Err(_) => {
+                        return Err(field("protocol", format!("unknown value {}", w.protocol)));
+                    }
+                },
+                netns: None,
+            }),
+            Some(v1::resource::Kind::Service(s)) => {
+                let port = |v: u32, what: &'static str| {
+                    u16::try_from(v).map_err(|_| field(what, format!("{v} is not a port")))
+                };
+                let mut ports = Vec::new();
+                for p in &s.ports {
+                    ports.push(ServicePort {
+                        port: port(p.port, "ports.port")?,
+                        target_port: port(p.target_port, "ports.targetPort")?,
+                    });
+                }
+                mesh.services.push(Service {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    vip: s
+                        .vip
+                        .parse()
+                        .map_err(|e| field("vip", format!("{:?}: {e}", s.vip)))?,
+                    ports,
+                    endpoints: s.endpoints.clone(),
+                });
+            }
+            None => return Err(field("kind", "empty resource".into())),
+        }
+    }
+    let bundle = bundle.ok_or(ResourceError::NoMesh)?;
+    mesh.validate(std::path::Path::new("(config stream)"))?;
+    Ok((mesh, bundle))
+}
+
+/// FNV-1a, 64 bits: a content version that needs no extra dependency.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh() -> MeshConfig {
+        serde_yaml::from_str(
+            "workloads:\n  - {name: a, namespace: shop, serviceAccount: a, ip: 10.0.0.1, node: n1}\n  - {name: b, namespace: shop, serviceAccount: b, ip: 10.0.0.2, node: n2, protocol: TCP}\nservices:\n  - {name: s, namespace: shop, vip: 10.96.0.1, ports: [{port: 80, targetPort: 8080}], endpoints: [a]}\n",
+        )
+        .expect("yaml")
+    }
+
+    #[test]
+    fn round_trips_and_diffs() {
+        let r = resources(&mesh(), "PEM");
+        let (back, bundle) = to_mesh(&r).expect("valid");
+        assert_eq!(back.workloads.len(), 2);
+        assert_eq!(bundle, "PEM");
+
+        let held: BTreeMap<String, String> = r
+            .values()
+            .map(|x| (x.name.clone(), x.version.clone()))
+            .collect();
+        assert_eq!(
+            diff(&held, &r),
+            (vec![], vec![]),
+            "nothing to send when up to date"
+        );
+
+        let mut changed = mesh();
+        changed.workloads[1].protocol = Protocol::Hbone;
+        changed.services.clear();
+        let (send, removed) = diff(&held, &resources(&changed, "PEM"));
+        assert_eq!(
+            send.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["workload/shop/b"]
+        );
+        assert_eq!(removed, ["service/shop/s"]);
+    }
+
+    #[test]
+    fn inconsistent_resources_are_refused_with_the_reason() {
+        let mut m = mesh();
+        m.workloads[1].ip = m.workloads[0].ip;
+        let e = to_mesh(&resources(&m, "PEM")).expect_err("duplicate IP");
+        assert!(e.to_string().contains("already the IP"), "{e}");
+    }
+}
