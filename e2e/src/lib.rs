@@ -140,6 +140,10 @@ pub struct TestBed {
     capture: CaptureMode,
     extra_proxy_args: Vec<String>,
     started: bool,
+    /// Whether the proxies take their config from a `weft-controller` fed with manifests.
+    with_controller: bool,
+    controller: Option<Child>,
+    ambient: BTreeMap<String, bool>,
 }
 
 /// How the node proxies capture pod traffic.
@@ -189,6 +193,9 @@ impl TestBed {
         );
         let dir = std::env::temp_dir().join(format!("weft-{label}-{id}"));
         std::fs::create_dir_all(dir.join("certs"))?;
+        std::fs::create_dir_all(dir.join("ca"))?;
+        // On disk, so that a controller started by the bed runs the same CA (plug-in CA).
+        let ca = Ca::load_or_generate(&dir.join("ca"), "cluster.local")?;
         let mut bed = Self {
             fabric: format!("{id}-fab"),
             id,
@@ -196,7 +203,7 @@ impl TestBed {
             nodes: Vec::new(),
             pods: Vec::new(),
             services: Vec::new(),
-            ca: Ca::generate("cluster.local")?,
+            ca,
             bin_dir: bin_dir()?,
             proxies: Vec::new(),
             children: Vec::new(),
@@ -204,6 +211,9 @@ impl TestBed {
             capture: CaptureMode::Ebpf,
             extra_proxy_args: Vec::new(),
             started: false,
+            with_controller: false,
+            controller: None,
+            ambient: BTreeMap::new(),
         };
         bed.add_netns(&bed.fabric.clone())?;
         let fabric = bed.fabric.clone();
@@ -363,7 +373,7 @@ impl TestBed {
             if enrolled {
                 self.issue_cert(&pod.identity())?;
             }
-            self.write_config(&serde_yaml::to_string(&self.mesh_config())?)?;
+            self.sync_mesh()?;
             let out = self.weft_cni(&pod, "ADD")?;
             ensure!(
                 out.status.success(),
@@ -447,7 +457,264 @@ impl TestBed {
         for p in self.pods.iter_mut().filter(|p| p.netns == pod.netns) {
             p.enrolled = enrolled;
         }
-        self.write_config(&serde_yaml::to_string(&self.mesh_config())?)
+        self.sync_mesh()
+    }
+
+    /// Runs the proxies from a `weft-controller` (in node 1's namespace, fed with Kubernetes
+    /// manifests the bed writes) instead of a config file. Call before [`start`](Self::start).
+    pub fn with_controller(&mut self) -> &mut Self {
+        self.with_controller = true;
+        self
+    }
+
+    /// Labels namespace `ns` ambient (or removes the label), as `kubectl label` would: its pods
+    /// are enrolled (or released). Controller mode only.
+    pub fn label_namespace(&mut self, ns: &str, ambient: bool) -> Result<()> {
+        ensure!(
+            self.with_controller,
+            "label_namespace needs with_controller()"
+        );
+        self.ambient.insert(ns.to_owned(), ambient);
+        for p in self.pods.iter_mut().filter(|p| p.namespace == ns) {
+            p.enrolled = ambient;
+        }
+        let ids: Vec<SpiffeId> = self
+            .pods
+            .iter()
+            .filter(|p| p.enrolled)
+            .map(Pod::identity)
+            .collect();
+        for id in ids {
+            self.issue_cert(&id)?;
+        }
+        self.sync_mesh()
+    }
+
+    /// The manifest directory the bed's controller reads.
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    /// Writes (atomically) one more manifest file for the controller.
+    pub fn write_manifest(&self, file: &str, text: &str) -> Result<()> {
+        let tmp = self.dir.join(format!("{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.manifests_dir().join(file))?;
+        Ok(())
+    }
+
+    /// Removes a manifest file written with [`write_manifest`](Self::write_manifest).
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.manifests_dir().join(file))?;
+        Ok(())
+    }
+
+    /// The cluster as Kubernetes YAML: namespaces (ambient where pods are enrolled), pods (with
+    /// their node, IP and service account; an unenrolled pod in an ambient namespace opts out),
+    /// services (selecting their endpoints by a label).
+    pub fn manifests(&self) -> String {
+        use std::collections::BTreeSet;
+        let mut out = String::new();
+        let namespaces: BTreeSet<&str> = self
+            .pods
+            .iter()
+            .map(|p| p.namespace.as_str())
+            .chain(self.services.iter().map(|s| s.namespace.as_str()))
+            .collect();
+        for ns in namespaces {
+            let ambient = self
+                .ambient
+                .get(ns)
+                .copied()
+                .unwrap_or_else(|| self.pods.iter().any(|p| p.namespace == ns && p.enrolled));
+            let labels = if ambient {
+                "
+  labels:
+    weft.io/dataplane-mode: ambient"
+            } else {
+                ""
+            };
+            let _ = write!(
+                out,
+                "---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}{labels}
+"
+            );
+        }
+        for p in &self.pods {
+            let ambient = self.ambient.get(&p.namespace).copied().unwrap_or_else(|| {
+                self.pods
+                    .iter()
+                    .any(|q| q.namespace == p.namespace && q.enrolled)
+            });
+            let mut labels = format!(
+                "
+    app: {}",
+                p.name
+            );
+            if ambient && !p.enrolled {
+                labels.push_str(
+                    "
+    weft.io/dataplane-mode: none",
+                );
+            }
+            for s in self
+                .services
+                .iter()
+                .filter(|s| s.namespace == p.namespace && s.endpoints.contains(&p.name))
+            {
+                let _ = write!(
+                    labels,
+                    "
+    svc-{}: \"true\"",
+                    s.name
+                );
+            }
+            let _ = write!(
+                out,
+                "---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {}
+  namespace: {}
+  labels:{labels}
+spec:
+  nodeName: {}
+  serviceAccountName: {}
+  containers:
+  - name: app
+    image: example/app
+status:
+  phase: Running
+  podIP: {}
+",
+                p.name, p.namespace, self.nodes[p.node].name, p.service_account, p.ip
+            );
+        }
+        for s in &self.services {
+            let ports: String = s
+                .ports
+                .iter()
+                .map(|p| {
+                    format!(
+                        "
+  - port: {}
+    targetPort: {}",
+                        p.port, p.target_port
+                    )
+                })
+                .collect();
+            let _ = write!(
+                out,
+                "---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {0}
+  namespace: {1}
+spec:
+  clusterIP: {2}
+  selector:
+    svc-{0}: \"true\"
+  ports:{ports}
+",
+                s.name, s.namespace, s.vip
+            );
+        }
+        out
+    }
+
+    /// Publishes the current pods and services: the manifests in controller mode, the config
+    /// file otherwise.
+    fn sync_mesh(&self) -> Result<()> {
+        if self.with_controller {
+            std::fs::create_dir_all(self.manifests_dir())?;
+            self.write_manifest("bed.yaml", &self.manifests())
+        } else {
+            self.write_config(&serde_yaml::to_string(&self.mesh_config())?)
+        }
+    }
+
+    fn controller_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.nodes[0].ip, 15012))
+    }
+
+    fn spawn_controller(&self) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.controller_log_path())?;
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.nodes[0].netns))
+            .arg(self.bin_dir.join("weft-controller"))
+            .arg("--manifests")
+            .arg(self.manifests_dir())
+            .arg("--ca-dir")
+            .arg(self.dir.join("ca"))
+            .arg("--node-credentials")
+            .arg(self.dir.join("node-credentials.yaml"))
+            .args(["--listen", &self.controller_addr().to_string()])
+            .args(["--refresh-interval-ms", "50"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting weft-controller (run `cargo build --workspace --bins` first)")
+    }
+
+    fn start_controller(&mut self) -> Result<()> {
+        let child = self.spawn_controller()?;
+        self.controller = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok((200, _)) = self.controller_get("/healthz/ready") {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "controller not ready in 10 s; its log:\n{}",
+                self.controller_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the controller (SIGKILL).
+    pub fn kill_controller(&mut self) -> Result<()> {
+        if let Some(mut child) = self.controller.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the controller again.
+    pub fn restart_controller(&mut self) -> Result<()> {
+        self.kill_controller()?;
+        self.start_controller()
+    }
+
+    /// GET on the controller's admin endpoint (127.0.0.1:15014 in node 1's namespace).
+    pub fn controller_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get_in(
+            &Path::new("/run/netns").join(&self.nodes[0].netns),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 15014)),
+            path,
+        )
+    }
+
+    /// Path of the controller's log.
+    pub fn controller_log_path(&self) -> PathBuf {
+        self.dir.join("controller.log")
+    }
+
+    /// The controller's log so far.
+    pub fn controller_log(&self) -> String {
+        std::fs::read_to_string(self.controller_log_path()).unwrap_or_default()
     }
 
     fn cni_config(&self, node: &Node) -> String {
@@ -568,7 +835,22 @@ impl TestBed {
         for id in &identities {
             self.issue_cert(id)?;
         }
-        self.write_config(&serde_yaml::to_string(&self.mesh_config())?)?;
+        self.sync_mesh()?;
+        if self.with_controller {
+            let credentials: BTreeMap<String, String> = self
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), format!("{}-{}-credential", self.id, n.name)))
+                .collect();
+            for (node, token) in &credentials {
+                std::fs::write(self.dir.join(format!("{node}.credential")), token)?;
+            }
+            std::fs::write(
+                self.dir.join("node-credentials.yaml"),
+                serde_yaml::to_string(&credentials)?,
+            )?;
+            self.start_controller()?;
+        }
         for i in 0..self.nodes.len() {
             let child = self.spawn_proxy(i)?;
             self.proxies.push(Some(child));
@@ -600,11 +882,24 @@ impl TestBed {
             .open(self.proxy_log_path(i))?;
         // nsenter, not `ip netns exec`: the latter gives the process a private mount namespace,
         // and bpffs pins made there would vanish with it.
+        let source: Vec<String> = if self.with_controller {
+            vec![
+                "--controller".into(),
+                self.controller_addr().to_string(),
+                "--controller-credential".into(),
+                self.dir
+                    .join(format!("{}.credential", node.name))
+                    .display()
+                    .to_string(),
+            ]
+        } else {
+            vec!["--config".into(), self.config_path().display().to_string()]
+        };
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", node.netns))
             .arg(self.bin_dir.join("weft-node-proxy"))
-            .args(["--node", &node.name, "--config"])
-            .arg(self.config_path())
+            .args(["--node", &node.name])
+            .args(&source)
             .arg("--cert-dir")
             .arg(self.dir.join("certs"))
             .args(["--reload-interval-ms", "100", "--drain-deadline-secs", "2"])
@@ -910,6 +1205,7 @@ impl TestBed {
     }
 
     fn teardown(&mut self) {
+        let _ = self.kill_controller();
         for i in 0..self.proxies.len() {
             if let Some(mut child) = self.proxies[i].take() {
                 let _ = child.kill();
