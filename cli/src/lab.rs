@@ -1,6 +1,6 @@
-//! The lab: the embedded default of Weft. Two nodes, pods in the ambient namespace `shop`, one
-//! pod outside the mesh, sample HTTP services behind VIPs, traffic, and a summary read from the
-//! node proxies' own metrics.
+//! The lab: the embedded default of Weft. Two nodes, a controller reading Kubernetes manifests
+//! from a directory, pods in the ambient namespace `shop`, one pod outside the mesh, sample HTTP
+//! services behind VIPs, traffic, and a summary read from the node proxies' own metrics.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -60,6 +60,9 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
     let stopped = || *stop.borrow();
     println!("Weft lab: building 2 nodes and the ambient namespace \"shop\"...");
     let mut bed = TestBed::new("lab", 2)?;
+    // The embedded default: a weft-controller reading Kubernetes YAML from a directory programs
+    // the node proxies, as it would from the API server.
+    bed.with_controller();
     bed.capture_mode(match args.capture.as_str() {
         "ebpf" => CaptureMode::Ebpf,
         "nftables" => CaptureMode::Nftables,
@@ -231,6 +234,13 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         productpage.netns, services[1].vip
     );
     println!("Node proxy logs: {}/node*-proxy.log", bed.dir().display());
+    println!(
+        "Controller: manifests in {} (edit them: e.g. remove the namespace label \
+         weft.io/dataplane-mode: ambient from shop in bed.yaml and its pods leave the mesh), \
+         log {}",
+        bed.manifests_dir().display(),
+        bed.controller_log_path().display()
+    );
     match args.duration_secs {
         Some(secs) => {
             println!("Running for {secs} s...");
