@@ -143,6 +143,7 @@ pub struct TestBed {
     /// Whether the proxies take their config from a `weft-controller` fed with manifests.
     with_controller: bool,
     controller: Option<Child>,
+    extra_controller_args: Vec<String>,
     ambient: BTreeMap<String, bool>,
 }
 
@@ -213,6 +214,7 @@ impl TestBed {
             started: false,
             with_controller: false,
             controller: None,
+            extra_controller_args: Vec::new(),
             ambient: BTreeMap::new(),
         };
         bed.add_netns(&bed.fabric.clone())?;
@@ -370,7 +372,7 @@ impl TestBed {
         if self.started {
             // A pod created on a running mesh: the API server knows it (config, certificate)
             // and the runtime finishes the plugin chain with weft-cni.
-            if enrolled {
+            if enrolled && !self.with_controller {
                 self.issue_cert(&pod.identity())?;
             }
             self.sync_mesh()?;
@@ -451,7 +453,7 @@ impl TestBed {
     /// Enrolls or unenrolls a running pod (its workload's protocol in the config), as the
     /// controller does when a namespace or pod label changes.
     pub fn set_enrolled(&mut self, pod: &Pod, enrolled: bool) -> Result<()> {
-        if enrolled {
+        if enrolled && !self.with_controller {
             self.issue_cert(&pod.identity())?;
         }
         for p in self.pods.iter_mut().filter(|p| p.netns == pod.netns) {
@@ -465,6 +467,25 @@ impl TestBed {
     pub fn with_controller(&mut self) -> &mut Self {
         self.with_controller = true;
         self
+    }
+
+    /// Extra flags for the controller (before [`start`](Self::start)).
+    pub fn controller_args(&mut self, args: &[&str]) -> &mut Self {
+        self.extra_controller_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Node `i`'s credential for the controller.
+    pub fn node_credential(&self, i: usize) -> Result<String> {
+        Ok(std::fs::read_to_string(
+            self.dir.join(format!("{}.credential", self.nodes[i].name)),
+        )?)
+    }
+
+    /// The controller's gRPC address.
+    pub fn controller_address(&self) -> SocketAddr {
+        self.controller_addr()
     }
 
     /// Labels namespace `ns` ambient (or removes the label), as `kubectl label` would: its pods
@@ -659,6 +680,7 @@ spec:
             .arg(self.dir.join("node-credentials.yaml"))
             .args(["--listen", &self.controller_addr().to_string()])
             .args(["--refresh-interval-ms", "50"])
+            .args(&self.extra_controller_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -832,8 +854,11 @@ spec:
             .filter(|p| p.enrolled)
             .map(Pod::identity)
             .collect();
-        for id in &identities {
-            self.issue_cert(id)?;
+        // With a controller, the node proxies get their certificates from its CA.
+        if !self.with_controller {
+            for id in &identities {
+                self.issue_cert(id)?;
+            }
         }
         self.sync_mesh()?;
         if self.with_controller {

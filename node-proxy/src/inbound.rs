@@ -55,8 +55,12 @@ async fn serve_connection(
     drain: drain::Watch,
 ) {
     let local_id = inputs.state.load().identity(&pod.workload);
-    let Some(identity) = inputs.certs.load().get(&local_id).cloned() else {
-        warn!(identity = %local_id, "early deny: no certificate for this pod's identity yet");
+    let Some(identity) = inputs
+        .certs_with(&local_id)
+        .await
+        .and_then(|c| c.get(&local_id).cloned())
+    else {
+        warn!(identity = %local_id, "early deny: no certificate for this pod's identity");
         return;
     };
     let mut incoming = match hbone::accept(

@@ -101,6 +101,25 @@ impl Inputs {
         }
     }
 
+    /// The certificate store once it holds `id` and a trust bundle. A certificate being issued
+    /// (a pod just enrolled) is waited for, up to 3 s; `None` after that.
+    pub(crate) async fn certs_with(
+        &self,
+        id: &weft_core::identity::SpiffeId,
+    ) -> Option<Arc<CertStore>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let certs = self.certs.load_full();
+            if certs.get(id).is_some() && certs.bundle.is_some() {
+                return Some(certs);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A fresh connection id for log spans.
     pub(crate) fn conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)

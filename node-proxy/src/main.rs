@@ -1,6 +1,7 @@
 //! `weft-node-proxy`: the per-node L4 proxy of the Weft mesh.
 
 mod admin;
+mod ca_client;
 mod capture;
 mod cni;
 mod identity;
@@ -193,11 +194,18 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
 
     if let ConfigSource::Controller(settings) = &config.source {
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let cert_changed = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(xds::run(
             inputs.clone(),
             settings.clone(),
             changed.clone(),
             first_tx,
+            cert_changed.clone(),
+        ));
+        tokio::spawn(ca_client::run(
+            inputs.clone(),
+            settings.clone(),
+            cert_changed,
         ));
         info!(controller = %settings.addr, "waiting for the first config from the controller");
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -244,9 +252,15 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         let changed = streamed || reload_config(&inputs, &mut last_text);
         let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
         if changed || stamp != inputs.certs.load().stamp {
-            inputs
-                .certs
-                .store(Arc::new(load_certs(&config, &inputs.state.load())));
+            let mut next = load_certs(&config, &inputs.state.load());
+            // An identity that failed to load (a renewal caught half-written) keeps its last
+            // good certificate while that is still valid.
+            for (id, identity) in &inputs.certs.load().identities {
+                if !next.identities.contains_key(id) && identity.cert.remaining() > Duration::ZERO {
+                    next.identities.insert(id.clone(), identity.clone());
+                }
+            }
+            inputs.certs.store(Arc::new(next));
         }
         if let Some((request, reply)) = call {
             let response = handle_cni(&inputs, &mut registry, &mut pods, &watch, request).await;

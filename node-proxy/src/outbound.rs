@@ -101,9 +101,12 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
         return passthrough(inputs, pod, stream, client, upstream.addr, &labels, started).await;
     }
 
-    let certs = inputs.certs.load();
-    let (Some(identity), Some(bundle)) = (certs.get(&src_id), certs.bundle.as_ref()) else {
-        warn!(%client, %dst, source = %src_id, "early deny: no certificate for the source identity yet");
+    let certs = inputs.certs_with(&src_id).await;
+    let Some((identity, bundle)) = certs
+        .as_ref()
+        .and_then(|c| Some((c.get(&src_id)?, c.bundle.as_ref()?)))
+    else {
+        warn!(%client, %dst, source = %src_id, "early deny: no certificate for the source identity");
         return;
     };
     let proxy_addr = SocketAddr::new(upstream.workload.ip, weft_core::ports::HBONE);

@@ -43,20 +43,28 @@ enum StreamError {
     Closed,
 }
 
-/// Runs until the process ends. `changed` is notified after every applied update; `first` is
-/// sent once, after the first.
+/// Runs until the process ends. `changed` and `cert_changed` are notified after every applied
+/// update; `first` is sent once, after the first.
 pub(crate) async fn run(
     inputs: Arc<Inputs>,
     settings: ControllerSettings,
     changed: Arc<Notify>,
     first: oneshot::Sender<()>,
+    cert_changed: Arc<Notify>,
 ) {
     let mut held = Resources::new();
     let mut first = Some(first);
     let mut backoff = Duration::from_millis(100);
     loop {
         let applied_before = held.clone();
-        let result = session(&inputs, &settings, &mut held, &changed, &mut first).await;
+        let result = session(
+            &inputs,
+            &settings,
+            &mut held,
+            &[&changed, &cert_changed],
+            &mut first,
+        )
+        .await;
         if let Err(e) = result {
             warn!(controller = %settings.addr, error = %e, retry_in = ?backoff, "config stream down; serving the last good config");
         }
@@ -72,7 +80,7 @@ async fn session(
     inputs: &Inputs,
     settings: &ControllerSettings,
     held: &mut Resources,
-    changed: &Notify,
+    changed: &[&Notify],
     first: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), StreamError> {
     let token = std::fs::read_to_string(&settings.credential_file).map_err(|source| {
@@ -123,7 +131,9 @@ async fn session(
                 info!(nonce = %update.nonce, changed = count, removed = update.removed.len(), workloads = mesh.workloads.len(), services = mesh.services.len(), "config update applied");
                 inputs.state.store(Arc::new(State::new(mesh)));
                 *held = next;
-                changed.notify_one();
+                for notify in changed {
+                    notify.notify_one();
+                }
                 if let Some(first) = first.take() {
                     let _ = first.send(());
                 }

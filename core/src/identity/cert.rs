@@ -65,6 +65,7 @@ pub struct WorkloadCert {
     identity: SpiffeId,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    not_before: SystemTime,
     not_after: SystemTime,
 }
 
@@ -82,7 +83,7 @@ impl WorkloadCert {
                 what: format!("{what} key"),
                 reason: e.to_string(),
             })?;
-        let (found, not_after) = leaf_identity(&chain[0])?;
+        let (found, not_before, not_after) = leaf_identity(&chain[0])?;
         if &found != identity {
             return Err(CertError::WrongIdentity {
                 expected: Box::new(identity.clone()),
@@ -93,6 +94,7 @@ impl WorkloadCert {
             identity: found,
             chain,
             key,
+            not_before,
             not_after,
         })
     }
@@ -127,6 +129,15 @@ impl WorkloadCert {
     /// When the leaf expires.
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// When to renew: half-way through the validity period.
+    pub fn renew_at(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + lifetime / 2
     }
 
     /// Time left before expiry (zero when already expired).
@@ -197,10 +208,12 @@ fn parse_certs(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, C
 
 /// Reads the SPIFFE identity a (chain-verified) peer certificate carries.
 pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, CertError> {
-    leaf_identity(cert).map(|(id, _)| id)
+    leaf_identity(cert).map(|(id, _, _)| id)
 }
 
-fn leaf_identity(cert: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime), CertError> {
+fn leaf_identity(
+    cert: &CertificateDer<'_>,
+) -> Result<(SpiffeId, SystemTime, SystemTime), CertError> {
     let (_, x509) =
         X509Certificate::from_der(cert.as_ref()).map_err(|e| CertError::Parse(e.to_string()))?;
     let mut uris = Vec::new();
@@ -216,7 +229,11 @@ fn leaf_identity(cert: &CertificateDer<'_>) -> Result<(SpiffeId, SystemTime), Ce
     let [uri] = uris.as_slice() else {
         return Err(CertError::SpiffeSan(uris.len()));
     };
-    let not_after = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(x509.validity().not_after.timestamp().max(0) as u64);
-    Ok((uri.parse()?, not_after))
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    let validity = x509.validity();
+    Ok((
+        uri.parse()?,
+        at(validity.not_before.timestamp()),
+        at(validity.not_after.timestamp()),
+    ))
 }
