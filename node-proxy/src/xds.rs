@@ -93,7 +93,9 @@ async fn session(
         .map_err(|e| StreamError::Bundle(e.to_string()))?;
     let channel = weft_core::control::channel(settings.addr, settings.identity.clone(), &bundle)
         .map_err(|e| StreamError::Bundle(e.to_string()))?;
-    let mut client = v1::config_discovery_client::ConfigDiscoveryClient::new(channel);
+    // A full push to a new proxy carries the whole mesh: allow large messages.
+    let mut client = v1::config_discovery_client::ConfigDiscoveryClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024);
 
     let (tx, rx) = mpsc::channel(4);
     let known: std::collections::HashMap<String, String> = held

@@ -61,9 +61,12 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
     let mut services = Vec::new();
     for svc in objects.services.values() {
         let Some(vip) = svc.cluster_ip else { continue };
-        let members: Vec<&Pod> = objects
-            .pods
-            .values()
+        // Pods are keyed by (namespace, name): a range scan finds the service's namespace.
+        let in_namespace = objects.pods.range(
+            ObjectKey::new(&svc.namespace, "")..ObjectKey::new(&format!("{}\0", svc.namespace), ""),
+        );
+        let members: Vec<&Pod> = in_namespace
+            .map(|(_, p)| p)
             .filter(|p| p.namespace == svc.namespace && p.ip.is_some() && p.node.is_some())
             .filter(|p| {
                 !svc.selector.is_empty()
