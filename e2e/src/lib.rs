@@ -1121,6 +1121,65 @@ spec:
         )
     }
 
+    /// `curl http://<to>:8080/<path>` from `from` with a short connect timeout (a captured
+    /// connection that fails closed should fail fast): (success, stdout, stderr).
+    pub fn fetch(&self, from: &Pod, to: &Pod, path: &str) -> Result<(bool, String, String)> {
+        let url = format!("http://{}:8080/{path}", to.ip);
+        let out = self.exec(
+            from,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                "--connect-timeout",
+                "1",
+                &url,
+            ],
+        )?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Starts `weft-bench load --kind pingpong` from `client` to `server:5002` (where
+    /// `weft-bench serve` runs) for `secs`: one long-lived connection. Join the thread for its
+    /// output.
+    pub fn long_lived_connection(
+        &self,
+        client: &Pod,
+        server: &Pod,
+        secs: u64,
+    ) -> Result<std::thread::JoinHandle<std::io::Result<Output>>> {
+        let bench = self.bin_dir.join("weft-bench");
+        let target = format!("{}:5002", server.ip);
+        let netns = client.netns.clone();
+        Ok(std::thread::spawn(move || {
+            Command::new("ip")
+                .args(["netns", "exec", &netns])
+                .arg(&bench)
+                .args(["load", "--kind", "pingpong", "--target", &target])
+                .args(["--secs", &secs.to_string()])
+                .output()
+        }))
+    }
+
+    /// Runs `weft-bench serve` in `pod` (sink 5001, echo 5002, accept 5003) and waits for it.
+    pub fn serve_bench(&mut self, pod: &Pod) -> Result<()> {
+        let bench = self.bin_dir.join("weft-bench").display().to_string();
+        self.spawn_in(
+            &pod.netns,
+            &[&bench, "serve"],
+            &format!("bench-{}.log", pod.name),
+        )?;
+        wait_listening(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 5002)),
+        )
+    }
+
     /// `curl` from `pod`: returns (exit status success, stdout, stderr).
     pub fn curl(&self, pod: &Pod, url: &str) -> Result<(bool, String, String)> {
         let out = self.exec(

@@ -26,26 +26,8 @@ fn proxied(bed: &TestBed) -> Result<f64> {
     Ok(total)
 }
 
-/// curl with a short connect timeout: (success, body, stderr).
 fn fetch(bed: &TestBed, from: &Pod, to: &Pod, path: &str) -> Result<(bool, String, String)> {
-    let url = format!("http://{}:8080/{path}", to.ip);
-    let out = bed.exec(
-        from,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "--connect-timeout",
-            "1",
-            &url,
-        ],
-    )?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    bed.fetch(from, to, path)
 }
 
 /// Requests a Python http.server in `pod` has logged.

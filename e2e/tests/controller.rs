@@ -8,20 +8,7 @@ use anyhow::{Context, Result, ensure};
 use weft_e2e::{Pod, TestBed, metric_sum};
 
 fn fetch(bed: &TestBed, from: &Pod, to: &Pod) -> Result<bool> {
-    let url = format!("http://{}:8080/x", to.ip);
-    let out = bed.exec(
-        from,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "--connect-timeout",
-            "1",
-            &url,
-        ],
-    )?;
-    Ok(out.status.success())
+    Ok(bed.fetch(from, to, "x")?.0)
 }
 
 fn mtls_from(bed: &TestBed, node: usize) -> Result<f64> {
@@ -100,22 +87,10 @@ fn controller_down_traffic_flows_and_restart_resyncs_without_dropping_connection
     let web = bed.pod("web").namespace("shop").on_node(1).add()?;
     bed.start()?;
     bed.serve_http(&web, 8080, &[("x", "web")])?;
-    let bench = weft_e2e::bin_dir()?.join("weft-bench");
-    let bench = bench.display().to_string();
-    bed.spawn_in(&web.netns, &[&bench, "serve"], "bench-serve.log")?;
-    weft_e2e::wait_listening(&web.netns_path(), ([127, 0, 0, 1], 5002).into())?;
+    bed.serve_bench(&web)?;
 
     // One long-lived connection through the mesh for the whole test.
-    let target = format!("{}:5002", web.ip);
-    let netns = client.netns.clone();
-    let long_lived = std::thread::spawn(move || {
-        std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &netns, &bench, "load", "--kind", "pingpong",
-            ])
-            .args(["--target", &target, "--secs", "6"])
-            .output()
-    });
+    let long_lived = bed.long_lived_connection(&client, &web, 6)?;
     std::thread::sleep(Duration::from_millis(500));
 
     bed.kill_controller()?;
@@ -320,24 +295,10 @@ fn certificates_rotate_at_half_life_while_a_long_lived_connection_keeps_working(
     let client = bed.pod("client").namespace("shop").on_node(0).add()?;
     let web = bed.pod("web").namespace("shop").on_node(1).add()?;
     bed.start()?;
-    let bench = weft_e2e::bin_dir()?
-        .join("weft-bench")
-        .display()
-        .to_string();
-    bed.spawn_in(&web.netns, &[&bench, "serve"], "bench-serve.log")?;
-    weft_e2e::wait_listening(&web.netns_path(), ([127, 0, 0, 1], 5002).into())?;
+    bed.serve_bench(&web)?;
     bed.serve_http(&web, 8080, &[("x", "web")])?;
 
-    let target = format!("{}:5002", web.ip);
-    let netns = client.netns.clone();
-    let long_lived = std::thread::spawn(move || {
-        std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &netns, &bench, "load", "--kind", "pingpong",
-            ])
-            .args(["--target", &target, "--secs", "7"])
-            .output()
-    });
+    let long_lived = bed.long_lived_connection(&client, &web, 7)?;
     std::thread::sleep(Duration::from_secs(5));
     // New connections keep working across renewals.
     ensure!(fetch(&bed, &client, &web)?, "request after renewals failed");

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -57,6 +57,15 @@ fn bed(tag: &str) -> (Bed, Arc<Netns>, Arc<Netns>) {
         |n: &str| Arc::new(Netns::open(Path::new(&format!("/run/netns/{n}"))).expect("netns"));
     let (client, pod) = (open(&a), open(&b));
     (bed, client, pod)
+}
+
+/// Connects to the pod's app (10.77.0.2:8080) from 10.77.0.9, a source that is not the probe
+/// source. Run inside the client namespace.
+fn connect_from_other_source(timeout: Duration) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from(([10, 77, 0, 9], 0)).into())?;
+    let dst: SocketAddr = "10.77.0.2:8080".parse().expect("a");
+    s.connect_timeout(&dst.into(), timeout).map(|()| s)
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -243,13 +252,7 @@ fn inbound_syns_go_to_the_transparent_listener_or_are_dropped() {
             .expect("ip")
     });
     let other = in_ns(&client, || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        s.bind(&SocketAddr::from(([10, 77, 0, 9], 0)).into())
-            .expect("bind");
-        let dst: SocketAddr = "10.77.0.2:8080".parse().expect("a");
-        s.connect_timeout(&dst.into(), Duration::from_secs(2))
-            .map(|()| s)
+        connect_from_other_source(Duration::from_secs(2))
     });
     assert!(other.is_ok(), "captured connect failed: {other:?}");
     plaintext.set_nonblocking(false).expect("b");
@@ -275,12 +278,7 @@ fn inbound_syns_go_to_the_transparent_listener_or_are_dropped() {
     // Proxy gone (listener closed): new connections fail, they do not reach the app.
     drop(plaintext);
     let bypass = in_ns(&client, || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        s.bind(&SocketAddr::from(([10, 77, 0, 9], 0)).into())
-            .expect("bind");
-        let dst: SocketAddr = "10.77.0.2:8080".parse().expect("a");
-        s.connect_timeout(&dst.into(), Duration::from_millis(500))
+        connect_from_other_source(Duration::from_millis(500)).map(drop)
     });
     assert!(
         bypass.is_err(),
@@ -290,17 +288,11 @@ fn inbound_syns_go_to_the_transparent_listener_or_are_dropped() {
     // Sweep keeps nothing: the pod's links and entries go, and the app is reachable directly.
     assert_eq!(capture.sweep(&BTreeSet::new()).expect("sweep"), 1);
     let direct = in_ns(&client, || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        s.bind(&SocketAddr::from(([10, 77, 0, 9], 0)).into())
-            .expect("bind");
-        let dst: SocketAddr = "10.77.0.2:8080".parse().expect("a");
-        s.connect_timeout(&dst.into(), Duration::from_secs(2))
+        connect_from_other_source(Duration::from_secs(2)).map(drop)
     });
     assert!(
         direct.is_ok(),
         "after release the app is reachable directly: {direct:?}"
     );
-    let _ = SocketAddrV4::new(pod_ip, 0);
     drop(bed);
 }
