@@ -91,25 +91,35 @@ static __always_inline int enrolled(__u64 netns)
 	return bpf_map_lookup_elem(&weft_enrolled, &netns) != 0;
 }
 
-SEC("cgroup/connect4")
-int weft_connect4(struct bpf_sock_addr *ctx)
+// A TCP connect made by an app of an enrolled pod (not by the proxy's own marked sockets).
+static __always_inline int from_enrolled_app(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM)
-		return 1;
-	if (!enrolled(bpf_get_netns_cookie(ctx)))
-		return 1;
+	if (ctx->type != SOCK_STREAM || !enrolled(bpf_get_netns_cookie(ctx)))
+		return 0;
 	struct bpf_sock *sk = ctx->sk;
-	if (!sk || (sk->mark & PROXY_MARK))
-		return 1;
-	__u32 ip = ctx->user_ip4;
-	if ((bpf_ntohl(ip) >> 24) == 127)
-		return 1;
+	return sk && !(sk->mark & PROXY_MARK);
+}
+
+// Remembers where a captured connect was going, by socket cookie, for sockops to re-key.
+static __always_inline int remember(struct bpf_sock_addr *ctx, __u32 ip)
+{
 	struct orig_dst dst = {
 		.ip = ip,
 		.port = bpf_ntohs((__u16)ctx->user_port),
 	};
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&weft_pending, &cookie, &dst, BPF_ANY))
+	return bpf_map_update_elem(&weft_pending, &cookie, &dst, BPF_ANY) == 0;
+}
+
+SEC("cgroup/connect4")
+int weft_connect4(struct bpf_sock_addr *ctx)
+{
+	if (!from_enrolled_app(ctx))
+		return 1;
+	__u32 ip = ctx->user_ip4;
+	if ((bpf_ntohl(ip) >> 24) == 127)
+		return 1;
+	if (!remember(ctx, ip))
 		return 0; // cannot remember where it was going: refuse rather than lose it
 	ctx->user_ip4 = bpf_htonl(LOOPBACK_IP);
 	ctx->user_port = bpf_htons(OUTBOUND_PORT);
@@ -122,12 +132,7 @@ int weft_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int weft_connect6(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM)
-		return 1;
-	if (!enrolled(bpf_get_netns_cookie(ctx)))
-		return 1;
-	struct bpf_sock *sk = ctx->sk;
-	if (!sk || (sk->mark & PROXY_MARK))
+	if (!from_enrolled_app(ctx))
 		return 1;
 	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2];
 	__u32 w3 = ctx->user_ip6[3];
@@ -137,12 +142,7 @@ int weft_connect6(struct bpf_sock_addr *ctx)
 		return 0; // native IPv6: not carried by the mesh, refused (EPERM)
 	if ((bpf_ntohl(w3) >> 24) == 127)
 		return 1;
-	struct orig_dst dst = {
-		.ip = w3,
-		.port = bpf_ntohs((__u16)ctx->user_port),
-	};
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&weft_pending, &cookie, &dst, BPF_ANY))
+	if (!remember(ctx, w3))
 		return 0;
 	ctx->user_ip6[3] = bpf_htonl(LOOPBACK_IP);
 	ctx->user_port = bpf_htons(OUTBOUND_PORT);
