@@ -147,6 +147,27 @@ pub struct TestBed {
     ambient: BTreeMap<String, bool>,
 }
 
+/// A long-lived connection started by [`TestBed::long_lived_connection`].
+pub struct LongLived(std::thread::JoinHandle<std::io::Result<Output>>);
+
+impl LongLived {
+    /// Waits for the run to end; an error (with the load generator's stderr) if the connection
+    /// broke, else its JSON measurement.
+    pub fn finish(self) -> Result<serde_json::Value> {
+        let out = self
+            .0
+            .join()
+            .map_err(|_| anyhow!("load thread panicked"))?
+            .context("running weft-bench load")?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
 /// How the node proxies capture pod traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CaptureMode {
@@ -1145,18 +1166,12 @@ spec:
     }
 
     /// Starts `weft-bench load --kind pingpong` from `client` to `server:5002` (where
-    /// `weft-bench serve` runs) for `secs`: one long-lived connection. Join the thread for its
-    /// output.
-    pub fn long_lived_connection(
-        &self,
-        client: &Pod,
-        server: &Pod,
-        secs: u64,
-    ) -> Result<std::thread::JoinHandle<std::io::Result<Output>>> {
+    /// `weft-bench serve` runs) for `secs`: one long-lived connection.
+    pub fn long_lived_connection(&self, client: &Pod, server: &Pod, secs: u64) -> LongLived {
         let bench = self.bin_dir.join("weft-bench");
         let target = format!("{}:5002", server.ip);
         let netns = client.netns.clone();
-        Ok(std::thread::spawn(move || {
+        LongLived(std::thread::spawn(move || {
             Command::new("ip")
                 .args(["netns", "exec", &netns])
                 .arg(&bench)

@@ -90,7 +90,7 @@ fn controller_down_traffic_flows_and_restart_resyncs_without_dropping_connection
     bed.serve_bench(&web)?;
 
     // One long-lived connection through the mesh for the whole test.
-    let long_lived = bed.long_lived_connection(&client, &web, 6)?;
+    let long_lived = bed.long_lived_connection(&client, &web, 6);
     std::thread::sleep(Duration::from_millis(500));
 
     bed.kill_controller()?;
@@ -119,16 +119,9 @@ fn controller_down_traffic_flows_and_restart_resyncs_without_dropping_connection
         "request after the controller restart failed"
     );
 
-    let out = long_lived
-        .join()
-        .map_err(|_| anyhow::anyhow!("load thread"))?
-        .context("running weft-bench load")?;
-    ensure!(
-        out.status.success(),
-        "the long-lived connection broke: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let measured: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let measured = long_lived
+        .finish()
+        .context("the long-lived connection broke")?;
     ensure!(measured["ops"].as_u64().unwrap_or(0) > 100, "{measured}");
     Ok(())
 }
@@ -298,19 +291,13 @@ fn certificates_rotate_at_half_life_while_a_long_lived_connection_keeps_working(
     bed.serve_bench(&web)?;
     bed.serve_http(&web, 8080, &[("x", "web")])?;
 
-    let long_lived = bed.long_lived_connection(&client, &web, 7)?;
+    let long_lived = bed.long_lived_connection(&client, &web, 7);
     std::thread::sleep(Duration::from_secs(5));
     // New connections keep working across renewals.
     ensure!(fetch(&bed, &client, &web)?, "request after renewals failed");
-    let out = long_lived
-        .join()
-        .map_err(|_| anyhow::anyhow!("load thread"))?
-        .context("running weft-bench load")?;
-    ensure!(
-        out.status.success(),
-        "the long-lived connection broke across a renewal: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    long_lived
+        .finish()
+        .context("the long-lived connection broke across a renewal")?;
     let issued = bed
         .proxy_log(0)
         .matches("certificate issued by the controller")
