@@ -47,6 +47,10 @@ pub enum CertError {
         found: Box<SpiffeId>,
     },
     /// A root could not be added to the trust store.
+    /// The private key is not the one the certificate was issued for (for instance a key and a
+    /// certificate from two different issuances).
+    #[error("{0}: the private key does not match the certificate")]
+    KeyMismatch(String),
     #[error("trust bundle: {0}")]
     Root(String),
     /// A file could not be read.
@@ -83,7 +87,18 @@ impl WorkloadCert {
                 what: format!("{what} key"),
                 reason: e.to_string(),
             })?;
-        let (found, not_before, not_after) = leaf_identity(&chain[0])?;
+        let (found, not_before, not_after, spki) = leaf_identity(&chain[0])?;
+        let signing =
+            rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| CertError::Pem {
+                what: format!("{what} key"),
+                reason: e.to_string(),
+            })?;
+        if signing
+            .public_key()
+            .is_none_or(|public| public.as_ref() != spki.as_slice())
+        {
+            return Err(CertError::KeyMismatch(what));
+        }
         if &found != identity {
             return Err(CertError::WrongIdentity {
                 expected: Box::new(identity.clone()),
@@ -208,12 +223,13 @@ fn parse_certs(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, C
 
 /// Reads the SPIFFE identity a (chain-verified) peer certificate carries.
 pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, CertError> {
-    leaf_identity(cert).map(|(id, _, _)| id)
+    leaf_identity(cert).map(|(id, ..)| id)
 }
 
+/// The leaf's SPIFFE ID, validity window and SubjectPublicKeyInfo (DER).
 fn leaf_identity(
     cert: &CertificateDer<'_>,
-) -> Result<(SpiffeId, SystemTime, SystemTime), CertError> {
+) -> Result<(SpiffeId, SystemTime, SystemTime, Vec<u8>), CertError> {
     let (_, x509) =
         X509Certificate::from_der(cert.as_ref()).map_err(|e| CertError::Parse(e.to_string()))?;
     let mut uris = Vec::new();
@@ -235,5 +251,6 @@ fn leaf_identity(
         uri.parse()?,
         at(validity.not_before.timestamp()),
         at(validity.not_after.timestamp()),
+        x509.public_key().raw.to_vec(),
     ))
 }
