@@ -1,11 +1,13 @@
-//! `weft-controller`: reads the cluster's objects (here: a manifest directory), computes what
-//! every proxy must know, streams it to them over gRPC (TLS), and signs their workload
-//! certificates. The runtime only: flags, wiring, the refresh loop and the admin endpoint.
+//! `weft-controller`: reads the cluster's objects (the Kubernetes API, or a manifest directory),
+//! computes what every proxy must know, streams it to them over gRPC (TLS), and signs their
+//! workload certificates. The runtime only: flags, wiring, the refresh loop and the admin
+//! endpoint.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,8 +17,10 @@ use tracing::{error, info};
 use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
 use weft_controller::grpc::certs::CertService;
 use weft_controller::grpc::config::ConfigService;
-use weft_controller::grpc::{NodeCredentials, Proxies, Published, Shared};
+use weft_controller::grpc::{NodeAuth, NodeCredentials, Proxies, Published, Shared};
+use weft_controller::k8s::TokenReviewer;
 use weft_controller::model;
+use weft_controller::source::kubernetes;
 use weft_controller::source::manifests::ManifestDir;
 use weft_core::api::v1;
 use weft_core::identity::{WorkloadCert, WorkloadCsr};
@@ -26,9 +30,11 @@ use weft_core::telemetry::{self, LogFormat};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Directory of Kubernetes manifests (Namespaces, Pods, Services, policies), re-read on change.
+    /// Directory of Kubernetes manifests (Namespaces, Pods, Services, policies), re-read on
+    /// change. Without it the controller watches the Kubernetes API (in-cluster config or
+    /// kubeconfig).
     #[arg(long, env = "WEFT_MANIFESTS")]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
     /// Directory of the CA's root (root-cert.pem, root-key.pem): generated there on first start,
     /// or supplied by the operator (plug-in CA).
     #[arg(long, env = "WEFT_CA_DIR")]
@@ -36,9 +42,17 @@ struct Args {
     /// Trust domain of the mesh's SPIFFE IDs.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// YAML map `node: token` of the node proxies' credentials.
+    /// YAML map `node: token` of the node proxies' credentials. Required with `--manifests`;
+    /// in Kubernetes mode node proxies present projected ServiceAccount tokens instead, checked
+    /// with TokenReview.
     #[arg(long, env = "WEFT_NODE_CREDENTIALS")]
-    node_credentials: PathBuf,
+    node_credentials: Option<PathBuf>,
+    /// The node proxy's service account (`namespace/name`), whose tokens identify nodes.
+    #[arg(long, default_value = "weft-system/weft-node-proxy")]
+    node_proxy_service_account: String,
+    /// Audience node proxies' projected tokens are issued for.
+    #[arg(long, default_value = "weft")]
+    token_audience: String,
     /// gRPC address (config stream and certificates, TLS).
     #[arg(long, default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
@@ -71,20 +85,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Ca::load_or_generate(&args.ca_dir, &args.trust_domain)
             .with_context(|| format!("mesh CA in {}", args.ca_dir.display()))?,
     );
-    let credentials = NodeCredentials::load(&args.node_credentials).map_err(anyhow::Error::msg)?;
+    let client = match &args.manifests {
+        Some(_) => None,
+        None => Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?,
+        ),
+    };
+    let credentials = match (&args.node_credentials, &client) {
+        (Some(path), _) => {
+            NodeAuth::Credentials(NodeCredentials::load(path).map_err(anyhow::Error::msg)?)
+        }
+        (None, Some(client)) => {
+            let (namespace, name) = args
+                .node_proxy_service_account
+                .split_once('/')
+                .context("--node-proxy-service-account must be namespace/name")?;
+            NodeAuth::TokenReview(TokenReviewer::new(
+                client.clone(),
+                &args.token_audience,
+                namespace,
+                name,
+            ))
+        }
+        (None, None) => anyhow::bail!("--manifests needs --node-credentials"),
+    };
     let serving = serving_cert(&ca)?;
     let tls = Arc::new(weft_core::tls::control_server_config(&serving)?);
 
-    let mut source = ManifestDir::new(&args.manifests);
-    let refresh = source.refresh();
-    for e in &refresh.errors {
-        error!("{e}");
-    }
-    let (publish, published) = watch::channel(Arc::new(publish_from(
-        &source,
-        &args.trust_domain,
-        ca.root_pem(),
-    )));
+    let mut source = match (&args.manifests, client) {
+        (Some(dir), _) => Source::Manifests {
+            dir: ManifestDir::new(dir),
+            read: false,
+        },
+        (None, Some(client)) => Source::Kubernetes(kubernetes::spawn(&client)),
+        (None, None) => anyhow::bail!("no source of objects"),
+    };
+    let (publish, published) = watch::channel(Arc::new(Published::default()));
     let proxies = Proxies::default();
     let shared = Shared {
         published: published.clone(),
@@ -113,47 +151,93 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
-    let errors = Arc::new(std::sync::Mutex::new(source.errors()));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ready = Arc::new(AtomicBool::new(false));
     let (_stop, watch_drain) = weft_core::drain::channel();
     tokio::spawn(weft_core::admin::serve(
         admin,
-        admin_handler(proxies, published, errors.clone()),
+        admin_handler(proxies, published, errors.clone(), ready.clone()),
         watch_drain,
     ));
-    info!(listen = %args.listen, manifests = %args.manifests.display(), trust_domain = %args.trust_domain, "controller ready");
+    info!(listen = %args.listen, source = %source.describe(&args), trust_domain = %args.trust_domain, "controller started");
 
     let mut tick = tokio::time::interval(Duration::from_millis(args.refresh_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let objects = tokio::select! {
+            objects = source.next(&mut tick) => objects,
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-        }
-        let refresh = source.refresh();
-        for e in &refresh.errors {
-            error!("{e}");
-        }
-        *errors.lock().unwrap_or_else(|e| e.into_inner()) = source.errors();
-        if !refresh.changed {
+        };
+        let Some((objects, source_errors)) = objects else {
             continue;
-        }
-        let next = publish_from(&source, &args.trust_domain, ca.root_pem());
-        if next.resources != publish.borrow().resources {
+        };
+        *errors.lock().unwrap_or_else(|e| e.into_inner()) = source_errors;
+        let next = publish_from(&objects, &args.trust_domain, ca.root_pem());
+        if next.resources != publish.borrow().resources || !ready.load(Ordering::Relaxed) {
             info!(
                 workloads = next.mesh.workloads.len(),
                 services = next.mesh.services.len(),
                 "publishing a new config"
             );
             publish.send_replace(Arc::new(next));
+            if !ready.swap(true, Ordering::Relaxed) {
+                info!("controller ready: the first config is published");
+            }
         }
     }
     info!("controller stopped");
     Ok(())
 }
 
-fn publish_from(source: &ManifestDir, trust_domain: &str, root_pem: &str) -> Published {
-    let mesh = model::mesh_config(&source.objects(), trust_domain);
+/// Where the objects come from.
+enum Source {
+    Manifests { dir: ManifestDir, read: bool },
+    Kubernetes(watch::Receiver<Arc<kubernetes::Snapshot>>),
+}
+
+impl Source {
+    /// Waits for the next change: the objects and the source's current errors (logged here as
+    /// they appear). `None` when nothing changed.
+    async fn next(
+        &mut self,
+        tick: &mut tokio::time::Interval,
+    ) -> Option<(model::Objects, Vec<String>)> {
+        match self {
+            Self::Manifests { dir, read } => {
+                tick.tick().await;
+                let refresh = dir.refresh();
+                for e in &refresh.errors {
+                    error!("{e}");
+                }
+                // The first pass publishes even an empty directory.
+                let first = !std::mem::replace(read, true);
+                (refresh.changed || first).then(|| (dir.objects(), dir.errors()))
+            }
+            Self::Kubernetes(snapshots) => {
+                if snapshots.changed().await.is_err() {
+                    // The watches ended (the runtime is shutting down).
+                    std::future::pending::<()>().await;
+                }
+                // The source logs each object's error once, as it appears.
+                let snapshot = snapshots.borrow_and_update().clone();
+                snapshot
+                    .synced
+                    .then(|| (snapshot.objects.clone(), snapshot.errors.clone()))
+            }
+        }
+    }
+
+    fn describe(&self, args: &Args) -> String {
+        match (self, &args.manifests) {
+            (Self::Manifests { .. }, Some(dir)) => format!("manifests {}", dir.display()),
+            _ => "Kubernetes API".to_owned(),
+        }
+    }
+}
+
+fn publish_from(objects: &model::Objects, trust_domain: &str, root_pem: &str) -> Published {
+    let mesh = model::mesh_config(objects, trust_domain);
     let resources = weft_core::api::resources(&mesh, root_pem);
     Published { mesh, resources }
 }
@@ -178,13 +262,14 @@ fn admin_handler(
     proxies: Proxies,
     published: watch::Receiver<Arc<Published>>,
     errors: Arc<std::sync::Mutex<Vec<String>>>,
+    ready: Arc<AtomicBool>,
 ) -> weft_core::admin::Handler {
     use weft_core::admin::Reply;
     Arc::new(move |path| match path {
         "/debug/proxies" => {
             Reply::json(serde_json::to_string_pretty(&proxies.snapshot()).unwrap_or_default())
         }
-        "/debug/manifests" => {
+        "/debug/manifests" | "/debug/objects" => {
             let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
             Reply::json(serde_json::json!({ "errors": errors }).to_string())
         }
@@ -203,10 +288,14 @@ fn admin_handler(
                 .unwrap_or_default(),
             )
         }
-        "/healthz/ready" => Reply::text("ready\n"),
+        "/healthz/ready" if ready.load(Ordering::Relaxed) => Reply::text("ready\n"),
+        "/healthz/ready" => Reply::status(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no config published yet\n",
+        ),
         _ => Reply::status(
             http::StatusCode::NOT_FOUND,
-            "try /debug/proxies, /debug/manifests, /config_dump\n",
+            "try /debug/proxies, /debug/objects, /config_dump, /healthz/ready\n",
         ),
     })
 }

@@ -32,7 +32,7 @@ impl v1::certificates_server::Certificates for CertService {
         &self,
         request: Request<v1::SignRequest>,
     ) -> Result<Response<v1::SignResponse>, Status> {
-        let node = self.shared.credentials.node_of(request.metadata())?;
+        let node = self.shared.credentials.node_of(request.metadata()).await?;
         let request = request.into_inner();
         let identity: SpiffeId = request.identity.parse().map_err(|e| {
             Status::invalid_argument(format!("identity {:?}: {e}", request.identity))

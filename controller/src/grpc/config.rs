@@ -36,7 +36,7 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
         &self,
         request: Request<Streaming<v1::ConfigRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let node = self.shared.credentials.node_of(request.metadata())?;
+        let node = self.shared.credentials.node_of(request.metadata()).await?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()

@@ -45,8 +45,26 @@ impl NodeCredentials {
         }
     }
 
+    /// The node `token` belongs to.
+    pub fn node_of_token(&self, token: &str) -> Result<String, tonic::Status> {
+        self.by_token
+            .get(token)
+            .cloned()
+            .ok_or_else(|| tonic::Status::unauthenticated("unknown node credential"))
+    }
+}
+
+/// How the controller tells which node a caller is.
+pub enum NodeAuth {
+    /// Per-node bootstrap credentials (local mode: the lab issues them).
+    Credentials(NodeCredentials),
+    /// Projected ServiceAccount tokens checked with the API server (Kubernetes mode).
+    TokenReview(crate::k8s::TokenReviewer),
+}
+
+impl NodeAuth {
     /// The node a request's `authorization: Bearer <token>` belongs to.
-    pub fn node_of(
+    pub async fn node_of(
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<String, tonic::Status> {
@@ -56,11 +74,11 @@ impl NodeCredentials {
             .ok_or_else(|| {
                 tonic::Status::unauthenticated("no node credential (authorization: Bearer <token>)")
             })?;
-        let token = value.strip_prefix("Bearer ").unwrap_or(value);
-        self.by_token
-            .get(token)
-            .cloned()
-            .ok_or_else(|| tonic::Status::unauthenticated("unknown node credential"))
+        let token = value.strip_prefix("Bearer ").unwrap_or(value).trim();
+        match self {
+            Self::Credentials(credentials) => credentials.node_of_token(token),
+            Self::TokenReview(reviewer) => reviewer.node_of(token).await,
+        }
     }
 }
 
@@ -107,8 +125,8 @@ impl Proxies {
 pub struct Shared {
     /// What is published now.
     pub published: watch::Receiver<Arc<Published>>,
-    /// Node credentials.
-    pub credentials: Arc<NodeCredentials>,
+    /// How callers are authenticated.
+    pub credentials: Arc<NodeAuth>,
     /// Proxy status.
     pub proxies: Proxies,
 }
