@@ -18,7 +18,7 @@ use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
 use weft_controller::grpc::certs::CertService;
 use weft_controller::grpc::config::ConfigService;
 use weft_controller::grpc::{NodeAuth, NodeCredentials, Proxies, Published, Shared};
-use weft_controller::k8s::TokenReviewer;
+use weft_controller::k8s::{LeaderElection, TokenReviewer, ca_secret};
 use weft_controller::model;
 use weft_controller::source::kubernetes;
 use weft_controller::source::manifests::ManifestDir;
@@ -35,10 +35,22 @@ struct Args {
     /// kubeconfig).
     #[arg(long, env = "WEFT_MANIFESTS")]
     manifests: Option<PathBuf>,
-    /// Directory of the CA's root (root-cert.pem, root-key.pem): generated there on first start,
-    /// or supplied by the operator (plug-in CA).
+    /// Directory of the CA's files (`root-cert.pem`, `ca-cert.pem`, `ca-key.pem`,
+    /// `cert-chain.pem`; `root-key.pem` where Weft generated the root): generated there on first
+    /// start, or supplied by the operator (plug-in CA). Required with `--manifests`; in
+    /// Kubernetes mode the CA lives in `--ca-secret` unless this is given.
     #[arg(long, env = "WEFT_CA_DIR")]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
+    /// Secret (`namespace/name`) holding the CA in Kubernetes mode: created by the leader on
+    /// first start, or by the operator beforehand (plug-in CA).
+    #[arg(long, default_value = "weft-system/weft-ca")]
+    ca_secret: String,
+    /// Lease (`namespace/name`) the replicas elect their leader with (Kubernetes mode).
+    #[arg(long, default_value = "weft-system/weft-controller")]
+    lease: String,
+    /// This replica's name in the lease (defaults to `$POD_NAME`, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Trust domain of the mesh's SPIFFE IDs.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -81,10 +93,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let ca = Arc::new(
-        Ca::load_or_generate(&args.ca_dir, &args.trust_domain)
-            .with_context(|| format!("mesh CA in {}", args.ca_dir.display()))?,
-    );
     let client = match &args.manifests {
         Some(_) => None,
         None => Some(
@@ -93,15 +101,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?,
         ),
     };
+    let leading = match &client {
+        Some(client) => {
+            let (namespace, name) = split_ref(&args.lease, "--lease")?;
+            let identity = match &args.identity {
+                Some(identity) => identity.clone(),
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id())),
+            };
+            LeaderElection::new(client.clone(), namespace, name, &identity, LEASE_DURATION).spawn()
+        }
+        // One controller per manifest directory: it leads.
+        None => watch::channel(true).1,
+    };
+    let ca = Arc::new(match (&args.ca_dir, &client) {
+        (Some(dir), _) => Ca::load_or_generate(dir, &args.trust_domain)
+            .with_context(|| format!("mesh CA in {}", dir.display()))?,
+        (None, Some(client)) => {
+            let (namespace, name) = split_ref(&args.ca_secret, "--ca-secret")?;
+            ca_secret::load_or_create(
+                client.clone(),
+                namespace,
+                name,
+                &args.trust_domain,
+                leading.clone(),
+            )
+            .await
+            .context("mesh CA")?
+        }
+        (None, None) => anyhow::bail!("--manifests needs --ca-dir"),
+    });
     let credentials = match (&args.node_credentials, &client) {
         (Some(path), _) => {
             NodeAuth::Credentials(NodeCredentials::load(path).map_err(anyhow::Error::msg)?)
         }
         (None, Some(client)) => {
-            let (namespace, name) = args
-                .node_proxy_service_account
-                .split_once('/')
-                .context("--node-proxy-service-account must be namespace/name")?;
+            let (namespace, name) = split_ref(
+                &args.node_proxy_service_account,
+                "--node-proxy-service-account",
+            )?;
             NodeAuth::TokenReview(TokenReviewer::new(
                 client.clone(),
                 &args.token_audience,
@@ -188,6 +227,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     info!("controller stopped");
     Ok(())
+}
+
+/// How long a leader holds the lease without renewing it.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// `namespace/name` from a flag's value.
+fn split_ref<'a>(value: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    value
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .with_context(|| format!("{flag} must be namespace/name, not {value:?}"))
 }
 
 /// Where the objects come from.

@@ -118,7 +118,7 @@ async fn open(
 
 #[tokio::test]
 async fn many_streams_share_one_mtls_connection() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?;
+    let ca = Ca::generate("cluster.local")?.0;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
     let (addr, mut events) = echo_server(&server, &bundle).await?;
@@ -166,7 +166,7 @@ fn stream_box(s: &mut hbone::H2Stream) -> &mut hbone::H2Stream {
 
 #[tokio::test]
 async fn refused_tunnels_report_the_status() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?;
+    let ca = Ca::generate("cluster.local")?.0;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
     let (addr, _events) = echo_server(&server, &bundle).await?;
@@ -198,7 +198,7 @@ async fn refused_tunnels_report_the_status() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn client_refuses_a_server_with_another_identity() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?;
+    let ca = Ca::generate("cluster.local")?.0;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let (client, impostor) = (issue(&ca, "client")?, issue(&ca, "impostor")?);
     let (addr, _events) = echo_server(&impostor, &bundle).await?;
@@ -218,14 +218,14 @@ async fn client_refuses_a_server_with_another_identity() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn server_refuses_foreign_ca_expired_and_plaintext() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?;
+    let ca = Ca::generate("cluster.local")?.0;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let server = issue(&ca, "web")?;
     let (addr, mut events) = echo_server(&server, &bundle).await?;
     let pool = Pool::new(PoolConfig::default());
 
     // A client whose certificate comes from another CA.
-    let other = Ca::generate("cluster.local")?;
+    let other = Ca::generate("cluster.local")?.0;
     let foreign = issue(&other, "client")?;
     assert!(
         open(&pool, &foreign, &bundle, addr, "web", 7)

@@ -5,7 +5,7 @@ use weft_core::identity::{CertError, SpiffeId, WorkloadCert, WorkloadCsr};
 
 #[test]
 fn a_key_from_another_issuance_is_refused() {
-    let ca = Ca::generate("cluster.local").expect("ca");
+    let ca = Ca::generate("cluster.local").expect("ca").0;
     let id = SpiffeId::new("cluster.local", "shop", "web");
     let first = WorkloadCsr::generate(&id).expect("csr");
     let second = WorkloadCsr::generate(&id).expect("csr");

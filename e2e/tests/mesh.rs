@@ -274,7 +274,7 @@ mod rogue {
         bed.wait_log(1, mark, "does not match the source", Duration::from_secs(2))?;
 
         // A certificate from another CA.
-        let foreign = cert(&Ca::generate("cluster.local")?, &client.identity(), None)?;
+        let foreign = cert(&Ca::generate("cluster.local")?.0, &client.identity(), None)?;
         let mark = bed.proxy_log(1).len();
         ensure!(
             rt.block_on(tunnel(

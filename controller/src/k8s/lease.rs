@@ -1,0 +1,138 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease: two controller replicas may run; only
+//! the holder of the lease does the writing parts (creating the CA root, writing status). Every
+//! write carries the lease's resourceVersion, so two replicas can never both win a round.
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::{Client, Error};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// One replica's view of a lease.
+pub struct LeaderElection {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+impl LeaderElection {
+    /// Competes for the lease `namespace/name` as `identity` (the pod's name), holding it for
+    /// `duration` after each renewal.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            duration,
+        }
+    }
+
+    /// One round at time `now`: takes a free or expired lease, renews our own, or observes
+    /// another holder's. Returns whether this replica leads after the round. A write that
+    /// loses a race (409 Conflict) means another replica won: not leader.
+    pub async fn round(&self, now: SystemTime) -> Result<bool, Error> {
+        let now = micro_time(now);
+        let current = match self.api.get_opt(&self.name).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec(now.clone(), now, 0)),
+                };
+                return conflict_is_false(self.api.create(&PostParams::default(), &lease).await);
+            }
+            Some(lease) => lease,
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        let next_spec = if holder == self.identity {
+            self.spec(
+                spec.acquire_time.clone().unwrap_or(now.clone()),
+                now,
+                transitions,
+            )
+        } else {
+            let expires = spec.renew_time.as_ref().map(|t| {
+                t.0.as_microsecond()
+                    + i64::from(spec.lease_duration_seconds.unwrap_or(0)) * 1_000_000
+            });
+            if !holder.is_empty() && expires.is_some_and(|e| e > now.0.as_microsecond()) {
+                return Ok(false);
+            }
+            self.spec(now.clone(), now, transitions + 1)
+        };
+        let mut next = current;
+        next.spec = Some(next_spec);
+        conflict_is_false(
+            self.api
+                .replace(&self.name, &PostParams::default(), &next)
+                .await,
+        )
+    }
+
+    fn spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(i32::try_from(self.duration.as_secs()).unwrap_or(15)),
+            acquire_time: Some(acquired),
+            renew_time: Some(renewed),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// Runs rounds every third of the lease duration; the receiver says whether this replica
+    /// leads. An API error ends leadership at once: better no writer than two.
+    pub fn spawn(self) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.duration / 3);
+            loop {
+                tick.tick().await;
+                let leading = match self.round(SystemTime::now()).await {
+                    Ok(leading) => leading,
+                    Err(e) => {
+                        warn!(lease = %self.name, error = %e, "leader election round failed; not leading");
+                        false
+                    }
+                };
+                if *tx.borrow() != leading {
+                    info!(lease = %self.name, identity = %self.identity, leading, "leadership changed");
+                }
+                if tx.send(leading).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn micro_time(t: SystemTime) -> MicroTime {
+    let micros = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    MicroTime(Timestamp::from_microsecond(micros).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn conflict_is_false<T>(result: Result<T, Error>) -> Result<bool, Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
