@@ -311,3 +311,40 @@ fn certificates_rotate_at_half_life_while_a_long_lived_connection_keeps_working(
     eprintln!("client certificate issued {issued} times in ~7 s (4 s lifetime)");
     Ok(())
 }
+
+#[test]
+fn the_trust_bundle_travels_with_the_config() -> Result<()> {
+    let mut bed = TestBed::new("bundle", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("x", "web")])?;
+
+    // The node's bundle drifted from the mesh's (a stale bootstrap file with a foreign root
+    // in it): the next update from the controller puts the mesh's bundle back.
+    let bundle_path = bed.dir().join("certs/root-cert.pem");
+    let mesh_root = bed.ca().root_pem().to_owned();
+    let foreign = weft_controller::ca::Ca::generate("cluster.local")?.0;
+    std::fs::write(&bundle_path, format!("{mesh_root}{}", foreign.root_pem()))?;
+    let log0 = bed.proxy_log(0).len();
+    bed.write_manifest(
+        "extra.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: shop}\nspec: {clusterIP: 10.96.0.99, ports: [{port: 80}]}\n",
+    )?;
+    bed.wait_log(
+        0,
+        log0,
+        "trust bundle updated from the controller",
+        Duration::from_secs(3),
+    )?;
+    ensure!(
+        std::fs::read_to_string(&bundle_path)? == mesh_root,
+        "the bundle on disk is not the controller's"
+    );
+    ensure!(
+        fetch(&bed, &client, &web)?,
+        "request after the bundle update failed"
+    );
+    Ok(())
+}

@@ -20,7 +20,7 @@ use crate::xds::ControllerSettings;
 
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]
-enum CaError {
+pub(crate) enum CaError {
     #[error("reading the node credential: {0}")]
     Credential(std::io::Error),
     #[error("{0}")]
@@ -141,7 +141,7 @@ async fn renew(
 }
 
 /// Writes `path` atomically (a temporary file renamed over it) with `mode`.
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+pub(crate) fn write(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let err = |source| CaError::Write {
@@ -151,7 +151,9 @@ fn write(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
+    // Unique per process: proxies that share a directory (the test bed, the lab) never rename
+    // each other's half-written file.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

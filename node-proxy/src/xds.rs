@@ -128,8 +128,13 @@ async fn session(
         for resource in update.resources {
             next.insert(resource.name.clone(), resource);
         }
-        let error = match api::to_mesh(&next) {
-            Ok((mesh, _bundle)) => {
+        let error = match api::to_mesh(&next).map_err(|e| e.to_string()).and_then(
+            |(mesh, bundle)| {
+                adopt_bundle(&inputs.config.trust_bundle, &bundle)?;
+                Ok(mesh)
+            },
+        ) {
+            Ok(mesh) => {
                 info!(nonce = %update.nonce, changed = count, removed = update.removed.len(), workloads = mesh.workloads.len(), services = mesh.services.len(), "config update applied");
                 inputs.state.store(Arc::new(State::new(mesh)));
                 *held = next;
@@ -143,7 +148,7 @@ async fn session(
             }
             Err(e) => {
                 error!(nonce = %update.nonce, error = %e, "config update refused (NACK); keeping the last good config");
-                e.to_string()
+                e
             }
         };
         let answer = v1::ConfigRequest {
@@ -156,4 +161,21 @@ async fn session(
         }
     }
     Err(StreamError::Closed)
+}
+
+/// The trust bundle travels with the config: a valid one that differs from the file the proxy
+/// verifies peers with replaces it (atomically; the certificate store reloads on change). An
+/// unusable one refuses the whole update.
+fn adopt_bundle(path: &std::path::Path, pem: &str) -> Result<(), String> {
+    if pem.trim().is_empty() {
+        // A controller that sends no bundle leaves the bootstrap bundle in charge.
+        return Ok(());
+    }
+    TrustBundle::from_pem("the config stream's trust bundle", pem).map_err(|e| e.to_string())?;
+    if std::fs::read_to_string(path).ok().as_deref() == Some(pem) {
+        return Ok(());
+    }
+    crate::ca_client::write(path, pem, 0o644).map_err(|e| e.to_string())?;
+    info!(path = %path.display(), "trust bundle updated from the controller");
+    Ok(())
 }
