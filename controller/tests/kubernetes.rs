@@ -40,7 +40,7 @@ async fn lists_watches_follows_bookmarks_and_relists_after_410_gone() {
         "list /api/v1/services",
         Reply::json(200, &exchanges["services-list"]),
     );
-    let mut snapshots = kubernetes::spawn(&api.client());
+    let mut snapshots = kubernetes::spawn_kinds(&api.client(), &kubernetes::watched()[..3]);
 
     // The first list of every kind: the pod is known, not enrolled (no ambient label yet).
     let first = until(&mut snapshots, "the first full list", |s| s.synced).await;

@@ -3,6 +3,7 @@
 //! and a manifest directory) fill the same [`Objects`].
 
 mod objects;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::policy::{Policy, PolicyKind};
+
 /// Namespace and name of a namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -107,6 +109,8 @@ pub struct Objects {
     pub pods: BTreeMap<ObjectKey, Pod>,
     /// Services.
     pub services: BTreeMap<ObjectKey, Service>,
+    /// Policies (Istio, Linkerd, SMI, Gateway API).
+    pub policies: BTreeMap<(PolicyKind, ObjectKey), Policy>,
 }
 
 /// One object of any kind Weft reads.
@@ -118,6 +122,8 @@ pub enum Object {
     Pod(Pod),
     /// A service.
     Service(Service),
+    /// A policy.
+    Policy(Box<Policy>),
 }
 
 impl Object {
@@ -127,6 +133,7 @@ impl Object {
             Self::Namespace(n) => format!("Namespace {}", n.name),
             Self::Pod(p) => format!("Pod {}/{}", p.namespace, p.name),
             Self::Service(s) => format!("Service {}/{}", s.namespace, s.name),
+            Self::Policy(p) => p.describe(),
         }
     }
 }
@@ -155,6 +162,9 @@ impl Objects {
             Object::Namespace(n) => self.upsert_namespace(n),
             Object::Pod(p) => self.upsert_pod(p),
             Object::Service(s) => self.upsert_service(s),
+            Object::Policy(p) => {
+                self.policies.insert((p.kind, p.key.clone()), *p);
+            }
         }
     }
 }

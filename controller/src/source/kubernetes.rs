@@ -17,6 +17,7 @@ use tokio_stream::StreamExt;
 use tracing::{debug, error, info, warn};
 
 use super::manifests::parse_object;
+use crate::model::policy::PolicyKind;
 use crate::model::{Object, Objects};
 
 /// A resource kind the controller watches.
@@ -48,27 +49,31 @@ impl Kind {
     }
 }
 
-/// The kinds the model is built from, one cluster-wide watch each.
-pub const WATCHED: &[Kind] = &[
-    Kind {
+/// The kinds the model is built from, one cluster-wide watch each: namespaces, pods, services
+/// and every policy kind.
+pub fn watched() -> Vec<Kind> {
+    let core = |kind, plural| Kind {
         group: "",
         version: "v1",
-        kind: "Namespace",
-        plural: "namespaces",
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Pod",
-        plural: "pods",
-    },
-    Kind {
-        group: "",
-        version: "v1",
-        kind: "Service",
-        plural: "services",
-    },
-];
+        kind,
+        plural,
+    };
+    let mut kinds = vec![
+        core("Namespace", "namespaces"),
+        core("Pod", "pods"),
+        core("Service", "services"),
+    ];
+    for policy in PolicyKind::ALL {
+        let api = policy.api();
+        kinds.push(Kind {
+            group: api.group,
+            version: api.version,
+            kind: policy.kind(),
+            plural: api.plural,
+        });
+    }
+    kinds
+}
 
 /// What the source knows now.
 #[derive(Clone, Debug, Default)]
@@ -82,19 +87,19 @@ pub struct Snapshot {
     pub synced: bool,
 }
 
-/// Starts one watch per kind in [`WATCHED`] and returns the snapshots they build.
+/// Starts one watch per kind in [`watched`] and returns the snapshots they build.
 pub fn spawn(client: &Client) -> watch::Receiver<Arc<Snapshot>> {
-    spawn_kinds(client, WATCHED)
+    spawn_kinds(client, &watched())
 }
 
 /// [`spawn`] over a chosen set of kinds.
-pub fn spawn_kinds(client: &Client, kinds: &'static [Kind]) -> watch::Receiver<Arc<Snapshot>> {
+pub fn spawn_kinds(client: &Client, kinds: &[Kind]) -> watch::Receiver<Arc<Snapshot>> {
     let (events_tx, events) = mpsc::channel(1024);
     for (index, kind) in kinds.iter().enumerate() {
         tokio::spawn(watch_one(client.clone(), index, *kind, events_tx.clone()));
     }
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-    tokio::spawn(aggregate(kinds, events, snapshots_tx));
+    tokio::spawn(aggregate(kinds.len(), events, snapshots_tx));
     snapshots
 }
 
@@ -112,13 +117,37 @@ async fn watch_one(client: Client, index: usize, kind: Kind, out: mpsc::Sender<(
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let stream = watch_kind(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
+    let mut listed = false;
     while let Some(event) = stream.next().await {
         let change = match event {
+            Ok(Event::InitDone) => {
+                listed = true;
+                Change::RelistDone
+            }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.code == 404 && !kind.group.is_empty() =>
+            {
+                // The CRD is not installed: no objects of this kind, and the watcher keeps
+                // trying, so installing it later is picked up.
+                if !listed {
+                    listed = true;
+                    info!(
+                        kind = kind.kind,
+                        group = kind.group,
+                        "API not installed; no objects of this kind"
+                    );
+                    if out.send((index, Change::Relisting)).await.is_err() {
+                        return;
+                    }
+                    Change::RelistDone
+                } else {
+                    continue;
+                }
+            }
             Ok(Event::Init) => Change::Relisting,
             Ok(Event::InitApply(object)) => {
                 Change::Listed(key(&kind, &object), value(&kind, &object))
             }
-            Ok(Event::InitDone) => Change::RelistDone,
             Ok(Event::Apply(object)) => Change::Applied(key(&kind, &object), value(&kind, &object)),
             Ok(Event::Delete(object)) => Change::Deleted(key(&kind, &object)),
             Err(e) => {
@@ -237,11 +266,11 @@ impl KindState {
 }
 
 async fn aggregate(
-    kinds: &'static [Kind],
+    kinds: usize,
     mut events: mpsc::Receiver<(usize, Change)>,
     out: watch::Sender<Arc<Snapshot>>,
 ) {
-    let mut states: Vec<KindState> = kinds.iter().map(|_| KindState::default()).collect();
+    let mut states: Vec<KindState> = (0..kinds).map(|_| KindState::default()).collect();
     let mut was_synced = false;
     while let Some((index, change)) = events.recv().await {
         states[index].apply(change);
@@ -251,10 +280,7 @@ async fn aggregate(
         }
         let synced = states.iter().all(|s| s.listed);
         if synced && !was_synced {
-            info!(
-                kinds = kinds.len(),
-                "Kubernetes objects listed; watching for changes"
-            );
+            info!(kinds, "Kubernetes objects listed; watching for changes");
         }
         was_synced = synced;
         let mut snapshot = Snapshot {

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::model::policy::{self, PolicyKind};
 use crate::model::{
     Namespace, Object, Objects, Pod, PodPort, Service, ServicePortSpec, TargetPort,
 };
@@ -166,6 +167,10 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Object>, Vec<String>) {
 /// One manifest as an object Weft reads; `None` for kinds it does not.
 pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String> {
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("");
     let name = value
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -177,6 +182,11 @@ pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String>
         .and_then(|n| n.as_str())
         .unwrap_or("default");
     let label = format!("({kind} {namespace}/{name})");
+    if let Some(policy_kind) = PolicyKind::of(kind, api_version) {
+        return policy::parse(policy_kind, value)
+            .map(|p| Some(Object::Policy(Box::new(p))))
+            .map_err(|e| format!("{label}: {e}"));
+    }
     let object = match kind {
         "Namespace" => {
             let doc: NamespaceDoc = typed(value, &format!("(Namespace {name})"))?;
@@ -247,7 +257,7 @@ pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String>
             })
         }
         "" => return Err(format!("{label}: no kind")),
-        // Other kinds (workloads' controllers, policies) are for other parts of Weft.
+        // Other kinds (Deployments, ConfigMaps, install resources) are not Weft's to read.
         _ => return Ok(None),
     };
     Ok(Some(object))
@@ -389,11 +399,8 @@ spec: {hosts: [reviews]}
     fn reads_kubectl_yaml() {
         let (objects, errors) = parse_file(Path::new("shop.yaml"), SHOP);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(
-            objects.len(),
-            3,
-            "the VirtualService is for another part of Weft"
-        );
+        assert_eq!(objects.len(), 4, "namespace, service, pod, policy");
+        assert!(matches!(&objects[3], Object::Policy(_)));
         let Object::Pod(pod) = &objects[2] else {
             panic!("pod")
         };

@@ -1,0 +1,242 @@
+//! The Gateway API (`gateway.networking.k8s.io`): `HTTPRoute` attached to a Service (GAMMA) and
+//! `Gateway` with `gatewayClassName: weft-waypoint` (a waypoint).
+
+use serde::Deserialize;
+
+use super::common::{ApiDuration, Notes, Unhonoured};
+
+/// The class of Gateways that are Weft waypoints.
+pub const WAYPOINT_CLASS: &str = "weft-waypoint";
+
+/// `HTTPRoute.spec`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    /// What the route attaches to (a Service for mesh routes).
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// Hosts.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules (the most specific match wins, as the API specifies).
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+}
+
+/// `parentRefs[]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentRef {
+    /// Group (`""` for a Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Kind (`Service`, `Gateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// One rule.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRule {
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Matches; any one selects the rule (none: `PathPrefix /`).
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    /// Weighted backends.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Option<Timeouts>,
+    /// Retries (GEP-1731).
+    #[serde(default)]
+    pub retry: Option<Retry>,
+    /// Not honoured.
+    #[serde(default)]
+    pub filters: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub session_persistence: Unhonoured,
+}
+
+/// One match.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Path.
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    /// Headers; all must match.
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    /// Query parameters; all must match.
+    #[serde(default)]
+    pub query_params: Vec<ValueMatch>,
+    /// Method.
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// A path condition.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    /// `Exact`, `PathPrefix` (default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The value (default `/`).
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// A header or query parameter condition.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueMatch {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// A backend.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRef {
+    /// Group (`""` for a Service).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind (`Service`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Relative weight (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Not honoured.
+    #[serde(default)]
+    pub filters: Unhonoured,
+}
+
+/// `timeouts`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// Whole request, retries included.
+    #[serde(default)]
+    pub request: Option<ApiDuration>,
+    /// Each try.
+    #[serde(default)]
+    pub backend_request: Option<ApiDuration>,
+}
+
+/// `retry`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Status codes to retry.
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    /// Retries after the first try.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Base backoff.
+    #[serde(default)]
+    pub backoff: Option<ApiDuration>,
+}
+
+impl HttpRouteSpec {
+    /// Reports what Weft does not do.
+    pub fn notes(&self, notes: &mut Notes) {
+        for (i, r) in self.rules.iter().enumerate() {
+            notes.unhonoured(
+                &format!("spec.rules[{i}].filters"),
+                &r.filters,
+                "not implemented",
+            );
+            notes.unhonoured(
+                &format!("spec.rules[{i}].sessionPersistence"),
+                &r.session_persistence,
+                "not implemented",
+            );
+            for (j, b) in r.backend_refs.iter().enumerate() {
+                notes.unhonoured(
+                    &format!("spec.rules[{i}].backendRefs[{j}].filters"),
+                    &b.filters,
+                    "not implemented",
+                );
+            }
+        }
+        for (i, p) in self.parent_refs.iter().enumerate() {
+            let kind = p.kind.as_deref().unwrap_or("Gateway");
+            if kind != "Service" {
+                notes.note(
+                    &format!("spec.parentRefs[{i}]"),
+                    format!("{kind} {} is not honoured: Weft applies HTTPRoutes whose parent is a Service (mesh routing)", p.name),
+                );
+            }
+        }
+    }
+}
+
+/// `Gateway.spec`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Class; `weft-waypoint` makes it a Weft waypoint.
+    pub gateway_class_name: String,
+    /// Listeners.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Not honoured.
+    #[serde(default)]
+    pub addresses: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub infrastructure: Unhonoured,
+}
+
+/// A listener.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// Name.
+    pub name: String,
+    /// Port.
+    pub port: u16,
+    /// Protocol (`HBONE` for waypoints).
+    pub protocol: String,
+    /// Not honoured.
+    #[serde(default)]
+    pub hostname: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub allowed_routes: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub tls: Unhonoured,
+}

@@ -1,0 +1,289 @@
+//! The policy APIs users already have — Istio, Linkerd, SMI and the Gateway API — read into
+//! typed specs. Every field of each API is known: a field the API does not have (a typo) is an
+//! error naming it; a field Weft does not act on is accepted and noted, and the notes are shown
+//! in the object's status and the controller's log, never dropped silently.
+
+pub mod common;
+pub mod gateway;
+pub mod istio;
+pub mod linkerd;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::ObjectKey;
+use common::Notes;
+
+/// The policy kinds Weft reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    /// `networking.istio.io` VirtualService.
+    VirtualService,
+    /// `networking.istio.io` DestinationRule.
+    DestinationRule,
+    /// `networking.istio.io` Gateway (ingress; reported, not run).
+    IstioGateway,
+    /// `security.istio.io` PeerAuthentication.
+    PeerAuthentication,
+    /// `security.istio.io` AuthorizationPolicy.
+    AuthorizationPolicy,
+    /// Linkerd ServiceProfile.
+    ServiceProfile,
+    /// SMI TrafficSplit.
+    TrafficSplit,
+    /// Gateway API HTTPRoute.
+    HttpRoute,
+    /// Gateway API Gateway.
+    Gateway,
+}
+
+/// Where a kind is served from: (group, version, plural).
+pub struct ApiGroup {
+    /// Group.
+    pub group: &'static str,
+    /// Version watched.
+    pub version: &'static str,
+    /// Plural resource name.
+    pub plural: &'static str,
+}
+
+impl PolicyKind {
+    /// Every kind.
+    pub const ALL: [PolicyKind; 9] = [
+        Self::VirtualService,
+        Self::DestinationRule,
+        Self::IstioGateway,
+        Self::PeerAuthentication,
+        Self::AuthorizationPolicy,
+        Self::ServiceProfile,
+        Self::TrafficSplit,
+        Self::HttpRoute,
+        Self::Gateway,
+    ];
+
+    /// The kind of a manifest, by `kind` (and the API group, where two APIs share a kind).
+    pub fn of(kind: &str, api_version: &str) -> Option<Self> {
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        Some(match kind {
+            "VirtualService" => Self::VirtualService,
+            "DestinationRule" => Self::DestinationRule,
+            "PeerAuthentication" => Self::PeerAuthentication,
+            "AuthorizationPolicy" => Self::AuthorizationPolicy,
+            "ServiceProfile" => Self::ServiceProfile,
+            "TrafficSplit" => Self::TrafficSplit,
+            "HTTPRoute" => Self::HttpRoute,
+            "Gateway" if group == "networking.istio.io" => Self::IstioGateway,
+            "Gateway" if group == "gateway.networking.k8s.io" => Self::Gateway,
+            _ => return None,
+        })
+    }
+
+    /// The Kubernetes kind.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::VirtualService => "VirtualService",
+            Self::DestinationRule => "DestinationRule",
+            Self::IstioGateway | Self::Gateway => "Gateway",
+            Self::PeerAuthentication => "PeerAuthentication",
+            Self::AuthorizationPolicy => "AuthorizationPolicy",
+            Self::ServiceProfile => "ServiceProfile",
+            Self::TrafficSplit => "TrafficSplit",
+            Self::HttpRoute => "HTTPRoute",
+        }
+    }
+
+    /// The API the controller watches this kind through.
+    pub fn api(self) -> ApiGroup {
+        let (group, version, plural) = match self {
+            Self::VirtualService => ("networking.istio.io", "v1", "virtualservices"),
+            Self::DestinationRule => ("networking.istio.io", "v1", "destinationrules"),
+            Self::IstioGateway => ("networking.istio.io", "v1", "gateways"),
+            Self::PeerAuthentication => ("security.istio.io", "v1", "peerauthentications"),
+            Self::AuthorizationPolicy => ("security.istio.io", "v1", "authorizationpolicies"),
+            Self::ServiceProfile => ("linkerd.io", "v1alpha2", "serviceprofiles"),
+            Self::TrafficSplit => ("split.smi-spec.io", "v1alpha2", "trafficsplits"),
+            Self::HttpRoute => ("gateway.networking.k8s.io", "v1", "httproutes"),
+            Self::Gateway => ("gateway.networking.k8s.io", "v1", "gateways"),
+        };
+        ApiGroup {
+            group,
+            version,
+            plural,
+        }
+    }
+
+    /// Whether the kind has a status the controller writes conditions to.
+    pub fn has_status(self) -> bool {
+        !matches!(self, Self::ServiceProfile | Self::TrafficSplit)
+    }
+}
+
+/// A policy's typed spec.
+#[derive(Clone, Debug)]
+pub enum PolicySpec {
+    /// See [`istio::VirtualServiceSpec`].
+    VirtualService(Box<istio::VirtualServiceSpec>),
+    /// See [`istio::DestinationRuleSpec`].
+    DestinationRule(Box<istio::DestinationRuleSpec>),
+    /// See [`istio::IstioGatewaySpec`].
+    IstioGateway(Box<istio::IstioGatewaySpec>),
+    /// See [`istio::PeerAuthenticationSpec`].
+    PeerAuthentication(Box<istio::PeerAuthenticationSpec>),
+    /// See [`istio::AuthorizationPolicySpec`].
+    AuthorizationPolicy(Box<istio::AuthorizationPolicySpec>),
+    /// See [`linkerd::ServiceProfileSpec`].
+    ServiceProfile(Box<linkerd::ServiceProfileSpec>),
+    /// See [`linkerd::TrafficSplitSpec`].
+    TrafficSplit(Box<linkerd::TrafficSplitSpec>),
+    /// See [`gateway::HttpRouteSpec`].
+    HttpRoute(Box<gateway::HttpRouteSpec>),
+    /// See [`gateway::GatewaySpec`].
+    Gateway(Box<gateway::GatewaySpec>),
+}
+
+/// A policy object.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Kind.
+    pub kind: PolicyKind,
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.generation` (status conditions say which generation they judged).
+    pub generation: Option<i64>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The typed spec.
+    pub spec: PolicySpec,
+    /// What it asks for that Weft does not do, each naming the field.
+    pub notes: Vec<String>,
+    /// The spec as written (objects compare by it).
+    raw: serde_yaml::Value,
+}
+
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.key == other.key
+            && self.generation == other.generation
+            && self.labels == other.labels
+            && self.raw == other.raw
+    }
+}
+
+impl Eq for Policy {}
+
+impl Policy {
+    /// `Kind namespace/name`.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.kind.kind(), self.key)
+    }
+}
+
+#[derive(Deserialize)]
+struct Doc<S> {
+    metadata: Meta,
+    #[serde(default = "missing_spec")]
+    spec: serde_yaml::Value,
+    #[serde(skip)]
+    _spec: std::marker::PhantomData<S>,
+}
+
+fn missing_spec() -> serde_yaml::Value {
+    serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    generation: Option<i64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// Reads a policy manifest of `kind`. Errors name the field (`spec.http[0].retries.attempts:
+/// invalid type ...`).
+pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, String> {
+    let doc: Doc<()> = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })?;
+    let mut notes = Notes::default();
+    let spec = match kind {
+        PolicyKind::VirtualService => {
+            let s: istio::VirtualServiceSpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
+            PolicySpec::VirtualService(Box::new(s))
+        }
+        PolicyKind::DestinationRule => {
+            let s: istio::DestinationRuleSpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
+            PolicySpec::DestinationRule(Box::new(s))
+        }
+        PolicyKind::IstioGateway => {
+            let s: istio::IstioGatewaySpec = spec(&doc.spec)?;
+            notes.note(
+                "spec",
+                "not honoured: Weft has no ingress gateway; route external traffic with your ingress controller",
+            );
+            PolicySpec::IstioGateway(Box::new(s))
+        }
+        PolicyKind::PeerAuthentication => {
+            let s: istio::PeerAuthenticationSpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
+            PolicySpec::PeerAuthentication(Box::new(s))
+        }
+        PolicyKind::AuthorizationPolicy => {
+            let s: istio::AuthorizationPolicySpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
+            PolicySpec::AuthorizationPolicy(Box::new(s))
+        }
+        PolicyKind::ServiceProfile => {
+            let s: linkerd::ServiceProfileSpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
+            PolicySpec::ServiceProfile(Box::new(s))
+        }
+        PolicyKind::TrafficSplit => {
+            let s: linkerd::TrafficSplitSpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
+            PolicySpec::TrafficSplit(Box::new(s))
+        }
+        PolicyKind::HttpRoute => {
+            let s: gateway::HttpRouteSpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
+            PolicySpec::HttpRoute(Box::new(s))
+        }
+        PolicyKind::Gateway => {
+            let s: gateway::GatewaySpec = spec(&doc.spec)?;
+            PolicySpec::Gateway(Box::new(s))
+        }
+    };
+    Ok(Policy {
+        kind,
+        key: ObjectKey::new(
+            doc.metadata.namespace.as_deref().unwrap_or("default"),
+            &doc.metadata.name,
+        ),
+        generation: doc.metadata.generation,
+        labels: doc.metadata.labels,
+        spec,
+        notes: notes.0,
+        raw: doc.spec,
+    })
+}
+
+fn spec<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            "spec".to_owned()
+        } else {
+            format!("spec.{path}")
+        };
+        format!("{at}: {}", e.into_inner())
+    })
+}

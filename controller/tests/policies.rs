@@ -1,0 +1,179 @@
+//! The policy YAML users already have: every example of the guide is accepted unchanged, what
+//! Weft does not do is noted by field, and a typo is an error naming the object and the field.
+
+use std::path::Path;
+
+use weft_controller::model::Object;
+use weft_controller::model::policy::{PolicyKind, PolicySpec};
+use weft_controller::source::manifests::parse_file;
+
+fn guide() -> Vec<(String, Vec<Object>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guide");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/guide")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("read");
+            let (objects, errors) = parse_file(&path, &text);
+            assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+            (
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                objects,
+            )
+        })
+        .collect()
+}
+
+fn policies(objects: &[Object]) -> Vec<&weft_controller::model::policy::Policy> {
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Policy(p) => Some(&**p),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_example_of_the_guide_is_accepted_unchanged() {
+    let guide = guide();
+    let count: usize = guide.iter().map(|(_, o)| policies(o).len()).sum();
+    assert_eq!(count, 16, "every policy of the guide is read");
+    for (file, objects) in &guide {
+        for p in policies(objects) {
+            match (file.as_str(), &p.spec) {
+                ("istio-retry.yaml", PolicySpec::VirtualService(vs)) => {
+                    let retries = vs.http[0].retries.as_ref().expect("`retry:` is read");
+                    assert_eq!(retries.attempts, 3);
+                    assert_eq!(retries.per_try_timeout.map(|d| d.0.as_millis()), Some(2000));
+                    assert_eq!(
+                        retries.retry_on.as_ref().map(|r| r.0.len()),
+                        Some(5),
+                        "a list of conditions"
+                    );
+                    assert!(p.notes.is_empty(), "{:?}", p.notes);
+                }
+                ("istio-circuit-breaker.yaml", PolicySpec::DestinationRule(dr)) => {
+                    let outlier = dr
+                        .traffic_policy
+                        .as_ref()
+                        .and_then(|t| t.outlier_detection.as_ref())
+                        .expect("outlierDetection");
+                    assert_eq!(outlier.consecutive_gateway_errors, Some(5));
+                    assert_eq!(outlier.max_ejection_percent, Some(50));
+                    assert!(p.notes.is_empty(), "{:?}", p.notes);
+                }
+                ("istio-traffic-management.yaml", PolicySpec::IstioGateway(_)) => {
+                    assert!(
+                        p.notes.iter().any(|n| n.contains("no ingress gateway")),
+                        "the ingress Gateway is reported: {:?}",
+                        p.notes
+                    );
+                }
+                ("linkerd-retry.yaml", PolicySpec::ServiceProfile(sp)) => {
+                    let budget = sp.routes[0]
+                        .retries
+                        .as_ref()
+                        .and_then(|r| r.budget.as_ref())
+                        .expect("budget");
+                    assert_eq!(budget.retry_ratio, Some(0.2));
+                    assert_eq!(budget.min_retries_per_second, Some(10));
+                    assert!(
+                        p.notes.iter().any(|n| n.contains("percentile")),
+                        "{:?}",
+                        p.notes
+                    );
+                }
+                ("linkerd-config.yaml", PolicySpec::ServiceProfile(sp)) => {
+                    assert_eq!(sp.routes[0].response_classes[1].status_codes.len(), 4);
+                    assert_eq!(p.key.namespace, "emojivoto");
+                }
+                ("linkerd-canary.yaml", PolicySpec::TrafficSplit(ts)) => {
+                    assert_eq!(ts.backends[0].weight.0, 90.0);
+                }
+                _ => {}
+            }
+        }
+    }
+    // The ConfigMap beside the ServiceProfile is not Weft's to read.
+    let (_, config) = guide
+        .iter()
+        .find(|(f, _)| f == "linkerd-config.yaml")
+        .expect("file");
+    assert_eq!(config.len(), 1);
+}
+
+#[test]
+fn a_typo_in_a_policy_names_the_object_and_the_field() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guide/istio-retry.yaml"),
+    )
+    .expect("read");
+    let typo = text.replace("perTryTimeout", "perTryTimout");
+    let (objects, errors) = parse_file(Path::new("retry.yaml"), &typo);
+    assert!(objects.is_empty());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert!(
+        e.contains("retry.yaml: document 1")
+            && e.contains("VirtualService default/reviews")
+            && e.contains("spec.http[0].retry")
+            && e.contains("perTryTimout"),
+        "{e}"
+    );
+
+    let bad_duration = text.replace("perTryTimeout: 2s", "perTryTimeout: 2");
+    let (_, errors) = parse_file(Path::new("retry.yaml"), &bad_duration);
+    assert!(
+        errors[0].contains("perTryTimeout") && errors[0].contains("no unit"),
+        "{errors:?}"
+    );
+
+    let bad_mode = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: shop}\nspec: {mtls: {mode: STRICTEST}}\n";
+    let (_, errors) = parse_file(Path::new("pa.yaml"), bad_mode);
+    assert!(
+        errors[0].contains("PeerAuthentication shop/p")
+            && errors[0].contains("spec.mtls.mode")
+            && errors[0].contains("STRICTEST"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn fields_weft_does_not_honour_are_noted_by_field() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  gateways: [bookinfo-gateway]
+  http:
+  - fault: {abort: {httpStatus: 500, percentage: {value: 10}}}
+    route: [{destination: {host: reviews}}]
+"#;
+    let (objects, errors) = parse_file(Path::new("vs.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let Object::Policy(p) = &objects[0] else {
+        panic!("policy")
+    };
+    assert_eq!(p.kind, PolicyKind::VirtualService);
+    assert!(
+        p.notes.iter().any(|n| n.starts_with("spec.http[0].fault")),
+        "{:?}",
+        p.notes
+    );
+    assert!(
+        p.notes.iter().any(|n| n.starts_with("spec.gateways[0]")),
+        "{:?}",
+        p.notes
+    );
+}
