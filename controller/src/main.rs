@@ -13,13 +13,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
 use weft_controller::grpc::certs::CertService;
 use weft_controller::grpc::config::ConfigService;
 use weft_controller::grpc::{NodeAuth, NodeCredentials, Proxies, Published, Shared};
-use weft_controller::k8s::{LeaderElection, TokenReviewer, ca_secret};
+use weft_controller::k8s::{LeaderElection, StatusWriter, TokenReviewer, ca_secret};
 use weft_controller::model;
+use weft_controller::model::status::{self, Rejected, Verdict};
 use weft_controller::source::kubernetes;
 use weft_controller::source::manifests::ManifestDir;
 use weft_core::api::v1;
@@ -153,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let serving = serving_cert(&ca)?;
     let tls = Arc::new(weft_core::tls::control_server_config(&serving)?);
 
+    let status_writer = client.clone().map(StatusWriter::new);
     let mut source = match (&args.manifests, client) {
         (Some(dir), _) => Source::Manifests {
             dir: ManifestDir::new(dir),
@@ -192,10 +194,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
     let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ready = Arc::new(AtomicBool::new(false));
+    let (verdicts_tx, verdicts) = watch::channel(Vec::new());
+    if let Some(writer) = status_writer {
+        tokio::spawn(write_status(writer, verdicts.clone(), leading.clone()));
+    }
     let (_stop, watch_drain) = weft_core::drain::channel();
     tokio::spawn(weft_core::admin::serve(
         admin,
-        admin_handler(proxies, published, errors.clone(), ready.clone()),
+        admin_handler(proxies, published, errors.clone(), ready.clone(), verdicts),
         watch_drain,
     ));
     info!(listen = %args.listen, source = %source.describe(&args), trust_domain = %args.trust_domain, "controller started");
@@ -208,10 +214,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         };
-        let Some((objects, source_errors)) = objects else {
+        let Some(observed) = objects else {
             continue;
         };
-        *errors.lock().unwrap_or_else(|e| e.into_inner()) = source_errors;
+        let objects = observed.objects;
+        *errors.lock().unwrap_or_else(|e| e.into_inner()) = observed.errors;
+        let judged = status::verdicts(&objects, &observed.rejected);
+        log_verdicts(&verdicts_tx.borrow(), &judged);
+        verdicts_tx.send_replace(judged);
         let next = publish_from(&objects, &args.trust_domain, ca.root_pem());
         if next.resources != publish.borrow().resources || !ready.load(Ordering::Relaxed) {
             info!(
@@ -240,6 +250,53 @@ fn split_ref<'a>(value: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str
         .with_context(|| format!("{flag} must be namespace/name, not {value:?}"))
 }
 
+/// What a source saw.
+struct Observed {
+    objects: model::Objects,
+    /// Errors, each naming the object (or file) and field.
+    errors: Vec<String>,
+    /// Policies whose latest version was refused.
+    rejected: Vec<Rejected>,
+}
+
+/// Logs each verdict that is new or changed: what is not honoured as a warning, a refusal as
+/// an error.
+fn log_verdicts(before: &[Verdict], now: &[Verdict]) {
+    for v in now {
+        if before.contains(v) {
+            continue;
+        }
+        let object = format!("{} {}", v.kind.kind(), v.key);
+        match v.reason {
+            "Accepted" => info!(%object, "policy accepted"),
+            "PartiallyHonoured" => warn!(%object, "{}", v.message),
+            _ => error!(%object, "policy refused: {}", v.message),
+        }
+    }
+}
+
+/// Writes verdicts as status conditions while this replica leads.
+async fn write_status(
+    mut writer: StatusWriter,
+    mut verdicts: watch::Receiver<Vec<Verdict>>,
+    mut leading: watch::Receiver<bool>,
+) {
+    loop {
+        if *leading.borrow_and_update() {
+            let current = verdicts.borrow_and_update().clone();
+            writer.write(&current).await;
+        } else {
+            writer.forget();
+        }
+        tokio::select! {
+            changed = verdicts.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
+            // Failed writes are retried.
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
+
 /// Where the objects come from.
 enum Source {
     Manifests { dir: ManifestDir, read: bool },
@@ -249,10 +306,7 @@ enum Source {
 impl Source {
     /// Waits for the next change: the objects and the source's current errors (logged here as
     /// they appear). `None` when nothing changed.
-    async fn next(
-        &mut self,
-        tick: &mut tokio::time::Interval,
-    ) -> Option<(model::Objects, Vec<String>)> {
+    async fn next(&mut self, tick: &mut tokio::time::Interval) -> Option<Observed> {
         match self {
             Self::Manifests { dir, read } => {
                 tick.tick().await;
@@ -262,7 +316,11 @@ impl Source {
                 }
                 // The first pass publishes even an empty directory.
                 let first = !std::mem::replace(read, true);
-                (refresh.changed || first).then(|| (dir.objects(), dir.errors()))
+                (refresh.changed || first).then(|| Observed {
+                    objects: dir.objects(),
+                    errors: dir.errors(),
+                    rejected: Vec::new(),
+                })
             }
             Self::Kubernetes(snapshots) => {
                 if snapshots.changed().await.is_err() {
@@ -271,9 +329,11 @@ impl Source {
                 }
                 // The source logs each object's error once, as it appears.
                 let snapshot = snapshots.borrow_and_update().clone();
-                snapshot
-                    .synced
-                    .then(|| (snapshot.objects.clone(), snapshot.errors.clone()))
+                snapshot.synced.then(|| Observed {
+                    objects: snapshot.objects.clone(),
+                    errors: snapshot.errors.clone(),
+                    rejected: snapshot.rejected.clone(),
+                })
             }
         }
     }
@@ -313,11 +373,15 @@ fn admin_handler(
     published: watch::Receiver<Arc<Published>>,
     errors: Arc<std::sync::Mutex<Vec<String>>>,
     ready: Arc<AtomicBool>,
+    verdicts: watch::Receiver<Vec<Verdict>>,
 ) -> weft_core::admin::Handler {
     use weft_core::admin::Reply;
     Arc::new(move |path| match path {
         "/debug/proxies" => {
             Reply::json(serde_json::to_string_pretty(&proxies.snapshot()).unwrap_or_default())
+        }
+        "/debug/policies" => {
+            Reply::json(serde_json::to_string_pretty(&*verdicts.borrow()).unwrap_or_default())
         }
         "/debug/manifests" | "/debug/objects" => {
             let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
@@ -345,7 +409,7 @@ fn admin_handler(
         ),
         _ => Reply::status(
             http::StatusCode::NOT_FOUND,
-            "try /debug/proxies, /debug/objects, /config_dump, /healthz/ready\n",
+            "try /debug/proxies, /debug/objects, /debug/policies, /config_dump, /healthz/ready\n",
         ),
     })
 }

@@ -246,3 +246,217 @@ async fn node_proxies_are_authenticated_with_token_review() {
         .expect_err("none");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn policy_verdicts_become_status_conditions_written_once() {
+    use weft_controller::k8s::StatusWriter;
+    use weft_controller::model::policy::PolicyKind;
+    use weft_controller::model::status::{Rejected, verdicts};
+    use weft_controller::model::{Object, ObjectKey};
+    use weft_controller::source::manifests::parse_file;
+
+    let manifests = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop, generation: 3}
+spec:
+  hosts: [reviews]
+  http:
+  - fault: {abort: {httpStatus: 500}}
+    route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ratings, namespace: shop, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: ratings, port: 9080}]
+  rules: [{backendRefs: [{name: ratings-v1, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ingress-route, namespace: shop}
+spec:
+  parentRefs: [{name: public-gateway}]
+---
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {name: reviews-canary, namespace: shop}
+spec: {service: reviews, backends: [{service: reviews-v1, weight: 90}]}
+"#;
+    let (parsed, errors) = parse_file(std::path::Path::new("shop.yaml"), manifests);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut objects = Objects::default();
+    for object in parsed {
+        objects.upsert(object);
+    }
+    assert!(matches!(
+        objects.policies.values().next().map(|p| p.kind),
+        Some(PolicyKind::VirtualService)
+    ));
+    let rejected = vec![Rejected {
+        kind: PolicyKind::AuthorizationPolicy,
+        key: ObjectKey::new("shop", "deny-all"),
+        generation: Some(2),
+        message: "spec.action: unknown variant `REJECT`".into(),
+    }];
+    let judged = verdicts(&objects, &rejected);
+    // The ingress route is another controller's: no verdict, no status.
+    assert_eq!(judged.len(), 4, "{judged:?}");
+
+    let api = ApiServer::default();
+    let vs = "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/reviews/status";
+    let route = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/ratings/status";
+    let authz = "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies/deny-all/status";
+    for (path, kind) in [
+        (vs, "VirtualService"),
+        (route, "HTTPRoute"),
+        (authz, "AuthorizationPolicy"),
+    ] {
+        api.push(
+            &format!("patch {path}"),
+            Reply::json(
+                200,
+                &serde_json::json!({"apiVersion": "x/v1", "kind": kind, "metadata": {"name": "n", "namespace": "shop"}}),
+            ),
+        );
+    }
+    let mut writer = StatusWriter::new(api.client());
+    assert_eq!(
+        writer.write(&judged).await,
+        3,
+        "TrafficSplit has no status to write"
+    );
+    let bodies = api.bodies();
+    let body = |path: &str| {
+        bodies
+            .iter()
+            .find(|(k, _)| k == &format!("patch {path}"))
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("no patch of {path}: {bodies:?}"))
+    };
+    let condition = &body(vs)["status"]["conditions"][0];
+    assert_eq!(condition["type"], "Accepted");
+    assert_eq!(condition["status"], "True");
+    assert_eq!(condition["reason"], "PartiallyHonoured");
+    assert_eq!(condition["observedGeneration"], 3);
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.http[0].fault")),
+        "{condition}"
+    );
+    let parent = &body(route)["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "weft.io/controller");
+    assert_eq!(parent["parentRef"]["name"], "ratings");
+    assert_eq!(parent["conditions"][0]["reason"], "Accepted");
+    let refused = &body(authz)["status"]["conditions"][0];
+    assert_eq!(refused["status"], "False");
+    assert_eq!(refused["reason"], "Invalid");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("REJECT")),
+        "{refused}"
+    );
+
+    // Nothing changed: nothing written. One policy fixed: one write.
+    assert_eq!(writer.write(&judged).await, 0);
+    let mut fixed = objects.clone();
+    if let Some(Object::Policy(p)) = parse_file(
+        std::path::Path::new("shop.yaml"),
+        &manifests
+            .replace(
+                "  - fault: {abort: {httpStatus: 500}}\n    route",
+                "  - route",
+            )
+            .replace("generation: 3", "generation: 4"),
+    )
+    .0
+    .into_iter()
+    .next()
+    {
+        fixed.upsert(Object::Policy(p));
+    }
+    api.push(
+        &format!("patch {vs}"),
+        Reply::json(
+            200,
+            &serde_json::json!({"apiVersion": "x/v1", "kind": "VirtualService", "metadata": {"name": "reviews", "namespace": "shop"}}),
+        ),
+    );
+    assert_eq!(writer.write(&verdicts(&fixed, &rejected)).await, 1);
+    let last = api.bodies().pop().expect("patch");
+    assert_eq!(last.1["status"]["conditions"][0]["reason"], "Accepted");
+}
+
+#[tokio::test]
+async fn missing_crds_do_not_block_the_sync_and_a_refused_policy_keeps_its_last_good_version() {
+    use weft_controller::model::policy::PolicyKind;
+
+    let api = ApiServer::default();
+    let not_found = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "the server could not find the requested resource",
+        "reason": "NotFound", "details": {}, "code": 404
+    });
+    let empty = |kind: &str| serde_json::json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": []});
+    api.push(
+        "list /api/v1/namespaces",
+        Reply::json(200, &empty("NamespaceList")),
+    );
+    api.push("list /api/v1/pods", Reply::json(200, &empty("PodList")));
+    api.push(
+        "list /api/v1/services",
+        Reply::json(200, &empty("ServiceList")),
+    );
+    let vs = |generation: i64, spec: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": "shop", "generation": generation,
+                         "resourceVersion": format!("{}", 20 + generation), "uid": "4d5e6f70-0000-4b8c-9dae-aaaaaaaaaaaa"},
+            "spec": spec
+        })
+    };
+    for kind in PolicyKind::ALL {
+        let a = kind.api();
+        let path = format!("list /apis/{}/{}/{}", a.group, a.version, a.plural);
+        if kind == PolicyKind::VirtualService {
+            let mut list = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualServiceList",
+                "metadata": {"resourceVersion": "30"}, "items": []});
+            list["items"] = serde_json::json!([vs(
+                1,
+                serde_json::json!({"hosts": ["reviews"], "http": [{"timeout": "2s", "route": [{"destination": {"host": "reviews"}}]}]})
+            )]);
+            api.push(&path, Reply::json(200, &list));
+        } else {
+            api.push(&path, Reply::json(404, &not_found));
+        }
+    }
+    let mut snapshots = kubernetes::spawn(&api.client());
+    let synced = until(&mut snapshots, "sync without the missing CRDs", |s| {
+        s.synced
+    })
+    .await;
+    assert_eq!(synced.objects.policies.len(), 1);
+
+    // A new generation with a typo: refused by field, the last good version stays.
+    api.push(
+        "watch /apis/networking.istio.io/v1/virtualservices",
+        Reply::events(&serde_json::json!([{"type": "MODIFIED", "object": vs(2, serde_json::json!({"hosts": ["reviews"], "http": [{"timeuot": "2s", "route": [{"destination": {"host": "reviews"}}]}]}))}])),
+    );
+    let refused = until(&mut snapshots, "the refused policy", |s| {
+        !s.rejected.is_empty()
+    })
+    .await;
+    let rejected = &refused.rejected[0];
+    assert_eq!(rejected.kind, PolicyKind::VirtualService);
+    assert_eq!(rejected.generation, Some(2));
+    assert!(rejected.message.contains("timeuot"), "{}", rejected.message);
+    let kept = refused
+        .objects
+        .policies
+        .values()
+        .next()
+        .expect("last good kept");
+    assert_eq!(kept.generation, Some(1));
+}

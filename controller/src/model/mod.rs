@@ -4,6 +4,7 @@
 
 mod objects;
 pub mod policy;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -18,7 +18,8 @@ use tracing::{debug, error, info, warn};
 
 use super::manifests::parse_object;
 use crate::model::policy::PolicyKind;
-use crate::model::{Object, Objects};
+use crate::model::status::Rejected;
+use crate::model::{Object, ObjectKey, Objects};
 
 /// A resource kind the controller watches.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +83,8 @@ pub struct Snapshot {
     pub objects: Objects,
     /// Objects whose latest version could not be read, each naming the object and field.
     pub errors: Vec<String>,
+    /// The policies among them (their status says why).
+    pub rejected: Vec<Rejected>,
     /// Whether every kind has been listed once (until then the model is incomplete and nothing
     /// should be published).
     pub synced: bool,
@@ -182,10 +185,17 @@ fn value(kind: &Kind, object: &DynamicObject) -> serde_yaml::Value {
 }
 
 /// One kind's objects: the last good object by key, and the errors of the newest versions.
+/// Why an object's latest version was refused.
+#[derive(Clone)]
+struct Failure {
+    message: String,
+    rejected: Option<Rejected>,
+}
+
 #[derive(Default)]
 struct KindState {
     objects: BTreeMap<String, Object>,
-    errors: BTreeMap<String, String>,
+    errors: BTreeMap<String, Failure>,
     /// Objects of a relist in progress.
     relist: Option<KindRelist>,
     listed: bool,
@@ -194,7 +204,7 @@ struct KindState {
 #[derive(Default)]
 struct KindRelist {
     objects: BTreeMap<String, Object>,
-    errors: BTreeMap<String, String>,
+    errors: BTreeMap<String, Failure>,
 }
 
 impl KindState {
@@ -205,7 +215,7 @@ impl KindState {
         value: &serde_yaml::Value,
         last_good: Option<&Object>,
         objects: &mut BTreeMap<String, Object>,
-        errors: &mut BTreeMap<String, String>,
+        errors: &mut BTreeMap<String, Failure>,
     ) {
         match parse_object(value) {
             Ok(Some(object)) => {
@@ -218,10 +228,11 @@ impl KindState {
                     objects.insert(key.clone(), good.clone());
                 }
                 let message = format!("{e}; keeping its last good version");
-                if errors.get(&key) != Some(&message) {
+                if errors.get(&key).map(|f| &f.message) != Some(&message) {
                     error!("{message}");
                 }
-                errors.insert(key, message);
+                let rejected = rejected_policy(value, &e);
+                errors.insert(key, Failure { message, rejected });
             }
         }
     }
@@ -265,6 +276,26 @@ impl KindState {
     }
 }
 
+/// The policy a refused object is, for its status.
+fn rejected_policy(value: &serde_yaml::Value, message: &str) -> Option<Rejected> {
+    fn text(v: Option<&serde_yaml::Value>) -> &str {
+        v.and_then(|v| v.as_str()).unwrap_or("")
+    }
+    let kind = PolicyKind::of(text(value.get("kind")), text(value.get("apiVersion")))?;
+    let metadata = value.get("metadata");
+    Some(Rejected {
+        kind,
+        key: ObjectKey::new(
+            text(metadata.and_then(|m| m.get("namespace"))),
+            text(metadata.and_then(|m| m.get("name"))),
+        ),
+        generation: metadata
+            .and_then(|m| m.get("generation"))
+            .and_then(|g| g.as_i64()),
+        message: message.to_owned(),
+    })
+}
+
 async fn aggregate(
     kinds: usize,
     mut events: mpsc::Receiver<(usize, Change)>,
@@ -291,7 +322,10 @@ async fn aggregate(
             for object in state.objects.values() {
                 snapshot.objects.upsert(object.clone());
             }
-            snapshot.errors.extend(state.errors.values().cloned());
+            for failure in state.errors.values() {
+                snapshot.errors.push(failure.message.clone());
+                snapshot.rejected.extend(failure.rejected.clone());
+            }
         }
         debug!(
             pods = snapshot.objects.pods.len(),

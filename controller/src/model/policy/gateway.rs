@@ -191,15 +191,14 @@ impl HttpRouteSpec {
                 );
             }
         }
-        for (i, p) in self.parent_refs.iter().enumerate() {
-            let kind = p.kind.as_deref().unwrap_or("Gateway");
-            if kind != "Service" {
-                notes.note(
-                    &format!("spec.parentRefs[{i}]"),
-                    format!("{kind} {} is not honoured: Weft applies HTTPRoutes whose parent is a Service (mesh routing)", p.name),
-                );
-            }
-        }
+    }
+
+    /// The parents that are Services: the route is the mesh's (GAMMA). Routes of ingress
+    /// Gateways belong to other controllers and are left alone.
+    pub fn service_parents(&self) -> impl Iterator<Item = &ParentRef> {
+        self.parent_refs.iter().filter(|p| {
+            p.kind.as_deref() == Some("Service") && p.group.as_deref().unwrap_or("").is_empty()
+        })
     }
 }
 

@@ -1,0 +1,132 @@
+//! Writes each policy's verdict as a status condition (`Accepted`, with the reason and what
+//! Weft does not honour), only when it changed, only on the leader. HTTPRoutes get the Gateway
+//! API's per-parent form.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use tracing::{debug, warn};
+
+use crate::model::ObjectKey;
+use crate::model::policy::PolicyKind;
+use crate::model::status::Verdict;
+
+/// The controller name in Gateway API status.
+pub const CONTROLLER_NAME: &str = "weft.io/controller";
+
+/// Remembers what it wrote, so an unchanged verdict costs no request.
+pub struct StatusWriter {
+    client: Client,
+    written: HashMap<(PolicyKind, ObjectKey), Verdict>,
+}
+
+impl StatusWriter {
+    /// A writer with nothing written yet.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Forgets what was written (leadership was lost: the next leader may have changed it).
+    pub fn forget(&mut self) {
+        self.written.clear();
+    }
+
+    /// Writes every verdict that differs from the last one written. Returns how many were
+    /// written; a failed write is logged and retried on the next call.
+    pub async fn write(&mut self, verdicts: &[Verdict]) -> usize {
+        let mut count = 0;
+        for verdict in verdicts {
+            if !verdict.kind.has_status() {
+                continue;
+            }
+            let id = (verdict.kind, verdict.key.clone());
+            if self.written.get(&id) == Some(verdict) {
+                continue;
+            }
+            let api = verdict.kind.api();
+            let resource = ApiResource {
+                group: api.group.to_owned(),
+                version: api.version.to_owned(),
+                api_version: format!("{}/{}", api.group, api.version),
+                kind: verdict.kind.kind().to_owned(),
+                plural: api.plural.to_owned(),
+            };
+            let objects: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &verdict.key.namespace, &resource);
+            let body = patch_body(verdict, SystemTime::now());
+            match objects
+                .patch_status(
+                    &verdict.key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&body),
+                )
+                .await
+            {
+                Ok(_) => {
+                    debug!(object = %format!("{} {}", verdict.kind.kind(), verdict.key), reason = verdict.reason, "status written");
+                    self.written.insert(id, verdict.clone());
+                    count += 1;
+                }
+                Err(e) => {
+                    warn!(object = %format!("{} {}", verdict.kind.kind(), verdict.key), error = %e, "writing status failed; will retry");
+                }
+            }
+        }
+        count
+    }
+}
+
+/// The merge patch for `verdict`'s status at `now`.
+pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
+    let seconds = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    let time = Timestamp::from_second(seconds)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_string();
+    let condition = |kind: &str, status: bool, reason: &str, message: &str| {
+        let mut c = serde_json::json!({
+            "type": kind,
+            "status": if status { "True" } else { "False" },
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": time,
+        });
+        if let Some(g) = verdict.generation {
+            c["observedGeneration"] = g.into();
+        }
+        c
+    };
+    let accepted = condition(
+        "Accepted",
+        verdict.accepted,
+        verdict.reason,
+        &verdict.message,
+    );
+    match verdict.kind {
+        PolicyKind::HttpRoute => {
+            let parents: Vec<serde_json::Value> = verdict
+                .parents
+                .iter()
+                .map(|parent| {
+                    serde_json::json!({
+                        "parentRef": parent,
+                        "controllerName": CONTROLLER_NAME,
+                        "conditions": [
+                            accepted,
+                            condition("ResolvedRefs", verdict.accepted, if verdict.accepted { "ResolvedRefs" } else { "Invalid" }, if verdict.accepted { "references resolved" } else { &verdict.message }),
+                        ],
+                    })
+                })
+                .collect();
+            serde_json::json!({ "status": { "parents": parents } })
+        }
+        _ => serde_json::json!({ "status": { "conditions": [accepted] } }),
+    }
+}

@@ -1,0 +1,109 @@
+//! What the controller says about each policy it reads: accepted (with what it does not
+//! honour, by field) or refused (with the reason). Logged in every mode; written as status
+//! conditions in Kubernetes mode.
+
+use super::ObjectKey;
+use super::Objects;
+use super::policy::gateway::{ParentRef, WAYPOINT_CLASS};
+use super::policy::{PolicyKind, PolicySpec};
+
+/// The verdict on one policy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    /// Kind.
+    #[serde(serialize_with = "kind_name")]
+    pub kind: PolicyKind,
+    /// Namespace and name.
+    #[serde(serialize_with = "key_name")]
+    pub key: ObjectKey,
+    /// The generation judged.
+    pub generation: Option<i64>,
+    /// Whether Weft acts on it.
+    pub accepted: bool,
+    /// `Accepted`, `PartiallyHonoured` or `Invalid`.
+    pub reason: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+    /// For HTTPRoutes: the Service parents the verdict is about.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<ParentRef>,
+}
+
+fn kind_name<S: serde::Serializer>(kind: &PolicyKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.kind())
+}
+
+fn key_name<S: serde::Serializer>(key: &ObjectKey, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&key.to_string())
+}
+
+/// A policy whose latest version could not be read (the last good one, if any, stays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// Kind.
+    pub kind: PolicyKind,
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// Its generation.
+    pub generation: Option<i64>,
+    /// Why.
+    pub message: String,
+}
+
+/// Verdicts on every policy that is Weft's: all Istio, Linkerd and SMI policies, HTTPRoutes
+/// with a Service parent, Gateways of class `weft-waypoint`.
+pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for policy in objects.policies.values() {
+        if rejected
+            .iter()
+            .any(|r| r.kind == policy.kind && r.key == policy.key)
+        {
+            continue;
+        }
+        let parents = match &policy.spec {
+            PolicySpec::HttpRoute(route) => {
+                let parents: Vec<ParentRef> = route.service_parents().cloned().collect();
+                if parents.is_empty() {
+                    continue;
+                }
+                parents
+            }
+            PolicySpec::Gateway(gw) if gw.gateway_class_name != WAYPOINT_CLASS => continue,
+            _ => Vec::new(),
+        };
+        let (reason, message) = if policy.notes.is_empty() {
+            ("Accepted", "accepted by Weft".to_owned())
+        } else {
+            (
+                "PartiallyHonoured",
+                format!(
+                    "accepted; Weft does not honour: {}",
+                    policy.notes.join("; ")
+                ),
+            )
+        };
+        out.push(Verdict {
+            kind: policy.kind,
+            key: policy.key.clone(),
+            generation: policy.generation,
+            accepted: true,
+            reason,
+            message,
+            parents,
+        });
+    }
+    for r in rejected {
+        out.push(Verdict {
+            kind: r.kind,
+            key: r.key.clone(),
+            generation: r.generation,
+            accepted: false,
+            reason: "Invalid",
+            message: r.message.clone(),
+            parents: Vec::new(),
+        });
+    }
+    out.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+    out
+}
