@@ -1,5 +1,5 @@
 //! `weft-controller-bench`: the controller at scale. Writes a synthetic cluster (by default
-//! 10,000 pods on 50 nodes, 1,000 services, 100 namespaces) as manifests, starts the real
+//! 10,000 pods on 50 nodes, 1,000 services, 500 policies, 100 namespaces) as manifests, starts the real
 //! `weft-controller` on loopback, and measures with real gRPC/TLS streams:
 //! - the full push to a new proxy (connect to the whole config received and validated);
 //! - how long one change (a pod's label edited in its manifest file) takes to reach each of 50
@@ -31,6 +31,10 @@ struct Args {
     /// Nodes (pods are spread evenly; one proxy stream per node).
     #[arg(long, default_value_t = 50)]
     nodes: usize,
+    /// Policies (a mix of VirtualServices, DestinationRules, AuthorizationPolicies and
+    /// PeerAuthentications on the services).
+    #[arg(long, default_value_t = 500)]
+    policies: usize,
     /// Changes measured.
     #[arg(long, default_value_t = 20)]
     changes: usize,
@@ -111,6 +115,13 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // The first config is computed after the listener opens: wait for it with one proxy,
+        // so the next one measures a full push alone.
+        let mut warm = Proxy::connect(addr, &bundle, "node1", &credentials["node1"]).await?;
+        warm.next().await?;
+        let first_config = started.elapsed();
+        drop(warm);
+
         // Full push to one new proxy.
         let t0 = Instant::now();
         let mut first = Proxy::connect(addr, &bundle, "node0", &credentials["node0"]).await?;
@@ -162,8 +173,8 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
         let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
         let rss = rss_kib(controller.0.id());
         let resources = args.pods + args.services + 1;
-        println!("synthetic cluster: {} pods on {} nodes, {} services, {} namespaces ({resources} resources)", args.pods, args.nodes, args.services, NAMESPACES);
-        println!("controller up (manifests read, first config computed, listening): {ready_after:.2?}");
+        println!("synthetic cluster: {} pods on {} nodes, {} services, {} policies, {} namespaces ({resources} resources)", args.pods, args.nodes, args.services, args.policies, NAMESPACES);
+        println!("controller listening: {ready_after:.2?}; first config published (manifests read and translated): {first_config:.2?}");
         println!("full push to a new proxy: received {received:.2?}, validated {validated:.2?}");
         println!(
             "one change to {} proxies ({} changes, refresh every {} ms): p50 {:.2?}, p99 {:.2?}, max {:.2?}",
@@ -179,6 +190,7 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
             "{}",
             serde_json::json!({
                 "pods": args.pods, "services": args.services, "nodes": args.nodes,
+                "policies": args.policies,
                 "full_push_received_ms": received.as_secs_f64() * 1e3,
                 "full_push_validated_ms": validated.as_secs_f64() * 1e3,
                 "change_p50_ms": pct(0.50).as_secs_f64() * 1e3,
@@ -323,6 +335,30 @@ fn write_services(dir: &Path, args: &Args) -> Result<()> {
         );
     }
     std::fs::write(dir.join("services.yaml"), out)?;
+    let mut out = String::new();
+    for p in 0..args.policies {
+        let svc = p % args.services.max(1);
+        let ns = svc % NAMESPACES;
+        let _ = match p % 4 {
+            0 => write!(
+                out,
+                "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs-{p}, namespace: ns-{ns}}}\nspec:\n  hosts: [svc-{svc}]\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: svc-{svc}, subset: v2}}}}]\n  - route: [{{destination: {{host: svc-{svc}, subset: v1}}, weight: 90}}, {{destination: {{host: svc-{svc}, subset: v2}}, weight: 10}}]\n    retries: {{attempts: 3, perTryTimeout: 2s, retryOn: 5xx}}\n"
+            ),
+            1 => write!(
+                out,
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dr-{p}, namespace: ns-{ns}}}\nspec:\n  host: svc-{svc}\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n  trafficPolicy:\n    connectionPool: {{tcp: {{maxConnections: 100}}, http: {{http1MaxPendingRequests: 50}}}}\n    outlierDetection: {{consecutive5xxErrors: 5, interval: 30s, baseEjectionTime: 30s}}\n"
+            ),
+            2 => write!(
+                out,
+                "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: authz-{p}, namespace: ns-{ns}}}\nspec:\n  selector: {{matchLabels: {{app: svc-{svc}}}}}\n  action: ALLOW\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/ns-{ns}/sa/default]}}}}], to: [{{operation: {{methods: [GET]}}}}]}}]\n"
+            ),
+            _ => write!(
+                out,
+                "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: pa-{p}, namespace: ns-{ns}}}\nspec:\n  selector: {{matchLabels: {{app: svc-{svc}}}}}\n  mtls: {{mode: STRICT}}\n"
+            ),
+        };
+    }
+    std::fs::write(dir.join("policies.yaml"), out)?;
     Ok(())
 }
 

@@ -37,6 +37,11 @@ impl v1::certificates_server::Certificates for CertService {
         let identity: SpiffeId = request.identity.parse().map_err(|e| {
             Status::invalid_argument(format!("identity {:?}: {e}", request.identity))
         })?;
+        if self.shared.published.borrow().resources.is_empty() {
+            return Err(Status::unavailable(
+                "the controller has not read the cluster yet; retry shortly",
+            ));
+        }
         let entitled = {
             let published = self.shared.published.borrow();
             published.mesh.workloads.iter().any(|w| {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -12,7 +13,38 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 use weft_core::api::{diff, v1};
 
-use super::Shared;
+use super::{Published, Shared};
+
+/// What a proxy holds: at first the versions it declared, then the snapshot it acknowledged.
+enum Held {
+    Versions(BTreeMap<String, String>),
+    Snapshot(Arc<Published>),
+}
+
+impl Held {
+    /// The resources to send and the names to remove to bring the proxy to `current`.
+    fn diff(&self, current: &Arc<Published>) -> (Vec<v1::Resource>, Vec<String>) {
+        match self {
+            Self::Versions(versions) => diff(versions, &current.resources),
+            Self::Snapshot(held) if Arc::ptr_eq(held, current) => (Vec::new(), Vec::new()),
+            Self::Snapshot(held) => {
+                let changed = current
+                    .resources
+                    .values()
+                    .filter(|r| held.resources.get(&r.name).map(|h| &h.version) != Some(&r.version))
+                    .cloned()
+                    .collect();
+                let removed = held
+                    .resources
+                    .keys()
+                    .filter(|name| !current.resources.contains_key(*name))
+                    .cloned()
+                    .collect();
+                (changed, removed)
+            }
+        }
+    }
+}
 
 /// The `ConfigDiscovery` service.
 pub struct ConfigService {
@@ -53,7 +85,7 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
         tokio::spawn(async move {
             shared.proxies.update(&node, |s| s.connected = true);
             info!(%node, held = first.known.len(), "proxy connected");
-            let held = first.known.into_iter().collect();
+            let held = Held::Versions(first.known.into_iter().collect());
             let reason = session(&shared, &node, held, &mut inbound, &tx).await;
             shared.proxies.update(&node, |s| s.connected = false);
             info!(%node, %reason, "proxy stream ended");
@@ -67,30 +99,34 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
 async fn session(
     shared: &Shared,
     node: &str,
-    mut held: BTreeMap<String, String>,
+    mut held: Held,
     inbound: &mut Streaming<v1::ConfigRequest>,
     tx: &mpsc::Sender<Result<v1::ConfigUpdate, Status>>,
 ) -> String {
     let mut published = shared.published.clone();
     let mut next_nonce = 0u64;
     // The update in flight: its nonce and what the proxy holds once it is applied.
-    let mut in_flight: Option<(String, BTreeMap<String, String>)> = None;
+    let mut in_flight: Option<(String, Arc<Published>)> = None;
     // Whether there is something to send (always, at first: the proxy waits for it to be ready).
     let mut dirty = true;
     loop {
         if dirty && in_flight.is_none() {
             dirty = false;
             let current = published.borrow_and_update().clone();
-            let (resources, removed) = diff(&held, &current.resources);
+            if current.resources.is_empty() {
+                // Nothing published yet (the source has not been read): the proxy waits, as
+                // it would for a slow controller, rather than receive an empty mesh.
+                if published.changed().await.is_err() {
+                    return "controller shutting down".into();
+                }
+                dirty = true;
+                continue;
+            }
+            let (resources, removed) = held.diff(&current);
             let first = next_nonce == 0;
             if first || !resources.is_empty() || !removed.is_empty() {
                 next_nonce += 1;
                 let nonce = next_nonce.to_string();
-                let after: BTreeMap<String, String> = current
-                    .resources
-                    .values()
-                    .map(|r| (r.name.clone(), r.version.clone()))
-                    .collect();
                 let update = v1::ConfigUpdate {
                     nonce: nonce.clone(),
                     resources,
@@ -99,7 +135,9 @@ async fn session(
                 if tx.send(Ok(update)).await.is_err() {
                     return "proxy went away".into();
                 }
-                in_flight = Some((nonce, after));
+                // Once acknowledged, the proxy holds exactly this snapshot: remember it by
+                // reference (shared by every stream), not as a per-stream copy of versions.
+                in_flight = Some((nonce, current));
             }
         }
         tokio::select! {
@@ -117,8 +155,8 @@ async fn session(
                         continue;
                     }
                     if answer.error.is_empty() {
-                        held = after;
-                        let count = held.len();
+                        let count = after.resources.len();
+                        held = Held::Snapshot(after);
                         shared.proxies.update(node, |s| {
                             s.acks += 1;
                             s.acked_resources = count;
