@@ -52,6 +52,8 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                     Protocol::Hbone => v1::Protocol::Hbone,
                     Protocol::Tcp => v1::Protocol::Tcp,
                 } as i32,
+                permissive: w.mtls.permissive,
+                mtls_except_ports: w.mtls.except_ports.iter().map(|p| u32::from(*p)).collect(),
             }),
         );
     }
@@ -71,7 +73,18 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                     })
                     .collect(),
                 endpoints: s.endpoints.clone(),
+                waypoint: s.waypoint.as_ref().map(|w| v1::WaypointRef {
+                    name: w.name.clone(),
+                    ip: w.ip.to_string(),
+                    identity: w.identity.clone(),
+                }),
             }),
+        );
+    }
+    for w in &mesh.waypoints {
+        add(
+            format!("waypoint/{}/{}", w.namespace, w.name),
+            v1::resource::Kind::WaypointJson(serde_json::to_string(w).unwrap_or_default()),
         );
     }
     out
@@ -150,6 +163,17 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                     }
                 },
                 netns: None,
+                mtls: crate::config::MtlsPolicy {
+                    permissive: w.permissive,
+                    except_ports: w
+                        .mtls_except_ports
+                        .iter()
+                        .map(|p| {
+                            u16::try_from(*p)
+                                .map_err(|_| field("mtlsExceptPorts", format!("{p} is not a port")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                },
             }),
             Some(v1::resource::Kind::Service(s)) => {
                 let port = |v: u32, what: &'static str| {
@@ -171,7 +195,23 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                         .map_err(|e| field("vip", format!("{:?}: {e}", s.vip)))?,
                     ports,
                     endpoints: s.endpoints.clone(),
+                    waypoint: match &s.waypoint {
+                        None => None,
+                        Some(w) => Some(crate::config::WaypointRef {
+                            name: w.name.clone(),
+                            ip: w
+                                .ip
+                                .parse()
+                                .map_err(|e| field("waypoint.ip", format!("{:?}: {e}", w.ip)))?,
+                            identity: w.identity.clone(),
+                        }),
+                    },
                 });
+            }
+            Some(v1::resource::Kind::WaypointJson(json)) => {
+                let config: crate::l7::WaypointConfig =
+                    serde_json::from_str(json).map_err(|e| field("waypoint", e.to_string()))?;
+                mesh.waypoints.push(config);
             }
             None => return Err(field("kind", "empty resource".into())),
         }

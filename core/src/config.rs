@@ -43,6 +43,45 @@ pub struct Workload {
     /// The pod's network namespace, as the node proxy on its node opens it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// Whether plaintext may reach it (PeerAuthentication PERMISSIVE), by default and per port.
+    #[serde(default, skip_serializing_if = "MtlsPolicy::is_strict")]
+    pub mtls: MtlsPolicy,
+}
+
+/// Which inbound connections an enrolled workload accepts (PeerAuthentication).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MtlsPolicy {
+    /// Plaintext accepted on every port (PERMISSIVE).
+    #[serde(default)]
+    pub permissive: bool,
+    /// Ports where the opposite of `permissive` holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except_ports: Vec<u16>,
+}
+
+impl MtlsPolicy {
+    /// STRICT everywhere.
+    pub fn is_strict(&self) -> bool {
+        !self.permissive && self.except_ports.is_empty()
+    }
+
+    /// Whether plaintext to `port` is accepted.
+    pub fn accepts_plaintext(&self, port: u16) -> bool {
+        self.permissive != self.except_ports.contains(&port)
+    }
+}
+
+/// The waypoint a service's traffic goes through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaypointRef {
+    /// `namespace/name` of the waypoint (its Gateway).
+    pub name: String,
+    /// The waypoint's address (HBONE on 15008).
+    pub ip: IpAddr,
+    /// The identity it proves (`spiffe://...`).
+    pub identity: String,
 }
 
 /// A service port mapping.
@@ -70,10 +109,13 @@ pub struct Service {
     /// Names of the backing workloads, in the service's namespace.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The waypoint its traffic must pass (`weft.io/use-waypoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointRef>,
 }
 
 /// The whole file.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
     /// Trust domain of SPIFFE IDs.
@@ -85,6 +127,9 @@ pub struct MeshConfig {
     /// All services.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// What each waypoint applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waypoints: Vec<crate::l7::WaypointConfig>,
 }
 
 fn default_trust_domain() -> String {
@@ -213,6 +258,32 @@ impl MeshConfig {
                         format!("services[{i}].endpoints[{e}]"),
                         format!("no workload {}/{name}", s.namespace),
                     ));
+                }
+            }
+            if let Some(w) = &s.waypoint
+                && w.identity.parse::<SpiffeId>().is_err()
+            {
+                return Err(invalid(
+                    format!("services[{i}].waypoint.identity"),
+                    format!("{:?} is not a SPIFFE ID", w.identity),
+                ));
+            }
+        }
+        for (i, w) in self.waypoints.iter().enumerate() {
+            w.validate()
+                .map_err(|e| invalid(format!("waypoints[{i}]"), e))?;
+            for (s, service) in w.services.iter().enumerate() {
+                for (b, backend) in service.backends.iter().enumerate() {
+                    for (e, name) in backend.endpoints.iter().enumerate() {
+                        if !by_name.contains_key(&(backend.namespace.as_str(), name.as_str())) {
+                            return Err(invalid(
+                                format!(
+                                    "waypoints[{i}].services[{s}].backends[{b}].endpoints[{e}]"
+                                ),
+                                format!("no workload {}/{name}", backend.namespace),
+                            ));
+                        }
+                    }
                 }
             }
         }

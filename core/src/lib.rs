@@ -9,6 +9,7 @@ pub mod copy;
 pub mod drain;
 pub mod hbone;
 pub mod identity;
+pub mod l7;
 pub mod metrics;
 pub mod netns;
 pub mod telemetry;

@@ -339,6 +339,7 @@ impl TestBed {
             vip: vip.into(),
             ports: vec![ServicePort { port, target_port }],
             endpoints: endpoints.iter().map(|p| p.name.clone()).collect(),
+            waypoint: None,
         });
     }
 
@@ -833,9 +834,11 @@ spec:
                         Protocol::Tcp
                     },
                     netns: None,
+                    mtls: Default::default(),
                 })
                 .collect(),
             services: self.services.clone(),
+            waypoints: Vec::new(),
         }
     }
 

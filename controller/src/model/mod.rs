@@ -2,6 +2,7 @@
 //! client), and what the proxies are told, computed from them. Both sources (the Kubernetes API
 //! and a manifest directory) fill the same [`Objects`].
 
+pub mod l7;
 mod objects;
 pub mod policy;
 pub mod status;
@@ -46,20 +47,28 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
         if taken.insert(ip, key).is_some() {
             continue;
         }
+        // A waypoint speaks HBONE itself and is never captured; PeerAuthentication DISABLE
+        // makes a workload plain TCP both ways.
+        let (mode, mtls) = l7::peer_authentication(objects, pod);
+        let hbone = enrolled(objects, pod)
+            && !l7::is_waypoint_pod(pod)
+            && mode != policy::istio::MtlsMode::Disable;
         workloads.push(Workload {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
             service_account: pod.service_account.clone(),
             ip,
             node: node.clone(),
-            protocol: if enrolled(objects, pod) {
+            protocol: if hbone {
                 Protocol::Hbone
             } else {
                 Protocol::Tcp
             },
             netns: None,
+            mtls: if hbone { mtls } else { Default::default() },
         });
     }
+    let running = l7::running_waypoints(objects);
     let mut services = Vec::new();
     for svc in objects.services.values() {
         let Some(vip) = svc.cluster_ip else { continue };
@@ -112,12 +121,30 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
             vip,
             ports,
             endpoints: members.iter().map(|m| m.name.clone()).collect(),
+            waypoint: l7::waypoint_of(objects, svc).and_then(|key| {
+                let w = running.iter().find(|w| w.key == key)?;
+                Some(weft_core::config::WaypointRef {
+                    name: key.to_string(),
+                    ip: w.pod.ip?,
+                    identity: weft_core::identity::SpiffeId::new(
+                        trust_domain,
+                        &w.pod.namespace,
+                        &w.pod.service_account,
+                    )
+                    .to_string(),
+                })
+            }),
         });
     }
+    let waypoints = running
+        .iter()
+        .map(|w| l7::waypoint_config(objects, &w.key))
+        .collect();
     MeshConfig {
         trust_domain: trust_domain.to_owned(),
         workloads,
         services,
+        waypoints,
     }
 }
 
@@ -165,6 +192,7 @@ mod tests {
         o.upsert_service(Service {
             name: "web".into(),
             namespace: "shop".into(),
+            labels: BTreeMap::new(),
             selector: [("app".to_owned(), "web".to_owned())].into(),
             cluster_ip: "10.96.0.10".parse().ok(),
             ports: vec![ServicePortSpec {

@@ -92,6 +92,8 @@ pub struct Service {
     pub name: String,
     /// Namespace.
     pub namespace: String,
+    /// Labels (`weft.io/use-waypoint`).
+    pub labels: BTreeMap<String, String>,
     /// Pod selector (a service without one has no endpoints Weft manages).
     pub selector: BTreeMap<String, String>,
     /// Cluster IP (`None` for headless services).

@@ -236,6 +236,7 @@ pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String>
             Object::Service(Service {
                 name: doc.metadata.name,
                 namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
+                labels: doc.metadata.labels,
                 selector: doc.spec.selector,
                 cluster_ip,
                 ports: doc

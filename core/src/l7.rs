@@ -1,0 +1,423 @@
+//! What a waypoint applies (its L7 config), as the controller computes it from the users'
+//! policies and streams it: per bound service, the routes (matches, weighted backends, timeout,
+//! retries), the backends (endpoints, connection pool limits, outlier detection) and the
+//! authorization policies. Validated on receipt; a bad one is refused whole.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ServicePort;
+
+/// One waypoint's config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaypointConfig {
+    /// Gateway name.
+    pub name: String,
+    /// Gateway namespace.
+    pub namespace: String,
+    /// The services whose traffic it carries.
+    #[serde(default)]
+    pub services: Vec<ServicePolicy>,
+}
+
+/// Everything applied to one service's traffic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePolicy {
+    /// Service name.
+    pub name: String,
+    /// Service namespace.
+    pub namespace: String,
+    /// Cluster IP.
+    pub vip: IpAddr,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Routes, first match wins. The last is the default (every endpoint).
+    pub routes: Vec<Route>,
+    /// Backends routes point at (by index).
+    pub backends: Vec<Backend>,
+    /// Authorization policies (DENY first, then ALLOW).
+    #[serde(default)]
+    pub authz: Vec<AuthzPolicy>,
+}
+
+/// A route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Name (metrics' `route` label): the policy and rule it came from.
+    pub name: String,
+    /// Any one matching selects the route; none matches everything.
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    /// Weighted backends (indexes into [`ServicePolicy::backends`]).
+    pub backends: Vec<WeightedBackend>,
+    /// Whole-request timeout (retries included), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// A weighted backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedBackend {
+    /// Index into the service's backends.
+    pub backend: usize,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// A string condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum StrMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// The whole value matches the regular expression.
+    Regex(String),
+}
+
+/// A header (or query parameter) condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedMatch {
+    /// Header name (lower case) or query parameter name.
+    pub name: String,
+    /// The condition on its value.
+    pub value: StrMatch,
+    /// The header must be absent (or not match).
+    #[serde(default)]
+    pub invert: bool,
+}
+
+/// One match: all parts must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StrMatch>,
+    /// Method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StrMatch>,
+    /// Headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<NamedMatch>,
+    /// Query parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<NamedMatch>,
+    /// Service port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// When to retry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryOn {
+    /// Any 5xx, and connect failures and resets.
+    #[serde(default)]
+    pub server_error: bool,
+    /// 502, 503, 504, connect failures.
+    #[serde(default)]
+    pub gateway_error: bool,
+    /// The endpoint could not be reached.
+    #[serde(default)]
+    pub connect_failure: bool,
+    /// The upstream refused the HTTP/2 stream.
+    #[serde(default)]
+    pub refused_stream: bool,
+    /// The upstream reset or closed the connection mid-request.
+    #[serde(default)]
+    pub reset: bool,
+    /// 409.
+    #[serde(default)]
+    pub retriable_4xx: bool,
+    /// These statuses.
+    #[serde(default)]
+    pub statuses: BTreeSet<u16>,
+    /// These gRPC status codes (`grpc-status`).
+    #[serde(default)]
+    pub grpc: BTreeSet<u32>,
+}
+
+/// A retry budget: retries may add at most `ratio` of the original requests (plus
+/// `minPerSecond`), over a sliding window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries per original request.
+    pub ratio: f64,
+    /// Retries always allowed per second.
+    pub min_per_second: u32,
+    /// The window, milliseconds.
+    pub window_ms: u64,
+}
+
+/// A retry policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Timeout of each try, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Conditions.
+    pub on: RetryOn,
+    /// First backoff, milliseconds (doubling, with jitter).
+    pub backoff_base_ms: u64,
+    /// Longest backoff, milliseconds.
+    pub backoff_max_ms: u64,
+    /// Budget (absent: a default of 20% plus 10/s, so retries never multiply load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+    /// Largest request body kept for replay; larger requests are not retried.
+    pub max_body_bytes: u64,
+}
+
+/// Outlier detection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Outlier {
+    /// Consecutive 5xx before ejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504/connect failures before ejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway: Option<u32>,
+    /// Re-evaluation interval, milliseconds.
+    pub interval_ms: u64,
+    /// Base ejection time, milliseconds (times the endpoint's ejection count).
+    pub base_ejection_ms: u64,
+    /// Most endpoints ejected at once, percent.
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints nothing is ejected, percent.
+    pub min_health_percent: u32,
+}
+
+/// Connection pool limits (circuit breaking).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolLimits {
+    /// Most upstream connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u32>,
+    /// Most requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Requests per connection before it is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Connect timeout, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// A set of endpoints requests are balanced over.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// `service` or `service/subset`.
+    pub name: String,
+    /// Namespace of the endpoints.
+    pub namespace: String,
+    /// Workload names of the endpoints.
+    pub endpoints: Vec<String>,
+    /// Port on the endpoints, by service port (absent: the same port).
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// Pool limits.
+    #[serde(default)]
+    pub pool: PoolLimits,
+    /// Outlier detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<Outlier>,
+}
+
+/// ALLOW or DENY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthzAction {
+    /// Allow matching requests; once any ALLOW policy applies, the rest are denied.
+    Allow,
+    /// Deny matching requests.
+    Deny,
+}
+
+/// An authorization policy as it applies to a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzPolicy {
+    /// `namespace/name` of the AuthorizationPolicy (for the 403 body and logs).
+    pub name: String,
+    /// Action.
+    pub action: AuthzAction,
+    /// Rules; any one matching matches the policy. None: matches nothing.
+    pub rules: Vec<AuthzRule>,
+}
+
+/// A rule: every non-empty part must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzRule {
+    /// Sources; any one.
+    #[serde(default)]
+    pub from: Vec<AuthzSource>,
+    /// Operations; any one.
+    #[serde(default)]
+    pub to: Vec<AuthzOperation>,
+    /// Conditions; all.
+    #[serde(default)]
+    pub when: Vec<AuthzCondition>,
+}
+
+/// A source.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzSource {
+    /// `<td>/ns/<ns>/sa/<sa>` patterns (`*`, `prefix*`, `*suffix`).
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    /// Namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    /// IPs or CIDRs.
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_ip_blocks: Vec<String>,
+}
+
+/// An operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzOperation {
+    /// Methods.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    /// Paths (`*`, `prefix*`, `*suffix`).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_ports: Vec<String>,
+    /// Hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+}
+
+/// A condition (`request.headers[x]`, `source.ip`, `source.namespace`, `source.principal`,
+/// `destination.port`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzCondition {
+    /// Attribute.
+    pub key: String,
+    /// Values; any one.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// Excluded.
+    #[serde(default)]
+    pub not_values: Vec<String>,
+}
+
+/// `*`, `prefix*`, `*suffix` or an exact value, as Istio's string fields match.
+pub fn glob_matches(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return value.starts_with(prefix);
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return value.ends_with(suffix);
+    }
+    pattern == value
+}
+
+impl WaypointConfig {
+    /// Checks what the waypoint relies on: backend indexes in range, weights, regexes that
+    /// compile. The message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (s, service) in self.services.iter().enumerate() {
+            for (r, route) in service.routes.iter().enumerate() {
+                let at = format!("services[{s}].routes[{r}]");
+                if route.backends.is_empty() {
+                    return Err(format!("{at}.backends: a route needs a backend"));
+                }
+                for (b, wb) in route.backends.iter().enumerate() {
+                    if wb.backend >= service.backends.len() {
+                        return Err(format!(
+                            "{at}.backends[{b}]: backend {} does not exist",
+                            wb.backend
+                        ));
+                    }
+                }
+                if route.backends.iter().all(|b| b.weight == 0) {
+                    return Err(format!("{at}.backends: all weights are 0"));
+                }
+                for (m, matcher) in route.matches.iter().enumerate() {
+                    let regexes = matcher
+                        .path
+                        .iter()
+                        .chain(matcher.method.iter())
+                        .chain(matcher.headers.iter().map(|h| &h.value))
+                        .chain(matcher.query.iter().map(|q| &q.value));
+                    for value in regexes {
+                        if let StrMatch::Regex(re) = value {
+                            regex::Regex::new(&format!("^(?:{re})$"))
+                                .map_err(|e| format!("{at}.matches[{m}]: regex {re:?}: {e}"))?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_as_istio_matches_them() {
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("/api/*", "/api/v1"));
+        assert!(glob_matches("*/admin", "/x/admin"));
+        assert!(glob_matches("GET", "GET"));
+        assert!(!glob_matches("GET", "POST"));
+        assert!(!glob_matches("/api/*", "/apx"));
+    }
+}
