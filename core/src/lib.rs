@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod netns;
 pub mod telemetry;
 pub mod tls;
+pub mod xds;
 
 /// Well-known ports (Istio's numbering, so its NetworkPolicy guidance carries over).
 pub mod ports {

@@ -1,0 +1,108 @@
+//! HBONE in (port 15008): mTLS with the waypoint's identity, one CONNECT per client
+//! connection, whose `:authority` is the service (VIP:port) or endpoint it was addressed to.
+//! Inside each tunnel the waypoint speaks HTTP/1.1 or HTTP/2 (gRPC), as the client does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+use weft_core::hbone::{self, PendingTunnel, Rejection};
+use weft_core::identity::SpiffeId;
+
+use crate::Waypoint;
+use crate::proxy::{self, Tunnel};
+
+/// Accepts until the process ends.
+pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let waypoint = waypoint.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(&waypoint, stream).await {
+                warn!(%peer, "HBONE connection refused: {e}");
+            }
+        });
+    }
+}
+
+async fn connection(waypoint: &Arc<Waypoint>, stream: TcpStream) -> Result<(), String> {
+    let identity = waypoint
+        .certs
+        .get()
+        .ok_or("no certificate loaded yet (early deny)")?;
+    let mut incoming = hbone::accept(stream, identity.server.clone(), Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    let peer = incoming.peer().clone();
+    while let Some(next) = incoming.next().await {
+        match next {
+            Ok(tunnel) => {
+                let (waypoint, peer) = (waypoint.clone(), peer.clone());
+                tokio::spawn(async move { serve_tunnel(waypoint, peer, tunnel).await });
+            }
+            Err(e) => {
+                if !e.is_go_away() {
+                    debug!(%peer, error = %e, "HBONE connection ended");
+                }
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn serve_tunnel(waypoint: Arc<Waypoint>, peer: SpiffeId, pending: PendingTunnel) {
+    let target = match pending.target() {
+        Ok(target) => target,
+        Err(rejection) => {
+            warn!(%peer, "tunnel refused: {rejection}");
+            pending.reject(&rejection);
+            return;
+        }
+    };
+    let Some(client) = target.client else {
+        let rejection = Rejection::Denied("no forwarded header: the client is unknown".into());
+        warn!(%peer, "tunnel refused: {rejection}");
+        pending.reject(&rejection);
+        return;
+    };
+    if waypoint
+        .state
+        .load()
+        .service_for(target.destination)
+        .is_none()
+    {
+        let rejection = Rejection::BadRequest(format!(
+            "{} is not a service bound to waypoint {}/{}",
+            target.destination, waypoint.namespace, waypoint.name
+        ));
+        warn!(%peer, "tunnel refused: {rejection}");
+        pending.reject(&rejection);
+        return;
+    }
+    let Ok(stream) = pending.open() else { return };
+    let tunnel = Arc::new(Tunnel {
+        waypoint,
+        peer,
+        client,
+        target: target.destination,
+    });
+    let service = hyper::service::service_fn(move |request| proxy::handle(tunnel.clone(), request));
+    let served = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        debug!(error = %e, "HTTP connection in tunnel ended");
+    }
+}

@@ -1,0 +1,160 @@
+//! The waypoint's config snapshot: its services with compiled routes and live backends,
+//! swapped whole on every update; backends and retry budgets persist across updates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use weft_core::config::{MeshConfig, ServicePort, State};
+use weft_core::l7::{RetryBudget, ServicePolicy};
+
+use crate::balance::{Backend, Backends};
+use crate::retry::Budget;
+use crate::route::CompiledRoute;
+
+/// One service as the waypoint serves it.
+pub(crate) struct ServiceRt {
+    pub(crate) policy: ServicePolicy,
+    pub(crate) routes: Vec<CompiledRoute>,
+    /// Backends by index, with their port maps.
+    pub(crate) backends: Vec<(Arc<Backend>, Vec<ServicePort>)>,
+    /// One budget per route.
+    pub(crate) budgets: Vec<Arc<Budget>>,
+}
+
+impl ServiceRt {
+    /// The service port a request to `dst` is for.
+    pub(crate) fn service_port(&self, dst: SocketAddr) -> u16 {
+        if dst.ip() == self.policy.vip {
+            return dst.port();
+        }
+        self.policy
+            .ports
+            .iter()
+            .find(|p| p.target_port == dst.port())
+            .map_or(dst.port(), |p| p.port)
+    }
+}
+
+/// What the waypoint acts on now.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    pub(crate) mesh: State,
+    services: Vec<Arc<ServiceRt>>,
+}
+
+/// Runtime kept across snapshots.
+#[derive(Default)]
+pub(crate) struct Persistent {
+    pub(crate) backends: Backends,
+    budgets: Mutex<HashMap<String, Arc<Budget>>>,
+}
+
+const DEFAULT_BUDGET: RetryBudget = RetryBudget {
+    ratio: 0.2,
+    min_per_second: 10,
+    window_ms: 10_000,
+};
+
+impl Snapshot {
+    /// Builds the snapshot for waypoint `namespace/name` from a validated mesh config.
+    pub(crate) fn build(
+        mesh: MeshConfig,
+        namespace: &str,
+        name: &str,
+        persistent: &Persistent,
+    ) -> Result<Self, String> {
+        let config = mesh
+            .waypoints
+            .iter()
+            .find(|w| w.name == name && w.namespace == namespace)
+            .cloned()
+            .unwrap_or_default();
+        let state = State::new(mesh);
+        let mut services = Vec::new();
+        for policy in config.services {
+            let routes = policy
+                .routes
+                .iter()
+                .map(CompiledRoute::new)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("service {}/{}: {e}", policy.namespace, policy.name))?;
+            let backends = policy
+                .backends
+                .iter()
+                .map(|b| {
+                    let endpoints = b
+                        .endpoints
+                        .iter()
+                        .filter_map(|e| {
+                            state
+                                .config()
+                                .workloads
+                                .iter()
+                                .find(|w| &w.name == e && w.namespace == b.namespace)
+                                .and_then(|w| state.workload_by_ip(w.ip).cloned())
+                        })
+                        .map(|w| {
+                            let id = state.identity(&w);
+                            (w, id)
+                        })
+                        .collect();
+                    (
+                        persistent.backends.update(
+                            &format!("{}/{}:{}", policy.namespace, policy.name, b.name),
+                            endpoints,
+                            b.pool.clone(),
+                            b.outlier.clone(),
+                        ),
+                        b.ports.clone(),
+                    )
+                })
+                .collect();
+            let budgets = policy
+                .routes
+                .iter()
+                .map(|r| {
+                    let key = format!("{}/{}:{}", policy.namespace, policy.name, r.name);
+                    let config = r
+                        .retry
+                        .as_ref()
+                        .and_then(|x| x.budget.clone())
+                        .unwrap_or(DEFAULT_BUDGET);
+                    let mut budgets = persistent.budgets.lock().unwrap_or_else(|e| e.into_inner());
+                    let budget = budgets
+                        .entry(key)
+                        .or_insert_with(|| Arc::new(Budget::new(config.clone())))
+                        .clone();
+                    budget.configure(config);
+                    budget
+                })
+                .collect();
+            services.push(Arc::new(ServiceRt {
+                policy,
+                routes,
+                backends,
+                budgets,
+            }));
+        }
+        Ok(Self {
+            mesh: state,
+            services,
+        })
+    }
+
+    /// The service a tunnel to `dst` (its VIP, or one of its endpoints) is for.
+    pub(crate) fn service_for(&self, dst: SocketAddr) -> Option<&Arc<ServiceRt>> {
+        self.services
+            .iter()
+            .find(|s| {
+                s.policy.vip == dst.ip() && s.policy.ports.iter().any(|p| p.port == dst.port())
+            })
+            .or_else(|| {
+                self.services.iter().find(|s| {
+                    s.backends
+                        .iter()
+                        .any(|(b, _)| b.endpoints().iter().any(|e| e.workload.ip == dst.ip()))
+                })
+            })
+    }
+}
