@@ -311,6 +311,8 @@ pub struct State {
     config: MeshConfig,
     workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
     services_by_addr: HashMap<SocketAddr, ServiceEntry>,
+    /// Endpoints of waypoint-bound services: their traffic must pass the waypoint.
+    waypoint_by_endpoint: HashMap<IpAddr, WaypointRef>,
 }
 
 impl State {
@@ -326,6 +328,7 @@ impl State {
             .map(|w| ((w.namespace.as_str(), w.name.as_str()), w))
             .collect();
         let mut services_by_addr = HashMap::new();
+        let mut waypoint_by_endpoint = HashMap::new();
         for s in &config.services {
             let service = Arc::new(s.clone());
             let endpoints: Vec<Arc<Workload>> = s
@@ -334,6 +337,11 @@ impl State {
                 .filter_map(|e| by_name.get(&(s.namespace.as_str(), e.as_str())))
                 .map(|w| Arc::clone(w))
                 .collect();
+            if let Some(waypoint) = &s.waypoint {
+                for e in &endpoints {
+                    waypoint_by_endpoint.insert(e.ip, waypoint.clone());
+                }
+            }
             for port in &s.ports {
                 services_by_addr.insert(
                     SocketAddr::new(s.vip, port.port),
@@ -345,7 +353,22 @@ impl State {
             config,
             workloads_by_ip,
             services_by_addr,
+            waypoint_by_endpoint,
         }
+    }
+
+    /// The waypoint traffic to `dst` must pass: the service's, for a service address; for a
+    /// pod, the waypoint of a service it backs.
+    pub fn waypoint_for(&self, dst: SocketAddr) -> Option<&WaypointRef> {
+        match self.services_by_addr.get(&dst) {
+            Some((service, _, _)) => service.waypoint.as_ref(),
+            None => self.waypoint_by_endpoint.get(&dst.ip()),
+        }
+    }
+
+    /// The waypoint guarding the workload at `ip`, if it backs a waypoint-bound service.
+    pub fn waypoint_guarding(&self, ip: IpAddr) -> Option<&WaypointRef> {
+        self.waypoint_by_endpoint.get(&ip)
     }
 
     /// The config this snapshot was built from.

@@ -67,6 +67,8 @@ pub struct Pod {
     pub enrolled: bool,
     /// The primary (bridge) plugin's result, the `prevResult` weft-cni is chained on.
     pub cni_result: String,
+    /// Extra labels (e.g. `version: v1`).
+    pub labels: Vec<(String, String)>,
 }
 
 impl Pod {
@@ -89,9 +91,16 @@ pub struct PodBuilder<'a> {
     service_account: Option<String>,
     node: usize,
     enrolled: bool,
+    labels: Vec<(String, String)>,
 }
 
 impl PodBuilder<'_> {
+    /// A label on the pod (as its Deployment's template would set).
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Kubernetes namespace (default `default`).
     pub fn namespace(mut self, ns: &str) -> Self {
         self.namespace = ns.to_owned();
@@ -119,8 +128,14 @@ impl PodBuilder<'_> {
     /// Creates the pod's namespace and network (CNI ADD).
     pub fn add(self) -> Result<Pod> {
         let sa = self.service_account.unwrap_or_else(|| self.name.clone());
-        self.bed
-            .add_pod(&self.name, &self.namespace, &sa, self.node, self.enrolled)
+        self.bed.add_pod(
+            &self.name,
+            &self.namespace,
+            &sa,
+            self.node,
+            self.enrolled,
+            self.labels,
+        )
     }
 }
 
@@ -145,6 +160,10 @@ pub struct TestBed {
     controller: Option<Child>,
     extra_controller_args: Vec<String>,
     ambient: BTreeMap<String, bool>,
+    /// Waypoints (Gateways of class weft-waypoint) and their pods.
+    waypoints: Vec<Pod>,
+    /// Labels on services (`weft.io/use-waypoint`), by (namespace, name).
+    service_labels: BTreeMap<(String, String), Vec<(String, String)>>,
 }
 
 /// A long-lived connection started by [`TestBed::long_lived_connection`].
@@ -237,6 +256,8 @@ impl TestBed {
             controller: None,
             extra_controller_args: Vec::new(),
             ambient: BTreeMap::new(),
+            waypoints: Vec::new(),
+            service_labels: BTreeMap::new(),
         };
         bed.add_netns(&bed.fabric.clone())?;
         let fabric = bed.fabric.clone();
@@ -320,7 +341,53 @@ impl TestBed {
             service_account: None,
             node: 0,
             enrolled: true,
+            labels: Vec::new(),
         }
+    }
+
+    /// Declares a waypoint, as a Gateway of class `weft-waypoint` would have the controller
+    /// deploy it: its pod (service account = its name, labelled with the gateway name) on
+    /// `node`, running `weft-waypoint` once the bed starts. Controller mode, before `start`.
+    pub fn waypoint(&mut self, name: &str, namespace: &str, node: usize) -> Result<Pod> {
+        ensure!(
+            self.with_controller && !self.started,
+            "waypoints need with_controller() and are declared before start()"
+        );
+        let pod = self.add_pod(
+            name,
+            namespace,
+            name,
+            node,
+            false,
+            vec![(
+                "gateway.networking.k8s.io/gateway-name".to_owned(),
+                name.to_owned(),
+            )],
+        )?;
+        self.waypoints.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// Labels a service `weft.io/use-waypoint=<waypoint>` (or removes the label with `None`),
+    /// as `kubectl label service` would.
+    pub fn use_waypoint(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        waypoint: Option<&str>,
+    ) -> Result<()> {
+        let labels = self
+            .service_labels
+            .entry((namespace.to_owned(), service.to_owned()))
+            .or_default();
+        labels.retain(|(k, _)| k != "weft.io/use-waypoint");
+        if let Some(w) = waypoint {
+            labels.push(("weft.io/use-waypoint".to_owned(), w.to_owned()));
+        }
+        if self.started {
+            self.sync_mesh()?;
+        }
+        Ok(())
     }
 
     /// Declares a service with a VIP, one port, and the named pods as endpoints.
@@ -370,6 +437,7 @@ impl TestBed {
         sa: &str,
         node: usize,
         enrolled: bool,
+        labels: Vec<(String, String)>,
     ) -> Result<Pod> {
         let node_ref = self
             .nodes
@@ -389,6 +457,7 @@ impl TestBed {
             ip,
             enrolled,
             cni_result: result,
+            labels,
         };
         self.pods.push(pod.clone());
         if self.started {
@@ -593,15 +662,30 @@ metadata:
                     .iter()
                     .any(|q| q.namespace == p.namespace && q.enrolled)
             });
-            let mut labels = format!(
-                "
+            let mut labels = if p.labels.iter().any(|(k, _)| k == "app") {
+                String::new()
+            } else {
+                format!(
+                    "
     app: {}",
-                p.name
-            );
-            if ambient && !p.enrolled {
+                    p.name
+                )
+            };
+            let is_waypoint = self
+                .waypoints
+                .iter()
+                .any(|w| w.name == p.name && w.namespace == p.namespace);
+            if ambient && !p.enrolled && !is_waypoint {
                 labels.push_str(
                     "
     weft.io/dataplane-mode: none",
+                );
+            }
+            for (k, v) in &p.labels {
+                let _ = write!(
+                    labels,
+                    "
+    {k}: \"{v}\""
                 );
             }
             for s in self
@@ -651,6 +735,17 @@ status:
                     )
                 })
                 .collect();
+            let labels: String = self
+                .service_labels
+                .get(&(s.namespace.clone(), s.name.clone()))
+                .map(|l| {
+                    let mut text = String::from("\n  labels:");
+                    for (k, v) in l {
+                        let _ = write!(text, "\n    {k}: \"{v}\"");
+                    }
+                    text
+                })
+                .unwrap_or_default();
             let _ = write!(
                 out,
                 "---
@@ -658,7 +753,7 @@ apiVersion: v1
 kind: Service
 metadata:
   name: {0}
-  namespace: {1}
+  namespace: {1}{labels}
 spec:
   clusterIP: {2}
   selector:
@@ -666,6 +761,25 @@ spec:
   ports:{ports}
 ",
                 s.name, s.namespace, s.vip
+            );
+        }
+        for w in &self.waypoints {
+            let _ = write!(
+                out,
+                "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {}
+  namespace: {}
+spec:
+  gatewayClassName: weft-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+",
+                w.name, w.namespace
             );
         }
         out
@@ -889,7 +1003,16 @@ spec:
             let credentials: BTreeMap<String, String> = self
                 .nodes
                 .iter()
-                .map(|n| (n.name.clone(), format!("{}-{}-credential", self.id, n.name)))
+                .map(|n| n.name.clone())
+                .chain(
+                    self.waypoints
+                        .iter()
+                        .map(|w| format!("waypoint.{}.{}", w.namespace, w.name)),
+                )
+                .map(|name| {
+                    let token = format!("{}-{name}-credential", self.id);
+                    (name, token)
+                })
                 .collect();
             for (node, token) in &credentials {
                 std::fs::write(self.dir.join(format!("{node}.credential")), token)?;
@@ -920,7 +1043,125 @@ spec:
                 self.proxy_log(pod.node)
             );
         }
+        for w in self.waypoints.clone() {
+            self.start_waypoint(&w)?;
+        }
         Ok(())
+    }
+
+    /// Issues the waypoint's certificate (its own identity) and runs `weft-waypoint` in its
+    /// pod; returns when it reports ready.
+    fn start_waypoint(&mut self, w: &Pod) -> Result<()> {
+        self.issue_cert(&w.identity())?;
+        let credential = self
+            .dir
+            .join(format!("waypoint.{}.{}.credential", w.namespace, w.name));
+        let log = std::fs::File::create(self.waypoint_log_path(w))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", w.netns_path().display()))
+            .arg(self.bin_dir.join("weft-waypoint"))
+            .args(["--name", &w.name, "--namespace", &w.namespace])
+            .args(["--service-account", &w.service_account])
+            .args(["--controller", &self.controller_addr().to_string()])
+            .arg("--controller-credential")
+            .arg(&credential)
+            .arg("--cert-dir")
+            .arg(self.dir.join("certs"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting weft-waypoint (run `cargo build --workspace --bins` first)")?;
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http_get_in(
+                &w.netns_path(),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 15020)),
+                "/healthz/ready",
+            );
+            if let Ok((200, _)) = ready {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "waypoint {} not ready in 20 s; its log:\n{}",
+                w.name,
+                std::fs::read_to_string(self.waypoint_log_path(w)).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The waypoint's log file.
+    pub fn waypoint_log_path(&self, w: &Pod) -> PathBuf {
+        self.dir.join(format!("waypoint-{}.log", w.name))
+    }
+
+    /// The waypoint's metrics.
+    pub fn waypoint_metrics(&self, w: &Pod) -> Result<BTreeMap<String, f64>> {
+        let (_, text) = http_get_in(
+            &w.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 15020)),
+            "/metrics",
+        )?;
+        Ok(parse_metrics(&text))
+    }
+
+    /// Runs `weft-testsrv serve --name <name>` on port 8080 in `pod` and waits for it.
+    pub fn serve_testsrv(&mut self, pod: &Pod, name: &str) -> Result<()> {
+        let bin = self.bin_dir.join("weft-testsrv").display().to_string();
+        self.spawn_in(
+            &pod.netns.clone(),
+            &[&bin, "serve", "--name", name],
+            &format!("testsrv-{}.log", pod.name),
+        )?;
+        wait_listening(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+        )
+    }
+
+    /// Changes a `weft-testsrv` backend's behaviour (`fail=30&status=503`, `delay_ms=5000`,
+    /// `grpc_unavailable=100`, `reset=1`), over its own loopback (not through the mesh).
+    pub fn testsrv_set(&self, pod: &Pod, query: &str) -> Result<()> {
+        let (code, _) = http_get_in(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            &format!("/__set?{query}"),
+        )?;
+        ensure!(
+            code == 200,
+            "setting {query} on {} answered {code}",
+            pod.name
+        );
+        Ok(())
+    }
+
+    /// How many requests a `weft-testsrv` backend served.
+    pub fn testsrv_count(&self, pod: &Pod) -> Result<u64> {
+        let (_, body) = http_get_in(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            "/__count",
+        )?;
+        Ok(body.trim().parse()?)
+    }
+
+    /// Runs `weft-testsrv load <args>` in `pod` (its traffic is captured like any app's) and
+    /// returns its JSON tally.
+    pub fn load(&self, pod: &Pod, args: &[&str]) -> Result<serde_json::Value> {
+        let bin = self.bin_dir.join("weft-testsrv").display().to_string();
+        let mut argv = vec![bin.as_str(), "load"];
+        argv.extend_from_slice(args);
+        let out = self.exec(pod, &argv)?;
+        ensure!(
+            out.status.success(),
+            "weft-testsrv load failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("weft-testsrv output")
     }
 
     fn spawn_proxy(&self, i: usize) -> Result<Child> {

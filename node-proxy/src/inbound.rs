@@ -185,6 +185,17 @@ fn authorize(
     let client = target.client.ok_or_else(|| {
         Rejection::Denied("no forwarded header: the source workload is unknown".into())
     })?;
+    // A pod behind a waypoint takes traffic only from it; the waypoint vouches for the
+    // original client (in `forwarded`), having applied the service's L7 policy.
+    if let Some(waypoint) = state.waypoint_guarding(pod.workload.ip) {
+        if peer_id.to_string() == waypoint.identity {
+            return Ok((target, client));
+        }
+        return Err(Rejection::Denied(format!(
+            "{} is behind waypoint {}: traffic must come through it, not from {peer_id}",
+            pod.workload.name, waypoint.name
+        )));
+    }
     let source = state.workload_by_ip(client.ip()).ok_or_else(|| {
         Rejection::Denied(format!(
             "source {} is not a workload of this mesh (peer identity {peer_id})",

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 use weft_core::drain;
 use weft_core::hbone::{ConnectRequest, PoolKey};
+use weft_core::identity::SpiffeId;
 use weft_core::metrics::{Reporter, SecurityPolicy};
 use weft_core::tls;
 
@@ -109,15 +110,31 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
         warn!(%client, %dst, source = %src_id, "early deny: no certificate for the source identity");
         return;
     };
-    let proxy_addr = SocketAddr::new(upstream.workload.ip, weft_core::ports::HBONE);
+    // A waypoint-bound destination: the tunnel goes to the waypoint, addressed to what the
+    // app asked for (the service VIP, or the pod); the waypoint picks the endpoint.
+    let waypoint = state.waypoint_for(dst).cloned();
+    let (proxy_addr, tunnel_id, tunnel_dst) = match &waypoint {
+        Some(w) => match w.identity.parse::<SpiffeId>() {
+            Ok(id) => (SocketAddr::new(w.ip, weft_core::ports::HBONE), id, dst),
+            Err(_) => {
+                warn!(%client, %dst, waypoint = %w.name, "early deny: the waypoint's identity is not a SPIFFE ID");
+                return;
+            }
+        },
+        None => (
+            SocketAddr::new(upstream.workload.ip, weft_core::ports::HBONE),
+            dst_id.clone(),
+            upstream.addr,
+        ),
+    };
     let key = PoolKey {
         source: src_id.clone(),
         proxy: proxy_addr,
-        destination: dst_id.clone(),
+        destination: tunnel_id.clone(),
     };
     // The pod's own address: with eBPF capture the listener saw the client on loopback.
     let request = ConnectRequest {
-        destination: upstream.addr,
+        destination: tunnel_dst,
         client: SocketAddr::new(pod.ip.into(), client.port()),
         traceparent: None,
         baggage: None,
@@ -127,7 +144,7 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
         .pool
         .connect(
             &key,
-            || tls::client_config(&identity.cert, dst_id.clone(), bundle),
+            || tls::client_config(&identity.cert, tunnel_id.clone(), bundle),
             |addr| async move { netns.connect(addr, Some(PROXY_MARK)).await },
             &request,
         )

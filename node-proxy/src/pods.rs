@@ -311,7 +311,7 @@ async fn enroll(
         Inbound::new(inputs.clone(), pod.clone(), hbone).run(global.clone()),
     ));
     run(Box::pin(
-        InboundPlaintext::new(pod.clone(), plaintext).run(watch.clone()),
+        InboundPlaintext::new(inputs.clone(), pod.clone(), plaintext).run(watch.clone()),
     ));
     Ok(Running { pod, net, stop })
 }

@@ -35,6 +35,13 @@ const DEFAULT_BUDGET: RetryBudget = RetryBudget {
     min_per_second: 10,
     window_ms: 10_000,
 };
+/// Budget of retries configured by count (Istio, Gateway API): generous enough that a
+/// backend failing a third of requests is fully retried, yet an outage at most adds half.
+const COUNTED_BUDGET: RetryBudget = RetryBudget {
+    ratio: 0.5,
+    min_per_second: 10,
+    window_ms: 10_000,
+};
 /// Largest request body kept for replay.
 const REPLAY_CAP: u64 = 64 * 1024;
 
@@ -349,7 +356,7 @@ fn istio_retry(r: &istio::HttpRetry) -> Option<Retry> {
         on: retry_on(&conditions),
         backoff_base_ms: base,
         backoff_max_ms: base.saturating_mul(10),
-        budget: Some(DEFAULT_BUDGET),
+        budget: Some(COUNTED_BUDGET),
         max_body_bytes: REPLAY_CAP,
     })
 }
@@ -533,7 +540,7 @@ fn http_route_routes(
                     },
                     backoff_base_ms: base,
                     backoff_max_ms: base.saturating_mul(10),
-                    budget: Some(DEFAULT_BUDGET),
+                    budget: Some(COUNTED_BUDGET),
                     max_body_bytes: REPLAY_CAP,
                 })
             }

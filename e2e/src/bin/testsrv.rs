@@ -1,0 +1,432 @@
+//! `weft-testsrv`: the backend and load client of the waypoint suites.
+//!
+//! `serve`: an HTTP/1.1 + HTTP/2 (h2c) + gRPC server that answers with its name, and can be
+//! told at run time to fail a share of requests, delay, or answer gRPC `UNAVAILABLE`
+//! (`/__set?fail=30&status=503&delay_ms=0&grpc_unavailable=0`); `/__count` says how many
+//! requests it served (control requests excluded).
+//!
+//! `load`: sends N requests (HTTP/1.1, or gRPC over h2c) with a concurrency and headers, and
+//! prints one JSON line: counts by status, by body, by `grpc-status`, and response flags.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve.
+    Serve {
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The name answered (e.g. `v1`).
+        #[arg(long)]
+        name: String,
+    },
+    /// Send requests.
+    Load {
+        /// `http://host:port/path`.
+        #[arg(long)]
+        url: String,
+        /// Requests.
+        #[arg(long, default_value_t = 100)]
+        requests: u64,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 1)]
+        concurrency: u64,
+        /// Extra header `name:value` (repeatable).
+        #[arg(long)]
+        header: Vec<String>,
+        /// Method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request body size in bytes.
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
+        /// Speak gRPC (HTTP/2 prior knowledge, unary call).
+        #[arg(long)]
+        grpc: bool,
+        /// Requests per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Per-request timeout, milliseconds.
+        #[arg(long, default_value_t = 15_000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Default)]
+struct Behaviour {
+    fail_percent: AtomicU64,
+    fail_status: AtomicU64,
+    delay_ms: AtomicU64,
+    grpc_unavailable_percent: AtomicU64,
+    served: AtomicU64,
+    seq: AtomicU64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match args.command {
+        Command::Serve { listen, name } => runtime.block_on(serve(listen, name)),
+        Command::Load {
+            url,
+            requests,
+            concurrency,
+            header,
+            method,
+            body_bytes,
+            grpc,
+            rate,
+            timeout_ms,
+        } => runtime.block_on(load(LoadSpec {
+            url,
+            requests,
+            concurrency,
+            headers: header,
+            method,
+            body_bytes,
+            grpc,
+            rate,
+            timeout: Duration::from_millis(timeout_ms),
+        })),
+    }
+}
+
+fn full(text: impl Into<Bytes>) -> Full<Bytes> {
+    Full::new(text.into())
+}
+
+/// Whether this request (the `seq`-th) is one of `percent` in 100, spread evenly (30: three
+/// of every ten).
+fn chosen(seq: u64, percent: u64) -> bool {
+    percent > 0 && (seq * percent) % 100 < percent
+}
+
+async fn serve(listen: SocketAddr, name: String) -> Result<()> {
+    let behaviour = Arc::new(Behaviour::default());
+    behaviour.fail_status.store(503, Ordering::Relaxed);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (behaviour, name) = (behaviour.clone(), name.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (behaviour, name) = (behaviour.clone(), name.clone());
+                async move { Ok::<_, Infallible>(answer(&behaviour, &name, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(b: &Behaviour, name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if path == "/__count" {
+        return Response::new(full(format!("{}\n", b.served.load(Ordering::Relaxed))));
+    }
+    if path == "/__set" {
+        for pair in req.uri().query().unwrap_or("").split('&') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let v: u64 = v.parse().unwrap_or(0);
+            match k {
+                "fail" => b.fail_percent.store(v, Ordering::Relaxed),
+                "status" => b.fail_status.store(v, Ordering::Relaxed),
+                "delay_ms" => b.delay_ms.store(v, Ordering::Relaxed),
+                "grpc_unavailable" => b.grpc_unavailable_percent.store(v, Ordering::Relaxed),
+                "reset" => b.served.store(0, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+        return Response::new(full("ok\n"));
+    }
+    b.served.fetch_add(1, Ordering::Relaxed);
+    let seq = b.seq.fetch_add(1, Ordering::Relaxed);
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let delay = b.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if grpc {
+        let mut response = Response::new(full(Bytes::new()));
+        response
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().expect("value"));
+        if chosen(seq, b.grpc_unavailable_percent.load(Ordering::Relaxed)) {
+            // Trailers-only response, as gRPC servers answer errors.
+            response
+                .headers_mut()
+                .insert("grpc-status", "14".parse().expect("value"));
+            response
+                .headers_mut()
+                .insert("grpc-message", "unavailable".parse().expect("value"));
+            return response;
+        }
+        response
+            .headers_mut()
+            .insert("grpc-status", "0".parse().expect("value"));
+        response
+            .headers_mut()
+            .insert("x-served-by", name.parse().expect("value"));
+        *response.body_mut() = full(body);
+        return response;
+    }
+    if chosen(seq, b.fail_percent.load(Ordering::Relaxed)) {
+        let status = StatusCode::from_u16(b.fail_status.load(Ordering::Relaxed) as u16)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut response = Response::new(full(format!("{name} failing\n")));
+        *response.status_mut() = status;
+        return response;
+    }
+    let mut response = Response::new(full(format!("{name}\n")));
+    response
+        .headers_mut()
+        .insert("x-served-by", name.parse().expect("value"));
+    response
+}
+
+struct LoadSpec {
+    url: String,
+    requests: u64,
+    concurrency: u64,
+    headers: Vec<String>,
+    method: String,
+    body_bytes: usize,
+    grpc: bool,
+    rate: u64,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct Tally {
+    by_status: BTreeMap<String, u64>,
+    by_body: BTreeMap<String, u64>,
+    by_grpc: BTreeMap<String, u64>,
+    by_flags: BTreeMap<String, u64>,
+    latencies_us: Vec<u64>,
+}
+
+async fn load(spec: LoadSpec) -> Result<()> {
+    let uri: http::Uri = spec.url.parse().context("--url")?;
+    let authority = uri.authority().context("--url needs host:port")?.clone();
+    let addr: SocketAddr = authority
+        .as_str()
+        .parse()
+        .context("--url host must be ip:port")?;
+    let spec = Arc::new(spec);
+    let next = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..spec.concurrency.max(1) {
+        let (spec, next, tally, uri) = (spec.clone(), next.clone(), tally.clone(), uri.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn: Option<Sender> = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= spec.requests {
+                    return;
+                }
+                if spec.rate > 0 {
+                    let at = started + Duration::from_secs_f64(i as f64 / spec.rate as f64);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let t = Instant::now();
+                let result =
+                    tokio::time::timeout(spec.timeout, one(&spec, &uri, addr, &mut conn)).await;
+                let elapsed = t.elapsed().as_micros() as u64;
+                let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(Ok((status, body, grpc, flags))) => {
+                        *tally.by_status.entry(status.to_string()).or_default() += 1;
+                        *tally.by_body.entry(body).or_default() += 1;
+                        if let Some(g) = grpc {
+                            *tally.by_grpc.entry(g).or_default() += 1;
+                        }
+                        if let Some(f) = flags {
+                            *tally.by_flags.entry(f).or_default() += 1;
+                        }
+                        tally.latencies_us.push(elapsed);
+                    }
+                    Ok(Err(e)) => {
+                        conn = None;
+                        *tally.by_status.entry(format!("error: {e}")).or_default() += 1;
+                    }
+                    Err(_) => {
+                        conn = None;
+                        *tally.by_status.entry("timeout".into()).or_default() += 1;
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut tally = Arc::try_unwrap(tally)
+        .map_err(|_| anyhow::anyhow!("workers still running"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    tally.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        let l = &tally.latencies_us;
+        if l.is_empty() {
+            0
+        } else {
+            l[((l.len() as f64 * p) as usize).min(l.len() - 1)]
+        }
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "status": tally.by_status,
+            "body": tally.by_body,
+            "grpc_status": tally.by_grpc,
+            "flags": tally.by_flags,
+            "p50_us": pct(0.5),
+            "p99_us": pct(0.99),
+            "secs": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn one(
+    spec: &LoadSpec,
+    uri: &http::Uri,
+    addr: SocketAddr,
+    conn: &mut Option<Sender>,
+) -> Result<(u16, String, Option<String>, Option<String>)> {
+    if conn.as_ref().is_none_or(|c| match c {
+        Sender::H1(s) => s.is_closed(),
+        Sender::H2(s) => s.is_closed(),
+    }) {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        *conn = Some(if spec.grpc {
+            let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(c);
+            Sender::H2(s)
+        } else {
+            let (s, c) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(c);
+            Sender::H1(s)
+        });
+    }
+    let body = if spec.grpc {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(spec.body_bytes as u32).to_be_bytes());
+        framed.extend(std::iter::repeat_n(b'x', spec.body_bytes));
+        Bytes::from(framed)
+    } else {
+        Bytes::from(vec![b'x'; spec.body_bytes])
+    };
+    let mut request = Request::builder()
+        .method(if spec.grpc {
+            "POST"
+        } else {
+            spec.method.as_str()
+        })
+        .uri(if spec.grpc {
+            uri.to_string()
+        } else {
+            uri.path_and_query()
+                .map_or("/".to_owned(), |p| p.to_string())
+        })
+        .header("host", uri.authority().map_or("", |a| a.as_str()));
+    if spec.grpc {
+        request = request
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
+    for h in &spec.headers {
+        if let Some((k, v)) = h.split_once(':') {
+            request = request.header(k.trim(), v.trim());
+        }
+    }
+    let request = request.body(Full::new(body))?;
+    let response = match conn.as_mut() {
+        Some(Sender::H1(s)) => {
+            s.ready().await?;
+            s.send_request(request).await?
+        }
+        Some(Sender::H2(s)) => {
+            s.ready().await?;
+            s.send_request(request).await?
+        }
+        None => anyhow::bail!("no connection"),
+    };
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut grpc = header("grpc-status");
+    let flags = header("x-weft-response-flags");
+    let collected = response.into_body().collect().await?;
+    if let Some(g) = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+    {
+        grpc = Some(g.to_owned());
+    }
+    let bytes = collected.to_bytes();
+    let body = if spec.grpc {
+        format!("{} bytes", bytes.len())
+    } else {
+        String::from_utf8_lossy(&bytes)
+            .trim()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    Ok((status, body, grpc, flags))
+}
