@@ -208,3 +208,315 @@ fn canary_90_10_split_within_3_points_over_2000_requests() -> Result<()> {
     let _ = (&b.v1, &b.v2);
     Ok(())
 }
+
+/// The guide's DestinationRule subsets for `reviews`, which its retry example refers to.
+const REVIEWS_SUBSETS: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+";
+
+#[test]
+fn retries_hide_a_backend_failing_30_percent_and_per_try_timeouts_cut_at_2s() -> Result<()> {
+    let b = bookinfo("wpretry")?;
+    // The subsets alone change nothing the waypoint does; the retry route that uses them does.
+    b.bed.write_manifest("subsets.yaml", REVIEWS_SUBSETS)?;
+    apply(&b, "retry.yaml", &guide("istio-retry.yaml")?)?;
+
+    // Without retries the client would see 30% 503s: the backend fails 3 of every 10.
+    b.bed.testsrv_set(&b.v1, "fail=30&status=503&reset=1")?;
+    let tally = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews/1"),
+            "--requests",
+            "2000",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    let ok = count(&tally, "status", "200");
+    let served = b.bed.testsrv_count(&b.v1)?;
+    eprintln!("30% failing backend, attempts 3: {ok}/2000 succeeded; backend served {served}");
+    ensure!(
+        ok * 1000 >= 2000 * 995,
+        "success {ok}/2000 (< 99.5%): {tally}"
+    );
+    ensure!(served > 2400, "the backend saw no retries ({served})");
+
+    // A backend that takes 5 s: each try is cut at perTryTimeout (2 s); the request fails
+    // after 1 + 3 tries with 504 and the UT flag.
+    b.bed.testsrv_set(&b.v1, "fail=0&delay_ms=5000&reset=1")?;
+    let started = std::time::Instant::now();
+    let slow = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/slow"),
+            "--requests",
+            "1",
+            "--timeout-ms",
+            "20000",
+        ],
+    )?;
+    let took = started.elapsed();
+    eprintln!("5 s backend, perTryTimeout 2s x 4 tries: {slow} in {took:?}");
+    ensure!(count(&slow, "status", "504") == 1, "{slow}");
+    ensure!(count(&slow, "flags", "UT") == 1, "{slow}");
+    ensure!(
+        took >= std::time::Duration::from_secs(8) && took < std::time::Duration::from_secs(10),
+        "4 tries of 2 s took {took:?}"
+    );
+    ensure!(b.bed.testsrv_count(&b.v1)? == 4, "tries at the backend");
+    Ok(())
+}
+
+#[test]
+fn route_timeout_cuts_a_5s_backend_at_the_configured_time() -> Result<()> {
+    let b = bookinfo("wptimeout")?;
+    apply(
+        &b,
+        "timeout.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - timeout: 1500ms
+    route:
+    - destination:
+        host: reviews
+",
+    )?;
+    b.bed.testsrv_set(&b.v1, "delay_ms=5000")?;
+    b.bed.testsrv_set(&b.v2, "delay_ms=5000")?;
+    let started = std::time::Instant::now();
+    let out = b.bed.exec(
+        &b.client,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            &url("/"),
+        ],
+    )?;
+    let took = started.elapsed();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    eprintln!("route timeout 1500ms against a 5 s backend: {code} after {took:?}");
+    ensure!(code == "504", "curl got {code}");
+    ensure!(
+        took >= std::time::Duration::from_millis(1400)
+            && took < std::time::Duration::from_millis(2500),
+        "cut after {took:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_retry_budget_caps_extra_load_when_the_backend_fails_everything() -> Result<()> {
+    let mut bed = TestBed::new("wpbudget", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let server = bed
+        .pod("my-service-1")
+        .namespace("default")
+        .label("app", "my-service")
+        .on_node(1)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service(
+        "my-service",
+        "default",
+        "10.96.0.40".parse()?,
+        80,
+        8080,
+        &[&server],
+    );
+    bed.use_waypoint("default", "my-service", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&server, "my-service")?;
+    let b = Bookinfo {
+        client: client.clone(),
+        v1: server.clone(),
+        v2: server.clone(),
+        waypoint,
+        bed,
+    };
+    apply(&b, "retry.yaml", &guide("linkerd-retry.yaml")?)?;
+    b.bed.testsrv_set(&server, "fail=100&status=503&reset=1")?;
+    // 1,000 POSTs at 250/s to the retryable route: the budget (retryRatio 0.2, plus 10/s
+    // over its 10 s window) allows about 300 retries where 3 attempts each would be 3,000.
+    let tally = b.bed.load(
+        &client,
+        &[
+            "--url",
+            "http://10.96.0.40:80/api/items",
+            "--method",
+            "POST",
+            "--requests",
+            "1000",
+            "--rate",
+            "250",
+            "--concurrency",
+            "8",
+        ],
+    )?;
+    let served = b.bed.testsrv_count(&server)?;
+    eprintln!("backend failing 100%: clients sent 1000, backend served {served} ({tally})");
+    ensure!(count(&tally, "status", "503") == 1000, "{tally}");
+    ensure!(
+        served <= 1000 + 200 + 100 + 10,
+        "the budget let {} retries through",
+        served - 1000
+    );
+    ensure!(
+        served >= 1000 + 150,
+        "retries were not attempted at all ({served})"
+    );
+    Ok(())
+}
+
+#[test]
+fn authorization_policy_allows_get_from_productpage_and_denies_the_rest() -> Result<()> {
+    let mut bed = TestBed::new("wpauthz", 2)?;
+    bed.with_controller();
+    let productpage = bed
+        .pod("productpage")
+        .namespace("default")
+        .service_account("bookinfo-productpage")
+        .on_node(0)
+        .add()?;
+    let other = bed
+        .pod("ratings")
+        .namespace("default")
+        .service_account("bookinfo-ratings")
+        .on_node(0)
+        .add()?;
+    let v1 = bed
+        .pod("reviews-v1")
+        .namespace("default")
+        .service_account("reviews")
+        .label("app", "reviews")
+        .on_node(1)
+        .add()?;
+    let waypoint = bed.waypoint("reviews-waypoint", "default", 1)?;
+    bed.service(
+        "reviews",
+        "default",
+        REVIEWS_VIP.parse()?,
+        9080,
+        8080,
+        &[&v1],
+    );
+    bed.use_waypoint("default", "reviews", Some("reviews-waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&v1, "v1")?;
+    let b = Bookinfo {
+        client: productpage.clone(),
+        v1: v1.clone(),
+        v2: v1.clone(),
+        waypoint,
+        bed,
+    };
+    apply(&b, "security.yaml", &guide("istio-security.yaml")?)?;
+    let code = |pod: &Pod, method: &str| -> Result<(String, String)> {
+        let out = b.bed.exec(
+            pod,
+            &[
+                "curl",
+                "-sS",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                "--max-time",
+                "5",
+                &url("/reviews/1"),
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        Ok((code.to_owned(), body.to_owned()))
+    };
+    let (get, _) = code(&productpage, "GET")?;
+    let (post, post_body) = code(&productpage, "POST")?;
+    let (stranger, stranger_body) = code(&other, "GET")?;
+    eprintln!(
+        "GET from productpage {get}; POST {post} ({post_body}); GET from ratings {stranger} ({stranger_body})"
+    );
+    ensure!(get == "200", "GET from productpage: {get}");
+    ensure!(
+        post == "403" && post_body.contains("RBAC: access denied"),
+        "POST: {post} {post_body}"
+    );
+    ensure!(
+        stranger == "403" && stranger_body.contains("bookinfo-ratings"),
+        "GET from another principal: {stranger} {stranger_body}"
+    );
+    Ok(())
+}
+
+#[test]
+fn grpc_unavailable_is_retried() -> Result<()> {
+    let b = bookinfo("wpgrpc")?;
+    apply(
+        &b,
+        "grpc.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+    retries:
+      attempts: 3
+      retryOn: unavailable
+",
+    )?;
+    for pod in [&b.v1, &b.v2] {
+        b.bed.testsrv_set(pod, "grpc_unavailable=30&reset=1")?;
+    }
+    // Without the waypoint's retries, 30% of calls would end UNAVAILABLE (14).
+    let tally = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews.Reviews/Get"),
+            "--grpc",
+            "--body-bytes",
+            "64",
+            "--requests",
+            "500",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    let served = b.bed.testsrv_count(&b.v1)? + b.bed.testsrv_count(&b.v2)?;
+    eprintln!("gRPC with 30% UNAVAILABLE: {tally}; backends served {served}");
+    ensure!(count(&tally, "grpc_status", "0") >= 498, "{tally}");
+    ensure!(served > 600, "no retries reached the backends ({served})");
+    Ok(())
+}
