@@ -520,3 +520,260 @@ spec:
     ensure!(served > 600, "no retries reached the backends ({served})");
     Ok(())
 }
+
+/// `httpbin` with two endpoints behind a waypoint.
+fn httpbin(label: &str) -> Result<(Bookinfo, Pod)> {
+    let mut bed = TestBed::new(label, 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let a = bed
+        .pod("httpbin-a")
+        .namespace("default")
+        .service_account("httpbin")
+        .label("app", "httpbin")
+        .on_node(1)
+        .add()?;
+    let b2 = bed
+        .pod("httpbin-b")
+        .namespace("default")
+        .service_account("httpbin")
+        .label("app", "httpbin")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service(
+        "httpbin",
+        "default",
+        "10.96.0.50".parse()?,
+        8000,
+        8080,
+        &[&a, &b2],
+    );
+    bed.use_waypoint("default", "httpbin", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&a, "a")?;
+    bed.serve_testsrv(&b2, "b")?;
+    Ok((
+        Bookinfo {
+            bed,
+            client: client.clone(),
+            v1: a,
+            v2: b2,
+            waypoint,
+        },
+        client,
+    ))
+}
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back_after_30s() -> Result<()> {
+    let (b, client) = httpbin("wpeject")?;
+    apply(&b, "cb.yaml", &guide("istio-circuit-breaker.yaml")?)?;
+    let httpbin = "http://10.96.0.50:8000/get";
+    b.bed.testsrv_set(&b.v1, "fail=100&status=503&reset=1")?;
+    // consecutiveGatewayFailure: 5 — a few 503s reach the client, then endpoint a is ejected
+    // (one of two: within maxEjectionPercent 50 and minHealthPercent 40).
+    let first = b
+        .bed
+        .load(&client, &["--url", httpbin, "--requests", "40"])?;
+    let failures_seen = b.bed.testsrv_count(&b.v1)?;
+    eprintln!("while a fails: {first}; a served {failures_seen}");
+    ensure!(
+        failures_seen == 5,
+        "a served {failures_seen} requests before ejection, not 5"
+    );
+    let after = b
+        .bed
+        .load(&client, &["--url", httpbin, "--requests", "50"])?;
+    ensure!(count(&after, "body", "b") == 50, "after ejection: {after}");
+    ensure!(
+        b.bed.testsrv_count(&b.v1)? == 5,
+        "ejected endpoint got traffic"
+    );
+
+    // a recovers; baseEjectionTime 30s later it takes traffic again.
+    b.bed.testsrv_set(&b.v1, "fail=0")?;
+    std::thread::sleep(std::time::Duration::from_secs(31));
+    let back = b
+        .bed
+        .load(&client, &["--url", httpbin, "--requests", "50"])?;
+    eprintln!("after the ejection time: {back}");
+    ensure!(count(&back, "body", "a") > 0, "a did not come back: {back}");
+    ensure!(count(&back, "status", "200") == 50, "{back}");
+    Ok(())
+}
+
+#[test]
+fn pool_limits_answer_503_with_the_uo_flag() -> Result<()> {
+    let (b, client) = httpbin("wppool")?;
+    apply(
+        &b,
+        "pool.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 1
+      http:
+        http1MaxPendingRequests: 1
+",
+    )?;
+    for pod in [&b.v1, &b.v2] {
+        b.bed.testsrv_set(pod, "delay_ms=300")?;
+    }
+    // 10 at once against 1 connection + 1 pending: most overflow.
+    let tally = b.bed.load(
+        &client,
+        &[
+            "--url",
+            "http://10.96.0.50:8000/get",
+            "--requests",
+            "10",
+            "--concurrency",
+            "10",
+        ],
+    )?;
+    eprintln!("10 concurrent requests, maxConnections 1, pending 1: {tally}");
+    let (ok, overflow) = (count(&tally, "status", "200"), count(&tally, "flags", "UO"));
+    ensure!(ok >= 1 && ok <= 3, "{tally}");
+    ensure!(
+        overflow + ok == 10 && count(&tally, "status", "503") == overflow,
+        "{tally}"
+    );
+    let metrics = b.bed.waypoint_metrics(&b.waypoint)?;
+    let counted = metric_sum(
+        &metrics,
+        "weft_requests_total",
+        &[("response_code", "503"), ("response_flags", "UO")],
+    );
+    ensure!(
+        counted == overflow as f64,
+        "waypoint metrics count {counted} UO"
+    );
+    Ok(())
+}
+
+#[test]
+fn peer_authentication_strict_permissive_and_disable() -> Result<()> {
+    let mut bed = TestBed::new("wppeer", 2)?;
+    bed.with_controller();
+    let outsider = bed
+        .pod("outsider")
+        .namespace("legacy")
+        .not_enrolled()
+        .on_node(0)
+        .add()?;
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let app = bed
+        .pod("my-app-1")
+        .namespace("default")
+        .label("app", "my-app")
+        .on_node(1)
+        .add()?;
+    let legacy = bed
+        .pod("legacy-app-1")
+        .namespace("default")
+        .label("app", "legacy-app")
+        .on_node(1)
+        .add()?;
+    bed.start()?;
+    bed.serve_testsrv(&app, "my-app")?;
+    bed.serve_testsrv(&legacy, "legacy")?;
+    let get = |from: &Pod, to: &Pod| -> Result<bool> {
+        let out = bed.exec(
+            from,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://{}:8080/", to.ip),
+            ],
+        )?;
+        Ok(out.status.success())
+    };
+    let docs: Vec<String> = guide("istio-mtls.yaml")?
+        .split("\n---\n")
+        .map(str::to_owned)
+        .collect();
+    let wait_for = |needle: &str| -> Result<()> {
+        let mark = bed.proxy_log(1).len();
+        let _ = bed.wait_log(1, mark, needle, std::time::Duration::from_secs(3));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(())
+    };
+
+    // STRICT (the guide's strict-mtls): plaintext from outside the mesh is refused; the
+    // enrolled client still gets through over mTLS.
+    bed.write_manifest("peer.yaml", &docs[0])?;
+    wait_for("config update applied")?;
+    ensure!(!get(&outsider, &app)?, "STRICT let plaintext through");
+    ensure!(get(&client, &app)?, "mTLS client refused under STRICT");
+
+    // PERMISSIVE: both.
+    bed.write_manifest("peer.yaml", &docs[1])?;
+    wait_for("config update applied")?;
+    ensure!(get(&outsider, &app)?, "PERMISSIVE refused plaintext");
+    ensure!(get(&client, &app)?, "PERMISSIVE refused mTLS");
+    let plaintext_seen = metric_sum(
+        &bed.metrics(1)?,
+        "weft_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "none"),
+        ],
+    );
+    ensure!(
+        plaintext_seen >= 1.0,
+        "PERMISSIVE plaintext not counted as none"
+    );
+
+    // DISABLE on legacy-app: plain TCP both ways, no HBONE to it; the source reports none.
+    bed.write_manifest("peer.yaml", &docs[2])?;
+    wait_for("config update applied")?;
+    let before = bed.metrics(0)?;
+    ensure!(
+        get(&client, &legacy)?,
+        "enrolled client to DISABLE workload failed"
+    );
+    ensure!(
+        get(&outsider, &legacy)?,
+        "plaintext to DISABLE workload failed"
+    );
+    let after = bed.metrics(0)?;
+    let none = |m| {
+        metric_sum(
+            m,
+            "weft_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("destination_workload", "legacy-app-1"),
+                ("connection_security_policy", "none"),
+            ],
+        )
+    };
+    let mtls = |m| {
+        metric_sum(
+            m,
+            "weft_tcp_connections_opened_total",
+            &[
+                ("destination_workload", "legacy-app-1"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        )
+    };
+    ensure!(
+        none(&after) - none(&before) == 1.0,
+        "DISABLE not reported as connection_security_policy=none"
+    );
+    ensure!(
+        mtls(&after) == mtls(&before),
+        "HBONE still used to the DISABLE workload"
+    );
+    Ok(())
+}
