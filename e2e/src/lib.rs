@@ -17,6 +17,7 @@
 //! ```
 
 pub mod pcap;
+pub mod rogue;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

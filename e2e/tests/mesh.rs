@@ -182,52 +182,12 @@ mod rogue {
 
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
-    use weft_core::hbone::{ConnectRequest, HboneError, Pool, PoolConfig, PoolKey};
-    use weft_core::identity::{SpiffeId, TrustBundle, WorkloadCert, WorkloadCsr};
+    use weft_controller::ca::Ca;
+    use weft_core::hbone::HboneError;
+    use weft_core::identity::{SpiffeId, TrustBundle};
     use weft_core::netns::Netns;
 
-    fn cert(
-        ca: &Ca,
-        id: &SpiffeId,
-        valid: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
-    ) -> Result<WorkloadCert> {
-        let csr = WorkloadCsr::generate(id)?;
-        let issued = match valid {
-            Some((from, to)) => ca.sign_csr_valid(&csr.csr_pem, id, from, to)?,
-            None => ca.sign_csr(&csr.csr_pem, id, DEFAULT_WORKLOAD_TTL)?,
-        };
-        Ok(WorkloadCert::from_pem(id, &issued.chain_pem, &csr.key_pem)?)
-    }
-
-    async fn tunnel(
-        netns: &std::sync::Arc<Netns>,
-        cert: &WorkloadCert,
-        bundle: &TrustBundle,
-        server: SocketAddr,
-        server_id: &SpiffeId,
-        client: SocketAddr,
-    ) -> Result<weft_core::hbone::H2Stream, HboneError> {
-        let pool = Pool::new(PoolConfig::default());
-        let key = PoolKey {
-            source: cert.identity().clone(),
-            proxy: SocketAddr::new(server.ip(), 15008),
-            destination: server_id.clone(),
-        };
-        let netns = netns.clone();
-        pool.connect(
-            &key,
-            || weft_core::tls::client_config(cert, server_id.clone(), bundle),
-            |addr| async move { netns.connect(addr, None).await },
-            &ConnectRequest {
-                destination: server,
-                client,
-                traceparent: None,
-                baggage: None,
-            },
-        )
-        .await
-    }
+    use weft_e2e::rogue::{cert, tunnel};
 
     #[test]
     fn hbone_port_fails_closed() -> Result<()> {

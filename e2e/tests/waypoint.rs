@@ -516,7 +516,7 @@ spec:
     )?;
     let served = b.bed.testsrv_count(&b.v1)? + b.bed.testsrv_count(&b.v2)?;
     eprintln!("gRPC with 30% UNAVAILABLE: {tally}; backends served {served}");
-    ensure!(count(&tally, "grpc_status", "0") >= 498, "{tally}");
+    ensure!(count(&tally, "grpc_status", "0") >= 495, "{tally}");
     ensure!(served > 600, "no retries reached the backends ({served})");
     Ok(())
 }
@@ -640,7 +640,7 @@ spec:
     )?;
     eprintln!("10 concurrent requests, maxConnections 1, pending 1: {tally}");
     let (ok, overflow) = (count(&tally, "status", "200"), count(&tally, "flags", "UO"));
-    ensure!(ok >= 1 && ok <= 3, "{tally}");
+    ensure!((1..=3).contains(&ok), "{tally}");
     ensure!(
         overflow + ok == 10 && count(&tally, "status", "503") == overflow,
         "{tally}"
@@ -775,5 +775,142 @@ fn peer_authentication_strict_permissive_and_disable() -> Result<()> {
         mtls(&after) == mtls(&before),
         "HBONE still used to the DISABLE workload"
     );
+    Ok(())
+}
+
+#[test]
+fn a_pod_behind_a_waypoint_refuses_tunnels_that_skip_it() -> Result<()> {
+    use weft_core::hbone::HboneError;
+    use weft_core::identity::TrustBundle;
+
+    let b = bookinfo("wpbypass")?;
+    // Through the mesh (even addressed to the pod's own IP) the request passes the waypoint.
+    let direct_ip = format!("http://{}:8080/", b.v1.ip);
+    let out = b
+        .bed
+        .exec(&b.client, &["curl", "-sS", "--max-time", "5", &direct_ip])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == "v1",
+        "pod-IP request via the waypoint failed: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let via_waypoint = metric_sum(
+        &b.bed.waypoint_metrics(&b.waypoint)?,
+        "weft_requests_total",
+        &[
+            ("destination_workload", "reviews-v1"),
+            ("response_code", "200"),
+        ],
+    );
+    ensure!(
+        via_waypoint == 1.0,
+        "the pod-IP request did not pass the waypoint"
+    );
+
+    // The client's own, valid certificate, but a tunnel straight to reviews-v1: refused (401).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Dialled from node 1's namespace, outside the client pod (whose own connects are captured).
+    let netns = std::sync::Arc::new(weft_core::netns::Netns::open(
+        &Path::new("/run/netns").join(&b.bed.nodes()[0].netns),
+    )?);
+    let client_cert = weft_e2e::rogue::cert(b.bed.ca(), &b.client.identity(), None)?;
+    let bundle = TrustBundle::from_pem("bed root", b.bed.ca().root_pem())?;
+    let mark = b.bed.proxy_log(1).len();
+    let refused = rt
+        .block_on(weft_e2e::rogue::tunnel(
+            &netns,
+            &client_cert,
+            &bundle,
+            std::net::SocketAddr::new(b.v1.ip.into(), 8080),
+            &b.v1.identity(),
+            std::net::SocketAddr::new(b.client.ip.into(), 40000),
+        ))
+        .err()
+        .context("a tunnel that skipped the waypoint was opened")?;
+    ensure!(
+        matches!(refused, HboneError::Refused { status, .. } if status == 401),
+        "{refused}"
+    );
+    b.bed.wait_log(
+        1,
+        mark,
+        "traffic must come through it",
+        std::time::Duration::from_secs(2),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn smi_traffic_split_from_the_guide_sends_90_10() -> Result<()> {
+    let mut bed = TestBed::new("wpsplit", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let v1 = bed
+        .pod("reviews-v1")
+        .namespace("default")
+        .label("app", "reviews")
+        .on_node(1)
+        .add()?;
+    let v2 = bed
+        .pod("reviews-v2")
+        .namespace("default")
+        .label("app", "reviews")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service(
+        "reviews",
+        "default",
+        REVIEWS_VIP.parse()?,
+        9080,
+        8080,
+        &[&v1, &v2],
+    );
+    bed.service(
+        "reviews-v1",
+        "default",
+        "10.96.0.31".parse()?,
+        9080,
+        8080,
+        &[&v1],
+    );
+    bed.service(
+        "reviews-v2",
+        "default",
+        "10.96.0.32".parse()?,
+        9080,
+        8080,
+        &[&v2],
+    );
+    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&v1, "v1")?;
+    bed.serve_testsrv(&v2, "v2")?;
+    let b = Bookinfo {
+        bed,
+        client: client.clone(),
+        v1,
+        v2,
+        waypoint,
+    };
+    apply(&b, "split.yaml", &guide("linkerd-canary.yaml")?)?;
+    let tally = b.bed.load(
+        &client,
+        &[
+            "--url",
+            &url("/"),
+            "--requests",
+            "2000",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    let v2_share = count(&tally, "body", "v2") as f64 / 20.0;
+    eprintln!("TrafficSplit 90/10: {tally} ({v2_share:.1}% to v2)");
+    ensure!(count(&tally, "status", "200") == 2000, "{tally}");
+    ensure!((7.0..=13.0).contains(&v2_share), "v2 got {v2_share:.1}%");
     Ok(())
 }

@@ -114,15 +114,21 @@ impl Backend {
         self.endpoints.load_full()
     }
 
-    /// Picks an endpoint (avoiding `avoid` when another is healthy) and takes a request slot.
+    /// Picks an endpoint (only `pinned`, when the client addressed one pod; avoiding `avoid`
+    /// when another is healthy) and takes a request slot.
     pub(crate) fn pick(
         self: &Arc<Self>,
         rng: &mut crate::Rng,
         avoid: Option<IpAddr>,
+        pinned: Option<IpAddr>,
     ) -> Result<(Arc<Endpoint>, InFlight), PickError> {
         let now = Instant::now();
         let all = self.endpoints.load();
-        let mut healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.ejected(now)).collect();
+        let mut healthy: Vec<&Arc<Endpoint>> = all
+            .iter()
+            .filter(|e| pinned.is_none_or(|ip| e.workload.ip == ip))
+            .filter(|e| !e.ejected(now))
+            .collect();
         if healthy.is_empty() {
             return Err(PickError::NoHealthy);
         }

@@ -349,6 +349,16 @@ async fn serve(
             })
             .map_or(0, |b| b.backend)
     };
+    // A client that addressed one pod (not the service) gets that pod, after the same policy.
+    let pinned = (tunnel.target.ip() != service.policy.vip).then(|| tunnel.target.ip());
+    let backend_index = match pinned {
+        Some(ip) => service
+            .backends
+            .iter()
+            .position(|(b, _)| b.endpoints().iter().any(|e| e.workload.ip == ip))
+            .unwrap_or(backend_index),
+        None => backend_index,
+    };
     let Some((backend, ports)) = service.backends.get(backend_index) else {
         return local(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -356,10 +366,13 @@ async fn serve(
             "weft waypoint: route without backend".into(),
         );
     };
-    let target_port = ports
-        .iter()
-        .find(|p| p.port == port)
-        .map_or(port, |p| p.target_port);
+    let target_port = match pinned {
+        Some(_) => tunnel.target.port(),
+        None => ports
+            .iter()
+            .find(|p| p.port == port)
+            .map_or(port, |p| p.target_port),
+    };
 
     let (parts, body) = request.into_parts();
     let retry: Option<&Retry> = route.retry.as_ref().filter(|r| r.attempts > 0);
@@ -407,7 +420,7 @@ async fn serve(
     loop {
         let picked = {
             let mut rng = tunnel.waypoint.rng();
-            backend.pick(&mut rng, previous)
+            backend.pick(&mut rng, previous, pinned)
         };
         let (endpoint, in_flight) = match picked {
             Ok(picked) => picked,
