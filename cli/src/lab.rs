@@ -1,6 +1,7 @@
 //! The lab: the embedded default of Weft. Two nodes, a controller reading Kubernetes manifests
 //! from a directory, pods in the ambient namespace `shop`, one pod outside the mesh, sample HTTP
-//! services behind VIPs, traffic, and a summary read from the node proxies' own metrics.
+//! services behind VIPs, a waypoint applying the guide's VirtualService to `reviews` in
+//! `default`, traffic, and a summary read from the proxies' own metrics.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -98,6 +99,28 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         .on_node(1)
         .not_enrolled()
         .add()?;
+    // L7: the guide's bookinfo reviews, v1 and v2, behind a waypoint, in `default` (where the
+    // guide's YAML lands when applied without a namespace).
+    let l7_v1 = bed
+        .pod("reviews-v1")
+        .namespace("default")
+        .service_account("reviews")
+        .label("app", "reviews")
+        .label("version", "v1")
+        .on_node(1)
+        .add()?;
+    let l7_v2 = bed
+        .pod("reviews-v2")
+        .namespace("default")
+        .service_account("reviews")
+        .label("app", "reviews")
+        .label("version", "v2")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("reviews-waypoint", "default", 1)?;
+    let l7_vip = Ipv4Addr::new(10, 96, 0, 30);
+    bed.service("reviews", "default", l7_vip, 9080, 8080, &[&l7_v1, &l7_v2]);
+    bed.use_waypoint("default", "reviews", Some("reviews-waypoint"))?;
     let services = [
         Svc {
             name: "details",
@@ -119,6 +142,9 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         bed.service(svc.name, "shop", svc.vip, 9080, 8080, &[&svc.pod]);
     }
     bed.start().context("starting the node proxies")?;
+    bed.serve_testsrv(&l7_v1, "reviews-v1")?;
+    bed.serve_testsrv(&l7_v2, "reviews-v2")?;
+    bed.write_manifest("istio-traffic-management.yaml", GUIDE_TRAFFIC)?;
     for svc in &services {
         let body = format!(
             "{{\"service\":\"{}\",\"pod\":\"{}\"}}\n",
@@ -151,6 +177,42 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             "refused (STRICT mTLS)"
         }
     );
+
+    // L7 through the waypoint: the guide's VirtualService sends end-user: jason to v2.
+    std::thread::sleep(Duration::from_millis(300));
+    let url = format!("http://{l7_vip}:9080/reviews/1");
+    let mut answers: BTreeMap<(&str, String), u32> = BTreeMap::new();
+    for (who, header) in [
+        ("jason", "end-user: jason"),
+        ("anyone else", "end-user: alice"),
+    ] {
+        for _ in 0..args.requests {
+            let out = bed.exec(
+                &productpage,
+                &["curl", "-sS", "--max-time", "5", "-H", header, &url],
+            )?;
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            *answers.entry((who, body)).or_default() += 1;
+        }
+    }
+    println!(
+        "\nL7: productpage -> reviews.default through reviews-waypoint, with the guide's \
+         VirtualService (end-user: jason -> v2, the rest -> v1):"
+    );
+    for ((who, body), n) in &answers {
+        println!("  as {who}: {n} answered by {body}");
+    }
+    let l7_ok = answers.get(&("jason", "reviews-v2".to_owned())) == Some(&args.requests)
+        && answers.get(&("anyone else", "reviews-v1".to_owned())) == Some(&args.requests);
+    let waypoint_metrics = bed.waypoint_metrics(&waypoint)?;
+    println!(
+        "  the waypoint counted {} requests (weft_requests_total, reporter=waypoint)",
+        metric_sum(
+            &waypoint_metrics,
+            "weft_requests_total",
+            &[("reporter", "waypoint")]
+        )
+    );
     std::thread::sleep(Duration::from_millis(200));
 
     println!("\nWhat talked to what (reported by the source node proxy):");
@@ -168,12 +230,19 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
                     .unwrap_or("?")
                     .to_owned()
             };
-            let key = (label("source_workload"), label("destination_workload"));
+            let (src_ns, dst_ns) = (
+                label("source_workload_namespace"),
+                label("destination_workload_namespace"),
+            );
+            let (src, dst) = (label("source_workload"), label("destination_workload"));
             let filter = [
                 ("reporter", "source"),
-                ("source_workload", key.0.as_str()),
-                ("destination_workload", key.1.as_str()),
+                ("source_workload", src.as_str()),
+                ("source_workload_namespace", src_ns.as_str()),
+                ("destination_workload", dst.as_str()),
+                ("destination_workload_namespace", dst_ns.as_str()),
             ];
+            let key = (format!("{src_ns}/{src}"), format!("{dst_ns}/{dst}"));
             rows.insert(
                 key.clone(),
                 (
@@ -206,6 +275,11 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
     ensure!(
         !legacy_ok,
         "plaintext from outside the mesh reached an enrolled pod"
+    );
+    ensure!(
+        l7_ok,
+        "the waypoint did not route as the VirtualService says; logs in {}",
+        bed.dir().display()
     );
 
     if stopped() {
@@ -257,6 +331,9 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
     drop(bed);
     Ok(())
 }
+
+/// The guide's traffic-management example, applied unchanged.
+const GUIDE_TRAFFIC: &str = include_str!("../../examples/guide/istio-traffic-management.yaml");
 
 /// Forwards connections from a loopback port of this namespace to `target` inside `netns`.
 async fn forward(

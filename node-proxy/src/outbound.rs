@@ -156,10 +156,19 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
             return;
         }
     };
+    // Through a waypoint, the peer this proxy talked to is the waypoint: it picks the endpoint.
+    let waypoint_workload = waypoint.as_ref().and_then(|w| state.workload_by_ip(w.ip));
+    let reached = match &waypoint {
+        Some(_) => Peer {
+            workload: waypoint_workload.map(|w| &**w),
+            identity: Some(&tunnel_id),
+        },
+        None => destination,
+    };
     let labels = tcp_labels(
         Reporter::source,
         &source,
-        &destination,
+        &reached,
         upstream.service.as_deref(),
         SecurityPolicy::mutual_tls,
     );
