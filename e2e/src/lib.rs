@@ -165,6 +165,8 @@ pub struct TestBed {
     waypoints: Vec<Pod>,
     /// Labels on services (`weft.io/use-waypoint`), by (namespace, name).
     service_labels: BTreeMap<(String, String), Vec<(String, String)>>,
+    /// Running waypoints' process ids.
+    waypoint_pids: BTreeMap<(String, String), u32>,
 }
 
 /// A long-lived connection started by [`TestBed::long_lived_connection`].
@@ -259,6 +261,7 @@ impl TestBed {
             ambient: BTreeMap::new(),
             waypoints: Vec::new(),
             service_labels: BTreeMap::new(),
+            waypoint_pids: BTreeMap::new(),
         };
         bed.add_netns(&bed.fabric.clone())?;
         let fabric = bed.fabric.clone();
@@ -1074,6 +1077,8 @@ spec:
             .stderr(log)
             .spawn()
             .context("starting weft-waypoint (run `cargo build --workspace --bins` first)")?;
+        self.waypoint_pids
+            .insert((w.namespace.clone(), w.name.clone()), child.id());
         self.children.push(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -1093,6 +1098,13 @@ spec:
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The waypoint's process id, once started.
+    pub fn waypoint_pid(&self, w: &Pod) -> Option<u32> {
+        self.waypoint_pids
+            .get(&(w.namespace.clone(), w.name.clone()))
+            .copied()
     }
 
     /// The waypoint's log file.

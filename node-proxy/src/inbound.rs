@@ -63,6 +63,8 @@ async fn serve_connection(
         warn!(identity = %local_id, "early deny: no certificate for this pod's identity");
         return;
     };
+    // Small frames (a response's HEADERS, a WINDOW_UPDATE) must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
     let mut incoming = match hbone::accept(
         stream,
         identity.server.clone(),

@@ -1,0 +1,156 @@
+//! `weft-waypoint-bench`: HTTP at a fixed request rate with no mesh, through the node proxies
+//! (L4), and through the node proxies and a waypoint (L4 + L7), in one run; latency
+//! percentiles as ratios to no mesh, and the waypoint's CPU and RSS.
+//!
+//! Run as root, with release binaries: `cargo build --release --workspace --bins &&
+//! ./target/release/weft-waypoint-bench [--rate 1000 --secs 10 --body-bytes 1024]`.
+//! The load client is `weft-testsrv load` in a pod (captured like any app), the server
+//! `weft-testsrv serve`; requests are POSTs of `--body-bytes` answered with a short body. The
+//! latency is measured per request from send to the end of the response (no correction for
+//! coordinated omission: the client keeps `--concurrency` requests in flight at most).
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use weft_e2e::TestBed;
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Request body size.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, rss))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut bed = TestBed::new("wpbench", 2)?;
+    bed.with_controller();
+    let plain_client = bed
+        .pod("plain-client")
+        .namespace("plain")
+        .not_enrolled()
+        .on_node(0)
+        .add()?;
+    let plain_server = bed
+        .pod("plain-server")
+        .namespace("plain")
+        .not_enrolled()
+        .on_node(1)
+        .add()?;
+    let client = bed.pod("client").namespace("bench").on_node(0).add()?;
+    let l4 = bed.pod("server-l4").namespace("bench").on_node(1).add()?;
+    let l7 = bed.pod("server-l7").namespace("bench").on_node(1).add()?;
+    let waypoint = bed.waypoint("waypoint", "bench", 1)?;
+    bed.service("l4", "bench", "10.96.1.4".parse()?, 80, 8080, &[&l4]);
+    bed.service("l7", "bench", "10.96.1.7".parse()?, 80, 8080, &[&l7]);
+    bed.use_waypoint("bench", "l7", Some("waypoint"))?;
+    bed.start()?;
+    for (pod, name) in [(&plain_server, "plain"), (&l4, "l4"), (&l7, "l7")] {
+        bed.serve_testsrv(pod, name)?;
+    }
+    let requests = (args.rate * args.secs).to_string();
+    let (rate, conc, body) = (
+        args.rate.to_string(),
+        args.concurrency.to_string(),
+        args.body_bytes.to_string(),
+    );
+    let run = |from, url: &str| {
+        bed.load(
+            from,
+            &[
+                "--url",
+                url,
+                "--method",
+                "POST",
+                "--requests",
+                &requests,
+                "--rate",
+                &rate,
+                "--concurrency",
+                &conc,
+                "--body-bytes",
+                &body,
+            ],
+        )
+    };
+    // Warm up connections and the waypoint's pools.
+    let _ = bed.load(
+        &client,
+        &["--url", "http://10.96.1.7:80/", "--requests", "200"],
+    )?;
+    let waypoint_pid = bed.waypoint_pid(&waypoint).context("waypoint pid")?;
+    let rss_idle = proc_stat(waypoint_pid).map_or(0, |s| s.1);
+
+    let plain = run(&plain_client, &format!("http://{}:8080/", plain_server.ip))?;
+    let mesh_l4 = run(&client, "http://10.96.1.4:80/")?;
+    let before = proc_stat(waypoint_pid).context("waypoint stat")?;
+    let mesh_l7 = run(&client, "http://10.96.1.7:80/")?;
+    let after = proc_stat(waypoint_pid).context("waypoint stat")?;
+    let cpu = after.0 - before.0;
+    let secs = mesh_l7["secs"].as_f64().unwrap_or(1.0);
+
+    let ok = |v: &serde_json::Value| v["status"]["200"].as_u64().unwrap_or(0);
+    let us = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    println!(
+        "{} requests/s of {} B for {} s each (concurrency {}), 2 vCPUs shared by everything",
+        args.rate, args.body_bytes, args.secs, args.concurrency
+    );
+    println!("| path | ok | p50 (µs) | p99 (µs) | p50 added | p99 added |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, v) in [
+        ("no mesh", &plain),
+        ("L4 (node proxies)", &mesh_l4),
+        ("L4 + waypoint", &mesh_l7),
+    ] {
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:+.0} µs ({:.2}x) | {:+.0} µs ({:.2}x) |",
+            ok(v),
+            us(v, "p50_us"),
+            us(v, "p99_us"),
+            us(v, "p50_us") - us(&plain, "p50_us"),
+            us(v, "p50_us") / us(&plain, "p50_us").max(1.0),
+            us(v, "p99_us") - us(&plain, "p99_us"),
+            us(v, "p99_us") / us(&plain, "p99_us").max(1.0),
+        );
+    }
+    println!(
+        "waypoint: {:.3} CPU-seconds per second at {} req/s ({:.1} µs CPU per request); RSS {:.1} MiB idle, {:.1} MiB after the run",
+        cpu / secs,
+        args.rate,
+        cpu / (ok(&mesh_l7).max(1) as f64) * 1e6,
+        rss_idle as f64 / 1024.0,
+        after.1 as f64 / 1024.0
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "rate": args.rate, "body_bytes": args.body_bytes, "secs": args.secs,
+            "no_mesh": plain, "l4": mesh_l4, "l4_waypoint": mesh_l7,
+            "waypoint_cpu_s_per_s": cpu / secs, "waypoint_rss_kib": after.1,
+        })
+    );
+    Ok(())
+}
