@@ -349,7 +349,29 @@ impl Source {
 fn publish_from(objects: &model::Objects, trust_domain: &str, root_pem: &str) -> Published {
     let mesh = model::mesh_config(objects, trust_domain);
     let resources = weft_core::api::resources(&mesh, root_pem);
-    Published { mesh, resources }
+    let waypoints = model::l7::running_waypoints(objects)
+        .into_iter()
+        .map(|w| {
+            (
+                format!(
+                    "{}{}.{}",
+                    weft_controller::grpc::WAYPOINT_PREFIX,
+                    w.key.namespace,
+                    w.key.name
+                ),
+                weft_core::identity::SpiffeId::new(
+                    trust_domain,
+                    &w.pod.namespace,
+                    &w.pod.service_account,
+                ),
+            )
+        })
+        .collect();
+    Published {
+        mesh,
+        resources,
+        waypoints,
+    }
 }
 
 /// The controller's own certificate for the gRPC endpoint, from its CA.

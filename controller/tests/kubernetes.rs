@@ -227,17 +227,19 @@ async fn node_proxies_are_authenticated_with_token_review() {
         "{refused:?}"
     );
 
-    // A valid token of a workload's service account is not a node proxy's.
+    // A valid token of another service account is that account, not a node: the services
+    // let it act only as the waypoint running as it.
     api.push(REVIEWS, Reply::json(201, &exchanges["workload-token"]));
-    let refused = auth
-        .node_of(&bearer("eyJ.web.sig"))
-        .await
-        .expect_err("workload");
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-    assert!(
-        refused.message().contains("system:serviceaccount:shop:web"),
-        "{refused:?}"
+    assert_eq!(
+        auth.node_of(&bearer("eyJ.web.sig"))
+            .await
+            .expect("workload"),
+        "sa:shop:web"
     );
+    let published = weft_controller::grpc::Published::default();
+    assert!(!published.may_stream_as("sa:shop:web", "node2"));
+    assert!(!published.may_stream_as("sa:shop:web", "waypoint.shop.web"));
+    assert!(published.waypoint_identity("sa:shop:web").is_none());
 
     // No credential at all.
     let refused = auth

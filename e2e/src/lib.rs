@@ -1053,10 +1053,9 @@ spec:
         Ok(())
     }
 
-    /// Issues the waypoint's certificate (its own identity) and runs `weft-waypoint` in its
-    /// pod; returns when it reports ready.
+    /// Runs `weft-waypoint` in its pod (it gets its certificate from the controller's CA);
+    /// returns when it reports ready.
     fn start_waypoint(&mut self, w: &Pod) -> Result<()> {
-        self.issue_cert(&w.identity())?;
         let credential = self
             .dir
             .join(format!("waypoint.{}.{}.credential", w.namespace, w.name));
@@ -1098,6 +1097,51 @@ spec:
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Asks the controller's certificate service for `identity` with `credential`, from node
+    /// 1's namespace: the chain (PEM), or the refusal's code and message.
+    pub fn ask_for_cert(
+        &self,
+        credential: &str,
+        identity: &weft_core::identity::SpiffeId,
+    ) -> Result<Result<String, (tonic::Code, String)>> {
+        use weft_core::api::v1;
+        let bundle =
+            weft_core::identity::TrustBundle::load(&self.dir().join("certs/root-cert.pem"))?;
+        let addr = self.controller_address();
+        let identity = identity.clone();
+        let credential = credential.to_owned();
+        let netns = std::path::Path::new("/run/netns").join(&self.nodes()[0].netns);
+        in_netns(
+            &netns,
+            move || -> Result<Result<String, (tonic::Code, String)>> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let channel = weft_core::control::channel(
+                        addr,
+                        weft_core::control::controller_identity("cluster.local"),
+                        &bundle,
+                    )?;
+                    let csr = weft_core::identity::WorkloadCsr::generate(&identity)?;
+                    let mut request = tonic::Request::new(v1::SignRequest {
+                        csr_pem: csr.csr_pem,
+                        identity: identity.to_string(),
+                    });
+                    request
+                        .metadata_mut()
+                        .insert("authorization", format!("Bearer {credential}").parse()?);
+                    let answer = v1::certificates_client::CertificatesClient::new(channel)
+                        .sign(request)
+                        .await;
+                    Ok(answer
+                        .map(|r| r.into_inner().chain_pem)
+                        .map_err(|s| (s.code(), s.message().to_owned())))
+                })
+            },
+        )?
     }
 
     /// The waypoint's process id, once started.

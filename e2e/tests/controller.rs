@@ -207,48 +207,6 @@ fn a_nacked_update_keeps_the_last_good_config_and_the_reason_shows_at_the_contro
 
 /// Asks the controller's certificate service for `identity` with `credential`, from inside
 /// node 1's namespace. Returns the gRPC status code and message on refusal.
-fn ask_for_cert(
-    bed: &TestBed,
-    credential: &str,
-    identity: &weft_core::identity::SpiffeId,
-) -> Result<Result<String, (tonic::Code, String)>> {
-    use weft_core::api::v1;
-    let bundle = weft_core::identity::TrustBundle::load(&bed.dir().join("certs/root-cert.pem"))?;
-    let addr = bed.controller_address();
-    let identity = identity.clone();
-    let credential = credential.to_owned();
-    let netns = std::path::Path::new("/run/netns").join(&bed.nodes()[0].netns);
-    weft_e2e::in_netns(
-        &netns,
-        move || -> Result<Result<String, (tonic::Code, String)>> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let channel = weft_core::control::channel(
-                    addr,
-                    weft_core::control::controller_identity("cluster.local"),
-                    &bundle,
-                )?;
-                let csr = weft_core::identity::WorkloadCsr::generate(&identity)?;
-                let mut request = tonic::Request::new(v1::SignRequest {
-                    csr_pem: csr.csr_pem,
-                    identity: identity.to_string(),
-                });
-                request
-                    .metadata_mut()
-                    .insert("authorization", format!("Bearer {credential}").parse()?);
-                let answer = v1::certificates_client::CertificatesClient::new(channel)
-                    .sign(request)
-                    .await;
-                Ok(answer
-                    .map(|r| r.into_inner().chain_pem)
-                    .map_err(|s| (s.code(), s.message().to_owned())))
-            })
-        },
-    )?
-}
-
 #[test]
 fn the_ca_signs_only_identities_of_pods_on_the_callers_node() -> Result<()> {
     let mut bed = TestBed::new("ca", 2)?;
@@ -258,13 +216,13 @@ fn the_ca_signs_only_identities_of_pods_on_the_callers_node() -> Result<()> {
     bed.start()?;
     let node1 = bed.node_credential(0)?;
 
-    let own = ask_for_cert(&bed, &node1, &client.identity())?;
+    let own = bed.ask_for_cert(&node1, &client.identity())?;
     ensure!(
         own.as_ref()
             .is_ok_and(|pem| pem.contains("BEGIN CERTIFICATE")),
         "node1 could not get its own pod's identity: {own:?}"
     );
-    let other = ask_for_cert(&bed, &node1, &web.identity())?;
+    let other = bed.ask_for_cert(&node1, &web.identity())?;
     let Err((code, message)) = other else {
         anyhow::bail!("node1 got a certificate for a pod on node2");
     };
@@ -272,7 +230,7 @@ fn the_ca_signs_only_identities_of_pods_on_the_callers_node() -> Result<()> {
         code == tonic::Code::PermissionDenied && message.contains("no enrolled pod"),
         "{code:?}: {message}"
     );
-    let forged = ask_for_cert(&bed, "not-a-credential", &client.identity())?;
+    let forged = bed.ask_for_cert("not-a-credential", &client.identity())?;
     ensure!(
         matches!(forged, Err((tonic::Code::Unauthenticated, _))),
         "unknown credential: {forged:?}"

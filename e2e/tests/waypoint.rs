@@ -914,3 +914,28 @@ fn smi_traffic_split_from_the_guide_sends_90_10() -> Result<()> {
     ensure!((7.0..=13.0).contains(&v2_share), "v2 got {v2_share:.1}%");
     Ok(())
 }
+
+#[test]
+fn a_waypoint_gets_its_own_certificate_from_the_controller_and_no_other() -> Result<()> {
+    let b = bookinfo("wpca")?;
+    let log = std::fs::read_to_string(b.bed.waypoint_log_path(&b.waypoint))?;
+    ensure!(
+        log.contains("certificate issued by the controller"),
+        "the waypoint did not get its certificate from the CA:\n{log}"
+    );
+    let credential = std::fs::read_to_string(
+        b.bed
+            .dir()
+            .join("waypoint.default.reviews-waypoint.credential"),
+    )?;
+    let own = b.bed.ask_for_cert(&credential, &b.waypoint.identity())?;
+    ensure!(own.is_ok(), "the waypoint's own identity: {own:?}");
+    let Err((code, message)) = b.bed.ask_for_cert(&credential, &b.v1.identity())? else {
+        anyhow::bail!("a waypoint got a certificate for the workload it fronts");
+    };
+    ensure!(
+        code == tonic::Code::PermissionDenied && message.contains("may have only"),
+        "{code:?}: {message}"
+    );
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! trust bundle.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -76,9 +76,7 @@ impl CertStore {
     }
 }
 
-pub(crate) fn cert_dir(dir: &Path, id: &SpiffeId) -> PathBuf {
-    dir.join(id.namespace()).join(id.service_account())
-}
+pub(crate) use weft_core::ca_client::cert_dir;
 
 /// Newest modification time under the certificate directory (two levels) and of the bundle.
 pub(crate) fn stamp(dir: &Path, bundle: &Path) -> Option<SystemTime> {

@@ -42,7 +42,7 @@ pub(crate) async fn run(
     let mut first = Some(first);
     xds::follow(stream, move |mesh, bundle| {
         xds::adopt_bundle(&inputs.config.trust_bundle, &bundle, |path, pem| {
-            crate::ca_client::write(path, pem, 0o644).map_err(|e| e.to_string())
+            weft_core::ca_client::write_atomic(path, pem, 0o644).map_err(|e| e.to_string())
         })?;
         inputs.state.store(Arc::new(State::new(mesh)));
         changed.notify_one();

@@ -142,6 +142,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         node: format!("waypoint.{}.{}", args.namespace, args.name),
         trust_bundle: bundle,
     };
+    // Its own certificate, from the controller's CA, renewed at half-life.
+    let ca = weft_core::ca_client::CaSettings {
+        addr: args.controller,
+        credential_file: args.controller_credential.clone(),
+        controller: weft_core::control::controller_identity(&args.trust_domain),
+        cert_dir: args.cert_dir.clone(),
+        trust_bundle: args.cert_dir.join("root-cert.pem"),
+    };
+    let own = id.clone();
+    tokio::spawn(weft_core::ca_client::run(
+        ca,
+        move || [own.clone()].into(),
+        Arc::new(tokio::sync::Notify::new()),
+    ));
     let applying = waypoint.clone();
     let mut first = Some(first_tx);
     tokio::spawn(xds::follow(settings, move |mesh, _bundle| {
@@ -180,8 +194,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (_stop, drain) = weft_core::drain::channel();
     tokio::spawn(weft_core::admin::serve(metrics_listener, handler, drain));
 
-    info!(waypoint = %format!("{}/{}", args.namespace, args.name), identity = %id, controller = %args.controller, "waiting for the first config");
+    info!(waypoint = %format!("{}/{}", args.namespace, args.name), identity = %id, controller = %args.controller, "waiting for the first config and a certificate");
     let _ = first_rx.await;
+    while waypoint.certs.get().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the HBONE port {}", args.listen))?;

@@ -42,6 +42,29 @@ impl v1::certificates_server::Certificates for CertService {
                 "the controller has not read the cluster yet; retry shortly",
             ));
         }
+        let waypoint = self
+            .shared
+            .published
+            .borrow()
+            .waypoint_identity(&node)
+            .cloned();
+        if let Some(allowed) = waypoint {
+            if identity != allowed {
+                warn!(caller = %node, %identity, "certificate refused: a waypoint gets only its own identity");
+                return Err(Status::permission_denied(format!(
+                    "{node} is a waypoint and may have only {allowed}, not {identity}"
+                )));
+            }
+            let issued = self
+                .ca
+                .sign_csr(&request.csr_pem, &identity, self.ttl)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            info!(caller = %node, %identity, ttl = ?self.ttl, "waypoint certificate issued");
+            return Ok(Response::new(v1::SignResponse {
+                chain_pem: issued.chain_pem,
+                trust_bundle_pem: issued.root_pem,
+            }));
+        }
         let entitled = {
             let published = self.shared.published.borrow();
             published.mesh.workloads.iter().any(|w| {

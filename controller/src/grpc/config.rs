@@ -74,9 +74,14 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the first request"))?;
-        if first.node != node {
+        if !self
+            .shared
+            .published
+            .borrow()
+            .may_stream_as(&node, &first.node)
+        {
             return Err(Status::permission_denied(format!(
-                "this credential belongs to node {node}, not {}",
+                "this credential belongs to {node}, not {}",
                 first.node
             )));
         }

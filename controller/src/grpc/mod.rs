@@ -20,6 +20,38 @@ pub struct Published {
     pub mesh: MeshConfig,
     /// The same, as stream resources (with the trust bundle).
     pub resources: Resources,
+    /// Running waypoints' identities, by the name they stream as (`waypoint.<ns>.<name>`).
+    pub waypoints: BTreeMap<String, weft_core::identity::SpiffeId>,
+}
+
+/// Prefix of the names waypoints stream as.
+pub const WAYPOINT_PREFIX: &str = "waypoint.";
+
+impl Published {
+    /// The identity `caller` may have as a waypoint: a caller named after a waypoint (local
+    /// credentials) or authenticated as its service account (`sa:<ns>:<sa>`, TokenReview).
+    pub fn waypoint_identity(&self, caller: &str) -> Option<&weft_core::identity::SpiffeId> {
+        if caller.starts_with(WAYPOINT_PREFIX) {
+            return self.waypoints.get(caller);
+        }
+        let (ns, sa) = caller.strip_prefix("sa:")?.split_once(':')?;
+        self.waypoints
+            .values()
+            .find(|id| id.namespace() == ns && id.service_account() == sa)
+    }
+
+    /// Whether `caller` may stream as `name`: its own name, or a waypoint's it proves.
+    pub fn may_stream_as(&self, caller: &str, name: &str) -> bool {
+        if caller == name {
+            return true;
+        }
+        name.starts_with(WAYPOINT_PREFIX)
+            && caller.starts_with("sa:")
+            && self
+                .waypoints
+                .get(name)
+                .is_some_and(|id| Some(id) == self.waypoint_identity(caller))
+    }
 }
 
 /// Per-node credentials (local mode: issued by the lab; in Kubernetes a projected service

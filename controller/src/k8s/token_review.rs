@@ -1,6 +1,7 @@
-//! Node proxies authenticate with their projected ServiceAccount token: the controller asks the
-//! API server (TokenReview) whether the token is valid for Weft's audience, that it belongs to
-//! the node proxy's service account, and which node its pod runs on.
+//! Node proxies and waypoints authenticate with their projected ServiceAccount token: the
+//! controller asks the API server (TokenReview) whether the token is valid for Weft's audience.
+//! A node proxy's token (its service account) names its node; any other service account is
+//! `sa:<namespace>:<name>`, which the services accept only for what a waypoint may do.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -71,10 +72,19 @@ impl TokenReviewer {
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
         if username != self.username {
-            return Err(Status::permission_denied(format!(
-                "token of {username}: only the node proxy's service account ({}) may connect",
-                self.username
-            )));
+            // Another service account (a waypoint's): authenticated as `sa:<ns>:<sa>`; what it
+            // may do is decided by the service it calls.
+            let Some(sa) = username.strip_prefix("system:serviceaccount:") else {
+                return Err(Status::permission_denied(format!(
+                    "token of {username}: not a service account"
+                )));
+            };
+            let caller = format!("sa:{sa}");
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(token.to_owned(), (caller.clone(), Instant::now()));
+            return Ok(caller);
         }
         let node = user
             .extra
