@@ -18,7 +18,10 @@ use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
 use weft_controller::grpc::certs::CertService;
 use weft_controller::grpc::config::ConfigService;
 use weft_controller::grpc::{NodeAuth, NodeCredentials, Proxies, Published, Shared};
-use weft_controller::k8s::{LeaderElection, StatusWriter, TokenReviewer, ca_secret};
+use weft_controller::k8s::waypoints::{DeploySettings, WaypointGateway};
+use weft_controller::k8s::{
+    LeaderElection, StatusWriter, TokenReviewer, WaypointDeployer, ca_secret,
+};
 use weft_controller::model;
 use weft_controller::model::status::{self, Rejected, Verdict};
 use weft_controller::source::kubernetes;
@@ -46,6 +49,13 @@ struct Args {
     /// first start, or by the operator beforehand (plug-in CA).
     #[arg(long, default_value = "weft-system/weft-ca")]
     ca_secret: String,
+    /// Image of the waypoints the controller deploys for Gateways of class weft-waypoint
+    /// (Kubernetes mode).
+    #[arg(long, default_value = concat!("weft/waypoint:", env!("CARGO_PKG_VERSION")))]
+    waypoint_image: String,
+    /// The controller's own Service (`namespace/name`): waypoints reach it at its cluster IP.
+    #[arg(long, default_value = "weft-system/weft-controller")]
+    controller_service: String,
     /// Lease (`namespace/name`) the replicas elect their leader with (Kubernetes mode).
     #[arg(long, default_value = "weft-system/weft-controller")]
     lease: String,
@@ -155,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tls = Arc::new(weft_core::tls::control_server_config(&serving)?);
 
     let status_writer = client.clone().map(StatusWriter::new);
+    let deployer = client.clone().map(WaypointDeployer::new);
     let mut source = match (&args.manifests, client) {
         (Some(dir), _) => Source::Manifests {
             dir: ManifestDir::new(dir),
@@ -198,6 +209,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(writer) = status_writer {
         tokio::spawn(write_status(writer, verdicts.clone(), leading.clone()));
     }
+    let (waypoints_tx, waypoints_rx) = watch::channel(None);
+    if let Some(deployer) = deployer {
+        tokio::spawn(deploy_waypoints(deployer, waypoints_rx, leading.clone()));
+    }
+    let controller_service = split_ref(&args.controller_service, "--controller-service")?;
+    let controller_service = model::ObjectKey::new(controller_service.0, controller_service.1);
     let (_stop, watch_drain) = weft_core::drain::channel();
     tokio::spawn(weft_core::admin::serve(
         admin,
@@ -222,6 +239,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let judged = status::verdicts(&objects, &observed.rejected);
         log_verdicts(&verdicts_tx.borrow(), &judged);
         verdicts_tx.send_replace(judged);
+        let gateways = waypoint_gateways(&objects);
+        let controller_ip = objects
+            .services
+            .get(&controller_service)
+            .and_then(|s| s.cluster_ip);
+        let plan = controller_ip.map(|ip| {
+            (
+                gateways.clone(),
+                DeploySettings {
+                    image: args.waypoint_image.clone(),
+                    controller: SocketAddr::new(ip, args.listen.port()),
+                    trust_domain: args.trust_domain.clone(),
+                    root_pem: ca.root_pem().to_owned(),
+                },
+            )
+        });
+        if plan.is_none() && !gateways.is_empty() && args.manifests.is_none() {
+            warn!(service = %controller_service, "waypoints not deployed: the controller's Service has no cluster IP (--controller-service)");
+        }
+        waypoints_tx.send_if_modified(|current| {
+            let changed = *current != plan;
+            *current = plan;
+            changed
+        });
         let next = publish_from(&objects, &args.trust_domain, ca.root_pem());
         if next.resources != publish.borrow().resources || !ready.load(Ordering::Relaxed) {
             info!(
@@ -292,6 +333,47 @@ async fn write_status(
             changed = verdicts.changed() => if changed.is_err() { return },
             changed = leading.changed() => if changed.is_err() { return },
             // Failed writes are retried.
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
+
+/// Gateways of class weft-waypoint.
+fn waypoint_gateways(objects: &model::Objects) -> Vec<WaypointGateway> {
+    objects
+        .policies
+        .values()
+        .filter(|p| {
+            matches!(&p.spec, model::policy::PolicySpec::Gateway(gw)
+                if gw.gateway_class_name == model::policy::gateway::WAYPOINT_CLASS)
+        })
+        .map(|p| WaypointGateway {
+            key: p.key.clone(),
+            uid: p.uid.clone(),
+        })
+        .collect()
+}
+
+type WaypointPlan = Option<(Vec<WaypointGateway>, DeploySettings)>;
+
+/// Deploys waypoints for Gateways while this replica leads.
+async fn deploy_waypoints(
+    mut deployer: WaypointDeployer,
+    mut plan: watch::Receiver<WaypointPlan>,
+    mut leading: watch::Receiver<bool>,
+) {
+    loop {
+        if *leading.borrow_and_update() {
+            let current = plan.borrow_and_update().clone();
+            if let Some((gateways, settings)) = current {
+                deployer.apply(&gateways, &settings).await;
+            }
+        } else {
+            deployer.forget();
+        }
+        tokio::select! {
+            changed = plan.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
     }

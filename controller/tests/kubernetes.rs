@@ -462,3 +462,111 @@ async fn missing_crds_do_not_block_the_sync_and_a_refused_policy_keeps_its_last_
         .expect("last good kept");
     assert_eq!(kept.generation, Some(1));
 }
+
+#[tokio::test]
+async fn a_waypoint_gateway_becomes_a_service_account_config_map_deployment_and_service() {
+    use weft_controller::k8s::WaypointDeployer;
+    use weft_controller::k8s::waypoints::{DeploySettings, WaypointGateway};
+    use weft_controller::model::ObjectKey;
+
+    let api = ApiServer::default();
+    let gateway = WaypointGateway {
+        key: ObjectKey::new("default", "reviews-waypoint"),
+        uid: Some("7e1d0c2b-0000-4a5b-8c7d-bbbbbbbbbbbb".into()),
+    };
+    let settings = DeploySettings {
+        image: "weft/waypoint:0.1.0".into(),
+        controller: "10.96.0.5:15012".parse().expect("addr"),
+        trust_domain: "cluster.local".into(),
+        root_pem: "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n".into(),
+    };
+    let paths = [
+        "/api/v1/namespaces/default/serviceaccounts/reviews-waypoint",
+        "/api/v1/namespaces/default/configmaps/weft-root-cert",
+        "/apis/apps/v1/namespaces/default/deployments/reviews-waypoint",
+        "/api/v1/namespaces/default/services/reviews-waypoint",
+    ];
+    let echo = |path: &str| {
+        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+        Reply::json(
+            200,
+            &serde_json::json!({"apiVersion": "v1", "kind": "Any", "metadata": {"name": name, "namespace": "default"}}),
+        )
+    };
+    for path in paths {
+        api.push(&format!("patch {path}"), echo(path));
+    }
+    let mut deployer = WaypointDeployer::new(api.client());
+    assert_eq!(
+        deployer
+            .apply(std::slice::from_ref(&gateway), &settings)
+            .await,
+        4
+    );
+
+    let log = api.log();
+    for path in paths {
+        assert!(
+            log.iter().any(|(m, uri)| m == "PATCH"
+                && uri.starts_with(path)
+                && uri.contains("fieldManager=weft-controller")
+                && uri.contains("force=true")),
+            "server-side apply of {path}: {log:?}"
+        );
+    }
+    let bodies = api.bodies();
+    let deployment = &bodies
+        .iter()
+        .find(|(k, _)| k.ends_with("deployments/reviews-waypoint"))
+        .expect("deployment applied")
+        .1;
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+        "reviews-waypoint"
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["weft.io/dataplane-mode"], "none",
+        "never captured"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "reviews-waypoint");
+    let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--controller", "10.96.0.5:15012"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["--name", "reviews-waypoint"]),
+        "{args:?}"
+    );
+    assert_eq!(
+        pod["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "weft"
+    );
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["uid"], "7e1d0c2b-0000-4a5b-8c7d-bbbbbbbbbbbb",
+        "owned by the Gateway: deleting it removes the waypoint"
+    );
+
+    // Unchanged: nothing applied. A new image: applied again.
+    assert_eq!(
+        deployer
+            .apply(std::slice::from_ref(&gateway), &settings)
+            .await,
+        0
+    );
+    for path in paths {
+        api.push(&format!("patch {path}"), echo(path));
+    }
+    let newer = DeploySettings {
+        image: "weft/waypoint:0.2.0".into(),
+        ..settings
+    };
+    assert_eq!(deployer.apply(&[gateway], &newer).await, 4);
+}

@@ -56,6 +56,9 @@ struct Args {
     /// Certificates: `<dir>/<ns>/<sa>/{cert,key}.pem` and `<dir>/root-cert.pem`.
     #[arg(long)]
     cert_dir: PathBuf,
+    /// Trust bundle (default `<cert-dir>/root-cert.pem`).
+    #[arg(long)]
+    trust_bundle: Option<PathBuf>,
     /// HBONE listener.
     #[arg(long, default_value = "0.0.0.0:15008")]
     listen: SocketAddr,
@@ -115,7 +118,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let id = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account);
-    let bundle = args.cert_dir.join("root-cert.pem");
+    let bundle = args
+        .trust_bundle
+        .clone()
+        .unwrap_or_else(|| args.cert_dir.join("root-cert.pem"));
     let certs = identity::Certs::new(&args.cert_dir, &bundle, id.clone());
     tokio::spawn(certs.clone().watch());
     let mut registry = prometheus_client::registry::Registry::with_prefix("weft");
@@ -140,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         credential_file: args.controller_credential.clone(),
         identity: weft_core::control::controller_identity(&args.trust_domain),
         node: format!("waypoint.{}.{}", args.namespace, args.name),
-        trust_bundle: bundle,
+        trust_bundle: bundle.clone(),
     };
     // Its own certificate, from the controller's CA, renewed at half-life.
     let ca = weft_core::ca_client::CaSettings {
@@ -148,7 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         credential_file: args.controller_credential.clone(),
         controller: weft_core::control::controller_identity(&args.trust_domain),
         cert_dir: args.cert_dir.clone(),
-        trust_bundle: args.cert_dir.join("root-cert.pem"),
+        trust_bundle: bundle,
     };
     let own = id.clone();
     tokio::spawn(weft_core::ca_client::run(

@@ -152,6 +152,8 @@ pub struct Policy {
     pub key: ObjectKey,
     /// `metadata.generation` (status conditions say which generation they judged).
     pub generation: Option<i64>,
+    /// `metadata.uid` (owner of what the controller creates for it).
+    pub uid: Option<String>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// The typed spec.
@@ -201,6 +203,8 @@ struct Meta {
     namespace: Option<String>,
     #[serde(default)]
     generation: Option<i64>,
+    #[serde(default)]
+    uid: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
@@ -269,6 +273,7 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
             &doc.metadata.name,
         ),
         generation: doc.metadata.generation,
+        uid: doc.metadata.uid,
         labels: doc.metadata.labels,
         spec,
         notes: notes.0,

@@ -1,0 +1,220 @@
+//! Waypoint lifecycle in Kubernetes: for each Gateway of class `weft-waypoint` the leader
+//! applies (server-side apply, field manager `weft-controller`) a ServiceAccount (the
+//! waypoint's identity), the mesh root in a ConfigMap (its bootstrap trust bundle), a
+//! Deployment running `weft-waypoint`, and a Service; all owned by the Gateway, so deleting it
+//! removes them. Nothing is re-applied while the Gateway and the inputs stay the same.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use tracing::{info, warn};
+
+use crate::model::ObjectKey;
+use crate::model::l7::GATEWAY_NAME;
+
+/// The field manager of what the controller applies.
+pub const FIELD_MANAGER: &str = "weft-controller";
+/// ConfigMap holding the mesh root in each waypoint's namespace.
+pub const ROOT_CONFIG_MAP: &str = "weft-root-cert";
+
+/// A waypoint Gateway to deploy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaypointGateway {
+    /// Namespace and name of the Gateway.
+    pub key: ObjectKey,
+    /// Its uid (the owner reference).
+    pub uid: Option<String>,
+}
+
+/// What every waypoint Deployment gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploySettings {
+    /// The `weft-waypoint` image.
+    pub image: String,
+    /// The controller's address as waypoints reach it (its Service's cluster IP).
+    pub controller: SocketAddr,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// The mesh root (PEM).
+    pub root_pem: String,
+}
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    }
+}
+
+/// The objects for one waypoint, in apply order.
+pub fn manifests(
+    gw: &WaypointGateway,
+    settings: &DeploySettings,
+) -> Vec<(ApiResource, serde_json::Value)> {
+    let (ns, name) = (&gw.key.namespace, &gw.key.name);
+    let owner = gw.uid.as_ref().map(|uid| {
+        serde_json::json!([{
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "name": name,
+            "uid": uid,
+            "controller": true,
+        }])
+    });
+    let metadata = |object_name: &str| {
+        let mut m = serde_json::json!({
+            "name": object_name,
+            "namespace": ns,
+            "labels": {
+                GATEWAY_NAME: name,
+                "app.kubernetes.io/managed-by": "weft",
+            },
+        });
+        if let Some(owner) = &owner {
+            m["ownerReferences"] = owner.clone();
+        }
+        m
+    };
+    let selector = serde_json::json!({ GATEWAY_NAME: name });
+    vec![
+        (
+            resource("", "v1", "ServiceAccount", "serviceaccounts"),
+            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name)}),
+        ),
+        (
+            resource("", "v1", "ConfigMap", "configmaps"),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": metadata(ROOT_CONFIG_MAP),
+                "data": {"root-cert.pem": settings.root_pem},
+            }),
+        ),
+        (
+            resource("apps", "v1", "Deployment", "deployments"),
+            serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": metadata(name),
+                "spec": {
+                    "selector": {"matchLabels": selector},
+                    "template": {
+                        "metadata": {"labels": {GATEWAY_NAME: name, "weft.io/dataplane-mode": "none"}},
+                        "spec": {
+                            "serviceAccountName": name,
+                            "containers": [{
+                                "name": "waypoint",
+                                "image": settings.image,
+                                "args": [
+                                    "--name", name, "--namespace", ns,
+                                    "--service-account", name,
+                                    "--trust-domain", settings.trust_domain,
+                                    "--controller", settings.controller.to_string(),
+                                    "--controller-credential", "/var/run/secrets/weft/token",
+                                    "--cert-dir", "/var/run/weft/certs",
+                                    "--trust-bundle", "/var/run/weft/root/root-cert.pem",
+                                ],
+                                "ports": [
+                                    {"name": "hbone", "containerPort": 15008},
+                                    {"name": "metrics", "containerPort": 15020},
+                                ],
+                                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}},
+                                "volumeMounts": [
+                                    {"name": "token", "mountPath": "/var/run/secrets/weft", "readOnly": true},
+                                    {"name": "root", "mountPath": "/var/run/weft/root", "readOnly": true},
+                                    {"name": "certs", "mountPath": "/var/run/weft/certs"},
+                                ],
+                            }],
+                            "volumes": [
+                                {"name": "token", "projected": {"sources": [{"serviceAccountToken": {
+                                    "audience": "weft", "expirationSeconds": 3600, "path": "token"}}]}},
+                                {"name": "root", "configMap": {"name": ROOT_CONFIG_MAP}},
+                                {"name": "certs", "emptyDir": {}},
+                            ],
+                        },
+                    },
+                },
+            }),
+        ),
+        (
+            resource("", "v1", "Service", "services"),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": metadata(name),
+                "spec": {
+                    "selector": selector,
+                    "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "protocol": "TCP"}],
+                },
+            }),
+        ),
+    ]
+}
+
+/// Applies waypoint Deployments for Gateways, remembering what it applied.
+pub struct WaypointDeployer {
+    client: Client,
+    applied: HashMap<ObjectKey, (WaypointGateway, DeploySettings)>,
+}
+
+impl WaypointDeployer {
+    /// A deployer that applied nothing yet.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            applied: HashMap::new(),
+        }
+    }
+
+    /// Forgets what was applied (leadership lost).
+    pub fn forget(&mut self) {
+        self.applied.clear();
+    }
+
+    /// Applies what changed. Returns the number of objects applied; failures are logged and
+    /// retried on the next call.
+    pub async fn apply(
+        &mut self,
+        gateways: &[WaypointGateway],
+        settings: &DeploySettings,
+    ) -> usize {
+        let mut count = 0;
+        self.applied
+            .retain(|key, _| gateways.iter().any(|g| &g.key == key));
+        for gw in gateways {
+            if self.applied.get(&gw.key) == Some(&(gw.clone(), settings.clone())) {
+                continue;
+            }
+            let mut ok = true;
+            for (resource, object) in manifests(gw, settings) {
+                let name = object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), &gw.key.namespace, &resource);
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                match api.patch(&name, &params, &Patch::Apply(&object)).await {
+                    Ok(_) => count += 1,
+                    Err(e) => {
+                        ok = false;
+                        warn!(gateway = %gw.key, kind = %resource.kind, error = %e, "applying the waypoint failed; will retry");
+                        break;
+                    }
+                }
+            }
+            if ok {
+                info!(gateway = %gw.key, image = %settings.image, "waypoint deployed");
+                self.applied
+                    .insert(gw.key.clone(), (gw.clone(), settings.clone()));
+            }
+        }
+        count
+    }
+}
