@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use weft_core::config::{MtlsPolicy, ServicePort};
 use weft_core::l7::{
-    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, Backend,
-    NamedMatch, Outlier, PoolLimits, Retry, RetryBudget, RetryOn, Route, RouteMatch, ServicePolicy,
-    StrMatch, WaypointConfig, WeightedBackend,
+    AuthzAction, AuthzPolicy, AuthzRule, AuthzSource, Backend, NamedMatch, Outlier, PoolLimits,
+    Retry, RetryBudget, RetryOn, Route, RouteMatch, ServicePolicy, StrMatch, WaypointConfig,
+    WeightedBackend,
 };
 
 use super::policy::common::ApiDuration;
@@ -731,29 +731,8 @@ fn authz_for(objects: &Objects, svc: &Service, waypoint: &ObjectKey) -> Vec<Auth
                             not_ip_blocks: f.source.not_ip_blocks.clone(),
                         })
                         .collect(),
-                    to: r
-                        .to
-                        .iter()
-                        .map(|t| AuthzOperation {
-                            methods: t.operation.methods.clone(),
-                            not_methods: t.operation.not_methods.clone(),
-                            paths: t.operation.paths.clone(),
-                            not_paths: t.operation.not_paths.clone(),
-                            ports: t.operation.ports.clone(),
-                            not_ports: t.operation.not_ports.clone(),
-                            hosts: t.operation.hosts.clone(),
-                            not_hosts: t.operation.not_hosts.clone(),
-                        })
-                        .collect(),
-                    when: r
-                        .when
-                        .iter()
-                        .map(|c| AuthzCondition {
-                            key: c.key.clone(),
-                            values: c.values.clone(),
-                            not_values: c.not_values.clone(),
-                        })
-                        .collect(),
+                    to: r.to.iter().map(|t| t.operation.clone()).collect(),
+                    when: r.when.clone(),
                 })
                 .collect(),
         });

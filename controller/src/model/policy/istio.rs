@@ -708,50 +708,12 @@ pub struct To {
     pub operation: Operation,
 }
 
-/// A request's operation.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Operation {
-    /// Methods.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// Excluded methods.
-    #[serde(default)]
-    pub not_methods: Vec<String>,
-    /// Paths (exact, `prefix*`, `*suffix`).
-    #[serde(default)]
-    pub paths: Vec<String>,
-    /// Excluded paths.
-    #[serde(default)]
-    pub not_paths: Vec<String>,
-    /// Destination ports.
-    #[serde(default)]
-    pub ports: Vec<String>,
-    /// Excluded ports.
-    #[serde(default)]
-    pub not_ports: Vec<String>,
-    /// Hosts.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Excluded hosts.
-    #[serde(default)]
-    pub not_hosts: Vec<String>,
-}
+/// A request's operation: Weft's own type, which has exactly Istio's fields.
+pub use weft_core::l7::AuthzOperation as Operation;
 
-/// `when[]`: `request.headers[name]`, `source.ip`, `source.namespace`, `source.principal`,
-/// `destination.port`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Condition {
-    /// The attribute.
-    pub key: String,
-    /// Values; any one matching.
-    #[serde(default)]
-    pub values: Vec<String>,
-    /// Excluded values.
-    #[serde(default)]
-    pub not_values: Vec<String>,
-}
+/// `when[]` (`request.headers[name]`, `source.ip`, `source.namespace`, `source.principal`,
+/// `destination.port`): Weft's own type, which has exactly Istio's fields.
+pub use weft_core::l7::AuthzCondition as Condition;
 
 impl AuthorizationPolicySpec {
     /// Reports what Weft does not do.

@@ -1,0 +1,228 @@
+//! What the policies become for the waypoint and the node proxies: HTTPRoute, ServiceProfile
+//! and AuthorizationPolicy for a waypoint-bound service, and PeerAuthentication precedence.
+
+use std::path::Path;
+
+use weft_controller::model::policy::istio::MtlsMode;
+use weft_controller::model::{Objects, l7, mesh_config};
+use weft_controller::source::manifests::parse_file;
+use weft_core::config::Protocol;
+use weft_core::l7::StrMatch;
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {weft.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1}}
+spec: {nodeName: node1, serviceAccountName: reviews, containers: [{name: app, image: x, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.10.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2, namespace: default, labels: {app: reviews, version: v2}}
+spec: {nodeName: node2, serviceAccountName: reviews, containers: [{name: app, image: x, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.10.2.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-abc, namespace: default, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: node1, serviceAccountName: waypoint, containers: [{name: w, image: x}]}
+status: {podIP: 10.10.1.9}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: default}
+spec: {gatewayClassName: weft-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default, labels: {weft.io/use-waypoint: waypoint}}
+spec: {clusterIP: 10.96.0.30, selector: {app: reviews}, ports: [{port: 9080, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: default}
+spec: {clusterIP: 10.96.0.32, selector: {app: reviews, version: v2}, ports: [{port: 9080, targetPort: 8080}]}
+"#;
+
+fn objects(extra: &str) -> Objects {
+    let (parsed, errors) = parse_file(Path::new("cluster.yaml"), &format!("{CLUSTER}---\n{extra}"));
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut objects = Objects::default();
+    for o in parsed {
+        objects.upsert(o);
+    }
+    objects
+}
+
+#[test]
+fn a_gamma_http_route_becomes_routes_with_timeouts_and_retries() {
+    let o = objects(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - backendRefs: [{name: reviews, port: 9080}]
+    timeouts: {request: 2s, backendRequest: 500ms}
+    retry: {codes: [503], attempts: 2, backoff: 100ms}
+"#,
+    );
+    let mesh = mesh_config(&o, "cluster.local");
+    let reviews = mesh
+        .services
+        .iter()
+        .find(|s| s.name == "reviews")
+        .expect("svc");
+    let waypoint = reviews.waypoint.as_ref().expect("bound to the waypoint");
+    assert_eq!(waypoint.ip.to_string(), "10.10.1.9");
+    assert_eq!(
+        waypoint.identity,
+        "spiffe://cluster.local/ns/default/sa/waypoint"
+    );
+    let wp_pod = mesh
+        .workloads
+        .iter()
+        .find(|w| w.name == "waypoint-abc")
+        .expect("pod");
+    assert_eq!(
+        wp_pod.protocol,
+        Protocol::Tcp,
+        "a waypoint is never captured"
+    );
+
+    let config = &mesh.waypoints[0];
+    let svc = &config.services[0];
+    assert_eq!(svc.routes.len(), 2, "no default route after an HTTPRoute");
+    let prefix = &svc.routes[0];
+    match &prefix.matches[0].path {
+        Some(StrMatch::Regex(re)) => {
+            let re = regex::Regex::new(&format!("^(?:{re})$")).expect("regex");
+            assert!(re.is_match("/v2") && re.is_match("/v2/x") && !re.is_match("/v2x"));
+        }
+        other => panic!("PathPrefix /v2 became {other:?}"),
+    }
+    let v2 = &svc.backends[prefix.backends[0].backend];
+    assert_eq!(v2.endpoints, vec!["reviews-v2".to_owned()]);
+    let all = &svc.routes[1];
+    assert_eq!(all.timeout_ms, Some(2000));
+    let retry = all.retry.as_ref().expect("retry");
+    assert_eq!(
+        (
+            retry.attempts,
+            retry.per_try_timeout_ms,
+            retry.backoff_base_ms
+        ),
+        (2, Some(500), 100)
+    );
+    assert!(retry.on.statuses.contains(&503));
+    assert_eq!(svc.backends[all.backends[0].backend].endpoints.len(), 2);
+    assert_eq!(svc.ports[0].target_port, 8080, "named target port resolved");
+}
+
+#[test]
+fn a_service_profile_becomes_routes_before_the_default_with_its_conditions() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guide/linkerd-config.yaml"),
+    )
+    .expect("guide");
+    let o = objects(&guide.replace(
+        "name: emoji-svc\n  namespace: emojivoto",
+        "name: reviews.default.svc.cluster.local\n  namespace: default",
+    ));
+    let mesh = mesh_config(&o, "cluster.local");
+    let svc = &mesh.waypoints[0].services[0];
+    assert_eq!(svc.routes.len(), 2, "the profile's route, then the default");
+    let list = &svc.routes[0];
+    assert_eq!(list.name, "GET /api/list");
+    assert_eq!(list.matches[0].method, Some(StrMatch::Exact("GET".into())));
+    assert_eq!(
+        list.matches[0].path,
+        Some(StrMatch::Regex("/api/list".into()))
+    );
+    assert!(list.retry.is_none(), "not retryable");
+    assert_eq!(svc.routes[1].name, "default");
+}
+
+#[test]
+fn authorization_policies_apply_to_the_service_whose_pods_they_select() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guide/istio-security.yaml"),
+    )
+    .expect("guide");
+    let o = objects(&format!(
+        "{guide}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: other, namespace: default}}\nspec: {{selector: {{matchLabels: {{app: ratings}}}}, action: DENY, rules: [{{}}]}}\n"
+    ));
+    let mesh = mesh_config(&o, "cluster.local");
+    let authz = &mesh.waypoints[0].services[0].authz;
+    assert_eq!(
+        authz.len(),
+        1,
+        "only the policy selecting reviews' pods: {authz:?}"
+    );
+    assert_eq!(authz[0].name, "default/allow-get-reviews");
+    assert_eq!(authz[0].rules[0].to[0].methods, vec!["GET".to_owned()]);
+}
+
+#[test]
+fn peer_authentication_workload_beats_namespace_beats_mesh() {
+    let o = objects(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ns, namespace: default}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: v2, namespace: default}
+spec:
+  selector: {matchLabels: {version: v2}}
+  mtls: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: v1-ports, namespace: default}
+spec:
+  selector: {matchLabels: {version: v1}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9090: {mode: PERMISSIVE}}
+"#,
+    );
+    let pod = |name: &str| o.pods.values().find(|p| p.name == name).expect("pod");
+    let (v1_mode, v1) = l7::peer_authentication(&o, pod("reviews-v1"));
+    assert_eq!(v1_mode, MtlsMode::Strict);
+    assert!(
+        !v1.accepts_plaintext(8080) && v1.accepts_plaintext(9090),
+        "per port"
+    );
+    let (v2_mode, _) = l7::peer_authentication(&o, pod("reviews-v2"));
+    assert_eq!(v2_mode, MtlsMode::Disable);
+    let mesh = mesh_config(&o, "cluster.local");
+    let workload = |n: &str| mesh.workloads.iter().find(|w| w.name == n).expect("w");
+    assert_eq!(
+        workload("reviews-v2").protocol,
+        Protocol::Tcp,
+        "DISABLE: plain TCP"
+    );
+    assert_eq!(workload("reviews-v1").protocol, Protocol::Hbone);
+    let (ns_mode, ns) = l7::peer_authentication(&o, pod("waypoint-abc"));
+    assert_eq!(
+        ns_mode,
+        MtlsMode::Permissive,
+        "the namespace's, over the mesh's"
+    );
+    assert!(ns.accepts_plaintext(1));
+}
