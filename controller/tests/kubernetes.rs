@@ -411,6 +411,10 @@ async fn missing_crds_do_not_block_the_sync_and_a_refused_policy_keeps_its_last_
         "list /api/v1/services",
         Reply::json(200, &empty("ServiceList")),
     );
+    api.push(
+        "list /apis/discovery.k8s.io/v1/endpointslices",
+        Reply::json(200, &empty("EndpointSliceList")),
+    );
     let vs = |generation: i64, spec: serde_json::Value| {
         serde_json::json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",

@@ -226,3 +226,40 @@ spec:
     );
     assert!(ns.accepts_plaintext(1));
 }
+
+#[test]
+fn a_service_without_a_selector_takes_its_endpoints_from_endpoint_slices() {
+    let o = objects(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: legacy-db, namespace: default}
+spec: {clusterIP: 10.96.0.40, ports: [{port: 5432, targetPort: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: legacy-db-abc12
+  namespace: default
+  labels: {kubernetes.io/service-name: legacy-db}
+addressType: IPv4
+endpoints:
+- addresses: [10.10.2.2]
+  conditions: {ready: true}
+- addresses: [10.10.1.2]
+  conditions: {ready: false}
+ports: [{name: "", port: 5432, protocol: TCP}]
+"#,
+    );
+    let mesh = mesh_config(&o, "cluster.local");
+    let db = mesh
+        .services
+        .iter()
+        .find(|s| s.name == "legacy-db")
+        .expect("svc");
+    assert_eq!(
+        db.endpoints,
+        vec!["reviews-v2".to_owned()],
+        "only the ready address"
+    );
+}

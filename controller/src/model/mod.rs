@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 pub use objects::{
-    Namespace, Object, ObjectKey, Objects, Pod, PodPort, Service, ServicePortSpec, TargetPort,
+    EndpointSlice, Namespace, Object, ObjectKey, Objects, Pod, PodPort, Service, ServicePortSpec,
+    TargetPort,
 };
 use weft_core::config::{MeshConfig, Protocol, Workload};
 
@@ -80,8 +81,12 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
             .map(|(_, p)| p)
             .filter(|p| p.namespace == svc.namespace && p.ip.is_some() && p.node.is_some())
             .filter(|p| {
-                !svc.selector.is_empty()
-                    && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                if svc.selector.is_empty() {
+                    // Without a selector, the service's EndpointSlices say which pods back it.
+                    p.ip.is_some_and(|ip| sliced(objects, svc, ip))
+                } else {
+                    svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                }
             })
             .filter(|p| {
                 p.ip.is_some_and(|ip| {
@@ -146,6 +151,14 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
         services,
         waypoints,
     }
+}
+
+/// Whether one of `svc`'s EndpointSlices lists `ip` as a ready endpoint.
+fn sliced(objects: &Objects, svc: &Service, ip: IpAddr) -> bool {
+    objects
+        .endpoint_slices
+        .values()
+        .any(|e| e.namespace == svc.namespace && e.service == svc.name && e.addresses.contains(&ip))
 }
 
 #[cfg(test)]

@@ -102,6 +102,20 @@ pub struct Service {
     pub ports: Vec<ServicePortSpec>,
 }
 
+/// An EndpointSlice: the endpoints of a service without a selector (or managed by someone
+/// else), by address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The service it belongs to (`kubernetes.io/service-name`).
+    pub service: String,
+    /// Addresses of ready endpoints.
+    pub addresses: Vec<IpAddr>,
+}
+
 /// Every object Weft reads, as last seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Objects {
@@ -113,6 +127,8 @@ pub struct Objects {
     pub services: BTreeMap<ObjectKey, Service>,
     /// Policies (Istio, Linkerd, SMI, Gateway API).
     pub policies: BTreeMap<(PolicyKind, ObjectKey), Policy>,
+    /// EndpointSlices.
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
 }
 
 /// One object of any kind Weft reads.
@@ -126,6 +142,8 @@ pub enum Object {
     Service(Service),
     /// A policy.
     Policy(Box<Policy>),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
 }
 
 impl Object {
@@ -136,6 +154,7 @@ impl Object {
             Self::Pod(p) => format!("Pod {}/{}", p.namespace, p.name),
             Self::Service(s) => format!("Service {}/{}", s.namespace, s.name),
             Self::Policy(p) => p.describe(),
+            Self::EndpointSlice(e) => format!("EndpointSlice {}/{}", e.namespace, e.name),
         }
     }
 }
@@ -166,6 +185,10 @@ impl Objects {
             Object::Service(s) => self.upsert_service(s),
             Object::Policy(p) => {
                 self.policies.insert((p.kind, p.key.clone()), *p);
+            }
+            Object::EndpointSlice(e) => {
+                self.endpoint_slices
+                    .insert(ObjectKey::new(&e.namespace, &e.name), e);
             }
         }
     }

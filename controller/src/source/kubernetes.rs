@@ -50,8 +50,8 @@ impl Kind {
     }
 }
 
-/// The kinds the model is built from, one cluster-wide watch each: namespaces, pods, services
-/// and every policy kind.
+/// The kinds the model is built from, one cluster-wide watch each: namespaces, pods, services,
+/// EndpointSlices (endpoints of services without a selector) and every policy kind.
 pub fn watched() -> Vec<Kind> {
     let core = |kind, plural| Kind {
         group: "",
@@ -63,6 +63,12 @@ pub fn watched() -> Vec<Kind> {
         core("Namespace", "namespaces"),
         core("Pod", "pods"),
         core("Service", "services"),
+        Kind {
+            group: "discovery.k8s.io",
+            version: "v1",
+            kind: "EndpointSlice",
+            plural: "endpointslices",
+        },
     ];
     for policy in PolicyKind::ALL {
         let api = policy.api();

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::model::policy::{self, PolicyKind};
 use crate::model::{
-    Namespace, Object, Objects, Pod, PodPort, Service, ServicePortSpec, TargetPort,
+    EndpointSlice, Namespace, Object, Objects, Pod, PodPort, Service, ServicePortSpec, TargetPort,
 };
 
 /// A directory of manifests, as last read.
@@ -257,6 +257,32 @@ pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String>
                     .collect(),
             })
         }
+        "EndpointSlice" => {
+            let doc: EndpointSliceDoc = typed(value, &label)?;
+            let service = doc
+                .metadata
+                .labels
+                .get("kubernetes.io/service-name")
+                .cloned()
+                .unwrap_or_default();
+            let mut addresses = Vec::new();
+            for (i, e) in doc.endpoints.iter().enumerate() {
+                if e.conditions.ready == Some(false) {
+                    continue;
+                }
+                for (j, a) in e.addresses.iter().enumerate() {
+                    addresses.push(a.parse::<IpAddr>().map_err(|err| {
+                        format!("{label}: endpoints[{i}].addresses[{j}]: {a:?} is not an IP address: {err}")
+                    })?);
+                }
+            }
+            Object::EndpointSlice(EndpointSlice {
+                name: doc.metadata.name,
+                namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
+                service,
+                addresses,
+            })
+        }
         "" => return Err(format!("{label}: no kind")),
         // Other kinds (Deployments, ConfigMaps, install resources) are not Weft's to read.
         _ => return Ok(None),
@@ -352,6 +378,27 @@ struct ServicePortDoc {
     port: u16,
     #[serde(default)]
     target_port: Option<IntOrString>,
+}
+
+#[derive(Deserialize)]
+struct EndpointSliceDoc {
+    metadata: Meta,
+    #[serde(default)]
+    endpoints: Vec<EndpointDoc>,
+}
+
+#[derive(Deserialize)]
+struct EndpointDoc {
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    conditions: EndpointConditions,
+}
+
+#[derive(Deserialize, Default)]
+struct EndpointConditions {
+    #[serde(default)]
+    ready: Option<bool>,
 }
 
 #[derive(Deserialize)]
