@@ -54,6 +54,11 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                 } as i32,
                 permissive: w.mtls.permissive,
                 mtls_except_ports: w.mtls.except_ports.iter().map(|p| u32::from(*p)).collect(),
+                authz_json: if w.authz.is_empty() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&w.authz).unwrap_or_default()
+                },
             }),
         );
     }
@@ -173,6 +178,12 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                                 .map_err(|_| field("mtlsExceptPorts", format!("{p} is not a port")))
                         })
                         .collect::<Result<_, _>>()?,
+                },
+                authz: if w.authz_json.is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::from_str(&w.authz_json)
+                        .map_err(|e| field("authzJson", e.to_string()))?
                 },
             }),
             Some(v1::resource::Kind::Service(s)) => {

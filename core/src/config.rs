@@ -46,6 +46,9 @@ pub struct Workload {
     /// Whether plaintext may reach it (PeerAuthentication PERMISSIVE), by default and per port.
     #[serde(default, skip_serializing_if = "MtlsPolicy::is_strict")]
     pub mtls: MtlsPolicy,
+    /// Authorization policies its node proxy enforces on connections to it (L4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authz: Vec<crate::l7::AuthzPolicy>,
 }
 
 /// Which inbound connections an enrolled workload accepts (PeerAuthentication).

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod authz;
 pub mod ca_client;
 pub mod config;
 pub mod control;

@@ -953,6 +953,7 @@ spec:
                     },
                     netns: None,
                     mtls: Default::default(),
+                    authz: Vec::new(),
                 })
                 .collect(),
             services: self.services.clone(),

@@ -306,3 +306,41 @@ fn the_trust_bundle_travels_with_the_config() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn node_proxies_enforce_authorization_policies_on_connections() -> Result<()> {
+    let mut bed = TestBed::new("l4authz", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let other = bed.pod("other").namespace("shop").on_node(0).add()?;
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("x", "web")])?;
+    ensure!(fetch(&bed, &other, &web)?, "baseline: other reaches web");
+
+    // ALLOW only the client's identity to web (no waypoint: the node proxy decides per
+    // connection).
+    let log1 = bed.proxy_log(1).len();
+    bed.write_manifest(
+        "authz.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-from-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/shop/sa/client]}
+",
+    )?;
+    bed.wait_log(1, log1, "config update applied", Duration::from_secs(3))?;
+    ensure!(
+        fetch(&bed, &client, &web)?,
+        "the allowed client was refused"
+    );
+    let mark = bed.proxy_log(1).len();
+    ensure!(!fetch(&bed, &other, &web)?, "another identity got through");
+    bed.wait_log(1, mark, "may not connect to web", Duration::from_secs(2))?;
+    Ok(())
+}

@@ -213,5 +213,26 @@ fn authorize(
             source.name
         )));
     }
+    // L4 authorization: the pod's AuthorizationPolicies, as of now.
+    if let Some(workload) = state.workload_by_ip(pod.workload.ip)
+        && !workload.authz.is_empty()
+    {
+        let principal = peer_id.to_string();
+        let subject = weft_core::authz::Subject {
+            principal: Some(principal.strip_prefix("spiffe://").unwrap_or(&principal)),
+            namespace: Some(peer_id.namespace()),
+            ip: client.ip(),
+            port: target.destination.port(),
+            request: None,
+        };
+        weft_core::authz::check(&workload.authz, &subject).map_err(|denied| {
+            Rejection::Denied(format!(
+                "{peer_id} may not connect to {} port {}: {}",
+                pod.workload.name,
+                target.destination.port(),
+                denied.policy
+            ))
+        })?;
+    }
     Ok((target, client))
 }

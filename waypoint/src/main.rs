@@ -1,7 +1,6 @@
 //! `weft-waypoint`: the per-service L7 proxy. Flags, wiring, and the config stream; the
 //! request path is `inbound` → `proxy` (route, authz, retries) → `balance` → `upstream`.
 
-mod authz;
 mod balance;
 mod identity;
 mod inbound;

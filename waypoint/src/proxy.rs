@@ -17,7 +17,6 @@ use tracing::{debug, info};
 use weft_core::identity::SpiffeId;
 use weft_core::l7::Retry;
 
-use crate::authz::{self, Subject};
 use crate::balance::{Outcome, PickError};
 use crate::metrics::RequestLabels;
 use crate::retry::{self, TryResult};
@@ -25,6 +24,7 @@ use crate::route::{self, RequestView};
 use crate::state::ServiceRt;
 use crate::upstream::{self, Dialer, UpstreamError};
 use crate::{Body, Waypoint};
+use weft_core::authz::{self, Subject};
 
 /// The tunnel a request arrived in.
 pub(crate) struct Tunnel {
@@ -308,11 +308,13 @@ async fn serve(
         principal: Some(principal),
         namespace: Some(tunnel.peer.namespace()),
         ip: tunnel.client.ip(),
-        method: request.method().as_str(),
-        path: request.uri().path(),
-        host: host.split(':').next().unwrap_or(&host),
         port,
-        headers: request.headers(),
+        request: Some(authz::Request {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            host: host.split(':').next().unwrap_or(&host),
+            headers: request.headers(),
+        }),
     };
     if let Err(denied) = authz::check(&service.policy.authz, &subject) {
         return local(

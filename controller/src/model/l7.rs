@@ -711,31 +711,70 @@ fn authz_for(objects: &Objects, svc: &Service, waypoint: &ObjectKey) -> Vec<Auth
         if !applies {
             continue;
         }
-        out.push(AuthzPolicy {
-            name: p.key.to_string(),
-            action,
-            rules: ap
-                .rules
-                .iter()
-                .flatten()
-                .map(|r| AuthzRule {
-                    from: r
-                        .from
-                        .iter()
-                        .map(|f| AuthzSource {
-                            principals: f.source.principals.clone(),
-                            not_principals: f.source.not_principals.clone(),
-                            namespaces: f.source.namespaces.clone(),
-                            not_namespaces: f.source.not_namespaces.clone(),
-                            ip_blocks: f.source.ip_blocks.clone(),
-                            not_ip_blocks: f.source.not_ip_blocks.clone(),
-                        })
-                        .collect(),
-                    to: r.to.iter().map(|t| t.operation.clone()).collect(),
-                    when: r.when.clone(),
-                })
-                .collect(),
-        });
+        out.push(to_authz(&p.key, action, ap));
+    }
+    out
+}
+
+/// An AuthorizationPolicy as proxies apply it.
+fn to_authz(
+    key: &ObjectKey,
+    action: AuthzAction,
+    ap: &istio::AuthorizationPolicySpec,
+) -> AuthzPolicy {
+    AuthzPolicy {
+        name: key.to_string(),
+        action,
+        rules: ap
+            .rules
+            .iter()
+            .flatten()
+            .map(|r| AuthzRule {
+                from: r
+                    .from
+                    .iter()
+                    .map(|f| AuthzSource {
+                        principals: f.source.principals.clone(),
+                        not_principals: f.source.not_principals.clone(),
+                        namespaces: f.source.namespaces.clone(),
+                        not_namespaces: f.source.not_namespaces.clone(),
+                        ip_blocks: f.source.ip_blocks.clone(),
+                        not_ip_blocks: f.source.not_ip_blocks.clone(),
+                    })
+                    .collect(),
+                to: r.to.iter().map(|t| t.operation.clone()).collect(),
+                when: r.when.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The AuthorizationPolicies a node proxy enforces on connections to `pod`: those selecting it
+/// (or its whole namespace, or the mesh from the root namespace) that are not attached to a
+/// Service or Gateway with `targetRefs`.
+pub fn workload_authz(objects: &Objects, pod: &Pod) -> Vec<AuthzPolicy> {
+    let mut out = Vec::new();
+    for p in objects.policies.values() {
+        let PolicySpec::AuthorizationPolicy(ap) = &p.spec else {
+            continue;
+        };
+        if ap.target_ref.is_some() || !ap.target_refs.is_empty() {
+            continue;
+        }
+        let action = match ap.action {
+            Action::Allow => AuthzAction::Allow,
+            Action::Deny => AuthzAction::Deny,
+            Action::Audit | Action::Custom => continue,
+        };
+        let in_scope =
+            p.key.namespace == pod.namespace || ROOT_NAMESPACES.contains(&p.key.namespace.as_str());
+        let selected = ap
+            .selector
+            .as_ref()
+            .is_none_or(|sel| labels_match(&sel.match_labels, &pod.labels));
+        if in_scope && selected {
+            out.push(to_authz(&p.key, action, ap));
+        }
     }
     out
 }

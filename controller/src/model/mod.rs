@@ -67,6 +67,11 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
             },
             netns: None,
             mtls: if hbone { mtls } else { Default::default() },
+            authz: if hbone {
+                l7::workload_authz(objects, pod)
+            } else {
+                Vec::new()
+            },
         });
     }
     let running = l7::running_waypoints(objects);

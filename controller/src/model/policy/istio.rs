@@ -737,6 +737,21 @@ impl AuthorizationPolicySpec {
             );
         }
         for (i, rule) in self.rules.iter().flatten().enumerate() {
+            let http = rule.to.iter().any(|t| {
+                let o = &t.operation;
+                !(o.methods.is_empty()
+                    && o.not_methods.is_empty()
+                    && o.paths.is_empty()
+                    && o.not_paths.is_empty()
+                    && o.hosts.is_empty()
+                    && o.not_hosts.is_empty())
+            }) || rule.when.iter().any(|c| c.key.starts_with("request."));
+            if http {
+                notes.note(
+                    &format!("spec.rules[{i}]"),
+                    "HTTP attributes are judged only on traffic through a waypoint; a node proxy (L4) reads this rule to deny more, never less (in ALLOW it does not match, in DENY it does)",
+                );
+            }
             for (j, from) in rule.from.iter().enumerate() {
                 let at = |f: &str| format!("spec.rules[{i}].from[{j}].source.{f}");
                 notes.unhonoured(

@@ -1,34 +1,54 @@
-//! L7 authorization with Istio's semantics: a request matching any DENY policy is denied; then,
-//! if any ALLOW policy applies to the service, a request matching none of them is denied;
-//! otherwise it is allowed.
+//! Authorization with Istio's semantics: a request matching any DENY policy is denied; then, if
+//! any ALLOW policy applies, a request matching none of them is denied; otherwise it is allowed.
+//!
+//! Waypoints judge HTTP requests (every attribute known). Node proxies judge connections (L4):
+//! there the HTTP attributes (methods, paths, hosts, request headers) are unknown, and a rule
+//! that needs them is read to deny more, never less: in a DENY policy it matches, in an ALLOW
+//! policy it does not.
 
 use std::net::IpAddr;
 
-use weft_core::l7::{
+use crate::l7::{
     AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, glob_matches,
 };
 
-/// What a request is judged on.
-pub(crate) struct Subject<'a> {
+/// What a request or connection is judged on.
+pub struct Subject<'a> {
     /// The peer's SPIFFE ID without `spiffe://` (`cluster.local/ns/x/sa/y`), if mTLS.
-    pub(crate) principal: Option<&'a str>,
-    pub(crate) namespace: Option<&'a str>,
-    pub(crate) ip: IpAddr,
-    pub(crate) method: &'a str,
-    pub(crate) path: &'a str,
-    pub(crate) host: &'a str,
-    pub(crate) port: u16,
-    pub(crate) headers: &'a http::HeaderMap,
+    pub principal: Option<&'a str>,
+    /// The peer's namespace, if mTLS.
+    pub namespace: Option<&'a str>,
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The destination port.
+    pub port: u16,
+    /// The HTTP request, where it is known (at a waypoint).
+    pub request: Option<Request<'a>>,
+}
+
+/// The HTTP attributes of a request.
+pub struct Request<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Path.
+    pub path: &'a str,
+    /// Host, without the port.
+    pub host: &'a str,
+    /// Headers.
+    pub headers: &'a http::HeaderMap,
 }
 
 /// Denied by `policy` (named for the 403 body and the log).
-pub(crate) struct Denied {
-    pub(crate) policy: String,
+#[derive(Debug)]
+pub struct Denied {
+    /// Which policy, or that no ALLOW policy matched.
+    pub policy: String,
 }
 
-pub(crate) fn check(policies: &[AuthzPolicy], subject: &Subject<'_>) -> Result<(), Denied> {
+/// Judges `subject` under `policies` (those that apply to its destination).
+pub fn check(policies: &[AuthzPolicy], subject: &Subject<'_>) -> Result<(), Denied> {
     for p in policies.iter().filter(|p| p.action == AuthzAction::Deny) {
-        if p.rules.iter().any(|r| rule_matches(r, subject)) {
+        if p.rules.iter().any(|r| rule_matches(r, subject, true)) {
             return Err(Denied {
                 policy: format!("DENY policy {}", p.name),
             });
@@ -41,7 +61,7 @@ pub(crate) fn check(policies: &[AuthzPolicy], subject: &Subject<'_>) -> Result<(
     if allows.is_empty()
         || allows
             .iter()
-            .any(|p| p.rules.iter().any(|r| rule_matches(r, subject)))
+            .any(|p| p.rules.iter().any(|r| rule_matches(r, subject, false)))
     {
         return Ok(());
     }
@@ -91,19 +111,35 @@ fn source_matches(s: &AuthzSource, subject: &Subject<'_>) -> bool {
         && !in_blocks(&s.not_ip_blocks, subject.ip)
 }
 
-fn operation_matches(o: &AuthzOperation, subject: &Subject<'_>) -> bool {
+/// `unknown`: what an HTTP attribute test gives where the request is not known (L4).
+fn operation_matches(o: &AuthzOperation, subject: &Subject<'_>, unknown: bool) -> bool {
     let port = subject.port.to_string();
-    any_or_empty(&o.methods, Some(subject.method))
-        && none_of(&o.not_methods, Some(subject.method))
-        && any_or_empty(&o.paths, Some(subject.path))
-        && none_of(&o.not_paths, Some(subject.path))
-        && any_or_empty(&o.ports, Some(&port))
-        && none_of(&o.not_ports, Some(&port))
-        && any_or_empty(&o.hosts, Some(subject.host))
-        && none_of(&o.not_hosts, Some(subject.host))
+    let l4 = any_or_empty(&o.ports, Some(&port)) && none_of(&o.not_ports, Some(&port));
+    let needs_l7 = [
+        &o.methods,
+        &o.not_methods,
+        &o.paths,
+        &o.not_paths,
+        &o.hosts,
+        &o.not_hosts,
+    ]
+    .iter()
+    .any(|v| !v.is_empty());
+    let l7 = match &subject.request {
+        Some(r) => {
+            any_or_empty(&o.methods, Some(r.method))
+                && none_of(&o.not_methods, Some(r.method))
+                && any_or_empty(&o.paths, Some(r.path))
+                && none_of(&o.not_paths, Some(r.path))
+                && any_or_empty(&o.hosts, Some(r.host))
+                && none_of(&o.not_hosts, Some(r.host))
+        }
+        None => !needs_l7 || unknown,
+    };
+    l4 && l7
 }
 
-fn condition_matches(c: &AuthzCondition, subject: &Subject<'_>) -> bool {
+fn condition_matches(c: &AuthzCondition, subject: &Subject<'_>, unknown: bool) -> bool {
     let port = subject.port.to_string();
     let ip = subject.ip.to_string();
     let value: Option<String> = match c.key.as_str() {
@@ -111,21 +147,38 @@ fn condition_matches(c: &AuthzCondition, subject: &Subject<'_>) -> bool {
         "source.namespace" => subject.namespace.map(str::to_owned),
         "source.principal" => subject.principal.map(str::to_owned),
         "destination.port" => Some(port),
-        key => key
-            .strip_prefix("request.headers[")
-            .and_then(|k| k.strip_suffix(']'))
-            .and_then(|name| subject.headers.get(name.to_ascii_lowercase().as_str()))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        key => {
+            let Some(name) = key
+                .strip_prefix("request.headers[")
+                .and_then(|k| k.strip_suffix(']'))
+            else {
+                return false;
+            };
+            let Some(request) = &subject.request else {
+                return unknown;
+            };
+            request
+                .headers
+                .get(name.to_ascii_lowercase().as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        }
     };
     let value = value.as_deref();
     any_or_empty(&c.values, value) && none_of(&c.not_values, value)
 }
 
-fn rule_matches(rule: &AuthzRule, subject: &Subject<'_>) -> bool {
+fn rule_matches(rule: &AuthzRule, subject: &Subject<'_>, unknown: bool) -> bool {
     (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, subject)))
-        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, subject)))
-        && rule.when.iter().all(|c| condition_matches(c, subject))
+        && (rule.to.is_empty()
+            || rule
+                .to
+                .iter()
+                .any(|o| operation_matches(o, subject, unknown)))
+        && rule
+            .when
+            .iter()
+            .all(|c| condition_matches(c, subject, unknown))
 }
 
 #[cfg(test)]
@@ -159,11 +212,13 @@ mod tests {
             principal: Some(principal),
             namespace: Some("default"),
             ip: "10.0.0.1".parse().expect("ip"),
-            method,
-            path: "/reviews/1",
-            host: "reviews",
             port: 9080,
-            headers,
+            request: Some(Request {
+                method,
+                path: "/reviews/1",
+                host: "reviews",
+                headers,
+            }),
         }
     }
 
@@ -205,5 +260,46 @@ mod tests {
             rules: vec![],
         }];
         assert!(check(&empty, &subject(pp, "GET", &h)).is_err());
+    }
+
+    #[test]
+    fn at_l4_http_rules_deny_more_never_less() {
+        let pp = "cluster.local/ns/default/sa/bookinfo-productpage";
+        let connection = |principal| Subject {
+            principal: Some(principal),
+            namespace: Some("default"),
+            ip: "10.0.0.1".parse().expect("ip"),
+            port: 9080,
+            request: None,
+        };
+        // ALLOW GET from productpage: a connection cannot show it is a GET: denied.
+        assert!(check(&[guide_policy()], &connection(pp)).is_err());
+        // ALLOW by principal only: decided at L4.
+        let by_principal = AuthzPolicy {
+            name: "default/pp".into(),
+            action: AuthzAction::Allow,
+            rules: vec![AuthzRule {
+                from: vec![AuthzSource {
+                    principals: vec![pp.into()],
+                    ..AuthzSource::default()
+                }],
+                ..AuthzRule::default()
+            }],
+        };
+        assert!(check(std::slice::from_ref(&by_principal), &connection(pp)).is_ok());
+        assert!(check(&[by_principal], &connection("cluster.local/ns/x/sa/y")).is_err());
+        // DENY POST: at L4 it may be a POST: denied.
+        let deny_post = AuthzPolicy {
+            name: "default/no-post".into(),
+            action: AuthzAction::Deny,
+            rules: vec![AuthzRule {
+                to: vec![AuthzOperation {
+                    methods: vec!["POST".into()],
+                    ..AuthzOperation::default()
+                }],
+                ..AuthzRule::default()
+            }],
+        };
+        assert!(check(&[deny_post], &connection(pp)).is_err());
     }
 }
