@@ -71,12 +71,14 @@ where
     let mut renew_at: HashMap<SpiffeId, SystemTime> = HashMap::new();
     loop {
         for id in wanted() {
-            let due = match renew_at.get(&id) {
-                Some(at) => SystemTime::now() >= *at,
+            // What is on disk is what the proxy serves with: a pair that does not load (gone,
+            // or overwritten by someone else) is replaced now, whatever the schedule says.
+            let on_disk = WorkloadCert::load(&id, &cert_dir(&settings.cert_dir, &id)).ok();
+            let due = match (renew_at.get(&id), on_disk) {
+                (_, None) => true,
+                (Some(at), Some(_)) => SystemTime::now() >= *at,
                 // Found on disk from an earlier run: its validity is all we know.
-                None => WorkloadCert::load(&id, &cert_dir(&settings.cert_dir, &id))
-                    .ok()
-                    .is_none_or(|cert| SystemTime::now() >= cert.renew_at()),
+                (None, Some(cert)) => SystemTime::now() >= cert.renew_at(),
             };
             if !due {
                 continue;

@@ -970,27 +970,46 @@ spec:
     }
 
     /// Issues a certificate for `identity` (a CSR signed by the bed's CA, as the node proxy's CA
-    /// client will do) into the certificate directory.
+    /// client will do) into every node's certificate directory.
     pub fn issue_cert(&self, identity: &SpiffeId) -> Result<()> {
         let csr = WorkloadCsr::generate(identity)?;
         let issued = self
             .ca
             .sign_csr(&csr.csr_pem, identity, DEFAULT_WORKLOAD_TTL)?;
-        let dir = self
-            .dir
-            .join("certs")
-            .join(identity.namespace())
-            .join(identity.service_account());
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("key.pem"), &csr.key_pem)?;
-        std::fs::write(dir.join("cert.pem"), &issued.chain_pem)?;
+        for i in 0..self.nodes.len() {
+            let dir = self
+                .node_cert_dir(i)
+                .join(identity.namespace())
+                .join(identity.service_account());
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("key.pem"), &csr.key_pem)?;
+            std::fs::write(dir.join("cert.pem"), &issued.chain_pem)?;
+        }
         Ok(())
+    }
+
+    /// Node `i`'s certificate directory (each node proxy has its own, as on real nodes).
+    pub fn node_cert_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("certs-{}", self.nodes[i].name))
+    }
+
+    fn waypoint_cert_dir(&self, w: &Pod) -> PathBuf {
+        self.dir.join(format!("certs-waypoint-{}", w.name))
     }
 
     /// Writes config and certificates and starts one node proxy per node; returns when all
     /// report ready.
     pub fn start(&mut self) -> Result<()> {
+        // The bootstrap trust bundle: for the bed's own clients, each node, each waypoint.
         std::fs::write(self.dir.join("certs/root-cert.pem"), self.ca.root_pem())?;
+        let mut cert_dirs: Vec<PathBuf> = (0..self.nodes.len())
+            .map(|i| self.node_cert_dir(i))
+            .collect();
+        cert_dirs.extend(self.waypoints.iter().map(|w| self.waypoint_cert_dir(w)));
+        for dir in cert_dirs {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("root-cert.pem"), self.ca.root_pem())?;
+        }
         let identities: std::collections::BTreeSet<_> = self
             .pods
             .iter()
@@ -1070,7 +1089,7 @@ spec:
             .arg("--controller-credential")
             .arg(&credential)
             .arg("--cert-dir")
-            .arg(self.dir.join("certs"))
+            .arg(self.waypoint_cert_dir(w))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -1249,7 +1268,7 @@ spec:
             .args(["--node", &node.name])
             .args(&source)
             .arg("--cert-dir")
-            .arg(self.dir.join("certs"))
+            .arg(self.node_cert_dir(i))
             .args(["--reload-interval-ms", "100", "--drain-deadline-secs", "2"])
             .args(["--capture", self.capture.flag()])
             .arg("--bpf-pin-dir")

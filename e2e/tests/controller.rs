@@ -281,7 +281,7 @@ fn the_trust_bundle_travels_with_the_config() -> Result<()> {
 
     // The node's bundle drifted from the mesh's (a stale bootstrap file with a foreign root
     // in it): the next update from the controller puts the mesh's bundle back.
-    let bundle_path = bed.dir().join("certs/root-cert.pem");
+    let bundle_path = bed.node_cert_dir(0).join("root-cert.pem");
     let mesh_root = bed.ca().root_pem().to_owned();
     let foreign = weft_controller::ca::Ca::generate("cluster.local")?.0;
     std::fs::write(&bundle_path, format!("{mesh_root}{}", foreign.root_pem()))?;
@@ -342,5 +342,35 @@ spec:
     let mark = bed.proxy_log(1).len();
     ensure!(!fetch(&bed, &other, &web)?, "another identity got through");
     bed.wait_log(1, mark, "may not connect to web", Duration::from_secs(2))?;
+    Ok(())
+}
+
+#[test]
+fn a_broken_certificate_on_disk_is_replaced_from_the_ca() -> Result<()> {
+    let mut bed = TestBed::new("certfix", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("x", "web")])?;
+    ensure!(fetch(&bed, &client, &web)?, "baseline request failed");
+
+    // Someone overwrites web's key on node2 (a half-finished deploy, a second writer): the pair
+    // no longer matches. The CA client notices and gets a new certificate.
+    let key = bed.node_cert_dir(1).join("shop/web/key.pem");
+    let foreign = weft_core::identity::WorkloadCsr::generate(&web.identity())?;
+    let mark = bed.proxy_log(1).len();
+    std::fs::write(&key, foreign.key_pem)?;
+    bed.wait_log(
+        1,
+        mark,
+        "certificate issued by the controller",
+        Duration::from_secs(5),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        fetch(&bed, &client, &web)?,
+        "request after the certificate was replaced failed"
+    );
     Ok(())
 }
