@@ -177,3 +177,49 @@ spec:
         p.notes
     );
 }
+
+#[test]
+fn a_regex_that_does_not_compile_refuses_the_policy_not_the_mesh() {
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {regex: \"/api/(v1\"}}]
+    route: [{destination: {host: reviews}}]
+";
+    let (objects, errors) = parse_file(Path::new("vs.yaml"), vs);
+    assert!(objects.is_empty());
+    assert!(
+        errors[0].contains("VirtualService shop/reviews")
+            && errors[0].contains("spec.http[0].match[0].uri.regex")
+            && errors[0].contains("not a valid regular expression"),
+        "{errors:?}"
+    );
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/guide/linkerd-circuit-breaker.yaml"),
+    )
+    .expect("guide");
+    let (_, errors) = parse_file(
+        Path::new("sp.yaml"),
+        &guide.replace("pathRegex: /api/.*", "pathRegex: /api/[a-"),
+    );
+    assert!(
+        errors[0].contains("spec.routes[0].condition.pathRegex"),
+        "{errors:?}"
+    );
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: reviews}]
+  rules: [{matches: [{headers: [{type: RegularExpression, name: x, value: \"*bad\"}]}]}]
+";
+    let (_, errors) = parse_file(Path::new("r.yaml"), route);
+    assert!(
+        errors[0].contains("spec.rules[0].matches[0].headers[0].value"),
+        "{errors:?}"
+    );
+}

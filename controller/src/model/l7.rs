@@ -809,6 +809,10 @@ pub fn waypoint_config(objects: &Objects, waypoint: &ObjectKey) -> WaypointConfi
                 routes
             }
         };
+        // A rule whose backends all weigh 0 sends nothing anywhere: leave it out rather than
+        // hand the proxies a route they would refuse (with the whole update).
+        let mut routes = routes;
+        routes.retain(|r| r.backends.iter().any(|b| b.weight > 0));
         let this = backends.get(svc, None);
         let ports = backends.list[this].ports.clone();
         services.push(ServicePolicy {

@@ -266,6 +266,7 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
             PolicySpec::Gateway(Box::new(s))
         }
     };
+    check_regexes(&spec)?;
     Ok(Policy {
         kind,
         key: ObjectKey::new(
@@ -279,6 +280,94 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
         notes: notes.0,
         raw: doc.spec,
     })
+}
+
+/// Every regular expression a policy holds must compile: a bad one refuses the policy here,
+/// naming the field, rather than reaching the proxies (which would refuse the whole update).
+fn check_regexes(spec: &PolicySpec) -> Result<(), String> {
+    let check = |field: String, re: &str| {
+        regex::Regex::new(&format!("^(?:{re})$"))
+            .map(|_| ())
+            .map_err(|e| format!("{field}: {re:?} is not a valid regular expression: {e}"))
+    };
+    match spec {
+        PolicySpec::VirtualService(vs) => {
+            for (i, http) in vs.http.iter().enumerate() {
+                for (j, m) in http.matches.iter().enumerate() {
+                    let at = |f: &str| format!("spec.http[{i}].match[{j}].{f}");
+                    let singles = [
+                        ("uri", &m.uri),
+                        ("method", &m.method),
+                        ("authority", &m.authority),
+                    ];
+                    for (name, value) in singles {
+                        if let Some(re) = value.as_ref().and_then(|v| v.regex.as_deref()) {
+                            check(at(&format!("{name}.regex")), re)?;
+                        }
+                    }
+                    for (kind, map) in [
+                        ("headers", &m.headers),
+                        ("queryParams", &m.query_params),
+                        ("withoutHeaders", &m.without_headers),
+                    ] {
+                        for (name, value) in map {
+                            if let Some(re) = value.regex.as_deref() {
+                                check(at(&format!("{kind}.{name}.regex")), re)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        PolicySpec::HttpRoute(route) => {
+            for (i, rule) in route.rules.iter().enumerate() {
+                for (j, m) in rule.matches.iter().enumerate() {
+                    let at = |f: String| format!("spec.rules[{i}].matches[{j}].{f}");
+                    if let Some(p) = &m.path
+                        && p.kind.as_deref() == Some("RegularExpression")
+                    {
+                        check(at("path.value".into()), p.value.as_deref().unwrap_or(""))?;
+                    }
+                    for (k, h) in m.headers.iter().enumerate() {
+                        if h.kind.as_deref() == Some("RegularExpression") {
+                            check(at(format!("headers[{k}].value")), &h.value)?;
+                        }
+                    }
+                    for (k, q) in m.query_params.iter().enumerate() {
+                        if q.kind.as_deref() == Some("RegularExpression") {
+                            check(at(format!("queryParams[{k}].value")), &q.value)?;
+                        }
+                    }
+                }
+            }
+        }
+        PolicySpec::ServiceProfile(profile) => {
+            fn walk(
+                c: &linkerd::RequestMatch,
+                at: &str,
+                check: &dyn Fn(String, &str) -> Result<(), String>,
+            ) -> Result<(), String> {
+                if let Some(re) = &c.path_regex {
+                    check(format!("{at}.pathRegex"), re)?;
+                }
+                for (k, sub) in c.all.iter().enumerate() {
+                    walk(sub, &format!("{at}.all[{k}]"), check)?;
+                }
+                for (k, sub) in c.any.iter().enumerate() {
+                    walk(sub, &format!("{at}.any[{k}]"), check)?;
+                }
+                if let Some(sub) = &c.not {
+                    walk(sub, &format!("{at}.not"), check)?;
+                }
+                Ok(())
+            }
+            for (i, r) in profile.routes.iter().enumerate() {
+                walk(&r.condition, &format!("spec.routes[{i}].condition"), &check)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn spec<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, String> {
