@@ -939,3 +939,51 @@ fn a_waypoint_gets_its_own_certificate_from_the_controller_and_no_other() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn garbage_on_the_waypoint_port_is_refused_and_it_keeps_serving() -> Result<()> {
+    use std::io::{Read, Write};
+
+    let b = bookinfo("wpgarbage")?;
+    let node = Path::new("/run/netns").join(&b.bed.nodes()[0].netns);
+    let target = std::net::SocketAddr::new(b.waypoint.ip.into(), 15008);
+    for payload in [
+        &b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0x00, 0x13, 0x37, 0x42][..],
+    ] {
+        let payload = payload.to_vec();
+        let closed = weft_e2e::in_netns(&node, move || -> Result<bool> {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            stream.write_all(&payload)?;
+            let mut buf = [0u8; 64];
+            // The waypoint closes the connection (or sends a TLS alert, then closes).
+            let mut total = 0;
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => return Ok(true),
+                    Ok(n) => total += n,
+                    Err(_) => return Ok(total > 0),
+                }
+                if total > 4096 {
+                    return Ok(false);
+                }
+            }
+        })??;
+        ensure!(closed, "the waypoint kept a garbage connection open");
+    }
+    let log = std::fs::read_to_string(b.bed.waypoint_log_path(&b.waypoint))?;
+    ensure!(
+        log.matches("HBONE connection refused").count() >= 2,
+        "no refusal logged:\n{log}"
+    );
+    let tally = b
+        .bed
+        .load(&b.client, &["--url", &url("/"), "--requests", "20"])?;
+    ensure!(
+        count(&tally, "status", "200") == 20,
+        "after garbage: {tally}"
+    );
+    Ok(())
+}
