@@ -263,3 +263,38 @@ ports: [{name: "", port: 5432, protocol: TCP}]
         "only the ready address"
     );
 }
+
+#[test]
+fn a_waypoint_gateway_reports_whether_its_waypoint_runs() {
+    use weft_controller::k8s::status::patch_body;
+    use weft_controller::model::policy::PolicyKind;
+    use weft_controller::model::status::verdicts;
+
+    let running = objects("");
+    let judged = verdicts(&running, &[]);
+    let gateway = judged
+        .iter()
+        .find(|v| v.kind == PolicyKind::Gateway)
+        .expect("the waypoint Gateway is judged");
+    assert_eq!(
+        gateway.programmed,
+        Some(Ok("waypoint pod running at 10.10.1.9".to_owned()))
+    );
+    let body = patch_body(gateway, std::time::SystemTime::now());
+    assert_eq!(body["status"]["conditions"][1]["type"], "Programmed");
+    assert_eq!(body["status"]["conditions"][1]["status"], "True");
+
+    let (parsed, _) = parse_file(
+        Path::new("gw.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: lonely, namespace: default}\nspec: {gatewayClassName: weft-waypoint}\n",
+    );
+    let mut pending = Objects::default();
+    for o in parsed {
+        pending.upsert(o);
+    }
+    let judged = verdicts(&pending, &[]);
+    assert!(matches!(&judged[0].programmed, Some(Err(m)) if m.contains("no waypoint pod")));
+    let body = patch_body(&judged[0], std::time::SystemTime::now());
+    assert_eq!(body["status"]["conditions"][1]["status"], "False");
+    assert_eq!(body["status"]["conditions"][1]["reason"], "Pending");
+}

@@ -127,6 +127,15 @@ pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
                 .collect();
             serde_json::json!({ "status": { "parents": parents } })
         }
-        _ => serde_json::json!({ "status": { "conditions": [accepted] } }),
+        _ => {
+            let mut conditions = vec![accepted];
+            if let Some(programmed) = &verdict.programmed {
+                conditions.push(match programmed {
+                    Ok(message) => condition("Programmed", true, "Programmed", message),
+                    Err(message) => condition("Programmed", false, "Pending", message),
+                });
+            }
+            serde_json::json!({ "status": { "conditions": conditions } })
+        }
     }
 }

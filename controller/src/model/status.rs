@@ -27,6 +27,9 @@ pub struct Verdict {
     /// For HTTPRoutes: the Service parents the verdict is about.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<ParentRef>,
+    /// For waypoint Gateways: whether the waypoint runs (its pod has an address), and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub programmed: Option<Result<String, String>>,
 }
 
 fn kind_name<S: serde::Serializer>(kind: &PolicyKind, s: S) -> Result<S::Ok, S::Error> {
@@ -72,6 +75,20 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             PolicySpec::Gateway(gw) if gw.gateway_class_name != WAYPOINT_CLASS => continue,
             _ => Vec::new(),
         };
+        let programmed = match &policy.spec {
+            PolicySpec::Gateway(_) => Some(
+                super::l7::running_waypoints(objects)
+                    .iter()
+                    .find(|w| w.key == policy.key)
+                    .and_then(|w| w.pod.ip)
+                    .map(|ip| format!("waypoint pod running at {ip}"))
+                    .ok_or_else(|| {
+                        "no waypoint pod with an address yet (label gateway.networking.k8s.io/gateway-name)"
+                            .to_owned()
+                    }),
+            ),
+            _ => None,
+        };
         let (reason, message) = if policy.notes.is_empty() {
             ("Accepted", "accepted by Weft".to_owned())
         } else {
@@ -91,6 +108,7 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             reason,
             message,
             parents,
+            programmed,
         });
     }
     for r in rejected {
@@ -102,6 +120,7 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             reason: "Invalid",
             message: r.message.clone(),
             parents: Vec::new(),
+            programmed: None,
         });
     }
     out.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
