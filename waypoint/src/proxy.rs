@@ -192,10 +192,9 @@ pub(crate) async fn handle(
             .as_ref()
             .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
         source_principal: tunnel.peer.to_string(),
-        destination_service: service.as_ref().map_or_else(
-            || tunnel.target.to_string(),
-            |s| format!("{}.{}", s.policy.name, s.policy.namespace),
-        ),
+        destination_service: service
+            .as_ref()
+            .map_or_else(|| tunnel.target.to_string(), |s| s.label.clone()),
         destination_service_namespace: service
             .as_ref()
             .map_or_else(|| "unknown".into(), |s| s.policy.namespace.clone()),

@@ -15,6 +15,8 @@ use crate::route::CompiledRoute;
 /// One service as the waypoint serves it.
 pub(crate) struct ServiceRt {
     pub(crate) policy: ServicePolicy,
+    /// `name.namespace`, the `destination_service` label (computed once per config).
+    pub(crate) label: String,
     pub(crate) routes: Vec<CompiledRoute>,
     /// Backends by index, with their port maps.
     pub(crate) backends: Vec<(Arc<Backend>, Vec<ServicePort>)>,
@@ -130,6 +132,7 @@ impl Snapshot {
                 })
                 .collect();
             services.push(Arc::new(ServiceRt {
+                label: format!("{}.{}", policy.name, policy.namespace),
                 policy,
                 routes,
                 backends,

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::policy::{self, PolicyKind};
+use crate::model::policy::{self, Meta, PolicyKind};
 use crate::model::{
     EndpointSlice, Namespace, Object, Objects, Pod, PodPort, Service, ServicePortSpec, TargetPort,
 };
@@ -299,15 +299,6 @@ fn typed<T: DeserializeOwned>(value: &serde_yaml::Value, label: &str) -> Result<
 
 // === Kubernetes shapes (only the fields Weft reads; others are ignored, as kubectl's objects
 // carry many) ===
-
-#[derive(Deserialize)]
-struct Meta {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
 
 #[derive(Deserialize)]
 struct NamespaceDoc {

@@ -196,17 +196,18 @@ fn missing_spec() -> serde_yaml::Value {
     serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
 }
 
+/// `metadata`, as every object Weft reads carries it (only the fields it uses).
 #[derive(Deserialize)]
-struct Meta {
-    name: String,
+pub(crate) struct Meta {
+    pub(crate) name: String,
     #[serde(default)]
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     #[serde(default)]
-    generation: Option<i64>,
+    pub(crate) generation: Option<i64>,
     #[serde(default)]
-    uid: Option<String>,
+    pub(crate) uid: Option<String>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// Reads a policy manifest of `kind`. Errors name the field (`spec.http[0].retries.attempts:
