@@ -456,13 +456,24 @@ fn authorization_policy_allows_get_from_productpage_and_denies_the_rest() -> Res
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
         Ok((code.to_owned(), body.to_owned()))
     };
-    let (get, _) = code(&productpage, "GET")?;
+    let (get, get_body) = code(&productpage, "GET")?;
     let (post, post_body) = code(&productpage, "POST")?;
     let (stranger, stranger_body) = code(&other, "GET")?;
     eprintln!(
         "GET from productpage {get}; POST {post} ({post_body}); GET from ratings {stranger} ({stranger_body})"
     );
-    ensure!(get == "200", "GET from productpage: {get}");
+    ensure!(
+        get == "200",
+        "GET from productpage: {get} {get_body}\nwaypoint log:\n{}\nnode2 log (tail):\n{}",
+        std::fs::read_to_string(b.bed.waypoint_log_path(&b.waypoint)).unwrap_or_default(),
+        b.bed
+            .proxy_log(1)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     ensure!(
         post == "403" && post_body.contains("RBAC: access denied"),
         "POST: {post} {post_body}"
