@@ -342,6 +342,12 @@ spec:
     let mark = bed.proxy_log(1).len();
     ensure!(!fetch(&bed, &other, &web)?, "another identity got through");
     bed.wait_log(1, mark, "may not connect to web", Duration::from_secs(2))?;
+    // A policy change is read per connection: the pod stays captured, its listeners up.
+    let since = &bed.proxy_log(1)[log1..];
+    ensure!(
+        !since.contains("pod released"),
+        "the policy change re-enrolled the pod:\n{since}"
+    );
     Ok(())
 }
 

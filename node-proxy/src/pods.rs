@@ -111,6 +111,19 @@ pub(crate) enum Enrollment {
     Failed(String),
 }
 
+/// Whether two versions of a workload are captured the same way. Policy fields (mTLS mode,
+/// authorization) are read from the current state on every connection: a policy change must
+/// not release and re-enroll the pod, which would drop its listeners.
+fn same_capture(a: &Workload, b: &Workload) -> bool {
+    a.name == b.name
+        && a.namespace == b.namespace
+        && a.service_account == b.service_account
+        && a.ip == b.ip
+        && a.node == b.node
+        && a.protocol == b.protocol
+        && a.netns == b.netns
+}
+
 impl Pods {
     /// Brings the enrolled set in line with the current state and the pods the CNI plugin
     /// reported. Returns the IPs of every pod that is, or should be, captured.
@@ -138,7 +151,7 @@ impl Pods {
             .iter()
             .filter(|(key, running)| {
                 wanted.get(*key).is_none_or(|(w, place)| {
-                    **w != running.pod.workload
+                    !same_capture(w, &running.pod.workload)
                         || place.netns != running.pod.netns.path()
                         || place.ip != running.net.ip
                         || place.probe_src != running.net.probe_src
