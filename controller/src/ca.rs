@@ -246,6 +246,21 @@ impl Ca {
         &self.trust_domain
     }
 
+    /// The controller's own certificate for its gRPC endpoint (a year; it is re-issued at
+    /// every start).
+    pub fn serving_cert(&self) -> Result<weft_core::identity::WorkloadCert, CaError> {
+        let identity = weft_core::control::controller_identity(&self.trust_domain);
+        let csr = weft_core::identity::WorkloadCsr::generate(&identity)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        let issued = self.sign_csr(
+            &csr.csr_pem,
+            &identity,
+            Duration::from_secs(365 * 24 * 3600),
+        )?;
+        weft_core::identity::WorkloadCert::from_pem(&identity, &issued.chain_pem, &csr.key_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))
+    }
+
     /// Signs `csr_pem` if it asks for exactly `identity`, valid from now for `ttl`.
     pub fn sign_csr(
         &self,

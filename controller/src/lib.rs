@@ -3,6 +3,7 @@
 //! node authentication, leader lease, the CA Secret), and the mesh
 //! certificate authority (`ca`).
 
+pub mod admin;
 pub mod ca;
 pub mod grpc;
 pub mod k8s;

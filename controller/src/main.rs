@@ -3,7 +3,6 @@
 //! workload certificates. The runtime only: flags, wiring, the refresh loop and the admin
 //! endpoint.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,20 +13,21 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+use weft_controller::admin;
 use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
 use weft_controller::grpc::certs::CertService;
 use weft_controller::grpc::config::ConfigService;
+use weft_controller::grpc::publish::publication;
 use weft_controller::grpc::{NodeAuth, NodeCredentials, Proxies, Published, Shared};
+use weft_controller::k8s::lease::while_leading;
 use weft_controller::k8s::waypoints::{DeploySettings, WaypointGateway};
 use weft_controller::k8s::{
     LeaderElection, StatusWriter, TokenReviewer, WaypointDeployer, ca_secret,
 };
-use weft_controller::model;
-use weft_controller::model::status::{self, Rejected, Verdict};
-use weft_controller::source::kubernetes;
-use weft_controller::source::manifests::ManifestDir;
+use weft_controller::model::status;
+use weft_controller::model::{self, translate};
+use weft_controller::source::{Source, kubernetes};
 use weft_core::api::v1;
-use weft_core::identity::{WorkloadCert, WorkloadCsr};
 use weft_core::telemetry::{self, LogFormat};
 
 /// The Weft controller.
@@ -161,16 +161,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("--manifests needs --node-credentials"),
     };
-    let serving = serving_cert(&ca)?;
+    let serving = ca.serving_cert()?;
     let tls = Arc::new(weft_core::tls::control_server_config(&serving)?);
 
     let status_writer = client.clone().map(StatusWriter::new);
     let deployer = client.clone().map(WaypointDeployer::new);
     let mut source = match (&args.manifests, client) {
-        (Some(dir), _) => Source::Manifests {
-            dir: ManifestDir::new(dir),
-            read: false,
-        },
+        (Some(dir), _) => Source::manifests(dir),
         (None, Some(client)) => Source::Kubernetes(kubernetes::spawn(&client)),
         (None, None) => anyhow::bail!("no source of objects"),
     };
@@ -207,21 +204,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let (verdicts_tx, verdicts) = watch::channel(Vec::new());
     if let Some(writer) = status_writer {
-        tokio::spawn(write_status(writer, verdicts.clone(), leading.clone()));
+        tokio::spawn(while_leading(writer, verdicts.clone(), leading.clone()));
     }
     let (waypoints_tx, waypoints_rx) = watch::channel(None);
     if let Some(deployer) = deployer {
-        tokio::spawn(deploy_waypoints(deployer, waypoints_rx, leading.clone()));
+        tokio::spawn(while_leading(deployer, waypoints_rx, leading.clone()));
     }
     let controller_service = split_ref(&args.controller_service, "--controller-service")?;
     let controller_service = model::ObjectKey::new(controller_service.0, controller_service.1);
     let (_stop, watch_drain) = weft_core::drain::channel();
     tokio::spawn(weft_core::admin::serve(
         admin,
-        admin_handler(proxies, published, errors.clone(), ready.clone(), verdicts),
+        admin::handler(proxies, published, errors.clone(), ready.clone(), verdicts),
         watch_drain,
     ));
-    info!(listen = %args.listen, source = %source.describe(&args), trust_domain = %args.trust_domain, "controller started");
+    info!(listen = %args.listen, %source, trust_domain = %args.trust_domain, "controller started");
 
     let mut tick = tokio::time::interval(Duration::from_millis(args.refresh_interval_ms));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -237,9 +234,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let objects = observed.objects;
         *errors.lock().unwrap_or_else(|e| e.into_inner()) = observed.errors;
         let judged = status::verdicts(&objects, &observed.rejected);
-        log_verdicts(&verdicts_tx.borrow(), &judged);
+        status::log_changes(&verdicts_tx.borrow(), &judged);
         verdicts_tx.send_replace(judged);
-        let gateways = waypoint_gateways(&objects);
+        let gateways: Vec<WaypointGateway> = translate::waypoint_gateways(&objects)
+            .map(|p| WaypointGateway {
+                key: p.key.clone(),
+                uid: p.uid.clone(),
+            })
+            .collect();
         let controller_ip = objects
             .services
             .get(&controller_service)
@@ -263,7 +265,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             *current = plan;
             changed
         });
-        let next = publish_from(&objects, &args.trust_domain, ca.root_pem());
+        let next = publication(&objects, &args.trust_domain, ca.root_pem());
         if next.resources != publish.borrow().resources || !ready.load(Ordering::Relaxed) {
             info!(
                 workloads = next.mesh.workloads.len(),
@@ -289,231 +291,4 @@ fn split_ref<'a>(value: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str
         .split_once('/')
         .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
         .with_context(|| format!("{flag} must be namespace/name, not {value:?}"))
-}
-
-/// What a source saw.
-struct Observed {
-    objects: model::Objects,
-    /// Errors, each naming the object (or file) and field.
-    errors: Vec<String>,
-    /// Policies whose latest version was refused.
-    rejected: Vec<Rejected>,
-}
-
-/// Logs each verdict that is new or changed: what is not honoured as a warning, a refusal as
-/// an error.
-fn log_verdicts(before: &[Verdict], now: &[Verdict]) {
-    for v in now {
-        if before.contains(v) {
-            continue;
-        }
-        let object = format!("{} {}", v.kind.kind(), v.key);
-        match v.reason {
-            "Accepted" => info!(%object, "policy accepted"),
-            "PartiallyHonoured" => warn!(%object, "{}", v.message),
-            _ => error!(%object, "policy refused: {}", v.message),
-        }
-    }
-}
-
-/// Writes verdicts as status conditions while this replica leads.
-async fn write_status(
-    mut writer: StatusWriter,
-    mut verdicts: watch::Receiver<Vec<Verdict>>,
-    mut leading: watch::Receiver<bool>,
-) {
-    loop {
-        if *leading.borrow_and_update() {
-            let current = verdicts.borrow_and_update().clone();
-            writer.write(&current).await;
-        } else {
-            writer.forget();
-        }
-        tokio::select! {
-            changed = verdicts.changed() => if changed.is_err() { return },
-            changed = leading.changed() => if changed.is_err() { return },
-            // Failed writes are retried.
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-        }
-    }
-}
-
-/// Gateways of class weft-waypoint.
-fn waypoint_gateways(objects: &model::Objects) -> Vec<WaypointGateway> {
-    objects
-        .policies
-        .values()
-        .filter(|p| {
-            matches!(&p.spec, model::policy::PolicySpec::Gateway(gw)
-                if gw.gateway_class_name == model::policy::gateway::WAYPOINT_CLASS)
-        })
-        .map(|p| WaypointGateway {
-            key: p.key.clone(),
-            uid: p.uid.clone(),
-        })
-        .collect()
-}
-
-type WaypointPlan = Option<(Vec<WaypointGateway>, DeploySettings)>;
-
-/// Deploys waypoints for Gateways while this replica leads.
-async fn deploy_waypoints(
-    mut deployer: WaypointDeployer,
-    mut plan: watch::Receiver<WaypointPlan>,
-    mut leading: watch::Receiver<bool>,
-) {
-    loop {
-        if *leading.borrow_and_update() {
-            let current = plan.borrow_and_update().clone();
-            if let Some((gateways, settings)) = current {
-                deployer.apply(&gateways, &settings).await;
-            }
-        } else {
-            deployer.forget();
-        }
-        tokio::select! {
-            changed = plan.changed() => if changed.is_err() { return },
-            changed = leading.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-        }
-    }
-}
-
-/// Where the objects come from.
-enum Source {
-    Manifests { dir: ManifestDir, read: bool },
-    Kubernetes(watch::Receiver<Arc<kubernetes::Snapshot>>),
-}
-
-impl Source {
-    /// Waits for the next change: the objects and the source's current errors (logged here as
-    /// they appear). `None` when nothing changed.
-    async fn next(&mut self, tick: &mut tokio::time::Interval) -> Option<Observed> {
-        match self {
-            Self::Manifests { dir, read } => {
-                tick.tick().await;
-                let refresh = dir.refresh();
-                for e in &refresh.errors {
-                    error!("{e}");
-                }
-                // The first pass publishes even an empty directory.
-                let first = !std::mem::replace(read, true);
-                (refresh.changed || first).then(|| Observed {
-                    objects: dir.objects(),
-                    errors: dir.errors(),
-                    rejected: Vec::new(),
-                })
-            }
-            Self::Kubernetes(snapshots) => {
-                if snapshots.changed().await.is_err() {
-                    // The watches ended (the runtime is shutting down).
-                    std::future::pending::<()>().await;
-                }
-                // The source logs each object's error once, as it appears.
-                let snapshot = snapshots.borrow_and_update().clone();
-                snapshot.synced.then(|| Observed {
-                    objects: snapshot.objects.clone(),
-                    errors: snapshot.errors.clone(),
-                    rejected: snapshot.rejected.clone(),
-                })
-            }
-        }
-    }
-
-    fn describe(&self, args: &Args) -> String {
-        match (self, &args.manifests) {
-            (Self::Manifests { .. }, Some(dir)) => format!("manifests {}", dir.display()),
-            _ => "Kubernetes API".to_owned(),
-        }
-    }
-}
-
-fn publish_from(objects: &model::Objects, trust_domain: &str, root_pem: &str) -> Published {
-    let mesh = model::mesh_config(objects, trust_domain);
-    let resources = weft_core::api::resources(&mesh, root_pem);
-    let waypoints = model::l7::running_waypoints(objects)
-        .into_iter()
-        .map(|w| {
-            (
-                format!(
-                    "{}{}.{}",
-                    weft_controller::grpc::WAYPOINT_PREFIX,
-                    w.key.namespace,
-                    w.key.name
-                ),
-                weft_core::identity::SpiffeId::new(
-                    trust_domain,
-                    &w.pod.namespace,
-                    &w.pod.service_account,
-                ),
-            )
-        })
-        .collect();
-    Published {
-        mesh,
-        resources,
-        waypoints,
-    }
-}
-
-/// The controller's own certificate for the gRPC endpoint, from its CA.
-fn serving_cert(ca: &Ca) -> anyhow::Result<WorkloadCert> {
-    let identity = weft_core::control::controller_identity(ca.trust_domain());
-    let csr = WorkloadCsr::generate(&identity)?;
-    let issued = ca.sign_csr(
-        &csr.csr_pem,
-        &identity,
-        Duration::from_secs(365 * 24 * 3600),
-    )?;
-    Ok(WorkloadCert::from_pem(
-        &identity,
-        &issued.chain_pem,
-        &csr.key_pem,
-    )?)
-}
-
-fn admin_handler(
-    proxies: Proxies,
-    published: watch::Receiver<Arc<Published>>,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
-    ready: Arc<AtomicBool>,
-    verdicts: watch::Receiver<Vec<Verdict>>,
-) -> weft_core::admin::Handler {
-    use weft_core::admin::Reply;
-    Arc::new(move |path| match path {
-        "/debug/proxies" => {
-            Reply::json(serde_json::to_string_pretty(&proxies.snapshot()).unwrap_or_default())
-        }
-        "/debug/policies" => {
-            Reply::json(serde_json::to_string_pretty(&*verdicts.borrow()).unwrap_or_default())
-        }
-        "/debug/manifests" | "/debug/objects" => {
-            let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
-            Reply::json(serde_json::json!({ "errors": errors }).to_string())
-        }
-        "/config_dump" => {
-            let published = published.borrow();
-            let versions: BTreeMap<&str, &str> = published
-                .resources
-                .values()
-                .map(|r| (r.name.as_str(), r.version.as_str()))
-                .collect();
-            Reply::json(
-                serde_json::to_string_pretty(&serde_json::json!({
-                    "mesh": published.mesh,
-                    "versions": versions,
-                }))
-                .unwrap_or_default(),
-            )
-        }
-        "/healthz/ready" if ready.load(Ordering::Relaxed) => Reply::text("ready\n"),
-        "/healthz/ready" => Reply::status(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no config published yet\n",
-        ),
-        _ => Reply::status(
-            http::StatusCode::NOT_FOUND,
-            "try /debug/proxies, /debug/objects, /debug/policies, /config_dump, /healthz/ready\n",
-        ),
-    })
 }

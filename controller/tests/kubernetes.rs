@@ -9,18 +9,18 @@ use std::net::IpAddr;
 use support::{ApiServer, Reply, recorded, until};
 use weft_controller::model::{self, Objects};
 use weft_controller::source::kubernetes;
-use weft_core::config::Protocol;
+use weft_core::mesh::Protocol;
 
 const KINDS: [&str; 3] = ["/api/v1/namespaces", "/api/v1/pods", "/api/v1/services"];
 
 fn workload<'a>(
-    mesh: &'a weft_core::config::MeshConfig,
+    mesh: &'a weft_core::mesh::MeshConfig,
     name: &str,
-) -> Option<&'a weft_core::config::Workload> {
+) -> Option<&'a weft_core::mesh::Workload> {
     mesh.workloads.iter().find(|w| w.name == name)
 }
 
-fn mesh(objects: &Objects) -> weft_core::config::MeshConfig {
+fn mesh(objects: &Objects) -> weft_core::mesh::MeshConfig {
     model::mesh_config(objects, "cluster.local")
 }
 

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use weft_controller::model::policy::istio::MtlsMode;
-use weft_controller::model::{Objects, l7, mesh_config};
+use weft_controller::model::{Objects, mesh_config, translate};
 use weft_controller::source::manifests::parse_file;
-use weft_core::config::Protocol;
-use weft_core::l7::StrMatch;
+use weft_core::mesh::Protocol;
+use weft_core::mesh::StrMatch;
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -202,13 +202,13 @@ spec:
 "#,
     );
     let pod = |name: &str| o.pods.values().find(|p| p.name == name).expect("pod");
-    let (v1_mode, v1) = l7::peer_authentication(&o, pod("reviews-v1"));
+    let (v1_mode, v1) = translate::peer_authentication(&o, pod("reviews-v1"));
     assert_eq!(v1_mode, MtlsMode::Strict);
     assert!(
         !v1.accepts_plaintext(8080) && v1.accepts_plaintext(9090),
         "per port"
     );
-    let (v2_mode, _) = l7::peer_authentication(&o, pod("reviews-v2"));
+    let (v2_mode, _) = translate::peer_authentication(&o, pod("reviews-v2"));
     assert_eq!(v2_mode, MtlsMode::Disable);
     let mesh = mesh_config(&o, "cluster.local");
     let workload = |n: &str| mesh.workloads.iter().find(|w| w.name == n).expect("w");
@@ -218,7 +218,7 @@ spec:
         "DISABLE: plain TCP"
     );
     assert_eq!(workload("reviews-v1").protocol, Protocol::Hbone);
-    let (ns_mode, ns) = l7::peer_authentication(&o, pod("waypoint-abc"));
+    let (ns_mode, ns) = translate::peer_authentication(&o, pod("waypoint-abc"));
     assert_eq!(
         ns_mode,
         MtlsMode::Permissive,
@@ -233,7 +233,7 @@ fn a_service_without_a_selector_takes_its_endpoints_from_endpoint_slices() {
         r#"
 apiVersion: v1
 kind: Service
-metadata: {name: legacy-db, namespace: default}
+metadata: {name: legacy-db, namespace: default, labels: {weft.io/use-waypoint: waypoint}}
 spec: {clusterIP: 10.96.0.40, ports: [{port: 5432, targetPort: 5432}]}
 ---
 apiVersion: discovery.k8s.io/v1
@@ -262,6 +262,15 @@ ports: [{name: "", port: 5432, protocol: TCP}]
         vec!["reviews-v2".to_owned()],
         "only the ready address"
     );
+    // Behind a waypoint, the waypoint balances over the same endpoints the node proxies use.
+    let waypoint = mesh.waypoints.first().expect("the waypoint runs");
+    let policy = waypoint
+        .services
+        .iter()
+        .find(|s| s.name == "legacy-db")
+        .expect("legacy-db is bound to the waypoint");
+    let endpoints: Vec<&String> = policy.backends.iter().flat_map(|b| &b.endpoints).collect();
+    assert_eq!(endpoints, vec!["reviews-v2"]);
 }
 
 #[test]

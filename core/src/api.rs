@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{MeshConfig, Protocol, Service, ServicePort, Workload};
+use crate::mesh::{MeshConfig, Protocol, Service, ServicePort, Workload};
 
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -132,7 +132,7 @@ pub enum ResourceError {
     NoMesh,
     /// The result is inconsistent.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::mesh::ConfigError),
 }
 
 /// The mesh config and trust bundle (PEM) a set of resources describes, validated as a config
@@ -168,7 +168,7 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                     }
                 },
                 netns: None,
-                mtls: crate::config::MtlsPolicy {
+                mtls: crate::mesh::MtlsPolicy {
                     permissive: w.permissive,
                     except_ports: w
                         .mtls_except_ports
@@ -208,7 +208,7 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                     endpoints: s.endpoints.clone(),
                     waypoint: match &s.waypoint {
                         None => None,
-                        Some(w) => Some(crate::config::WaypointRef {
+                        Some(w) => Some(crate::mesh::WaypointRef {
                             name: w.name.clone(),
                             ip: w
                                 .ip
@@ -220,7 +220,7 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                 });
             }
             Some(v1::resource::Kind::WaypointJson(json)) => {
-                let config: crate::l7::WaypointConfig =
+                let config: crate::mesh::WaypointConfig =
                     serde_json::from_str(json).map_err(|e| field("waypoint", e.to_string()))?;
                 mesh.waypoints.push(config);
             }

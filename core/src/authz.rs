@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::l7::{
+use crate::mesh::{
     AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, glob_matches,
 };
 

@@ -6,7 +6,6 @@
 //! renewal.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,17 +14,14 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::api::{self, v1};
+use crate::control::ControllerEndpoint;
 use crate::identity::{SpiffeId, TrustBundle, WorkloadCert, WorkloadCsr};
 
 /// Where the certificate service is and where certificates go.
 #[derive(Clone, Debug)]
 pub struct CaSettings {
-    /// The controller's gRPC address.
-    pub addr: SocketAddr,
-    /// File holding the caller's credential (re-read on every request).
-    pub credential_file: PathBuf,
-    /// The identity the controller must prove.
-    pub controller: SpiffeId,
+    /// The controller.
+    pub controller: ControllerEndpoint,
     /// Certificates directory.
     pub cert_dir: PathBuf,
     /// Trust bundle file.
@@ -110,12 +106,16 @@ where
 }
 
 async fn renew(settings: &CaSettings, id: &SpiffeId) -> Result<WorkloadCert, CaClientError> {
-    let token =
-        std::fs::read_to_string(&settings.credential_file).map_err(CaClientError::Credential)?;
+    let token = std::fs::read_to_string(&settings.controller.credential_file)
+        .map_err(CaClientError::Credential)?;
     let bundle = TrustBundle::load(&settings.trust_bundle)
         .map_err(|e| CaClientError::Setup(e.to_string()))?;
-    let channel = crate::control::channel(settings.addr, settings.controller.clone(), &bundle)
-        .map_err(|e| CaClientError::Setup(e.to_string()))?;
+    let channel = crate::control::channel(
+        settings.controller.addr,
+        settings.controller.identity.clone(),
+        &bundle,
+    )
+    .map_err(|e| CaClientError::Setup(e.to_string()))?;
     let csr = WorkloadCsr::generate(id).map_err(|e| CaClientError::Setup(e.to_string()))?;
     let mut request = tonic::Request::new(v1::SignRequest {
         csr_pem: csr.csr_pem.clone(),

@@ -30,6 +30,18 @@ pub fn controller_identity(trust_domain: &str) -> SpiffeId {
     )
 }
 
+/// Where the controller is and how a proxy proves who it is to it: what the config stream and
+/// the certificate client both need.
+#[derive(Clone, Debug)]
+pub struct ControllerEndpoint {
+    /// The controller's gRPC address.
+    pub addr: SocketAddr,
+    /// File holding the caller's credential (re-read on every connect: it may be rotated).
+    pub credential_file: std::path::PathBuf,
+    /// The identity the controller must prove.
+    pub identity: SpiffeId,
+}
+
 /// An accepted TLS connection, as tonic's server takes it.
 pub struct TlsIo(tokio_rustls::server::TlsStream<TcpStream>);
 

@@ -4,7 +4,6 @@
 //! when the controller is away; the caller serves its last good config all along.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,18 +11,15 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::api::{self, Resources, v1};
-use crate::config::MeshConfig;
-use crate::identity::{SpiffeId, TrustBundle};
+use crate::control::ControllerEndpoint;
+use crate::identity::TrustBundle;
+use crate::mesh::MeshConfig;
 
-/// Where the controller is and how to prove who we are.
+/// Who streams from which controller.
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
-    /// The controller's gRPC address.
-    pub addr: SocketAddr,
-    /// File holding the credential (re-read on every connect: it may be rotated).
-    pub credential_file: PathBuf,
-    /// The identity the controller must prove.
-    pub identity: SpiffeId,
+    /// The controller.
+    pub controller: ControllerEndpoint,
     /// The name this client streams as (a node, or `waypoint.<ns>.<name>`).
     pub node: String,
     /// The trust bundle file the controller's certificate is verified with.
@@ -57,7 +53,7 @@ where
     loop {
         let applied_before = held.clone();
         if let Err(e) = session(&settings, &mut held, &mut apply).await {
-            warn!(controller = %settings.addr, error = %e, retry_in = ?backoff, "config stream down; serving the last good config");
+            warn!(controller = %settings.controller.addr, error = %e, retry_in = ?backoff, "config stream down; serving the last good config");
         }
         if held != applied_before {
             backoff = Duration::from_millis(100);
@@ -75,16 +71,21 @@ async fn session<F>(
 where
     F: FnMut(MeshConfig, String) -> Result<(), String> + Send,
 {
-    let token = std::fs::read_to_string(&settings.credential_file).map_err(|source| {
-        StreamError::Credential {
-            path: settings.credential_file.display().to_string(),
-            source,
-        }
-    })?;
+    let token =
+        std::fs::read_to_string(&settings.controller.credential_file).map_err(|source| {
+            StreamError::Credential {
+                path: settings.controller.credential_file.display().to_string(),
+                source,
+            }
+        })?;
     let bundle = TrustBundle::load(&settings.trust_bundle)
         .map_err(|e| StreamError::Bundle(e.to_string()))?;
-    let channel = crate::control::channel(settings.addr, settings.identity.clone(), &bundle)
-        .map_err(|e| StreamError::Bundle(e.to_string()))?;
+    let channel = crate::control::channel(
+        settings.controller.addr,
+        settings.controller.identity.clone(),
+        &bundle,
+    )
+    .map_err(|e| StreamError::Bundle(e.to_string()))?;
     // A full push carries the whole mesh: allow large messages.
     let mut client = v1::config_discovery_client::ConfigDiscoveryClient::new(channel)
         .max_decoding_message_size(256 * 1024 * 1024);
@@ -110,7 +111,7 @@ where
             .map_err(|_| StreamError::Bundle("the credential is not valid header text".into()))?,
     );
     let mut updates = client.stream(request).await?.into_inner();
-    info!(controller = %settings.addr, held = held.len(), "config stream open");
+    info!(controller = %settings.controller.addr, held = held.len(), "config stream open");
     while let Some(update) = updates.message().await? {
         let mut next: BTreeMap<String, v1::Resource> = held.clone();
         for name in &update.removed {

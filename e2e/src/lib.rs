@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
-use weft_core::config::{MeshConfig, Protocol, Service, ServicePort, Workload};
 use weft_core::identity::{SpiffeId, WorkloadCsr};
+use weft_core::mesh::{MeshConfig, Protocol, Service, ServicePort, Workload};
 
 /// Where Debian's containernetworking-plugins put the CNI plugins.
 pub const CNI_PATH: &str = "/usr/lib/cni";

@@ -232,27 +232,41 @@ fn retries_hide_a_backend_failing_30_percent_and_per_try_timeouts_cut_at_2s() ->
     b.bed.write_manifest("subsets.yaml", REVIEWS_SUBSETS)?;
     apply(&b, "retry.yaml", &guide("istio-retry.yaml")?)?;
 
-    // Without retries the client would see 30% 503s: the backend fails 3 of every 10.
+    // Without retries the client would see 30% 503s: the backend fails 3 of every 10 arrivals
+    // (arrivals 0, 4 and 7 of each 10: never two in a row). One request at a time makes the
+    // input deterministic: every failed try is retried on the next arrival, which succeeds, so
+    // every request must succeed, and the backend serves exactly the tries this model counts.
     b.bed.testsrv_set(&b.v1, "fail=30&status=503&reset=1")?;
+    let requests = 1000u64;
     let tally = b.bed.load(
         &b.client,
         &[
             "--url",
             &url("/reviews/1"),
             "--requests",
-            "2000",
+            &requests.to_string(),
             "--concurrency",
-            "4",
+            "1",
         ],
     )?;
     let ok = count(&tally, "status", "200");
     let served = b.bed.testsrv_count(&b.v1)?;
-    eprintln!("30% failing backend, attempts 3: {ok}/2000 succeeded; backend served {served}");
-    ensure!(
-        ok * 1000 >= 2000 * 995,
-        "success {ok}/2000 (< 99.5%): {tally}"
+    let fails = |arrival: u64| (arrival * 30) % 100 < 30;
+    let mut expected_tries = 0u64;
+    for _ in 0..requests {
+        while fails(expected_tries) {
+            expected_tries += 1;
+        }
+        expected_tries += 1;
+    }
+    eprintln!(
+        "30% failing backend, attempts 3: {ok}/{requests} succeeded; backend served {served} (model: {expected_tries})"
     );
-    ensure!(served > 2400, "the backend saw no retries ({served})");
+    ensure!(ok == requests, "success {ok}/{requests}: {tally}");
+    ensure!(
+        served == expected_tries,
+        "the backend served {served} tries, the model says {expected_tries}"
+    );
 
     // A backend that takes 5 s: each try is cut at perTryTimeout (2 s); the request fails
     // after 1 + 3 tries with 504 and the UT flag.

@@ -7,21 +7,21 @@ use std::sync::atomic::Ordering;
 use http::StatusCode;
 use weft_core::admin::{Handler, Reply};
 
-use crate::inputs::Inputs;
+use crate::proxy::Proxy;
 
-pub(crate) fn metrics(inputs: Arc<Inputs>) -> Handler {
+pub(crate) fn metrics(proxy: Arc<Proxy>) -> Handler {
     Arc::new(move |path| match path {
         "/metrics" | "/stats/prometheus" => Reply {
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ..Reply::text(weft_core::metrics::encode(&inputs.registry))
+            ..Reply::text(weft_core::metrics::encode(&proxy.registry))
         },
         _ => Reply::status(StatusCode::NOT_FOUND, "try /metrics\n"),
     })
 }
 
-pub(crate) fn readiness(inputs: Arc<Inputs>) -> Handler {
+pub(crate) fn readiness(proxy: Arc<Proxy>) -> Handler {
     Arc::new(move |path| match path {
-        "/healthz/ready" if inputs.ready.load(Ordering::Relaxed) => Reply::text("ready\n"),
+        "/healthz/ready" if proxy.ready.load(Ordering::Relaxed) => Reply::text("ready\n"),
         "/healthz/ready" => Reply::status(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: waiting for the first config\n",
@@ -31,13 +31,13 @@ pub(crate) fn readiness(inputs: Arc<Inputs>) -> Handler {
 }
 
 pub(crate) fn config_dump(
-    inputs: Arc<Inputs>,
+    proxy: Arc<Proxy>,
     enrolled: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> Handler {
     Arc::new(move |path| match path {
         "/config_dump" => {
-            let state = inputs.state.load();
-            let certs = inputs.certs.load();
+            let index = proxy.index.load();
+            let certs = proxy.certs.load();
             let mut identities: Vec<_> = certs
                 .identities
                 .values()
@@ -51,12 +51,12 @@ pub(crate) fn config_dump(
             identities.sort_by_key(|v| v["identity"].as_str().unwrap_or_default().to_owned());
             let enrolled = enrolled.lock().map(|e| e.clone()).unwrap_or_default();
             let dump = serde_json::json!({
-                "node": inputs.config.node,
-                "capture_mode": inputs.capture.mode(),
-                "config_source": inputs.config.source.to_string(),
+                "node": proxy.config.node,
+                "capture_mode": proxy.capture.mode(),
+                "config_source": proxy.config.source.to_string(),
                 "enrolled_pods": enrolled,
                 "certificates": identities,
-                "mesh": state.config(),
+                "mesh": index.config(),
             });
             Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
         }

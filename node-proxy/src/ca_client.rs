@@ -5,31 +5,30 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use weft_core::ca_client::{self, CaSettings};
-use weft_core::config::Protocol;
 use weft_core::identity::SpiffeId;
+use weft_core::mesh::Protocol;
 
-use crate::inputs::Inputs;
-use crate::xds::ControllerSettings;
+use weft_core::control::ControllerEndpoint;
+
+use crate::proxy::Proxy;
 
 /// Runs until the process ends.
 pub(crate) async fn run(
-    inputs: Arc<Inputs>,
-    settings: ControllerSettings,
+    proxy: Arc<Proxy>,
+    controller: ControllerEndpoint,
     changed: Arc<tokio::sync::Notify>,
 ) {
     let ca = CaSettings {
-        addr: settings.addr,
-        credential_file: settings.credential_file,
-        controller: settings.identity,
-        cert_dir: inputs.config.cert_dir.clone(),
-        trust_bundle: inputs.config.trust_bundle.clone(),
+        controller,
+        cert_dir: proxy.config.cert_dir.clone(),
+        trust_bundle: proxy.config.trust_bundle.clone(),
     };
     let wanted = move || -> BTreeSet<SpiffeId> {
-        let state = inputs.state.load();
-        state
-            .workloads_on(&inputs.config.node)
+        let index = proxy.index.load();
+        index
+            .workloads_on(&proxy.config.node)
             .filter(|w| w.protocol == Protocol::Hbone)
-            .map(|w| state.identity(w))
+            .map(|w| index.identity(w))
             .collect()
     };
     ca_client::run(ca, wanted, changed).await;

@@ -1,36 +1,14 @@
 //! `weft-node-proxy`: the per-node L4 proxy of the Weft mesh.
 
-mod admin;
-mod ca_client;
-mod capture;
-mod cni;
-mod identity;
-mod inbound;
-mod inbound_plaintext;
-mod inputs;
-mod outbound;
-mod pods;
-mod xds;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
-use weft_core::config::{MeshConfig, State};
-use weft_core::drain;
+use weft_core::control::ControllerEndpoint;
 use weft_core::telemetry::{self, LogFormat};
-
-use crate::capture::Capture;
-use crate::identity::CertStore;
-use crate::inputs::{ConfigSource, Inputs, ProxyConfig};
-use crate::pods::Pods;
+use weft_node_proxy::capture;
+use weft_node_proxy::config::{ConfigSource, ProxyConfig};
 
 /// The Weft node proxy: captures enrolled pods' traffic and carries it over HBONE (mTLS).
 #[derive(Parser, Debug)]
@@ -123,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| args.cert_dir.join("root-cert.pem")),
         source: match (args.config, args.controller) {
             (Some(path), _) => ConfigSource::File(path),
-            (None, Some(addr)) => ConfigSource::Controller(xds::ControllerSettings {
+            (None, Some(addr)) => ConfigSource::Controller(ControllerEndpoint {
                 addr,
                 credential_file: args
                     .controller_credential
@@ -146,232 +124,5 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run(config))
-}
-
-async fn run(config: ProxyConfig) -> anyhow::Result<()> {
-    // From a file: no first config, no proxy (a clear error names the file and field). From
-    // the controller: nothing is captured or swept until the first config has arrived.
-    let state = match &config.source {
-        ConfigSource::File(path) => State::new(MeshConfig::load(path)?),
-        ConfigSource::Controller(_) => State::default(),
-    };
-    let certs = load_certs(&config, &state);
-    let capture = Capture::start(
-        config.capture,
-        &config.bpf_pin_dir,
-        config.cgroup.as_deref(),
-    )
-    .context("starting eBPF capture (use --capture nftables to run without eBPF)")?;
-    info!(node = %config.node, source = %config.source, workloads = state.config().workloads.len(), services = state.config().services.len(), capture = capture.mode(), "node proxy starting");
-    let inputs = Arc::new(Inputs::new(config.clone(), state, certs, capture));
-    let changed = Arc::new(tokio::sync::Notify::new());
-
-    let (signal_drain, watch) = drain::channel();
-    let enrolled = Arc::new(Mutex::new(Vec::new()));
-    for (addr, handler, what) in [
-        (
-            config.metrics_addr,
-            admin::metrics(inputs.clone()),
-            "metrics",
-        ),
-        (
-            config.readiness_addr,
-            admin::readiness(inputs.clone()),
-            "readiness",
-        ),
-        (
-            config.admin_addr,
-            admin::config_dump(inputs.clone(), enrolled.clone()),
-            "admin",
-        ),
-    ] {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the {what} port {addr}"))?;
-        tokio::spawn(weft_core::admin::serve(listener, handler, watch.clone()));
-    }
-
-    if let ConfigSource::Controller(settings) = &config.source {
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let cert_changed = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(xds::run(
-            inputs.clone(),
-            settings.clone(),
-            changed.clone(),
-            first_tx,
-            cert_changed.clone(),
-        ));
-        tokio::spawn(ca_client::run(
-            inputs.clone(),
-            settings.clone(),
-            cert_changed,
-        ));
-        info!(controller = %settings.addr, "waiting for the first config from the controller");
-        let mut sigterm = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = first_rx => {}
-            _ = sigterm.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-        inputs
-            .certs
-            .store(Arc::new(load_certs(&config, &inputs.state.load())));
-    }
-    let mut registry = cni::Registry::load(&config.state_dir);
-    let mut pods = Pods::default();
-    let keep = pods.reconcile(&inputs, &registry, &watch).await;
-    // Whatever an earlier run captured for pods that are gone or left the mesh is released;
-    // pods still wanted stay captured even if they failed to enroll (fail closed).
-    inputs.capture.sweep(&keep);
-    *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
-
-    let (cni_tx, mut cni_rx) = tokio::sync::mpsc::channel::<cni::Call>(64);
-    cni::serve(&config.cni_socket, cni_tx, watch.clone())
-        .with_context(|| format!("listening for weft-cni on {}", config.cni_socket.display()))?;
-    inputs.ready.store(true, Ordering::Relaxed);
-    info!(capture = inputs.capture.mode(), cni_socket = %config.cni_socket.display(), "node proxy ready");
-
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(config.reload_interval);
-    let mut last_text = match &config.source {
-        ConfigSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
-        ConfigSource::Controller(_) => String::new(),
-    };
-    loop {
-        let mut call = None;
-        let mut streamed = false;
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = tick.tick() => {}
-            Some(c) = cni_rx.recv() => call = Some(c),
-            _ = changed.notified() => streamed = true,
-        }
-        let changed = streamed || reload_config(&inputs, &mut last_text);
-        let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
-        if changed || stamp != inputs.certs.load().stamp {
-            let mut next = load_certs(&config, &inputs.state.load());
-            // An identity that failed to load (a renewal caught half-written) keeps its last
-            // good certificate while that is still valid.
-            for (id, identity) in &inputs.certs.load().identities {
-                if !next.identities.contains_key(id) && identity.cert.remaining() > Duration::ZERO {
-                    next.identities.insert(id.clone(), identity.clone());
-                }
-            }
-            inputs.certs.store(Arc::new(next));
-        }
-        if let Some((request, reply)) = call {
-            let response = handle_cni(&inputs, &mut registry, &mut pods, &watch, request).await;
-            let _ = reply.send(response);
-        } else {
-            // Reconciling every tick also retries pods that failed to enroll.
-            pods.reconcile(&inputs, &registry, &watch).await;
-        }
-        *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
-    }
-
-    info!(deadline = ?config.drain_deadline, "draining: no new connections, GOAWAY to HBONE peers");
-    inputs.ready.store(false, Ordering::Relaxed);
-    pods.stop_all();
-    drop(watch);
-    if !signal_drain.drain(config.drain_deadline).await {
-        warn!("drain deadline passed with connections still open");
-    }
-    info!("node proxy stopped");
-    Ok(())
-}
-
-/// Re-reads the config file if its text changed. A bad version is reported and the last good
-/// config stays in force.
-fn reload_config(inputs: &Inputs, last_text: &mut String) -> bool {
-    let ConfigSource::File(path) = &inputs.config.source else {
-        return false;
-    };
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => {
-            if !last_text.is_empty() {
-                error!(
-                    "config {}: {e}; keeping the last good config",
-                    path.display()
-                );
-                last_text.clear();
-            }
-            return false;
-        }
-    };
-    if text == *last_text {
-        return false;
-    }
-    *last_text = text;
-    match MeshConfig::parse(path, last_text) {
-        Ok(mesh) => {
-            info!(
-                workloads = mesh.workloads.len(),
-                services = mesh.services.len(),
-                "config reloaded"
-            );
-            inputs.state.store(Arc::new(State::new(mesh)));
-            true
-        }
-        Err(e) => {
-            error!("{e}; keeping the last good config");
-            false
-        }
-    }
-}
-
-/// Answers weft-cni: the pod is captured before the ADD returns, or the ADD fails.
-async fn handle_cni(
-    inputs: &Arc<Inputs>,
-    registry: &mut cni::Registry,
-    pods: &mut Pods,
-    watch: &drain::Watch,
-    request: weft_cni::Request,
-) -> weft_cni::Response {
-    use weft_cni::{Request, Response};
-    let (namespace, name, label) = match &request {
-        Request::Add(pod) | Request::Check(pod) => (pod.namespace.clone(), pod.name.clone(), "add"),
-        Request::Del {
-            namespace, name, ..
-        } => (namespace.clone(), name.clone(), "del"),
-    };
-    match request {
-        Request::Add(pod) => registry.add(pod),
-        Request::Del { container_id, .. } => registry.remove(&namespace, &name, &container_id),
-        Request::Check(_) => {}
-    }
-    pods.reconcile(inputs, registry, watch).await;
-    let response = match (label, pods.enrollment(inputs, &namespace, &name)) {
-        ("del", _) => Response::Ok {
-            captured: false,
-            message: "released".into(),
-        },
-        (_, pods::Enrollment::Captured) => Response::Ok {
-            captured: true,
-            message: format!("captured ({})", inputs.capture.mode()),
-        },
-        (_, pods::Enrollment::NotInMesh) => Response::Ok {
-            captured: false,
-            message: "not in the mesh on this node: not captured".into(),
-        },
-        (_, pods::Enrollment::Failed(why)) => Response::Error { message: why },
-    };
-    info!(op = label, pod = %name, namespace = %namespace, ?response, "CNI request");
-    response
-}
-
-fn load_certs(config: &ProxyConfig, state: &State) -> CertStore {
-    let wanted = state
-        .workloads_on(&config.node)
-        .map(|w| state.identity(w))
-        .collect::<Vec<_>>();
-    let (store, errors) =
-        CertStore::load(&config.cert_dir, &config.trust_bundle, wanted.into_iter());
-    for e in errors {
-        error!(error = %e, "certificate not loaded; pods with this identity are refused until it is fixed");
-    }
-    store
+        .block_on(weft_node_proxy::run(config))
 }

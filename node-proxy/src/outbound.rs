@@ -8,54 +8,35 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tokio::net::TcpStream;
+use tracing::warn;
 use weft_core::drain;
 use weft_core::hbone::{ConnectRequest, PoolKey};
 use weft_core::identity::SpiffeId;
+use weft_core::mesh::Service;
 use weft_core::metrics::{Reporter, SecurityPolicy};
 use weft_core::tls;
 
 use crate::capture::PROXY_MARK;
-use crate::inputs::{Inputs, Peer, tcp_labels};
-use crate::pods::{Pod, accept_loop};
+use crate::forward::{Connection, Peer, Via, forward};
+use crate::pod::Pod;
+use crate::proxy::Proxy;
 
-pub(crate) struct Outbound {
-    inputs: Arc<Inputs>,
+/// Serves one captured connection of `pod` (the accept loop's handler).
+pub(crate) async fn handle(
+    proxy: Arc<Proxy>,
     pod: Arc<Pod>,
-    listener: TcpListener,
+    stream: TcpStream,
+    client: SocketAddr,
+    _drain: drain::Watch,
+) {
+    serve_connection(&proxy, &pod, stream, client).await;
 }
 
-impl Outbound {
-    pub(crate) fn new(inputs: Arc<Inputs>, pod: Arc<Pod>, listener: TcpListener) -> Self {
-        Self {
-            inputs,
-            pod,
-            listener,
-        }
-    }
-
-    pub(crate) async fn run(self, drain: drain::Watch) {
-        let handle = |inputs: Arc<Inputs>, pod: Arc<Pod>, stream, client, conn_drain| async move {
-            proxy(&inputs, &pod, stream, client).await;
-            drop(conn_drain);
-        };
-        accept_loop(
-            self.listener,
-            "outbound",
-            self.inputs,
-            self.pod,
-            drain,
-            handle,
-        )
-        .await;
-    }
-}
-
-async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr) {
+async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: SocketAddr) {
     let started = Instant::now();
     // Phase 1: context. The capture kept the original destination (eBPF map or conntrack).
-    let dst = match inputs.capture.original_dst(pod.cookie, &stream, client) {
+    let dst = match proxy.capture.original_dst(pod.cookie, &stream, client) {
         Ok(dst) => dst,
         Err(e) => {
             warn!(%client, error = %e, "early deny: original destination unknown");
@@ -63,46 +44,48 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
         }
     };
     let _ = stream.set_nodelay(true);
-    let state = inputs.state.load();
-    let src_id = state.identity(&pod.workload);
+    let index = proxy.index.load();
+    let src_id = index.identity(&pod.workload);
     let source = Peer {
         workload: Some(&pod.workload),
         identity: Some(&src_id),
     };
-    let upstream = state.resolve(dst, |n| inputs.pick(n));
+    let upstream = index.resolve(dst, |n| proxy.pick(n));
 
     // Phase 2: choose the path. Phase 3: forward.
     let Some(upstream) = upstream else {
-        if state.is_service(dst) {
+        if index.is_service(dst) {
             warn!(%client, %dst, "early deny: service has no endpoints");
             return;
         }
-        let labels = tcp_labels(
-            Reporter::source,
-            &source,
-            &Peer::UNKNOWN,
-            None,
-            SecurityPolicy::none,
-        );
-        return passthrough(inputs, pod, stream, client, dst, &labels, started).await;
+        let plain = Plain {
+            client,
+            dst,
+            source,
+            destination: Peer::UNKNOWN,
+            service: None,
+            started,
+        };
+        return passthrough(proxy, pod, stream, plain).await;
     };
-    let dst_id = state.identity(&upstream.workload);
+    let dst_id = index.identity(&upstream.workload);
     let destination = Peer {
         workload: Some(&upstream.workload),
         identity: Some(&dst_id),
     };
-    if upstream.workload.protocol == weft_core::config::Protocol::Tcp {
-        let labels = tcp_labels(
-            Reporter::source,
-            &source,
-            &destination,
-            upstream.service.as_deref(),
-            SecurityPolicy::none,
-        );
-        return passthrough(inputs, pod, stream, client, upstream.addr, &labels, started).await;
+    if upstream.workload.protocol == weft_core::mesh::Protocol::Tcp {
+        let plain = Plain {
+            client,
+            dst: upstream.addr,
+            source,
+            destination,
+            service: upstream.service.as_deref(),
+            started,
+        };
+        return passthrough(proxy, pod, stream, plain).await;
     }
 
-    let certs = inputs.certs_with(&src_id).await;
+    let certs = proxy.certs_with(&src_id).await;
     let Some((identity, bundle)) = certs
         .as_ref()
         .and_then(|c| Some((c.get(&src_id)?, c.bundle.as_ref()?)))
@@ -112,7 +95,7 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
     };
     // A waypoint-bound destination: the tunnel goes to the waypoint, addressed to what the
     // app asked for (the service VIP, or the pod); the waypoint picks the endpoint.
-    let waypoint = state.waypoint_for(dst).cloned();
+    let waypoint = index.waypoint_for(dst).cloned();
     let (proxy_addr, tunnel_id, tunnel_dst) = match &waypoint {
         Some(w) => match w.identity.parse::<SpiffeId>() {
             Ok(id) => (SocketAddr::new(w.ip, weft_core::ports::HBONE), id, dst),
@@ -140,7 +123,7 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
         baggage: None,
     };
     let netns = pod.netns.clone();
-    let tunnel = inputs
+    let tunnel = proxy
         .pool
         .connect(
             &key,
@@ -152,74 +135,65 @@ async fn proxy(inputs: &Inputs, pod: &Pod, stream: TcpStream, client: SocketAddr
     let tunnel = match tunnel {
         Ok(tunnel) => tunnel,
         Err(e) => {
-            warn!(%client, %dst, destination = %dst_id, error = %e, "connection failed");
+            warn!(%client, %dst, destination = %tunnel_id, error = %e, "connection failed");
             return;
         }
     };
-    // Through a waypoint, the peer this proxy talked to is the waypoint: it picks the endpoint.
-    let waypoint_workload = waypoint.as_ref().and_then(|w| state.workload_by_ip(w.ip));
-    let reached = match &waypoint {
-        Some(_) => Peer {
-            workload: waypoint_workload.map(|w| &**w),
-            identity: Some(&tunnel_id),
-        },
-        None => destination,
+    // Through a waypoint, the peer this proxy talked to is the waypoint (it picks the
+    // endpoint): metrics and the access log name it, not an endpoint that never saw the
+    // connection.
+    let (dst_addr, reached) = match &waypoint {
+        Some(w) => (
+            SocketAddr::new(w.ip, weft_core::ports::HBONE),
+            Peer {
+                workload: index.workload_by_ip(w.ip).map(|w| &**w),
+                identity: Some(&tunnel_id),
+            },
+        ),
+        None => (upstream.addr, destination),
     };
-    let labels = tcp_labels(
-        Reporter::source,
-        &source,
-        &reached,
-        upstream.service.as_deref(),
-        SecurityPolicy::mutual_tls,
-    );
-    let metrics = inputs.metrics.open(&labels);
-    let result = weft_core::copy::proxy(stream, tunnel, &metrics).await;
-    let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
-    info!(
-        target: "access",
-        src_workload = %pod.workload.name,
-        src_identity = %src_id,
-        dst_addr = %upstream.addr,
-        dst_workload = %upstream.workload.name,
-        dst_identity = %dst_id,
-        dst_service = upstream.service.as_ref().map_or("", |s| s.name.as_str()),
-        via = "hbone",
-        bytes_sent = sent,
-        bytes_received = received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        error = result.err().map(|e| e.to_string()),
-        "connection complete"
-    );
+    let conn = Connection {
+        reporter: Reporter::source,
+        via: Via::Hbone,
+        security: SecurityPolicy::mutual_tls,
+        src_addr: client,
+        source,
+        dst_addr,
+        destination: reached,
+        service: upstream.service.as_deref(),
+        started,
+    };
+    forward(proxy, conn, stream, tunnel).await;
 }
 
-async fn passthrough(
-    inputs: &Inputs,
-    pod: &Pod,
-    stream: TcpStream,
+/// A connection that leaves as plain TCP.
+struct Plain<'a> {
     client: SocketAddr,
     dst: SocketAddr,
-    labels: &weft_core::metrics::TcpLabels,
+    source: Peer<'a>,
+    destination: Peer<'a>,
+    service: Option<&'a Service>,
     started: Instant,
-) {
-    let upstream = match pod.netns.connect(dst, Some(PROXY_MARK)).await {
+}
+
+async fn passthrough(proxy: &Proxy, pod: &Pod, stream: TcpStream, plain: Plain<'_>) {
+    let upstream = match pod.netns.connect(plain.dst, Some(PROXY_MARK)).await {
         Ok(upstream) => upstream,
         Err(e) => {
-            warn!(%client, %dst, error = %e, "passthrough connection failed");
+            warn!(client = %plain.client, dst = %plain.dst, error = %e, "passthrough connection failed");
             return;
         }
     };
-    let metrics = inputs.metrics.open(labels);
-    let result = weft_core::copy::proxy(stream, upstream, &metrics).await;
-    let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
-    info!(
-        target: "access",
-        src_workload = %pod.workload.name,
-        dst_addr = %dst,
-        dst_workload = %labels.destination_workload,
-        via = "passthrough",
-        bytes_sent = sent,
-        bytes_received = received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "connection complete"
-    );
+    let conn = Connection {
+        reporter: Reporter::source,
+        via: Via::Passthrough,
+        security: SecurityPolicy::none,
+        src_addr: plain.client,
+        source: plain.source,
+        dst_addr: plain.dst,
+        destination: plain.destination,
+        service: plain.service,
+        started: plain.started,
+    };
+    forward(proxy, conn, stream, upstream).await;
 }

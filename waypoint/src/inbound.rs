@@ -13,7 +13,7 @@ use weft_core::hbone::{self, PendingTunnel, Rejection};
 use weft_core::identity::SpiffeId;
 
 use crate::Waypoint;
-use crate::proxy::{self, Tunnel};
+use crate::request::{self, Tunnel};
 
 /// Accepts until the process ends.
 pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener) {
@@ -78,7 +78,7 @@ async fn serve_tunnel(waypoint: Arc<Waypoint>, peer: SpiffeId, pending: PendingT
         return;
     };
     if waypoint
-        .state
+        .snapshot
         .load()
         .service_for(target.destination)
         .is_none()
@@ -98,7 +98,8 @@ async fn serve_tunnel(waypoint: Arc<Waypoint>, peer: SpiffeId, pending: PendingT
         client,
         target: target.destination,
     });
-    let service = hyper::service::service_fn(move |request| proxy::handle(tunnel.clone(), request));
+    let service =
+        hyper::service::service_fn(move |request| request::handle(tunnel.clone(), request));
     let served = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), service)
         .await;

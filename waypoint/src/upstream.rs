@@ -2,12 +2,12 @@
 //! (mTLS with the waypoint's identity; the `forwarded` header names the original client).
 //! HTTP/1.1 connections are pooled per endpoint and returned when a response body ends;
 //! HTTP/2 uses one multiplexed connection per endpoint. `maxConnections`, the pending queue
-//! (`http1MaxPendingRequests`) and `maxRequestsPerConnection` are enforced here.
+//! (`http1MaxPendingRequests`) and `maxRequestsPerConnection` are enforced here, with the
+//! pool's slots (`crate::backend`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_core::hbone::{ConnectRequest, Pool, PoolKey};
 
 use crate::Body;
-use crate::balance::{Backend, Endpoint};
+use crate::backend::{Backend, ConnSlot, Endpoint, Http1Conn, Http2Conn};
 use crate::identity::Identity;
 
 /// Why a request did not get a response.
@@ -38,23 +38,6 @@ pub(crate) enum UpstreamError {
     /// Pool limits: too many connections and pending requests.
     #[error("connection pool overflow")]
     Overflow,
-}
-
-struct Http1Conn {
-    sender: http1::SendRequest<Body>,
-    used: u32,
-}
-
-struct Http2Conn {
-    sender: http2::SendRequest<Body>,
-    used: u32,
-}
-
-/// An endpoint's connections.
-#[derive(Default)]
-pub(crate) struct Conns {
-    idle: Mutex<Vec<Http1Conn>>,
-    h2: Mutex<Option<Http2Conn>>,
 }
 
 /// What opening a connection needs.
@@ -110,7 +93,8 @@ fn classify(e: &hyper::Error) -> UpstreamError {
     UpstreamError::Reset(e.to_string())
 }
 
-/// Returns an HTTP/1.1 connection to its endpoint's pool when the response body is done.
+/// Returns an HTTP/1.1 connection to its endpoint's idle list when the response body is
+/// done; a closed or spent connection is dropped instead, which frees its pool place.
 struct Checkout {
     backend: Arc<Backend>,
     endpoint: Arc<Endpoint>,
@@ -120,19 +104,12 @@ struct Checkout {
 impl Drop for Checkout {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        let limit = self.backend.limits.load().0.max_requests_per_connection;
+        let limit = self.backend.limits().pool.max_requests_per_connection;
         let spent = limit.is_some_and(|l| conn.used >= l);
-        if conn.sender.is_closed() || spent {
-            self.backend.connections.fetch_sub(1, Ordering::Relaxed);
-        } else {
-            self.endpoint
-                .conns
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
+        if !conn.sender.is_closed() && !spent {
+            self.endpoint.conns.push_idle(conn);
+            self.backend.wake_one();
         }
-        self.backend.released.notify_one();
     }
 }
 
@@ -195,82 +172,48 @@ pub(crate) async fn send(
     }
 }
 
+/// An HTTP/1.1 connection for one request: an idle one, a new one if the pool has room, or,
+/// at the limit, one freed while this request waits in the bounded pending queue. Every place
+/// taken is a slot that gives itself back, so a request cancelled at any await leaks nothing.
 async fn checkout(
     backend: &Arc<Backend>,
     endpoint: &Arc<Endpoint>,
     dialer: &Dialer,
 ) -> Result<Http1Conn, UpstreamError> {
     loop {
-        let idle = endpoint
-            .conns
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        if let Some(mut conn) = idle {
-            if conn.sender.is_closed() {
-                backend.connections.fetch_sub(1, Ordering::Relaxed);
-                continue;
-            }
-            if conn.sender.ready().await.is_ok() {
+        if let Some(mut conn) = endpoint.conns.pop_idle() {
+            if !conn.sender.is_closed() && conn.sender.ready().await.is_ok() {
                 return Ok(conn);
             }
-            backend.connections.fetch_sub(1, Ordering::Relaxed);
             continue;
         }
-        let limits = backend.limits.load();
-        let max = limits
-            .0
-            .max_connections
-            .map_or(usize::MAX, |m| m.max(1) as usize);
-        let open = backend.connections.fetch_add(1, Ordering::Relaxed);
-        if open < max {
-            return match open_http1(endpoint, dialer).await {
-                Ok(conn) => Ok(conn),
-                Err(e) => {
-                    backend.connections.fetch_sub(1, Ordering::Relaxed);
-                    backend.released.notify_one();
-                    Err(e)
-                }
-            };
+        if let Some(slot) = backend.try_connection() {
+            return open_http1(endpoint, dialer, slot).await;
         }
-        backend.connections.fetch_sub(1, Ordering::Relaxed);
         // At the connection limit: an idle connection to another endpoint is closed to make
-        // room, else the request waits in the bounded pending queue.
-        if evict_idle(backend) {
+        // room, else the request waits in the pending queue.
+        if backend.evict_idle() {
             continue;
         }
-        let max_pending = limits.0.max_pending.map_or(usize::MAX, |m| m as usize);
-        if backend.pending.fetch_add(1, Ordering::Relaxed) >= max_pending {
-            backend.pending.fetch_sub(1, Ordering::Relaxed);
+        let Some(_pending) = backend.try_pending() else {
             return Err(UpstreamError::Overflow);
-        }
-        let timeout = Duration::from_millis(limits.0.connect_timeout_ms.unwrap_or(10_000));
-        let woke = tokio::time::timeout(timeout, backend.released.notified()).await;
-        backend.pending.fetch_sub(1, Ordering::Relaxed);
-        if woke.is_err() {
+        };
+        let timeout =
+            Duration::from_millis(backend.limits().pool.connect_timeout_ms.unwrap_or(10_000));
+        if tokio::time::timeout(timeout, backend.released())
+            .await
+            .is_err()
+        {
             return Err(UpstreamError::Overflow);
         }
     }
 }
 
-fn evict_idle(backend: &Backend) -> bool {
-    for endpoint in backend.endpoints().iter() {
-        let evicted = endpoint
-            .conns
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        if evicted.is_some() {
-            backend.connections.fetch_sub(1, Ordering::Relaxed);
-            return true;
-        }
-    }
-    false
-}
-
-async fn open_http1(endpoint: &Endpoint, dialer: &Dialer) -> Result<Http1Conn, UpstreamError> {
+async fn open_http1(
+    endpoint: &Endpoint,
+    dialer: &Dialer,
+    slot: ConnSlot,
+) -> Result<Http1Conn, UpstreamError> {
     let io = dialer.tunnel(endpoint).await?;
     let (sender, conn) = http1::handshake(io)
         .await
@@ -278,7 +221,7 @@ async fn open_http1(endpoint: &Endpoint, dialer: &Dialer) -> Result<Http1Conn, U
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(Http1Conn { sender, used: 0 })
+    Ok(Http1Conn::new(sender, slot))
 }
 
 async fn send_h2(
@@ -287,17 +230,17 @@ async fn send_h2(
     dialer: &Dialer,
     request: Request<Body>,
 ) -> Result<Response<Guarded>, UpstreamError> {
-    let limit = backend.limits.load().0.max_requests_per_connection;
+    let limit = backend.limits().pool.max_requests_per_connection;
     let existing = {
-        let mut slot = endpoint.conns.h2.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_mut() {
+        let mut shared = endpoint.conns.h2.lock().unwrap_or_else(|e| e.into_inner());
+        match shared.as_mut() {
             Some(c) if !c.sender.is_closed() && limit.is_none_or(|l| c.used < l) => {
                 c.used += 1;
                 Some(c.sender.clone())
             }
+            // Closed or spent: dropping it frees its place.
             Some(_) => {
-                *slot = None;
-                backend.connections.fetch_sub(1, Ordering::Relaxed);
+                *shared = None;
                 None
             }
             None => None,
@@ -306,42 +249,19 @@ async fn send_h2(
     let mut sender = match existing {
         Some(sender) => sender,
         None => {
-            let max = backend
-                .limits
-                .load()
-                .0
-                .max_connections
-                .map_or(usize::MAX, |m| m.max(1) as usize);
-            if backend.connections.fetch_add(1, Ordering::Relaxed) >= max {
-                backend.connections.fetch_sub(1, Ordering::Relaxed);
-                return Err(UpstreamError::Overflow);
-            }
-            let io = match dialer.tunnel(endpoint).await {
-                Ok(io) => io,
-                Err(e) => {
-                    backend.connections.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            };
-            let (sender, conn) = match http2::handshake(TokioExecutor::new(), io).await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    backend.connections.fetch_sub(1, Ordering::Relaxed);
-                    return Err(UpstreamError::Connect(e.to_string()));
-                }
-            };
+            let slot = backend.try_connection().ok_or(UpstreamError::Overflow)?;
+            let io = dialer.tunnel(endpoint).await?;
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let mut slot = endpoint.conns.h2.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_some() {
-                // Another request opened one meanwhile: this one is used once and dropped.
-                backend.connections.fetch_sub(1, Ordering::Relaxed);
-            } else {
-                *slot = Some(Http2Conn {
-                    sender: sender.clone(),
-                    used: 1,
-                });
+            let mut shared = endpoint.conns.h2.lock().unwrap_or_else(|e| e.into_inner());
+            // Another request may have opened one meanwhile: this one is then used once and
+            // its place given back.
+            if shared.is_none() {
+                *shared = Some(Http2Conn::new(sender.clone(), slot));
             }
             sender
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use weft_core::api::v1;
-use weft_core::config::Protocol;
 use weft_core::identity::SpiffeId;
+use weft_core::mesh::Protocol;
 
 use super::Shared;
 use crate::ca::Ca;

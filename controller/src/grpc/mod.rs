@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod publish;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 use weft_core::api::Resources;
-use weft_core::config::MeshConfig;
+use weft_core::mesh::MeshConfig;
 
 /// What the controller currently tells the proxies.
 #[derive(Debug, Default)]

@@ -122,6 +122,40 @@ impl LeaderElection {
     }
 }
 
+/// Work only the leader does: what it wrote is forgotten when leadership is lost (the next
+/// leader writes its own), and redone when the input changes or leadership returns.
+pub trait LeaderTask<T>: Send {
+    /// Brings the cluster in line with `input`. Failures are retried on the next round.
+    fn act(&mut self, input: &T) -> impl std::future::Future<Output = ()> + Send;
+    /// Forgets what was written (another replica leads now).
+    fn forget(&mut self);
+}
+
+/// Runs `task` on every change of `input` while `leading` says this replica leads, and every
+/// 10 s (to retry failed writes); ends when either channel closes.
+pub async fn while_leading<T, W>(
+    mut task: W,
+    mut input: watch::Receiver<T>,
+    mut leading: watch::Receiver<bool>,
+) where
+    T: Clone + Send + Sync,
+    W: LeaderTask<T>,
+{
+    loop {
+        if *leading.borrow_and_update() {
+            let current = input.borrow_and_update().clone();
+            task.act(&current).await;
+        } else {
+            task.forget();
+        }
+        tokio::select! {
+            changed = input.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+    }
+}
+
 fn micro_time(t: SystemTime) -> MicroTime {
     let micros = t
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -69,7 +69,7 @@ impl StatusWriter {
                 .await
             {
                 Ok(_) => {
-                    debug!(object = %format!("{} {}", verdict.kind.kind(), verdict.key), reason = verdict.reason, "status written");
+                    debug!(object = %format!("{} {}", verdict.kind.kind(), verdict.key), reason = verdict.reason.as_str(), "status written");
                     self.written.insert(id, verdict.clone());
                     count += 1;
                 }
@@ -105,8 +105,8 @@ pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
     };
     let accepted = condition(
         "Accepted",
-        verdict.accepted,
-        verdict.reason,
+        verdict.accepted(),
+        verdict.reason.as_str(),
         &verdict.message,
     );
     match verdict.kind {
@@ -120,7 +120,7 @@ pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
                         "controllerName": CONTROLLER_NAME,
                         "conditions": [
                             accepted,
-                            condition("ResolvedRefs", verdict.accepted, if verdict.accepted { "ResolvedRefs" } else { "Invalid" }, if verdict.accepted { "references resolved" } else { &verdict.message }),
+                            condition("ResolvedRefs", verdict.accepted(), if verdict.accepted() { "ResolvedRefs" } else { "Invalid" }, if verdict.accepted() { "references resolved" } else { &verdict.message }),
                         ],
                     })
                 })
@@ -137,5 +137,15 @@ pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
             }
             serde_json::json!({ "status": { "conditions": conditions } })
         }
+    }
+}
+
+impl super::lease::LeaderTask<Vec<Verdict>> for StatusWriter {
+    async fn act(&mut self, verdicts: &Vec<Verdict>) {
+        self.write(verdicts).await;
+    }
+
+    fn forget(&mut self) {
+        StatusWriter::forget(self);
     }
 }

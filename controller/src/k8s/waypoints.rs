@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use tracing::{info, warn};
 
 use crate::model::ObjectKey;
-use crate::model::l7::GATEWAY_NAME;
+use crate::model::translate::GATEWAY_NAME;
 
 /// The field manager of what the controller applies.
 pub const FIELD_MANAGER: &str = "weft-controller";
@@ -216,5 +216,21 @@ impl WaypointDeployer {
             }
         }
         count
+    }
+}
+
+/// What the leader deploys: the waypoint Gateways and how their pods reach the controller
+/// (`None` while the controller's Service has no address).
+pub type WaypointPlan = Option<(Vec<WaypointGateway>, DeploySettings)>;
+
+impl super::lease::LeaderTask<WaypointPlan> for WaypointDeployer {
+    async fn act(&mut self, plan: &WaypointPlan) {
+        if let Some((gateways, settings)) = plan {
+            self.apply(gateways, settings).await;
+        }
+    }
+
+    fn forget(&mut self) {
+        WaypointDeployer::forget(self);
     }
 }

@@ -2,9 +2,9 @@
 //! honour, by field) or refused (with the reason). Logged in every mode; written as status
 //! conditions in Kubernetes mode.
 
-use super::ObjectKey;
-use super::Objects;
-use super::policy::gateway::{ParentRef, WAYPOINT_CLASS};
+use super::key::ObjectKey;
+use super::objects::Objects;
+use super::policy::gateway::ParentRef;
 use super::policy::{PolicyKind, PolicySpec};
 
 /// The verdict on one policy.
@@ -18,10 +18,9 @@ pub struct Verdict {
     pub key: ObjectKey,
     /// The generation judged.
     pub generation: Option<i64>,
-    /// Whether Weft acts on it.
-    pub accepted: bool,
-    /// `Accepted`, `PartiallyHonoured` or `Invalid`.
-    pub reason: &'static str,
+    /// Accepted, partially honoured, or refused.
+    #[serde(serialize_with = "reason_name")]
+    pub reason: Reason,
     /// Human-readable detail.
     pub message: String,
     /// For HTTPRoutes: the Service parents the verdict is about.
@@ -30,6 +29,39 @@ pub struct Verdict {
     /// For waypoint Gateways: whether the waypoint runs (its pod has an address), and where.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub programmed: Option<Result<String, String>>,
+}
+
+/// How a policy was judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Weft acts on every field.
+    Accepted,
+    /// Weft acts on it, but not on the fields the message names.
+    PartiallyHonoured,
+    /// Refused: its latest version could not be read (the last good one, if any, stays).
+    Invalid,
+}
+
+impl Reason {
+    /// The reason as a status condition writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "Accepted",
+            Self::PartiallyHonoured => "PartiallyHonoured",
+            Self::Invalid => "Invalid",
+        }
+    }
+}
+
+impl Verdict {
+    /// Whether Weft acts on the policy (at least in part).
+    pub fn accepted(&self) -> bool {
+        self.reason != Reason::Invalid
+    }
+}
+
+fn reason_name<S: serde::Serializer>(reason: &Reason, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(reason.as_str())
 }
 
 fn kind_name<S: serde::Serializer>(kind: &PolicyKind, s: S) -> Result<S::Ok, S::Error> {
@@ -72,12 +104,12 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
                 }
                 parents
             }
-            PolicySpec::Gateway(gw) if gw.gateway_class_name != WAYPOINT_CLASS => continue,
+            PolicySpec::Gateway(_) if !super::translate::is_waypoint_gateway(policy) => continue,
             _ => Vec::new(),
         };
         let programmed = match &policy.spec {
             PolicySpec::Gateway(_) => Some(
-                super::l7::running_waypoints(objects)
+                super::translate::running_waypoints(objects)
                     .iter()
                     .find(|w| w.key == policy.key)
                     .and_then(|w| w.pod.ip)
@@ -90,10 +122,10 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             _ => None,
         };
         let (reason, message) = if policy.notes.is_empty() {
-            ("Accepted", "accepted by Weft".to_owned())
+            (Reason::Accepted, "accepted by Weft".to_owned())
         } else {
             (
-                "PartiallyHonoured",
+                Reason::PartiallyHonoured,
                 format!(
                     "accepted; Weft does not honour: {}",
                     policy.notes.join("; ")
@@ -104,7 +136,6 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             kind: policy.kind,
             key: policy.key.clone(),
             generation: policy.generation,
-            accepted: true,
             reason,
             message,
             parents,
@@ -116,8 +147,7 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             kind: r.kind,
             key: r.key.clone(),
             generation: r.generation,
-            accepted: false,
-            reason: "Invalid",
+            reason: Reason::Invalid,
             message: r.message.clone(),
             parents: Vec::new(),
             programmed: None,
@@ -125,4 +155,20 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
     }
     out.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     out
+}
+
+/// Logs each verdict that is new or changed: what is not honoured as a warning, a refusal as
+/// an error.
+pub fn log_changes(before: &[Verdict], now: &[Verdict]) {
+    for v in now {
+        if before.contains(v) {
+            continue;
+        }
+        let object = format!("{} {}", v.kind.kind(), v.key);
+        match v.reason {
+            Reason::Accepted => tracing::info!(%object, "policy accepted"),
+            Reason::PartiallyHonoured => tracing::warn!(%object, "{}", v.message),
+            Reason::Invalid => tracing::error!(%object, "policy refused: {}", v.message),
+        }
+    }
 }

@@ -17,8 +17,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
+use super::protocol::{ConnectRequest, HboneError, forwarded_header, settings};
 use super::stream::ActiveGuard;
-use super::{ConnectRequest, H2Stream, HboneError, forwarded_header, settings};
+use super::stream::H2Stream;
 use crate::identity::SpiffeId;
 
 /// Pool limits.

@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::{H2Stream, MESH_PORTS, parse_forwarded, settings};
+use super::protocol::{MESH_PORTS, parse_forwarded, settings};
+use super::stream::H2Stream;
 use crate::identity::SpiffeId;
 
 /// Why an incoming HBONE connection was refused before any request.

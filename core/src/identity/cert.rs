@@ -10,7 +10,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::SpiffeId;
+use super::spiffe::SpiffeId;
 
 /// Why a certificate, key or bundle was refused.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum CertError {
     SpiffeSan(usize),
     /// The SPIFFE URI is not a workload identity.
     #[error(transparent)]
-    SpiffeId(#[from] super::SpiffeIdError),
+    SpiffeId(#[from] super::spiffe::SpiffeIdError),
     /// A workload certificate is for another identity than the one asked for.
     #[error("certificate is for {found}, expected {expected}")]
     WrongIdentity {

@@ -1,7 +1,7 @@
 //! Certificate signing requests for workload identities: ECDSA P-256 keys whose only SAN is the
 //! SPIFFE URI.
 
-use super::SpiffeId;
+use super::spiffe::SpiffeId;
 
 /// A freshly generated workload key and the CSR that asks the CA to certify it.
 pub struct WorkloadCsr {

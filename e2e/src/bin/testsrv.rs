@@ -161,7 +161,11 @@ async fn answer(b: &Behaviour, name: &str, req: Request<Incoming>) -> Response<F
                 "status" => b.fail_status.store(v, Ordering::Relaxed),
                 "delay_ms" => b.delay_ms.store(v, Ordering::Relaxed),
                 "grpc_unavailable" => b.grpc_unavailable_percent.store(v, Ordering::Relaxed),
-                "reset" => b.served.store(0, Ordering::Relaxed),
+                "reset" => {
+                    // Counting and the failure pattern both start over.
+                    b.served.store(0, Ordering::Relaxed);
+                    b.seq.store(0, Ordering::Relaxed);
+                }
                 _ => {}
             }
         }

@@ -22,7 +22,7 @@ pub(crate) const PROXY_MARK: u32 = weft_ebpf::PROXY_MARK;
 
 /// The capture mechanism an operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Requested {
+pub enum Requested {
     /// eBPF, or nftables if the programs cannot be loaded.
     Auto,
     /// eBPF only: fail to start without it.

@@ -709,11 +709,11 @@ pub struct To {
 }
 
 /// A request's operation: Weft's own type, which has exactly Istio's fields.
-pub use weft_core::l7::AuthzOperation as Operation;
+pub use weft_core::mesh::AuthzOperation as Operation;
 
 /// `when[]` (`request.headers[name]`, `source.ip`, `source.namespace`, `source.principal`,
 /// `destination.port`): Weft's own type, which has exactly Istio's fields.
-pub use weft_core::l7::AuthzCondition as Condition;
+pub use weft_core::mesh::AuthzCondition as Condition;
 
 impl AuthorizationPolicySpec {
     /// Reports what Weft does not do.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::ObjectKey;
+use super::key::ObjectKey;
 use common::Notes;
 
 /// The policy kinds Weft reads.

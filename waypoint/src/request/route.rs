@@ -2,7 +2,7 @@
 //! method, headers, query parameters, port). Regexes are compiled once per config.
 
 use regex::Regex;
-use weft_core::l7::{NamedMatch, Route, RouteMatch, StrMatch};
+use weft_core::mesh::{NamedMatch, Route, RouteMatch, StrMatch};
 
 /// A string condition, compiled.
 pub(crate) enum Matcher {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use weft_core::l7::{Retry, RetryBudget, RetryOn};
+use weft_core::mesh::{Retry, RetryBudget, RetryOn};
 
 use crate::upstream::UpstreamError;
 
@@ -144,5 +144,83 @@ mod tests {
             window_ms: 1_000,
         });
         assert_eq!((0..100).filter(|_| with_minimum.withdraw()).count(), 10);
+    }
+
+    fn on(conditions: &str) -> RetryOn {
+        let mut on = RetryOn::default();
+        for c in conditions.split(',') {
+            match c {
+                "5xx" => on.server_error = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "reset" => on.reset = true,
+                "refused-stream" => on.refused_stream = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                _ => panic!("{c}"),
+            }
+        }
+        on
+    }
+
+    #[test]
+    fn retry_eligibility_follows_the_conditions() {
+        let status = |s| TryResult::Response {
+            status: s,
+            grpc: None,
+        };
+        let gateway = on("gateway-error");
+        assert!(retryable(&gateway, &status(503)));
+        assert!(
+            !retryable(&gateway, &status(500)),
+            "500 is not a gateway error"
+        );
+        assert!(!retryable(&gateway, &status(200)));
+        assert!(retryable(&on("5xx"), &status(500)));
+        assert!(retryable(&on("retriable-4xx"), &status(409)));
+        assert!(!retryable(&on("retriable-4xx"), &status(404)));
+        let connect = UpstreamError::Connect("refused".into());
+        let reset = UpstreamError::Reset("rst".into());
+        assert!(retryable(
+            &on("connect-failure"),
+            &TryResult::Failed(&connect)
+        ));
+        assert!(!retryable(
+            &on("connect-failure"),
+            &TryResult::Failed(&reset)
+        ));
+        assert!(retryable(&on("reset"), &TryResult::Failed(&reset)));
+        assert!(retryable(&on("reset"), &TryResult::PerTryTimeout));
+        assert!(
+            !retryable(&on("5xx"), &TryResult::Failed(&UpstreamError::Overflow)),
+            "a full pool is never retried: retries would only add load"
+        );
+        let mut grpc = RetryOn::default();
+        grpc.grpc.insert(14);
+        let unavailable = TryResult::Response {
+            status: 200,
+            grpc: Some(14),
+        };
+        assert!(retryable(&grpc, &unavailable));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_ceiling_with_full_jitter() {
+        let policy = Retry {
+            backoff_base_ms: 25,
+            backoff_max_ms: 100,
+            ..Retry::default()
+        };
+        let mut rng = crate::Rng::seeded(9);
+        for n in 1..=6 {
+            let ceiling = (25u64 << (n - 1)).min(100);
+            let longest = (0..200)
+                .map(|_| backoff(&policy, n, &mut rng))
+                .max()
+                .expect("samples");
+            assert!(
+                longest <= Duration::from_millis(ceiling),
+                "try {n}: {longest:?}"
+            );
+        }
     }
 }

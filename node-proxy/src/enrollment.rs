@@ -10,64 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{error, info, warn};
-use weft_core::config::{Protocol, Workload};
 use weft_core::drain;
+use weft_core::mesh::{Protocol, Workload};
 use weft_core::netns::{ListenOpts, Netns};
 use weft_core::ports;
 
 use crate::capture::{self, PodNet};
 use crate::cni;
-use crate::inbound::Inbound;
-use crate::inbound_plaintext::InboundPlaintext;
-use crate::inputs::Inputs;
-use crate::outbound::Outbound;
-
-/// Accepts on one of a pod's listeners until `drain`, running `handle` for each connection in
-/// its own task, under a span naming the listener, a connection id, the pod and the peer.
-pub(crate) async fn accept_loop<F, Fut>(
-    listener: tokio::net::TcpListener,
-    listener_name: &'static str,
-    inputs: Arc<Inputs>,
-    pod: Arc<Pod>,
-    drain: drain::Watch,
-    handle: F,
-) where
-    F: Fn(Arc<Inputs>, Arc<Pod>, tokio::net::TcpStream, SocketAddr, drain::Watch) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use tracing::Instrument;
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = drain.signaled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(pod = %pod.workload.name, listener = listener_name, error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let span = tracing::info_span!(
-            "conn",
-            listener = listener_name,
-            id = inputs.conn_id(),
-            pod = %pod.workload.name,
-            %peer
-        );
-        let task = handle(inputs.clone(), pod.clone(), stream, peer, drain.clone());
-        tokio::spawn(task.instrument(span));
-    }
-}
-
-/// An enrolled pod.
-pub(crate) struct Pod {
-    pub(crate) workload: Arc<Workload>,
-    pub(crate) netns: Arc<Netns>,
-    /// The kernel's cookie of the pod's network namespace (eBPF capture keys on it).
-    pub(crate) cookie: u64,
-    /// The pod's IP (as the CNI plugin reported it).
-    pub(crate) ip: Ipv4Addr,
-}
+use crate::pod::{Pod, accept_loop};
+use crate::proxy::Proxy;
+use crate::{inbound, outbound};
 
 struct Running {
     pod: Arc<Pod>,
@@ -129,13 +81,13 @@ impl Pods {
     /// reported. Returns the IPs of every pod that is, or should be, captured.
     pub(crate) async fn reconcile(
         &mut self,
-        inputs: &Arc<Inputs>,
+        proxy: &Arc<Proxy>,
         registry: &cni::Registry,
         global: &drain::Watch,
     ) -> BTreeSet<Ipv4Addr> {
-        let state = inputs.state.load_full();
-        let wanted: HashMap<(String, String), (&Arc<Workload>, Placement)> = state
-            .workloads_on(&inputs.config.node)
+        let index = proxy.index.load_full();
+        let wanted: HashMap<(String, String), (&Arc<Workload>, Placement)> = index
+            .workloads_on(&proxy.config.node)
             .filter(|w| w.protocol == Protocol::Hbone)
             .filter_map(|w| {
                 Some((
@@ -161,7 +113,7 @@ impl Pods {
             .collect();
         for key in stale {
             if let Some(running) = self.running.remove(&key) {
-                release(inputs, running).await;
+                release(proxy, running).await;
             }
         }
         self.failed.retain(|key, _| wanted.contains_key(key));
@@ -173,9 +125,9 @@ impl Pods {
             if workload.ip != std::net::IpAddr::V4(place.ip) {
                 warn!(pod = %workload.name, config_ip = %workload.ip, cni_ip = %place.ip, "the config and the CNI plugin disagree on the pod's IP; capturing the CNI's");
             }
-            match enroll(inputs, workload, &place, global).await {
+            match enroll(proxy, workload, &place, global).await {
                 Ok(running) => {
-                    info!(pod = %workload.name, namespace = %workload.namespace, ip = %place.ip, capture = inputs.capture.mode(), "pod enrolled: traffic captured");
+                    info!(pod = %workload.name, namespace = %workload.namespace, ip = %place.ip, capture = proxy.capture.mode(), "pod enrolled: traffic captured");
                     self.failed.remove(&key);
                     self.running.insert(key, running);
                 }
@@ -191,7 +143,7 @@ impl Pods {
     }
 
     /// Whether the pod `namespace/name` is captured.
-    pub(crate) fn enrollment(&self, inputs: &Inputs, namespace: &str, name: &str) -> Enrollment {
+    pub(crate) fn enrollment(&self, proxy: &Proxy, namespace: &str, name: &str) -> Enrollment {
         let key = (namespace.to_owned(), name.to_owned());
         if self.running.contains_key(&key) {
             return Enrollment::Captured;
@@ -199,9 +151,9 @@ impl Pods {
         if let Some(why) = self.failed.get(&key) {
             return Enrollment::Failed(why.clone());
         }
-        let state = inputs.state.load();
-        let wanted = state
-            .workloads_on(&inputs.config.node)
+        let index = proxy.index.load();
+        let wanted = index
+            .workloads_on(&proxy.config.node)
             .any(|w| w.namespace == namespace && w.name == name && w.protocol == Protocol::Hbone);
         if wanted {
             Enrollment::Failed("not enrolled yet".into())
@@ -247,9 +199,9 @@ fn placement(workload: &Workload, registry: &cni::Registry) -> Option<Placement>
     })
 }
 
-async fn release(inputs: &Inputs, running: Running) {
+async fn release(proxy: &Proxy, running: Running) {
     let pod = &running.pod;
-    if let Err(e) = inputs.capture.remove(&running.net).await {
+    if let Err(e) = proxy.capture.remove(&running.net).await {
         // The namespace may be gone with the pod: nothing left to capture.
         warn!(pod = %pod.workload.name, error = %e, "removing capture");
     }
@@ -258,7 +210,7 @@ async fn release(inputs: &Inputs, running: Running) {
 }
 
 async fn enroll(
-    inputs: &Arc<Inputs>,
+    proxy: &Arc<Proxy>,
     workload: &Arc<Workload>,
     place: &Placement,
     global: &drain::Watch,
@@ -290,7 +242,7 @@ async fn enroll(
         ip: place.ip,
         probe_src: place.probe_src,
     };
-    inputs.capture.install(&net).await?;
+    proxy.capture.install(&net).await?;
 
     let pod = Arc::new(Pod {
         workload: workload.clone(),
@@ -317,14 +269,32 @@ async fn enroll(
             }
         });
     };
+    run(Box::pin(accept_loop(
+        outbound,
+        "outbound",
+        proxy.clone(),
+        pod.clone(),
+        watch.clone(),
+        outbound::handle,
+    )));
     run(Box::pin(
-        Outbound::new(inputs.clone(), pod.clone(), outbound).run(watch.clone()),
+        // HBONE connections drain with the proxy (GOAWAY to peers), not with the pod.
+        accept_loop(
+            hbone,
+            "inbound",
+            proxy.clone(),
+            pod.clone(),
+            global.clone(),
+            inbound::handle_hbone,
+        ),
     ));
-    run(Box::pin(
-        Inbound::new(inputs.clone(), pod.clone(), hbone).run(global.clone()),
-    ));
-    run(Box::pin(
-        InboundPlaintext::new(inputs.clone(), pod.clone(), plaintext).run(watch.clone()),
-    ));
+    run(Box::pin(accept_loop(
+        plaintext,
+        "inbound_plaintext",
+        proxy.clone(),
+        pod.clone(),
+        watch.clone(),
+        inbound::handle_plaintext,
+    )));
     Ok(Running { pod, net, stop })
 }

@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use weft_core::config::{MeshConfig, ServicePort, State};
-use weft_core::l7::{RetryBudget, ServicePolicy};
+use weft_core::mesh::{MeshConfig, MeshIndex, ServicePort};
+use weft_core::mesh::{RetryBudget, ServicePolicy};
 
-use crate::balance::{Backend, Backends};
-use crate::retry::Budget;
-use crate::route::CompiledRoute;
+use crate::backend::{Backend, Backends, Limits};
+use crate::request::retry::Budget;
+use crate::request::route::CompiledRoute;
 
 /// One service as the waypoint serves it.
-pub(crate) struct ServiceRt {
+pub(crate) struct BoundService {
     pub(crate) policy: ServicePolicy,
     /// `name.namespace`, the `destination_service` label (computed once per config).
     pub(crate) label: String,
@@ -24,7 +24,7 @@ pub(crate) struct ServiceRt {
     pub(crate) budgets: Vec<Arc<Budget>>,
 }
 
-impl ServiceRt {
+impl BoundService {
     /// The service port a request to `dst` is for.
     pub(crate) fn service_port(&self, dst: SocketAddr) -> u16 {
         if dst.ip() == self.policy.vip {
@@ -41,22 +41,16 @@ impl ServiceRt {
 /// What the waypoint acts on now.
 #[derive(Default)]
 pub(crate) struct Snapshot {
-    pub(crate) mesh: State,
-    services: Vec<Arc<ServiceRt>>,
+    pub(crate) mesh: MeshIndex,
+    services: Vec<Arc<BoundService>>,
 }
 
 /// Runtime kept across snapshots.
 #[derive(Default)]
-pub(crate) struct Persistent {
+pub(crate) struct Retained {
     pub(crate) backends: Backends,
     budgets: Mutex<HashMap<String, Arc<Budget>>>,
 }
-
-const DEFAULT_BUDGET: RetryBudget = RetryBudget {
-    ratio: 0.2,
-    min_per_second: 10,
-    window_ms: 10_000,
-};
 
 impl Snapshot {
     /// Builds the snapshot for waypoint `namespace/name` from a validated mesh config.
@@ -64,7 +58,7 @@ impl Snapshot {
         mesh: MeshConfig,
         namespace: &str,
         name: &str,
-        persistent: &Persistent,
+        retained: &Retained,
     ) -> Result<Self, String> {
         let config = mesh
             .waypoints
@@ -72,7 +66,7 @@ impl Snapshot {
             .find(|w| w.name == name && w.namespace == namespace)
             .cloned()
             .unwrap_or_default();
-        let state = State::new(mesh);
+        let state = MeshIndex::new(mesh);
         let mut services = Vec::new();
         for policy in config.services {
             let routes = policy
@@ -102,11 +96,13 @@ impl Snapshot {
                         })
                         .collect();
                     (
-                        persistent.backends.update(
+                        retained.backends.update(
                             &format!("{}/{}:{}", policy.namespace, policy.name, b.name),
                             endpoints,
-                            b.pool.clone(),
-                            b.outlier.clone(),
+                            Limits {
+                                pool: b.pool.clone(),
+                                outlier: b.outlier.clone(),
+                            },
                         ),
                         b.ports.clone(),
                     )
@@ -121,8 +117,8 @@ impl Snapshot {
                         .retry
                         .as_ref()
                         .and_then(|x| x.budget.clone())
-                        .unwrap_or(DEFAULT_BUDGET);
-                    let mut budgets = persistent.budgets.lock().unwrap_or_else(|e| e.into_inner());
+                        .unwrap_or(RetryBudget::DEFAULT);
+                    let mut budgets = retained.budgets.lock().unwrap_or_else(|e| e.into_inner());
                     let budget = budgets
                         .entry(key)
                         .or_insert_with(|| Arc::new(Budget::new(config.clone())))
@@ -131,7 +127,7 @@ impl Snapshot {
                     budget
                 })
                 .collect();
-            services.push(Arc::new(ServiceRt {
+            services.push(Arc::new(BoundService {
                 label: format!("{}.{}", policy.name, policy.namespace),
                 policy,
                 routes,
@@ -146,18 +142,16 @@ impl Snapshot {
     }
 
     /// The service a tunnel to `dst` (its VIP, or one of its endpoints) is for.
-    pub(crate) fn service_for(&self, dst: SocketAddr) -> Option<&Arc<ServiceRt>> {
+    pub(crate) fn service_for(&self, dst: SocketAddr) -> Option<&Arc<BoundService>> {
         self.services
             .iter()
             .find(|s| {
                 s.policy.vip == dst.ip() && s.policy.ports.iter().any(|p| p.port == dst.port())
             })
             .or_else(|| {
-                self.services.iter().find(|s| {
-                    s.backends
-                        .iter()
-                        .any(|(b, _)| b.endpoints().iter().any(|e| e.workload.ip == dst.ip()))
-                })
+                self.services
+                    .iter()
+                    .find(|s| s.backends.iter().any(|(b, _)| b.has_endpoint(dst.ip())))
             })
     }
 }

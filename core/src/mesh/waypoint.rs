@@ -8,7 +8,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ServicePort;
+use super::authz::AuthzPolicy;
+use super::service::ServicePort;
 
 /// One waypoint's config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -162,6 +163,16 @@ pub struct RetryBudget {
     pub window_ms: u64,
 }
 
+impl RetryBudget {
+    /// The budget of a retry policy that names none (Linkerd's default): retries add at most
+    /// 20% to the requests of the last 10 s, plus 10 per second.
+    pub const DEFAULT: Self = Self {
+        ratio: 0.2,
+        min_per_second: 10,
+        window_ms: 10_000,
+    };
+}
+
 /// A retry policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -246,126 +257,6 @@ pub struct Backend {
     pub outlier: Option<Outlier>,
 }
 
-/// ALLOW or DENY.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum AuthzAction {
-    /// Allow matching requests; once any ALLOW policy applies, the rest are denied.
-    Allow,
-    /// Deny matching requests.
-    Deny,
-}
-
-/// An authorization policy as it applies to a service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AuthzPolicy {
-    /// `namespace/name` of the AuthorizationPolicy (for the 403 body and logs).
-    pub name: String,
-    /// Action.
-    pub action: AuthzAction,
-    /// Rules; any one matching matches the policy. None: matches nothing.
-    pub rules: Vec<AuthzRule>,
-}
-
-/// A rule: every non-empty part must match.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AuthzRule {
-    /// Sources; any one.
-    #[serde(default)]
-    pub from: Vec<AuthzSource>,
-    /// Operations; any one.
-    #[serde(default)]
-    pub to: Vec<AuthzOperation>,
-    /// Conditions; all.
-    #[serde(default)]
-    pub when: Vec<AuthzCondition>,
-}
-
-/// A source.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AuthzSource {
-    /// `<td>/ns/<ns>/sa/<sa>` patterns (`*`, `prefix*`, `*suffix`).
-    #[serde(default)]
-    pub principals: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_principals: Vec<String>,
-    /// Namespaces.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_namespaces: Vec<String>,
-    /// IPs or CIDRs.
-    #[serde(default)]
-    pub ip_blocks: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_ip_blocks: Vec<String>,
-}
-
-/// An operation.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AuthzOperation {
-    /// Methods.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_methods: Vec<String>,
-    /// Paths (`*`, `prefix*`, `*suffix`).
-    #[serde(default)]
-    pub paths: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_paths: Vec<String>,
-    /// Ports.
-    #[serde(default)]
-    pub ports: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_ports: Vec<String>,
-    /// Hosts.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_hosts: Vec<String>,
-}
-
-/// A condition (`request.headers[x]`, `source.ip`, `source.namespace`, `source.principal`,
-/// `destination.port`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AuthzCondition {
-    /// Attribute.
-    pub key: String,
-    /// Values; any one.
-    #[serde(default)]
-    pub values: Vec<String>,
-    /// Excluded.
-    #[serde(default)]
-    pub not_values: Vec<String>,
-}
-
-/// `*`, `prefix*`, `*suffix` or an exact value, as Istio's string fields match.
-pub fn glob_matches(pattern: &str, value: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    if let Some(prefix) = pattern.strip_suffix('*') {
-        return value.starts_with(prefix);
-    }
-    if let Some(suffix) = pattern.strip_prefix('*') {
-        return value.ends_with(suffix);
-    }
-    pattern == value
-}
-
 impl WaypointConfig {
     /// Checks what the waypoint relies on: backend indexes in range, weights, regexes that
     /// compile. The message names the field.
@@ -404,20 +295,5 @@ impl WaypointConfig {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_as_istio_matches_them() {
-        assert!(glob_matches("*", "anything"));
-        assert!(glob_matches("/api/*", "/api/v1"));
-        assert!(glob_matches("*/admin", "/x/admin"));
-        assert!(glob_matches("GET", "GET"));
-        assert!(!glob_matches("GET", "POST"));
-        assert!(!glob_matches("/api/*", "/apx"));
     }
 }

@@ -1,0 +1,59 @@
+//! The controller's admin endpoint: what each proxy acknowledged, each policy's verdict, the
+//! sources' errors, the published config, and readiness.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+use crate::grpc::{Proxies, Published};
+use crate::model::status::Verdict;
+
+/// Serves `/debug/proxies`, `/debug/policies`, `/debug/objects`, `/config_dump` and
+/// `/healthz/ready`.
+pub fn handler(
+    proxies: Proxies,
+    published: watch::Receiver<Arc<Published>>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    ready: Arc<AtomicBool>,
+    verdicts: watch::Receiver<Vec<Verdict>>,
+) -> weft_core::admin::Handler {
+    use weft_core::admin::Reply;
+    Arc::new(move |path| match path {
+        "/debug/proxies" => {
+            Reply::json(serde_json::to_string_pretty(&proxies.snapshot()).unwrap_or_default())
+        }
+        "/debug/policies" => {
+            Reply::json(serde_json::to_string_pretty(&*verdicts.borrow()).unwrap_or_default())
+        }
+        "/debug/manifests" | "/debug/objects" => {
+            let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+            Reply::json(serde_json::json!({ "errors": errors }).to_string())
+        }
+        "/config_dump" => {
+            let published = published.borrow();
+            let versions: BTreeMap<&str, &str> = published
+                .resources
+                .values()
+                .map(|r| (r.name.as_str(), r.version.as_str()))
+                .collect();
+            Reply::json(
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "mesh": published.mesh,
+                    "versions": versions,
+                }))
+                .unwrap_or_default(),
+            )
+        }
+        "/healthz/ready" if ready.load(Ordering::Relaxed) => Reply::text("ready\n"),
+        "/healthz/ready" => Reply::status(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no config published yet\n",
+        ),
+        _ => Reply::status(
+            http::StatusCode::NOT_FOUND,
+            "try /debug/proxies, /debug/objects, /debug/policies, /config_dump, /healthz/ready\n",
+        ),
+    })
+}

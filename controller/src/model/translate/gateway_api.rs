@@ -1,0 +1,134 @@
+//! Gateway API HTTPRoute attached to a Service (GAMMA): rules with matches, weighted backend
+//! references, timeouts and retries.
+
+use weft_core::mesh::{NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch, WeightedBackend};
+
+use super::backends::Backends;
+use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, ms};
+use crate::model::key::ObjectKey;
+use crate::model::objects::{Objects, Service};
+use crate::model::policy::PolicySpec;
+
+pub(crate) fn http_route_routes(
+    objects: &Objects,
+    backends: &mut Backends<'_>,
+    svc: &Service,
+) -> Option<Vec<Route>> {
+    let (key, route) = objects.policies.values().find_map(|p| match &p.spec {
+        PolicySpec::HttpRoute(r)
+            if r.service_parents().any(|parent| {
+                parent.name == svc.name
+                    && parent.namespace.as_deref().unwrap_or(&p.key.namespace) == svc.namespace
+            }) =>
+        {
+            Some((&p.key, &**r))
+        }
+        _ => None,
+    })?;
+    let value_match = |kind: Option<&str>, value: &str| match kind {
+        Some("RegularExpression") => StrMatch::Regex(value.to_owned()),
+        _ => StrMatch::Exact(value.to_owned()),
+    };
+    let mut routes = Vec::new();
+    for (i, rule) in route.rules.iter().enumerate() {
+        let matches = rule
+            .matches
+            .iter()
+            .map(|m| RouteMatch {
+                path: m.path.as_ref().map(|p| {
+                    let value = p.value.clone().unwrap_or_else(|| "/".into());
+                    match p.kind.as_deref() {
+                        Some("Exact") => StrMatch::Exact(value),
+                        Some("RegularExpression") => StrMatch::Regex(value),
+                        // PathPrefix matches whole segments.
+                        _ if value == "/" => StrMatch::Prefix(value),
+                        _ => StrMatch::Regex(format!(
+                            "{}(/.*)?",
+                            regex_escape(value.trim_end_matches('/'))
+                        )),
+                    }
+                }),
+                method: m.method.clone().map(StrMatch::Exact),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| NamedMatch {
+                        name: h.name.to_ascii_lowercase(),
+                        value: value_match(h.kind.as_deref(), &h.value),
+                        invert: false,
+                    })
+                    .collect(),
+                query: m
+                    .query_params
+                    .iter()
+                    .map(|q| NamedMatch {
+                        name: q.name.clone(),
+                        value: value_match(q.kind.as_deref(), &q.value),
+                        invert: false,
+                    })
+                    .collect(),
+                port: None,
+            })
+            .collect();
+        let mut weighted = Vec::new();
+        for b in &rule.backend_refs {
+            let ns = b.namespace.as_deref().unwrap_or(&key.namespace);
+            let Some(target) = objects.services.get(&ObjectKey::new(ns, &b.name)) else {
+                continue;
+            };
+            weighted.push(WeightedBackend {
+                backend: backends.get(target, None),
+                weight: b.weight.unwrap_or(1),
+            });
+        }
+        if weighted.is_empty() {
+            weighted.push(WeightedBackend {
+                backend: backends.get(svc, None),
+                weight: 1,
+            });
+        }
+        let retry = match &rule.retry {
+            Some(r) if r.attempts.unwrap_or(1) > 0 => {
+                let base = ms(r.backoff).unwrap_or(25);
+                Some(Retry {
+                    attempts: r.attempts.unwrap_or(1),
+                    per_try_timeout_ms: rule.timeouts.as_ref().and_then(|t| ms(t.backend_request)),
+                    on: RetryOn {
+                        statuses: if r.codes.is_empty() {
+                            [500, 502, 503, 504].into()
+                        } else {
+                            r.codes.iter().copied().collect()
+                        },
+                        connect_failure: true,
+                        ..RetryOn::default()
+                    },
+                    backoff_base_ms: base,
+                    backoff_max_ms: base.saturating_mul(10),
+                    budget: Some(COUNTED_BUDGET),
+                    max_body_bytes: REPLAY_CAP,
+                })
+            }
+            _ => Some(default_retry()),
+        };
+        routes.push(Route {
+            name: format!("{}.{}.{i}", key.name, key.namespace),
+            matches,
+            backends: weighted,
+            timeout_ms: rule.timeouts.as_ref().and_then(|t| ms(t.request)),
+            retry,
+        });
+    }
+    Some(routes)
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$#&-~".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}

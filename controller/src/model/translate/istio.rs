@@ -1,0 +1,168 @@
+//! Istio's VirtualService: HTTP routes with matches, weighted destinations (subsets from the
+//! DestinationRule), timeouts and retries.
+
+use weft_core::mesh::{NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch, WeightedBackend};
+
+use super::backends::Backends;
+use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, host_is, ms, service_for};
+use crate::model::objects::{Objects, Service};
+use crate::model::policy::PolicySpec;
+use crate::model::policy::istio;
+
+fn str_match(m: &istio::StringMatch) -> Option<StrMatch> {
+    if let Some(v) = &m.exact {
+        return Some(StrMatch::Exact(v.clone()));
+    }
+    if let Some(v) = &m.prefix {
+        return Some(StrMatch::Prefix(v.clone()));
+    }
+    m.regex.as_ref().map(|v| StrMatch::Regex(v.clone()))
+}
+
+/// Istio's `retryOn`.
+fn retry_on(conditions: &[String]) -> RetryOn {
+    let mut on = RetryOn::default();
+    for c in conditions {
+        match c.trim() {
+            "5xx" => on.server_error = true,
+            "gateway-error" => on.gateway_error = true,
+            "connect-failure" => on.connect_failure = true,
+            "refused-stream" => on.refused_stream = true,
+            "reset" => on.reset = true,
+            "retriable-4xx" => on.retriable_4xx = true,
+            "retriable-status-codes" => {}
+            "cancelled" => {
+                on.grpc.insert(1);
+            }
+            "deadline-exceeded" => {
+                on.grpc.insert(4);
+            }
+            "resource-exhausted" => {
+                on.grpc.insert(8);
+            }
+            "internal" => {
+                on.grpc.insert(13);
+            }
+            "unavailable" => {
+                on.grpc.insert(14);
+            }
+            other => {
+                if let Ok(code) = other.parse::<u16>() {
+                    on.statuses.insert(code);
+                }
+            }
+        }
+    }
+    on
+}
+
+fn istio_retry(r: &istio::HttpRetry) -> Option<Retry> {
+    if r.attempts == 0 {
+        return None;
+    }
+    let conditions = r.retry_on.as_ref().map(|l| l.0.clone()).unwrap_or_else(|| {
+        [
+            "connect-failure",
+            "refused-stream",
+            "unavailable",
+            "cancelled",
+            "503",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let base = ms(r.backoff).unwrap_or(25);
+    Some(Retry {
+        attempts: r.attempts,
+        per_try_timeout_ms: ms(r.per_try_timeout),
+        on: retry_on(&conditions),
+        backoff_base_ms: base,
+        backoff_max_ms: base.saturating_mul(10),
+        budget: Some(COUNTED_BUDGET),
+        max_body_bytes: REPLAY_CAP,
+    })
+}
+
+pub(crate) fn virtual_service_routes(
+    objects: &Objects,
+    backends: &mut Backends<'_>,
+    svc: &Service,
+) -> Option<Vec<Route>> {
+    let (key, vs) = objects.policies.values().find_map(|p| match &p.spec {
+        PolicySpec::VirtualService(vs)
+            if vs.hosts.iter().any(|h| host_is(h, &p.key.namespace, svc)) =>
+        {
+            Some((&p.key, &**vs))
+        }
+        _ => None,
+    })?;
+    let mut routes = Vec::new();
+    for (i, http) in vs.http.iter().enumerate() {
+        let matches = http
+            .matches
+            .iter()
+            .map(|m| RouteMatch {
+                path: m.uri.as_ref().and_then(str_match),
+                method: m.method.as_ref().and_then(str_match),
+                headers: m
+                    .headers
+                    .iter()
+                    .filter_map(|(name, v)| {
+                        Some(NamedMatch {
+                            name: name.to_ascii_lowercase(),
+                            value: str_match(v)?,
+                            invert: false,
+                        })
+                    })
+                    .chain(m.without_headers.iter().map(|(name, v)| NamedMatch {
+                        name: name.to_ascii_lowercase(),
+                        value: str_match(v).unwrap_or(StrMatch::Prefix(String::new())),
+                        invert: true,
+                    }))
+                    .collect(),
+                query: m
+                    .query_params
+                    .iter()
+                    .filter_map(|(name, v)| {
+                        Some(NamedMatch {
+                            name: name.clone(),
+                            value: str_match(v)?,
+                            invert: false,
+                        })
+                    })
+                    .collect(),
+                port: m.port,
+            })
+            .collect();
+        let single = http.route.len() == 1;
+        let mut weighted = Vec::new();
+        for d in &http.route {
+            let Some(target) = service_for(objects, &d.destination.host, &key.namespace) else {
+                continue;
+            };
+            weighted.push(WeightedBackend {
+                backend: backends.get(target, d.destination.subset.as_deref()),
+                weight: d.weight.unwrap_or(if single { 100 } else { 0 }),
+            });
+        }
+        if weighted.iter().all(|w| w.weight == 0) {
+            for w in &mut weighted {
+                w.weight = 1;
+            }
+        }
+        if weighted.is_empty() {
+            continue;
+        }
+        routes.push(Route {
+            name: format!("{}.{}.{i}", key.name, key.namespace),
+            matches,
+            backends: weighted,
+            timeout_ms: ms(http.timeout),
+            retry: match &http.retries {
+                Some(r) => istio_retry(r),
+                None => Some(default_retry()),
+            },
+        });
+    }
+    Some(routes)
+}

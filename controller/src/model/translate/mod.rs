@@ -1,0 +1,26 @@
+//! Translation of the objects into what the proxies apply, one API per file: the mesh itself
+//! (`mesh`: workloads, services, endpoints from `endpoints`), waypoints and their services
+//! (`waypoints`), and the users' policies — Istio (`istio`, `peer_auth`, `authz`), Linkerd
+//! (`linkerd`), SMI (`smi`), Gateway API (`gateway_api`) — into routes and `backends`.
+
+mod authz;
+mod backends;
+mod common;
+mod endpoints;
+mod gateway_api;
+mod istio;
+mod linkerd;
+mod mesh;
+mod peer_auth;
+mod smi;
+mod waypoints;
+
+pub use authz::workload_authz;
+pub use common::ROOT_NAMESPACES;
+pub use endpoints::Membership;
+pub use mesh::{AMBIENT, DATAPLANE_MODE, OPT_OUT, enrolled, mesh_config};
+pub use peer_auth::peer_authentication;
+pub use waypoints::{
+    GATEWAY_NAME, RunningWaypoint, USE_WAYPOINT, is_waypoint_gateway, is_waypoint_pod,
+    running_waypoints, waypoint_config, waypoint_gateways, waypoint_of,
+};

@@ -1,0 +1,120 @@
+//! The tail every connection shares, whichever listener took it: count it in the TCP metrics,
+//! copy both ways until both sides are done, and write one access log line.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::info;
+use weft_core::identity::SpiffeId;
+use weft_core::mesh::{Service, Workload};
+use weft_core::metrics::{Reporter, SecurityPolicy, TcpLabels};
+
+use crate::proxy::Proxy;
+
+/// One side of a connection, as metrics and access logs name it.
+#[derive(Clone, Copy)]
+pub(crate) struct Peer<'a> {
+    pub(crate) workload: Option<&'a Workload>,
+    pub(crate) identity: Option<&'a SpiffeId>,
+}
+
+impl Peer<'_> {
+    pub(crate) const UNKNOWN: Peer<'static> = Peer {
+        workload: None,
+        identity: None,
+    };
+}
+
+/// How the connection travels, as the access log says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Over an HBONE tunnel (mTLS).
+    Hbone,
+    /// Plaintext to a pod that accepts it (PERMISSIVE or DISABLE).
+    Plaintext,
+    /// Plain TCP to a destination outside the mesh or one that takes plain TCP.
+    Passthrough,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Hbone => "hbone",
+            Self::Plaintext => "plaintext",
+            Self::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// Everything the metrics and the access log say about one connection.
+pub(crate) struct Connection<'a> {
+    pub(crate) reporter: Reporter,
+    pub(crate) via: Via,
+    pub(crate) security: SecurityPolicy,
+    pub(crate) src_addr: SocketAddr,
+    pub(crate) source: Peer<'a>,
+    pub(crate) dst_addr: SocketAddr,
+    pub(crate) destination: Peer<'a>,
+    pub(crate) service: Option<&'a Service>,
+    pub(crate) started: Instant,
+}
+
+impl Connection<'_> {
+    fn labels(&self) -> TcpLabels {
+        let name = |p: &Peer<'_>| {
+            p.workload
+                .map_or_else(|| "unknown".into(), |w| w.name.clone())
+        };
+        let ns = |p: &Peer<'_>| {
+            p.workload
+                .map_or_else(|| "unknown".into(), |w| w.namespace.clone())
+        };
+        let principal = |p: &Peer<'_>| {
+            p.identity
+                .map_or_else(|| "unknown".into(), ToString::to_string)
+        };
+        TcpLabels {
+            reporter: self.reporter,
+            source_workload: name(&self.source),
+            source_workload_namespace: ns(&self.source),
+            source_principal: principal(&self.source),
+            destination_workload: name(&self.destination),
+            destination_workload_namespace: ns(&self.destination),
+            destination_principal: principal(&self.destination),
+            destination_service: self.service.map_or_else(
+                || "unknown".into(),
+                |s| format!("{}.{}.svc.cluster.local", s.name, s.namespace),
+            ),
+            connection_security_policy: self.security,
+        }
+    }
+}
+
+/// Copies between `downstream` and `upstream` until both are done, counted and logged.
+pub(crate) async fn forward<D, U>(proxy: &Proxy, conn: Connection<'_>, downstream: D, upstream: U)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let metrics = proxy.metrics.open(&conn.labels());
+    let result = weft_core::copy::proxy(downstream, upstream, &metrics).await;
+    let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
+    let id_text = |p: Option<&SpiffeId>| p.map(ToString::to_string).unwrap_or_default();
+    info!(
+        target: "access",
+        src_addr = %conn.src_addr,
+        src_workload = conn.source.workload.map_or("", |w| w.name.as_str()),
+        src_identity = %id_text(conn.source.identity),
+        dst_addr = %conn.dst_addr,
+        dst_workload = conn.destination.workload.map_or("", |w| w.name.as_str()),
+        dst_identity = %id_text(conn.destination.identity),
+        dst_service = conn.service.map_or("", |s| s.name.as_str()),
+        via = conn.via.as_str(),
+        bytes_sent = sent,
+        bytes_received = received,
+        duration_ms = conn.started.elapsed().as_millis() as u64,
+        error = result.err().map(|e| e.to_string()),
+        "connection complete"
+    );
+}

@@ -1,0 +1,122 @@
+//! Inbound HBONE (port 15008 inside each enrolled pod's namespace): mTLS with the pod's own
+//! certificate, then per tunnel: validate the CONNECT, admit it (`super::admit`), connect to
+//! the pod and forward.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::{Instrument, warn};
+use weft_core::drain;
+use weft_core::hbone::{self, PendingTunnel, Rejection};
+use weft_core::identity::SpiffeId;
+
+use super::admit::{Arrival, admit};
+use crate::capture::PROXY_MARK;
+use crate::forward::forward;
+use crate::pod::Pod;
+use crate::proxy::Proxy;
+
+pub(super) async fn serve_connection(
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    stream: TcpStream,
+    drain: drain::Watch,
+) {
+    let local_id = proxy.index.load().identity(&pod.workload);
+    let Some(identity) = proxy
+        .certs_with(&local_id)
+        .await
+        .and_then(|c| c.get(&local_id).cloned())
+    else {
+        warn!(identity = %local_id, "early deny: no certificate for this pod's identity");
+        return;
+    };
+    // Small frames (a response's HEADERS, a WINDOW_UPDATE) must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let mut incoming = match hbone::accept(
+        stream,
+        identity.server.clone(),
+        proxy.config.handshake_timeout,
+    )
+    .await
+    {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            warn!(error = %e, "HBONE connection refused");
+            return;
+        }
+    };
+    let peer_id = incoming.peer().clone();
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            _ = drain.signaled(), if !draining => {
+                draining = true;
+                incoming.graceful_shutdown();
+                continue;
+            }
+            next = incoming.next() => next,
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                if !e.is_go_away() {
+                    warn!(peer = %peer_id, error = %e, "HBONE connection error");
+                }
+                break;
+            }
+            Some(Ok(tunnel)) => {
+                let (proxy, pod, peer_id) = (proxy.clone(), pod.clone(), peer_id.clone());
+                tokio::spawn(
+                    async move { tunnel_to_pod(&proxy, &pod, &peer_id, tunnel).await }
+                        .in_current_span(),
+                );
+            }
+        }
+    }
+    let _ = incoming.closed().await;
+}
+
+async fn tunnel_to_pod(proxy: &Proxy, pod: &Pod, peer_id: &SpiffeId, tunnel: PendingTunnel) {
+    let started = Instant::now();
+    let index = proxy.index.load();
+    let admitted = tunnel.target().and_then(|target| {
+        admit(
+            &index,
+            &pod.workload,
+            Arrival::Hbone {
+                peer: peer_id,
+                destination: target.destination,
+                client: target.client,
+            },
+        )
+    });
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(rejection) => {
+            warn!(peer = %peer_id, "tunnel refused: {rejection}");
+            tunnel.reject(&rejection);
+            return;
+        }
+    };
+    let upstream = match pod
+        .netns
+        .connect(admitted.destination, Some(PROXY_MARK))
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            let rejection = Rejection::Unavailable(format!("{}: {e}", admitted.destination));
+            warn!(peer = %peer_id, "tunnel refused: {rejection}");
+            tunnel.reject(&rejection);
+            return;
+        }
+    };
+    let Ok(stream) = tunnel.open() else {
+        return;
+    };
+    let dst_id = index.identity(&pod.workload);
+    let conn = admitted.connection(&pod.workload, &dst_id, Some(peer_id), started);
+    forward(proxy, conn, stream, upstream).await;
+}

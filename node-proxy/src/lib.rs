@@ -1,0 +1,265 @@
+//! The Weft node proxy: the per-node L4 proxy of the mesh. It captures enrolled pods'
+//! traffic (`capture`, reported by `cni`, enrolled by `enrollment`), carries it over HBONE
+//! (`outbound`, `inbound`), judges every inbound connection in one place (`inbound::admit`)
+//! and forwards every connection through one tail (`forward`). Its settings are `config`,
+//! its shared state `proxy`; mesh config arrives from a file or the controller
+//! (`config_stream`), certificates from the controller's CA (`ca_client`).
+
+mod admin;
+mod ca_client;
+pub mod capture;
+mod cni;
+pub mod config;
+mod config_stream;
+mod enrollment;
+mod forward;
+mod identity;
+mod inbound;
+mod outbound;
+mod pod;
+mod proxy;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use weft_core::drain;
+use weft_core::mesh::{MeshConfig, MeshIndex};
+
+use crate::capture::Capture;
+use crate::config::{ConfigSource, ProxyConfig};
+use crate::enrollment::Pods;
+use crate::identity::CertStore;
+use crate::proxy::Proxy;
+
+/// Runs the node proxy until SIGTERM or SIGINT, then drains.
+pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    // From a file: no first config, no proxy (a clear error names the file and field). From
+    // the controller: nothing is captured or swept until the first config has arrived.
+    let index = match &config.source {
+        ConfigSource::File(path) => MeshIndex::new(MeshConfig::load(path)?),
+        ConfigSource::Controller(_) => MeshIndex::default(),
+    };
+    let certs = load_certs(&config, &index);
+    let capture = Capture::start(
+        config.capture,
+        &config.bpf_pin_dir,
+        config.cgroup.as_deref(),
+    )
+    .context("starting eBPF capture (use --capture nftables to run without eBPF)")?;
+    info!(node = %config.node, source = %config.source, workloads = index.config().workloads.len(), services = index.config().services.len(), capture = capture.mode(), "node proxy starting");
+    let proxy = Arc::new(Proxy::new(config.clone(), index, certs, capture));
+    let changed = Arc::new(tokio::sync::Notify::new());
+
+    let (signal_drain, watch) = drain::channel();
+    let enrolled = Arc::new(Mutex::new(Vec::new()));
+    for (addr, handler, what) in [
+        (
+            config.metrics_addr,
+            admin::metrics(proxy.clone()),
+            "metrics",
+        ),
+        (
+            config.readiness_addr,
+            admin::readiness(proxy.clone()),
+            "readiness",
+        ),
+        (
+            config.admin_addr,
+            admin::config_dump(proxy.clone(), enrolled.clone()),
+            "admin",
+        ),
+    ] {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {what} port {addr}"))?;
+        tokio::spawn(weft_core::admin::serve(listener, handler, watch.clone()));
+    }
+
+    if let ConfigSource::Controller(settings) = &config.source {
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let cert_changed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(config_stream::run(
+            proxy.clone(),
+            settings.clone(),
+            changed.clone(),
+            first_tx,
+            cert_changed.clone(),
+        ));
+        tokio::spawn(ca_client::run(
+            proxy.clone(),
+            settings.clone(),
+            cert_changed,
+        ));
+        info!(controller = %settings.addr, "waiting for the first config from the controller");
+        let mut sigterm = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = first_rx => {}
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        proxy
+            .certs
+            .store(Arc::new(load_certs(&config, &proxy.index.load())));
+    }
+    let mut registry = cni::Registry::load(&config.state_dir);
+    let mut pods = Pods::default();
+    let keep = pods.reconcile(&proxy, &registry, &watch).await;
+    // Whatever an earlier run captured for pods that are gone or left the mesh is released;
+    // pods still wanted stay captured even if they failed to enroll (fail closed).
+    proxy.capture.sweep(&keep);
+    *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
+
+    let (cni_tx, mut cni_rx) = tokio::sync::mpsc::channel::<cni::Call>(64);
+    cni::serve(&config.cni_socket, cni_tx, watch.clone())
+        .with_context(|| format!("listening for weft-cni on {}", config.cni_socket.display()))?;
+    proxy.ready.store(true, Ordering::Relaxed);
+    info!(capture = proxy.capture.mode(), cni_socket = %config.cni_socket.display(), "node proxy ready");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(config.reload_interval);
+    let mut last_text = match &config.source {
+        ConfigSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+        ConfigSource::Controller(_) => String::new(),
+    };
+    loop {
+        let mut call = None;
+        let mut streamed = false;
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = tick.tick() => {}
+            Some(c) = cni_rx.recv() => call = Some(c),
+            _ = changed.notified() => streamed = true,
+        }
+        let changed = streamed || reload_config(&proxy, &mut last_text);
+        let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
+        if changed || stamp != proxy.certs.load().stamp {
+            let mut next = load_certs(&config, &proxy.index.load());
+            // An identity that failed to load (a renewal caught half-written) keeps its last
+            // good certificate while that is still valid.
+            for (id, identity) in &proxy.certs.load().identities {
+                if !next.identities.contains_key(id) && identity.cert.remaining() > Duration::ZERO {
+                    next.identities.insert(id.clone(), identity.clone());
+                }
+            }
+            proxy.certs.store(Arc::new(next));
+        }
+        if let Some((request, reply)) = call {
+            let response = handle_cni(&proxy, &mut registry, &mut pods, &watch, request).await;
+            let _ = reply.send(response);
+        } else {
+            // Reconciling every tick also retries pods that failed to enroll.
+            pods.reconcile(&proxy, &registry, &watch).await;
+        }
+        *enrolled.lock().unwrap_or_else(|e| e.into_inner()) = pods.enrolled();
+    }
+
+    info!(deadline = ?config.drain_deadline, "draining: no new connections, GOAWAY to HBONE peers");
+    proxy.ready.store(false, Ordering::Relaxed);
+    pods.stop_all();
+    drop(watch);
+    if !signal_drain.drain(config.drain_deadline).await {
+        warn!("drain deadline passed with connections still open");
+    }
+    info!("node proxy stopped");
+    Ok(())
+}
+
+/// Re-reads the config file if its text changed. A bad version is reported and the last good
+/// config stays in force.
+fn reload_config(proxy: &Proxy, last_text: &mut String) -> bool {
+    let ConfigSource::File(path) = &proxy.config.source else {
+        return false;
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            if !last_text.is_empty() {
+                error!(
+                    "config {}: {e}; keeping the last good config",
+                    path.display()
+                );
+                last_text.clear();
+            }
+            return false;
+        }
+    };
+    if text == *last_text {
+        return false;
+    }
+    *last_text = text;
+    match MeshConfig::parse(path, last_text) {
+        Ok(mesh) => {
+            info!(
+                workloads = mesh.workloads.len(),
+                services = mesh.services.len(),
+                "config reloaded"
+            );
+            proxy.index.store(Arc::new(MeshIndex::new(mesh)));
+            true
+        }
+        Err(e) => {
+            error!("{e}; keeping the last good config");
+            false
+        }
+    }
+}
+
+/// Answers weft-cni: the pod is captured before the ADD returns, or the ADD fails.
+async fn handle_cni(
+    proxy: &Arc<Proxy>,
+    registry: &mut cni::Registry,
+    pods: &mut Pods,
+    watch: &drain::Watch,
+    request: weft_cni::Request,
+) -> weft_cni::Response {
+    use weft_cni::{Request, Response};
+    let (namespace, name, label) = match &request {
+        Request::Add(pod) | Request::Check(pod) => (pod.namespace.clone(), pod.name.clone(), "add"),
+        Request::Del {
+            namespace, name, ..
+        } => (namespace.clone(), name.clone(), "del"),
+    };
+    match request {
+        Request::Add(pod) => registry.add(pod),
+        Request::Del { container_id, .. } => registry.remove(&namespace, &name, &container_id),
+        Request::Check(_) => {}
+    }
+    pods.reconcile(proxy, registry, watch).await;
+    let response = match (label, pods.enrollment(proxy, &namespace, &name)) {
+        ("del", _) => Response::Ok {
+            captured: false,
+            message: "released".into(),
+        },
+        (_, enrollment::Enrollment::Captured) => Response::Ok {
+            captured: true,
+            message: format!("captured ({})", proxy.capture.mode()),
+        },
+        (_, enrollment::Enrollment::NotInMesh) => Response::Ok {
+            captured: false,
+            message: "not in the mesh on this node: not captured".into(),
+        },
+        (_, enrollment::Enrollment::Failed(why)) => Response::Error { message: why },
+    };
+    info!(op = label, pod = %name, namespace = %namespace, ?response, "CNI request");
+    response
+}
+
+fn load_certs(config: &ProxyConfig, index: &MeshIndex) -> CertStore {
+    let wanted = index
+        .workloads_on(&config.node)
+        .map(|w| index.identity(w))
+        .collect::<Vec<_>>();
+    let (store, errors) =
+        CertStore::load(&config.cert_dir, &config.trust_bundle, wanted.into_iter());
+    for e in errors {
+        error!(error = %e, "certificate not loaded; pods with this identity are refused until it is fixed");
+    }
+    store
+}

@@ -1,0 +1,72 @@
+//! An enrolled pod as its listeners see it, and the accept loop each of them runs.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+use weft_core::drain;
+use weft_core::mesh::Workload;
+use weft_core::netns::Netns;
+
+use crate::proxy::Proxy;
+
+/// An enrolled pod.
+pub(crate) struct Pod {
+    pub(crate) workload: Arc<Workload>,
+    pub(crate) netns: Arc<Netns>,
+    /// The kernel's cookie of the pod's network namespace (eBPF capture keys on it).
+    pub(crate) cookie: u64,
+    /// The pod's IP (as the CNI plugin reported it).
+    pub(crate) ip: Ipv4Addr,
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts on one of a pod's listeners until `drain`, running `handle` for each connection in
+/// its own task, under a span naming the listener, a connection id, the pod and the peer.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    listener_name: &'static str,
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    drain: drain::Watch,
+    handle: F,
+) where
+    F: Fn(Arc<Proxy>, Arc<Pod>, tokio::net::TcpStream, SocketAddr, drain::Watch) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument;
+    // An accept error (out of file descriptors, say) usually persists for a while: back off
+    // rather than spin, and log once per streak.
+    let mut backoff = Duration::ZERO;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    if backoff.is_zero() {
+                        warn!(pod = %pod.workload.name, listener = listener_name, error = %e, "accept failed; backing off");
+                    }
+                    backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                    tokio::select! {
+                        _ = drain.signaled() => return,
+                        _ = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            },
+        };
+        backoff = Duration::ZERO;
+        let span = tracing::info_span!(
+            "conn",
+            listener = listener_name,
+            id = proxy.conn_id(),
+            pod = %pod.workload.name,
+            %peer
+        );
+        let task = handle(proxy.clone(), pod.clone(), stream, peer, drain.clone());
+        tokio::spawn(task.instrument(span));
+    }
+}

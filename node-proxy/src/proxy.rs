@@ -1,0 +1,94 @@
+//! What every listener of the node proxy shares: its settings, the mesh index, certificates,
+//! the HBONE pool, metrics and capture. State read per connection is a lock-free snapshot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use weft_core::hbone::{Pool, PoolConfig};
+use weft_core::mesh::MeshIndex;
+use weft_core::metrics::TcpMetrics;
+
+use crate::capture::Capture;
+use crate::config::ProxyConfig;
+use crate::identity::CertStore;
+
+/// What every listener of the node proxy shares.
+pub(crate) struct Proxy {
+    pub(crate) config: Arc<ProxyConfig>,
+    pub(crate) index: ArcSwap<MeshIndex>,
+    pub(crate) certs: ArcSwap<CertStore>,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: TcpMetrics,
+    pub(crate) registry: Registry,
+    pub(crate) capture: Capture,
+    pub(crate) ready: AtomicBool,
+    next_conn: AtomicU64,
+    next_pick: AtomicUsize,
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        config: ProxyConfig,
+        index: MeshIndex,
+        certs: CertStore,
+        capture: Capture,
+    ) -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let metrics = TcpMetrics::register(&mut registry);
+        let mode = prometheus_client::metrics::family::Family::<
+            Vec<(String, String)>,
+            prometheus_client::metrics::gauge::Gauge,
+        >::default();
+        mode.get_or_create(&vec![("mode".to_owned(), capture.mode().to_owned())])
+            .set(1);
+        registry.register(
+            "capture_mode",
+            "Active traffic capture mechanism (1 for the mode in use)",
+            mode,
+        );
+        Self {
+            config: Arc::new(config),
+            index: ArcSwap::from_pointee(index),
+            certs: ArcSwap::from_pointee(certs),
+            pool: Pool::new(PoolConfig::default()),
+            metrics,
+            registry,
+            capture,
+            ready: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            next_pick: AtomicUsize::new(0),
+        }
+    }
+
+    /// The certificate store once it holds `id` and a trust bundle. A certificate being issued
+    /// (a pod just enrolled) is waited for, up to 3 s; `None` after that.
+    pub(crate) async fn certs_with(
+        &self,
+        id: &weft_core::identity::SpiffeId,
+    ) -> Option<Arc<CertStore>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let certs = self.certs.load_full();
+            if certs.get(id).is_some() && certs.bundle.is_some() {
+                return Some(certs);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A fresh connection id for log spans.
+    pub(crate) fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Round-robin choice among `n` endpoints.
+    pub(crate) fn pick(&self, n: usize) -> usize {
+        self.next_pick.fetch_add(1, Ordering::Relaxed) % n.max(1)
+    }
+}

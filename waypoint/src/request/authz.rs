@@ -1,0 +1,46 @@
+//! L7 authorization: the service's AuthorizationPolicies judge the request with every HTTP
+//! attribute known (`weft_core::authz`, shared with the node proxy's L4 check).
+
+use http::{Request, StatusCode};
+use weft_core::authz::{self, Subject};
+
+use super::Tunnel;
+use super::reply::{Reply, ResponseFlag, local};
+use crate::snapshot::BoundService;
+
+/// `None` if the policies allow the request, else the 403 answer naming the policy.
+pub(crate) fn authorize<B>(
+    tunnel: &Tunnel,
+    service: &BoundService,
+    request: &Request<B>,
+    port: u16,
+    host: &str,
+) -> Option<Reply> {
+    let principal = tunnel.peer.to_string();
+    let subject = Subject {
+        principal: Some(principal.strip_prefix("spiffe://").unwrap_or(&principal)),
+        namespace: Some(tunnel.peer.namespace()),
+        ip: tunnel.client.ip(),
+        port,
+        request: Some(authz::Request {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            host: host.split(':').next().unwrap_or(host),
+            headers: request.headers(),
+        }),
+    };
+    let denied = authz::check(&service.policy.authz, &subject).err()?;
+    Some(local(
+        StatusCode::FORBIDDEN,
+        ResponseFlag::Denied,
+        format!(
+            "RBAC: access denied: {} may not {} {} on {}.{} ({})",
+            tunnel.peer,
+            request.method(),
+            request.uri().path(),
+            service.policy.name,
+            service.policy.namespace,
+            denied.policy
+        ),
+    ))
+}

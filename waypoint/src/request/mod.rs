@@ -1,0 +1,238 @@
+//! One request through the L7 pipeline, one concern per file:
+//!
+//!     route    → the first route whose conditions match (404 NR otherwise)
+//!     authz    → the service's AuthorizationPolicies (403 RBAC)
+//!     split    → a backend by weight, or the one holding the pod the client addressed
+//!     timeout  → the route's deadline and each try's
+//!     retry    → eligibility, budget, backoff (over a body kept by `body`)
+//!     tries    → balance → upstream, recording outcomes for outlier detection
+//!     reply    → the waypoint's own answers (flag in `x-weft-response-flags`), hop-by-hop
+//!
+//! Every request ends with one metrics sample and one access log line (`handle`).
+
+mod authz;
+mod body;
+mod reply;
+pub(crate) mod retry;
+pub(crate) mod route;
+mod split;
+mod timeout;
+mod tries;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tracing::info;
+use weft_core::identity::SpiffeId;
+
+use self::reply::{Reply, ResponseFlag, local};
+use self::route::RequestView;
+use self::timeout::Deadlines;
+use self::tries::{Tries, TryBody};
+use crate::metrics::RequestLabels;
+use crate::snapshot::BoundService;
+use crate::upstream::Dialer;
+use crate::{Body, Waypoint};
+
+/// The tunnel a request arrived in.
+pub(crate) struct Tunnel {
+    pub(crate) waypoint: Arc<Waypoint>,
+    /// The client's proven identity (its node proxy presented the source workload's cert).
+    pub(crate) peer: SpiffeId,
+    /// The original client address (`forwarded`).
+    pub(crate) client: SocketAddr,
+    /// The original destination (service VIP:port or endpoint:port).
+    pub(crate) target: SocketAddr,
+}
+
+/// Serves one request: the pipeline, then its metrics sample and access log line.
+pub(crate) async fn handle(
+    tunnel: Arc<Tunnel>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let snapshot = tunnel.waypoint.snapshot.load_full();
+    let source = snapshot.mesh.workload_by_ip(tunnel.client.ip()).cloned();
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let http2 = request.version() == Version::HTTP_2;
+    let service = snapshot.service_for(tunnel.target).cloned();
+    let mut labels = RequestLabels {
+        reporter: "waypoint",
+        source_workload: source
+            .as_ref()
+            .map_or_else(|| "unknown".into(), |w| w.name.clone()),
+        source_workload_namespace: source
+            .as_ref()
+            .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
+        source_principal: tunnel.peer.to_string(),
+        destination_service: service
+            .as_ref()
+            .map_or_else(|| tunnel.target.to_string(), |s| s.label.clone()),
+        destination_service_namespace: service
+            .as_ref()
+            .map_or_else(|| "unknown".into(), |s| s.policy.namespace.clone()),
+        destination_workload: "unknown".into(),
+        route: "none".into(),
+        response_code: 0,
+        response_flags: "-",
+        request_protocol: if grpc {
+            "grpc"
+        } else if http2 {
+            "http2"
+        } else {
+            "http"
+        },
+        grpc_response_status: String::new(),
+    };
+    let reply = match service {
+        None => local(
+            StatusCode::NOT_FOUND,
+            ResponseFlag::NoRoute,
+            format!(
+                "weft waypoint {}/{}: {} is not a service bound to this waypoint",
+                tunnel.waypoint.namespace, tunnel.waypoint.name, tunnel.target
+            ),
+        ),
+        Some(service) => serve(&tunnel, &service, request, &mut labels, http2).await,
+    };
+    let response = reply.response;
+    labels.response_code = response.status().as_u16();
+    labels.response_flags = reply.flag.as_str();
+    if let Some(g) = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        labels.grpc_response_status = g.to_owned();
+    }
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    tunnel.waypoint.metrics.record(&labels, millis);
+    info!(
+        target: "access",
+        src = %tunnel.client,
+        src_identity = %tunnel.peer,
+        dst_service = %labels.destination_service,
+        dst_workload = %labels.destination_workload,
+        route = %labels.route,
+        code = labels.response_code,
+        flags = labels.response_flags,
+        duration_ms = millis as u64,
+        "request"
+    );
+    Ok(response)
+}
+
+async fn serve(
+    tunnel: &Tunnel,
+    service: &Arc<BoundService>,
+    request: Request<Incoming>,
+    labels: &mut RequestLabels,
+    http2: bool,
+) -> Reply {
+    let port = service.service_port(tunnel.target);
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| tunnel.target.to_string());
+
+    // Route.
+    let view = RequestView {
+        path: request.uri().path(),
+        query: request.uri().query(),
+        method: request.method().as_str(),
+        headers: request.headers(),
+        port,
+    };
+    let Some(index) = route::select(&service.routes, &view) else {
+        return local(
+            StatusCode::NOT_FOUND,
+            ResponseFlag::NoRoute,
+            format!(
+                "weft waypoint: no route of {}.{} matches {} {}",
+                service.policy.name,
+                service.policy.namespace,
+                request.method(),
+                request.uri().path()
+            ),
+        );
+    };
+    let route = &service.routes[index].route;
+    labels.route = route.name.clone();
+
+    // Authorize.
+    if let Some(denied) = authz::authorize(tunnel, service, &request, port, &host) {
+        return denied;
+    }
+
+    // Split.
+    let budget = &service.budgets[index];
+    budget.deposit();
+    let pinned = (tunnel.target.ip() != service.policy.vip).then(|| tunnel.target.ip());
+    let backend_index = split::choose(route, service, pinned, &mut tunnel.waypoint.rng());
+    let Some((backend, ports)) = service.backends.get(backend_index) else {
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::NoHealthyUpstream,
+            "weft waypoint: route without backend".into(),
+        );
+    };
+    let target_port = match pinned {
+        Some(_) => tunnel.target.port(),
+        None => ports
+            .iter()
+            .find(|p| p.port == port)
+            .map_or(port, |p| p.target_port),
+    };
+
+    // Timeout and retries: keep the body for replay if it may be retried.
+    let (parts, incoming) = request.into_parts();
+    let retry = route.retry.as_ref().filter(|r| r.attempts > 0);
+    let body = match retry {
+        Some(r) => match body::buffer(incoming, r.max_body_bytes).await {
+            Ok(replay) => TryBody::Replay(replay),
+            Err(stream) => TryBody::Once(Some(stream)),
+        },
+        None => TryBody::Once(Some(body::once(incoming))),
+    };
+    let Some(identity) = tunnel.waypoint.certs.get() else {
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::ConnectFailure,
+            "weft waypoint: no certificate loaded yet".into(),
+        );
+    };
+    let dialer = Dialer {
+        pool: tunnel.waypoint.pool.clone(),
+        identity,
+        client: tunnel.client,
+        port: target_port,
+    };
+    let tries = Tries {
+        waypoint: &tunnel.waypoint,
+        backend,
+        dialer: &dialer,
+        parts: &parts,
+        authority: tries::authority(service.policy.vip, port),
+        http2,
+        pinned,
+        retry,
+        budget,
+        deadlines: Deadlines::new(
+            route.timeout_ms,
+            retry.and_then(|r| r.per_try_timeout_ms),
+            Instant::now(),
+        ),
+    };
+    tries.run(body, labels).await
+}
