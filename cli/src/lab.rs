@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_e2e::{CaptureMode, Pod, TestBed, metric_sum};
+use weft_testbed::fixtures::{REVIEWS_VIP, ReviewsBehindWaypoint, reviews_behind_waypoint};
+use weft_testbed::{CaptureMode, Pod, TestBed, metric_sum};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct LabArgs {
@@ -101,26 +102,11 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         .add()?;
     // L7: the guide's bookinfo reviews, v1 and v2, behind a waypoint, in `default` (where the
     // guide's YAML lands when applied without a namespace).
-    let l7_v1 = bed
-        .pod("reviews-v1")
-        .namespace("default")
-        .service_account("reviews")
-        .label("app", "reviews")
-        .label("version", "v1")
-        .on_node(1)
-        .add()?;
-    let l7_v2 = bed
-        .pod("reviews-v2")
-        .namespace("default")
-        .service_account("reviews")
-        .label("app", "reviews")
-        .label("version", "v2")
-        .on_node(0)
-        .add()?;
-    let waypoint = bed.waypoint("reviews-waypoint", "default", 1)?;
-    let l7_vip = Ipv4Addr::new(10, 96, 0, 30);
-    bed.service("reviews", "default", l7_vip, 9080, 8080, &[&l7_v1, &l7_v2]);
-    bed.use_waypoint("default", "reviews", Some("reviews-waypoint"))?;
+    let ReviewsBehindWaypoint {
+        v1: l7_v1,
+        v2: l7_v2,
+        waypoint,
+    } = reviews_behind_waypoint(&mut bed)?;
     let services = [
         Svc {
             name: "details",
@@ -180,7 +166,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
 
     // L7 through the waypoint: the guide's VirtualService sends end-user: jason to v2.
     std::thread::sleep(Duration::from_millis(300));
-    let url = format!("http://{l7_vip}:9080/reviews/1");
+    let url = format!("http://{REVIEWS_VIP}:9080/reviews/1");
     let mut answers: BTreeMap<(&str, String), u32> = BTreeMap::new();
     for (who, header) in [
         ("jason", "end-user: jason"),

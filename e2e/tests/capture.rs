@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use weft_e2e::{CaptureMode, Pod, TestBed, metric_sum};
+use weft_testbed::{CaptureMode, Pod, TestBed, metric_sum};
 
-weft_e2e::in_both_capture_modes!(
+weft_testbed::in_both_capture_modes!(
     pods_outside_the_mesh_talk_directly,
     enrolling_a_running_pod_captures_its_next_connection,
     health_probes_from_the_node_reach_an_enrolled_pod,

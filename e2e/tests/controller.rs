@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use weft_e2e::{Pod, TestBed, metric_sum};
+use weft_testbed::{Pod, TestBed, metric_sum};
 
 fn fetch(bed: &TestBed, from: &Pod, to: &Pod) -> Result<bool> {
     Ok(bed.fetch(from, to, "x")?.0)

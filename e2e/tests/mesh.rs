@@ -5,9 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use weft_e2e::{CaptureMode, TestBed, metric_sum, pcap};
+use weft_testbed::{CaptureMode, TestBed, metric_sum, pcap};
 
-weft_e2e::in_both_capture_modes!(
+weft_testbed::in_both_capture_modes!(
     pod_to_pod_across_nodes_is_mtls_on_the_wire,
     same_node_non_mesh_and_strict_plaintext,
 );
@@ -187,7 +187,7 @@ mod rogue {
     use weft_core::identity::{SpiffeId, TrustBundle};
     use weft_core::netns::Netns;
 
-    use weft_e2e::rogue::{cert, tunnel};
+    use weft_testbed::rogue::{cert, tunnel};
 
     #[test]
     fn hbone_port_fails_closed() -> Result<()> {
@@ -368,7 +368,7 @@ fn proxy_refuses_to_start_on_a_malformed_config() -> Result<()> {
         &config,
         "workloads:\n  - {name: a, namespace: shop, serviceAccount: a, ip: not-an-ip, node: n1}\n",
     )?;
-    let out = std::process::Command::new(weft_e2e::bin_dir()?.join("weft-node-proxy"))
+    let out = std::process::Command::new(weft_testbed::bin_dir()?.join("weft-node-proxy"))
         .args(["--node", "n1", "--config"])
         .arg(&config)
         .arg("--cert-dir")

@@ -5,9 +5,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use weft_e2e::{Pod, TestBed, metric_sum};
-
-const REVIEWS_VIP: &str = "10.96.0.30";
+use weft_testbed::fixtures::{REVIEWS_VIP, ReviewsBehindWaypoint, reviews_behind_waypoint};
+use weft_testbed::{Pod, TestBed, metric_sum};
 
 fn guide(file: &str) -> Result<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,32 +34,7 @@ fn bookinfo(label: &str) -> Result<Bookinfo> {
         .service_account("bookinfo-productpage")
         .on_node(0)
         .add()?;
-    let v1 = bed
-        .pod("reviews-v1")
-        .namespace("default")
-        .service_account("reviews")
-        .label("app", "reviews")
-        .label("version", "v1")
-        .on_node(1)
-        .add()?;
-    let v2 = bed
-        .pod("reviews-v2")
-        .namespace("default")
-        .service_account("reviews")
-        .label("app", "reviews")
-        .label("version", "v2")
-        .on_node(0)
-        .add()?;
-    let waypoint = bed.waypoint("reviews-waypoint", "default", 1)?;
-    bed.service(
-        "reviews",
-        "default",
-        REVIEWS_VIP.parse()?,
-        9080,
-        8080,
-        &[&v1, &v2],
-    );
-    bed.use_waypoint("default", "reviews", Some("reviews-waypoint"))?;
+    let ReviewsBehindWaypoint { v1, v2, waypoint } = reviews_behind_waypoint(&mut bed)?;
     bed.start()?;
     bed.serve_testsrv(&v1, "v1")?;
     bed.serve_testsrv(&v2, "v2")?;
@@ -432,14 +406,7 @@ fn authorization_policy_allows_get_from_productpage_and_denies_the_rest() -> Res
         .on_node(1)
         .add()?;
     let waypoint = bed.waypoint("reviews-waypoint", "default", 1)?;
-    bed.service(
-        "reviews",
-        "default",
-        REVIEWS_VIP.parse()?,
-        9080,
-        8080,
-        &[&v1],
-    );
+    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1]);
     bed.use_waypoint("default", "reviews", Some("reviews-waypoint"))?;
     bed.start()?;
     bed.serve_testsrv(&v1, "v1")?;
@@ -841,11 +808,11 @@ fn a_pod_behind_a_waypoint_refuses_tunnels_that_skip_it() -> Result<()> {
     let netns = std::sync::Arc::new(weft_core::netns::Netns::open(
         &Path::new("/run/netns").join(&b.bed.nodes()[0].netns),
     )?);
-    let client_cert = weft_e2e::rogue::cert(b.bed.ca(), &b.client.identity(), None)?;
+    let client_cert = weft_testbed::rogue::cert(b.bed.ca(), &b.client.identity(), None)?;
     let bundle = TrustBundle::from_pem("bed root", b.bed.ca().root_pem())?;
     let mark = b.bed.proxy_log(1).len();
     let refused = rt
-        .block_on(weft_e2e::rogue::tunnel(
+        .block_on(weft_testbed::rogue::tunnel(
             &netns,
             &client_cert,
             &bundle,
@@ -886,14 +853,7 @@ fn smi_traffic_split_from_the_guide_sends_90_10() -> Result<()> {
         .on_node(0)
         .add()?;
     let waypoint = bed.waypoint("waypoint", "default", 1)?;
-    bed.service(
-        "reviews",
-        "default",
-        REVIEWS_VIP.parse()?,
-        9080,
-        8080,
-        &[&v1, &v2],
-    );
+    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1, &v2]);
     bed.service(
         "reviews-v1",
         "default",
@@ -977,7 +937,7 @@ fn garbage_on_the_waypoint_port_is_refused_and_it_keeps_serving() -> Result<()> 
         &[0x16, 0x03, 0x01, 0xff, 0xff, 0x00, 0x13, 0x37, 0x42][..],
     ] {
         let payload = payload.to_vec();
-        let closed = weft_e2e::in_netns(&node, move || -> Result<bool> {
+        let closed = weft_testbed::in_netns(&node, move || -> Result<bool> {
             let mut stream =
                 std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))?;
             stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;

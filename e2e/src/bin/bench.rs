@@ -73,8 +73,8 @@ fn main() -> Result<()> {
         }
         None => {
             let mode = match cli.capture.as_str() {
-                "ebpf" => weft_e2e::CaptureMode::Ebpf,
-                "nftables" => weft_e2e::CaptureMode::Nftables,
+                "ebpf" => weft_testbed::CaptureMode::Ebpf,
+                "nftables" => weft_testbed::CaptureMode::Nftables,
                 other => anyhow::bail!("--capture {other}: expected ebpf or nftables"),
             };
             orchestrate(cli.secs, mode)
@@ -220,8 +220,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn orchestrate(secs: u64, mode: weft_e2e::CaptureMode) -> Result<()> {
-    let mut bed = weft_e2e::TestBed::new("bench", 2)?;
+fn orchestrate(secs: u64, mode: weft_testbed::CaptureMode) -> Result<()> {
+    let mut bed = weft_testbed::TestBed::new("bench", 2)?;
     bed.capture_mode(mode);
     let mesh_client = bed.pod("client").namespace("bench").on_node(0).add()?;
     let mesh_server = bed.pod("server").namespace("bench").on_node(1).add()?;
@@ -245,7 +245,7 @@ fn orchestrate(secs: u64, mode: weft_e2e::CaptureMode) -> Result<()> {
             &[&exe, "serve"],
             &format!("serve-{}.log", server.name),
         )?;
-        weft_e2e::wait_listening(
+        weft_testbed::wait_listening(
             &server.netns_path(),
             SocketAddr::from(([127, 0, 0, 1], 5003)),
         )?;
@@ -256,8 +256,8 @@ fn orchestrate(secs: u64, mode: weft_e2e::CaptureMode) -> Result<()> {
     ];
     let rss_idle = pids.map(rss_kib);
 
-    let run = |client: &weft_e2e::Pod,
-               server: &weft_e2e::Pod,
+    let run = |client: &weft_testbed::Pod,
+               server: &weft_testbed::Pod,
                kind: &str,
                port: u16,
                streams: usize|

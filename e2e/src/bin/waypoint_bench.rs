@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use weft_e2e::TestBed;
+use weft_testbed::TestBed;
 
 #[derive(Parser)]
 struct Args {

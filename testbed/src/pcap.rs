@@ -1,9 +1,13 @@
-//! Just enough of the pcap format to check what crossed a link: TCP segments over IPv4 over
-//! Ethernet, as tcpdump writes them.
+//! Packet capture on a node's link (tcpdump), and just enough of the pcap format to check what
+//! crossed it: TCP segments over IPv4 over Ethernet.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
+
+use crate::bed::TestBed;
 
 /// One captured TCP segment.
 #[derive(Clone, Debug)]
@@ -74,4 +78,43 @@ fn parse_frame(frame: &[u8]) -> Option<Segment> {
         dst: addr(16, 2),
         payload: tcp.get(offset..).unwrap_or_default().to_vec(),
     })
+}
+
+impl TestBed {
+    /// Starts a packet capture on node `i`'s fabric link, written to `file` in the bed's dir.
+    pub fn capture(&mut self, i: usize, file: &str) -> Result<PathBuf> {
+        let path = self.dir.join(file);
+        let netns = self.nodes[i].netns.clone();
+        let path_str = path.display().to_string();
+        self.spawn_in(
+            &netns,
+            &[
+                "tcpdump",
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-Z",
+                "root",
+                "-s",
+                "0",
+                "-w",
+                &path_str,
+                "tcp",
+            ],
+            &format!("{file}.log"),
+        )?;
+        // tcpdump says "listening on" once the capture is armed.
+        let log = self.dir.join(format!("{file}.log"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            ensure!(Instant::now() < deadline, "tcpdump did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(path)
+    }
 }

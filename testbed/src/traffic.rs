@@ -1,0 +1,287 @@
+//! Traffic: commands and servers inside pods, unmodified clients (curl), the `weft-testsrv`
+//! load client, long-lived connections.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, ensure};
+
+use crate::bed::TestBed;
+use crate::net::in_netns;
+use crate::pod::Pod;
+
+/// A long-lived connection started by [`TestBed::long_lived_connection`].
+pub struct LongLived(std::thread::JoinHandle<std::io::Result<Output>>);
+
+impl LongLived {
+    /// Waits for the run to end; an error (with the load generator's stderr) if the connection
+    /// broke, else its JSON measurement.
+    pub fn finish(self) -> Result<serde_json::Value> {
+        let out = self
+            .0
+            .join()
+            .map_err(|_| anyhow!("load thread panicked"))?
+            .context("running weft-bench load")?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+/// A minimal HTTP/1.0 GET made from inside a namespace.
+pub fn http_get_in(netns: &Path, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let path = path.to_owned();
+    in_netns(netns, move || -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("not an HTTP response"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    })?
+}
+
+/// Waits until something accepts TCP connections on `addr` inside the namespace.
+pub fn wait_listening(netns: &Path, addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = in_netns(netns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })?;
+        if ok {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl TestBed {
+    /// Runs a program inside a pod and waits for it.
+    pub fn exec(&self, pod: &Pod, argv: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &pod.netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {argv:?} in pod {}", pod.name))
+    }
+
+    /// Runs a program inside a namespace of the bed (a node's, say) and waits for it.
+    pub fn exec_in(&self, netns: &str, argv: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {argv:?} in {netns}"))
+    }
+
+    /// Starts a long-running program inside a namespace; it is killed on teardown.
+    pub fn spawn_in(&mut self, netns: &str, argv: &[&str], log: &str) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join(log))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {netns}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Serves `files` (name → contents) over plain HTTP on `port` in `pod`, with Python's
+    /// http.server, and waits until it accepts connections.
+    pub fn serve_http(&mut self, pod: &Pod, port: u16, files: &[(&str, &str)]) -> Result<()> {
+        let root = self.dir.join(format!("www-{}", pod.name));
+        std::fs::create_dir_all(&root)?;
+        for (name, contents) in files {
+            std::fs::write(root.join(name), contents)?;
+        }
+        let root_str = root.display().to_string();
+        let port_str = port.to_string();
+        self.spawn_in(
+            &pod.netns.clone(),
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                &port_str,
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                &root_str,
+            ],
+            &format!("http-{}.log", pod.name),
+        )?;
+        wait_listening(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        )
+    }
+
+    /// `curl http://<to>:8080/<path>` from `from` with a short connect timeout (a captured
+    /// connection that fails closed should fail fast): (success, stdout, stderr).
+    pub fn fetch(&self, from: &Pod, to: &Pod, path: &str) -> Result<(bool, String, String)> {
+        let url = format!("http://{}:8080/{path}", to.ip);
+        let out = self.exec(
+            from,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                "--connect-timeout",
+                "1",
+                &url,
+            ],
+        )?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Starts `weft-bench load --kind pingpong` from `client` to `server:5002` (where
+    /// `weft-bench serve` runs) for `secs`: one long-lived connection.
+    pub fn long_lived_connection(&self, client: &Pod, server: &Pod, secs: u64) -> LongLived {
+        let bench = self.bin_dir.join("weft-bench");
+        let target = format!("{}:5002", server.ip);
+        let netns = client.netns.clone();
+        LongLived(std::thread::spawn(move || {
+            Command::new("ip")
+                .args(["netns", "exec", &netns])
+                .arg(&bench)
+                .args(["load", "--kind", "pingpong", "--target", &target])
+                .args(["--secs", &secs.to_string()])
+                .output()
+        }))
+    }
+
+    /// Runs `weft-bench serve` in `pod` (sink 5001, echo 5002, accept 5003) and waits for it.
+    pub fn serve_bench(&mut self, pod: &Pod) -> Result<()> {
+        let bench = self.bin_dir.join("weft-bench").display().to_string();
+        self.spawn_in(
+            &pod.netns,
+            &[&bench, "serve"],
+            &format!("bench-{}.log", pod.name),
+        )?;
+        wait_listening(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 5002)),
+        )
+    }
+
+    /// `curl` from `pod`: returns (exit status success, stdout, stderr).
+    pub fn curl(&self, pod: &Pod, url: &str) -> Result<(bool, String, String)> {
+        let out = self.exec(
+            pod,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--connect-timeout",
+                "3",
+                url,
+            ],
+        )?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs `weft-testsrv serve --name <name>` on port 8080 in `pod` and waits for it.
+    pub fn serve_testsrv(&mut self, pod: &Pod, name: &str) -> Result<()> {
+        let bin = self.bin_dir.join("weft-testsrv").display().to_string();
+        self.spawn_in(
+            &pod.netns.clone(),
+            &[&bin, "serve", "--name", name],
+            &format!("testsrv-{}.log", pod.name),
+        )?;
+        wait_listening(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+        )
+    }
+
+    /// Changes a `weft-testsrv` backend's behaviour (`fail=30&status=503`, `delay_ms=5000`,
+    /// `grpc_unavailable=100`, `reset=1`), over its own loopback (not through the mesh).
+    pub fn testsrv_set(&self, pod: &Pod, query: &str) -> Result<()> {
+        let (code, _) = http_get_in(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            &format!("/__set?{query}"),
+        )?;
+        ensure!(
+            code == 200,
+            "setting {query} on {} answered {code}",
+            pod.name
+        );
+        Ok(())
+    }
+
+    /// How many requests a `weft-testsrv` backend served.
+    pub fn testsrv_count(&self, pod: &Pod) -> Result<u64> {
+        let (_, body) = http_get_in(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            "/__count",
+        )?;
+        Ok(body.trim().parse()?)
+    }
+
+    /// Runs `weft-testsrv load <args>` in `pod` (its traffic is captured like any app's) and
+    /// returns its JSON tally.
+    pub fn load(&self, pod: &Pod, args: &[&str]) -> Result<serde_json::Value> {
+        let bin = self.bin_dir.join("weft-testsrv").display().to_string();
+        let mut argv = vec![bin.as_str(), "load"];
+        argv.extend_from_slice(args);
+        let out = self.exec(pod, &argv)?;
+        ensure!(
+            out.status.success(),
+            "weft-testsrv load failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("weft-testsrv output")
+    }
+
+    /// Stops running helper programs (servers, captures) so their output is complete.
+    pub fn stop_helpers(&mut self) {
+        for child in &mut self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        for child in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
