@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The layout shows the design: no import loop between a crate's files, no file over 600 lines.
+python3 scripts/layout.py
 # The end-to-end tests run the workspace's binaries: build them first.
 cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --no-fail-fast "$@"

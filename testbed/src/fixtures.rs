@@ -1,8 +1,10 @@
 //! Meshes the lab and the tests share.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result, ensure};
 
 use crate::bed::TestBed;
 use crate::pod::Pod;
@@ -39,4 +41,147 @@ pub fn reviews_behind_waypoint(bed: &mut TestBed) -> Result<ReviewsBehindWaypoin
     bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1, &v2]);
     bed.use_waypoint("default", "reviews", Some("reviews-waypoint"))?;
     Ok(ReviewsBehindWaypoint { v1, v2, waypoint })
+}
+
+/// A guide example (`examples/guide/<file>`), as users apply it.
+pub fn guide(file: &str) -> Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/guide")
+        .join(file);
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A started mesh with [`ReviewsBehindWaypoint`] serving `weft-testsrv`, and a client pod
+/// `productpage` (service account `bookinfo-productpage`) on node 1.
+pub struct Bookinfo {
+    /// The bed.
+    pub bed: TestBed,
+    /// The client pod.
+    pub client: Pod,
+    /// `reviews-v1`.
+    pub v1: Pod,
+    /// `reviews-v2`.
+    pub v2: Pod,
+    /// The waypoint's pod.
+    pub waypoint: Pod,
+}
+
+/// [`Bookinfo`], its namespaces named after `label`.
+pub fn bookinfo(label: &str) -> Result<Bookinfo> {
+    let mut bed = TestBed::new(label, 2)?;
+    bed.with_controller();
+    let client = bed
+        .pod("productpage")
+        .namespace("default")
+        .service_account("bookinfo-productpage")
+        .on_node(0)
+        .add()?;
+    let ReviewsBehindWaypoint { v1, v2, waypoint } = reviews_behind_waypoint(&mut bed)?;
+    bed.start()?;
+    bed.serve_testsrv(&v1, "v1")?;
+    bed.serve_testsrv(&v2, "v2")?;
+    Ok(Bookinfo {
+        bed,
+        client,
+        v1,
+        v2,
+        waypoint,
+    })
+}
+
+impl Bookinfo {
+    /// Applies a manifest and waits until the waypoint has the resulting config.
+    pub fn apply(&self, file: &str, text: &str) -> Result<()> {
+        let log_path = self.bed.waypoint_log_path(&self.waypoint);
+        let applied = || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .matches("config update applied")
+                .count()
+        };
+        let before = applied();
+        self.bed.write_manifest(file, text)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while applied() <= before {
+            ensure!(
+                Instant::now() < deadline,
+                "the waypoint did not get {file}; its log:\n{}\ncontroller log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+                self.bed.controller_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+/// `http://<reviews VIP>:9080<path>`.
+pub fn reviews_url(path: &str) -> String {
+    format!("http://{REVIEWS_VIP}:9080{path}")
+}
+
+/// How many requests of a `weft-testsrv load` tally had `key` in `field` (`status`, `body`,
+/// `flags`...).
+pub fn tally_count(tally: &serde_json::Value, field: &str, key: &str) -> u64 {
+    tally[field][key].as_u64().unwrap_or(0)
+}
+
+/// The guide's DestinationRule subsets for `reviews`, which its retry example refers to.
+pub const REVIEWS_SUBSETS: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+";
+
+/// `httpbin` with two endpoints behind a waypoint.
+pub fn httpbin(label: &str) -> Result<(Bookinfo, Pod)> {
+    let mut bed = TestBed::new(label, 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let a = bed
+        .pod("httpbin-a")
+        .namespace("default")
+        .service_account("httpbin")
+        .label("app", "httpbin")
+        .on_node(1)
+        .add()?;
+    let b2 = bed
+        .pod("httpbin-b")
+        .namespace("default")
+        .service_account("httpbin")
+        .label("app", "httpbin")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service(
+        "httpbin",
+        "default",
+        Ipv4Addr::new(10, 96, 0, 50),
+        8000,
+        8080,
+        &[&a, &b2],
+    );
+    bed.use_waypoint("default", "httpbin", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&a, "a")?;
+    bed.serve_testsrv(&b2, "b")?;
+    Ok((
+        Bookinfo {
+            bed,
+            client: client.clone(),
+            v1: a,
+            v2: b2,
+            waypoint,
+        },
+        client,
+    ))
 }

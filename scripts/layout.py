@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Prints each crate's file-level `use` graph and fails on a cycle between files.
+"""Checks that the code's layout shows the design: no import loop between the files of a crate,
+and no source file longer than MAX_LINES (generated code excepted). `--print` shows each crate's
+file-level `use` graph.
 
 An edge A -> B means a file names an item through B's module path (`use crate::b::...`,
 `super::b::...`, or an inline `crate::b::x`). Module declarations (`mod b;`) are not edges;
 a `pub use` that re-exports a child is. Test modules at the end of a file are skipped.
 
-Usage: scripts/use-graph.py [--print] [crate-dir ...]   (default: every workspace crate)
+Usage: scripts/layout.py [--print] [crate-dir ...]   (default: every workspace crate)
 """
 import os
 import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_LINES = 600
+# Generated sources kept in the tree, if any (protobuf code is generated at build time).
+GENERATED: tuple = ()
 CRATES = ["core", "cni", "ebpf", "node-proxy", "controller", "waypoint", "testbed", "e2e", "cli"]
 
 
@@ -159,10 +164,29 @@ def cycles(edges):
     return out
 
 
+def long_files(crate):
+    out = []
+    for dirpath, _, names in os.walk(os.path.join(ROOT, crate)):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, ROOT)
+            if not name.endswith(".rs") or rel in GENERATED:
+                continue
+            with open(path, encoding="utf-8") as f:
+                n = sum(1 for _ in f)
+            if n > MAX_LINES:
+                out.append((rel, n))
+    return out
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show = "--print" in sys.argv
     failed = False
+    for crate in args or CRATES:
+        for rel, n in long_files(crate):
+            failed = True
+            print(f"{rel}: {n} lines (more than {MAX_LINES}): split it by concern")
     for crate in args or CRATES:
         edges = graph(crate)
         if edges is None:

@@ -1,0 +1,264 @@
+//! `networking.istio.io` DestinationRule: subsets and traffic policy (connection pool, outlier
+//! detection, TLS).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::model::policy::common::{ApiDuration, Notes, Unhonoured};
+
+/// `DestinationRule.spec`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRuleSpec {
+    /// The service.
+    pub host: String,
+    /// Policy for every subset (a subset's own overrides it).
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Named subsets by pod labels.
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    /// Not honoured.
+    #[serde(default)]
+    pub export_to: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub workload_selector: Unhonoured,
+}
+
+/// A subset.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    /// Name routes refer to.
+    pub name: String,
+    /// Pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Policy for this subset.
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// Connection pool and outlier detection.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    /// Pool limits.
+    #[serde(default)]
+    pub connection_pool: Option<ConnectionPool>,
+    /// Ejection of failing endpoints.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Load balancing (Weft balances by least requests; other choices are reported).
+    #[serde(default)]
+    pub load_balancer: Unhonoured,
+    /// Not honoured: the mesh's own mTLS is always used inside the mesh.
+    #[serde(default)]
+    pub tls: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub port_level_settings: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub tunnel: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub proxy_protocol: Unhonoured,
+}
+
+/// `connectionPool`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPool {
+    /// TCP limits.
+    #[serde(default)]
+    pub tcp: Option<TcpPool>,
+    /// HTTP limits.
+    #[serde(default)]
+    pub http: Option<HttpPool>,
+}
+
+/// `connectionPool.tcp`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpPool {
+    /// Most connections to the service at once.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Connect timeout.
+    #[serde(default)]
+    pub connect_timeout: Option<ApiDuration>,
+    /// Not honoured.
+    #[serde(default)]
+    pub tcp_keepalive: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub max_connection_duration: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub idle_timeout: Unhonoured,
+}
+
+/// `connectionPool.http`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPool {
+    /// Most requests waiting for a connection.
+    #[serde(default)]
+    pub http1_max_pending_requests: Option<u32>,
+    /// Most requests in flight.
+    #[serde(default)]
+    pub http2_max_requests: Option<u32>,
+    /// Requests per upstream connection before it is closed.
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    /// Most retries in flight.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Not honoured.
+    #[serde(default)]
+    pub idle_timeout: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub h2_upgrade_policy: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub use_client_protocol: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub max_concurrent_streams: Unhonoured,
+}
+
+/// `outlierDetection`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx (and gateway errors) before ejection.
+    #[serde(default)]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// Deprecated name of `consecutive5xxErrors`.
+    #[serde(default)]
+    pub consecutive_errors: Option<u32>,
+    /// Consecutive 502/503/504 and connect failures before ejection (`consecutiveGatewayFailure`
+    /// is read too, as some guides write it).
+    #[serde(default, alias = "consecutiveGatewayFailure")]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Consecutive connect failures before ejection.
+    #[serde(default)]
+    pub consecutive_local_origin_failures: Option<u32>,
+    /// Not honoured (local-origin failures always count as gateway errors).
+    #[serde(default)]
+    pub split_external_local_origin_errors: Unhonoured,
+    /// How often ejections are re-evaluated.
+    #[serde(default)]
+    pub interval: Option<ApiDuration>,
+    /// Ejection time (times the number of ejections so far).
+    #[serde(default)]
+    pub base_ejection_time: Option<ApiDuration>,
+    /// Most endpoints ejected at once, percent.
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+    /// Below this share of healthy endpoints, no endpoint is ejected.
+    #[serde(default)]
+    pub min_health_percent: Option<u32>,
+}
+
+impl DestinationRuleSpec {
+    /// Reports what Weft does not do.
+    pub fn notes(&self, notes: &mut Notes) {
+        notes.unhonoured("spec.exportTo", &self.export_to, "visibility scoping");
+        notes.unhonoured(
+            "spec.workloadSelector",
+            &self.workload_selector,
+            "sidecar-only field",
+        );
+        if let Some(p) = &self.traffic_policy {
+            p.notes("spec.trafficPolicy", notes);
+        }
+        for (i, s) in self.subsets.iter().enumerate() {
+            if let Some(p) = &s.traffic_policy {
+                p.notes(&format!("spec.subsets[{i}].trafficPolicy"), notes);
+            }
+        }
+    }
+}
+
+impl TrafficPolicy {
+    fn notes(&self, at: &str, notes: &mut Notes) {
+        if let Some(lb) = &self.load_balancer {
+            let simple = lb.get("simple").and_then(|v| v.as_str());
+            if !matches!(simple, Some("LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED")) {
+                notes.note(
+                    &format!("{at}.loadBalancer"),
+                    "not honoured: Weft balances by least requests (power of two choices)",
+                );
+            }
+        }
+        notes.unhonoured(
+            &format!("{at}.tls"),
+            &self.tls,
+            "the mesh's mTLS is used between proxies",
+        );
+        notes.unhonoured(
+            &format!("{at}.portLevelSettings"),
+            &self.port_level_settings,
+            "not implemented",
+        );
+        notes.unhonoured(&format!("{at}.tunnel"), &self.tunnel, "not implemented");
+        notes.unhonoured(
+            &format!("{at}.proxyProtocol"),
+            &self.proxy_protocol,
+            "not implemented",
+        );
+        if let Some(pool) = &self.connection_pool {
+            if let Some(tcp) = &pool.tcp {
+                notes.unhonoured(
+                    &format!("{at}.connectionPool.tcp.tcpKeepalive"),
+                    &tcp.tcp_keepalive,
+                    "not implemented",
+                );
+                notes.unhonoured(
+                    &format!("{at}.connectionPool.tcp.maxConnectionDuration"),
+                    &tcp.max_connection_duration,
+                    "not implemented",
+                );
+                notes.unhonoured(
+                    &format!("{at}.connectionPool.tcp.idleTimeout"),
+                    &tcp.idle_timeout,
+                    "not implemented",
+                );
+            }
+            if let Some(http) = &pool.http {
+                notes.unhonoured(
+                    &format!("{at}.connectionPool.http.idleTimeout"),
+                    &http.idle_timeout,
+                    "not implemented",
+                );
+                notes.unhonoured(
+                    &format!("{at}.connectionPool.http.h2UpgradePolicy"),
+                    &http.h2_upgrade_policy,
+                    "the waypoint speaks the client's protocol",
+                );
+                notes.unhonoured(
+                    &format!("{at}.connectionPool.http.useClientProtocol"),
+                    &http.use_client_protocol,
+                    "always on",
+                );
+                notes.unhonoured(
+                    &format!("{at}.connectionPool.http.maxConcurrentStreams"),
+                    &http.max_concurrent_streams,
+                    "not implemented",
+                );
+            }
+        }
+        if let Some(o) = &self.outlier_detection {
+            notes.unhonoured(
+                &format!("{at}.outlierDetection.splitExternalLocalOriginErrors"),
+                &o.split_external_local_origin_errors,
+                "connect failures count as gateway errors",
+            );
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! `networking.istio.io` VirtualService: HTTP routes, matches, destinations, timeouts, retries.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::model::policy::common::{ApiDuration, Notes, StringList, Unhonoured};
+
+/// `VirtualService.spec`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServiceSpec {
+    /// Destination hosts the rules apply to (short names are in the object's namespace).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Gateways (only the mesh itself is honoured).
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// HTTP rules, first match wins.
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    /// Not honoured.
+    #[serde(default)]
+    pub tls: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub tcp: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub export_to: Unhonoured,
+}
+
+/// One HTTP rule.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    /// Name (for metrics and status).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Conditions; any one matching selects the rule (none: every request).
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HttpMatchRequest>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<HttpRouteDestination>,
+    /// Whole-request timeout, retries included.
+    #[serde(default)]
+    pub timeout: Option<ApiDuration>,
+    /// Retry policy (`retry` is read too, as some guides write it).
+    #[serde(default, alias = "retry")]
+    pub retries: Option<HttpRetry>,
+    /// Not honoured.
+    #[serde(default)]
+    pub redirect: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub direct_response: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub delegate: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub rewrite: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub fault: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub mirror: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub mirrors: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub mirror_percentage: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub mirror_percent: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub cors_policy: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub headers: Unhonoured,
+}
+
+/// A string condition: exactly one of exact, prefix, regex.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StringMatch {
+    /// Equal to.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// Starts with.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Matches this RE2-style regular expression (whole value).
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// One match condition (all of its parts must hold).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMatchRequest {
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path.
+    #[serde(default)]
+    pub uri: Option<StringMatch>,
+    /// Method.
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    /// Host/authority.
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    /// Headers (lower-case names).
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatch>,
+    /// Query parameters.
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    /// Destination port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Headers that must be absent.
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    /// Whether `uri` ignores case.
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    /// Not honoured.
+    #[serde(default)]
+    pub scheme: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub source_labels: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub source_namespace: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub gateways: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub stat_prefix: Unhonoured,
+}
+
+/// A destination and its weight.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteDestination {
+    /// Where to.
+    pub destination: Destination,
+    /// Relative weight (percent in Istio; absent: 100 for a single destination).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Not honoured.
+    #[serde(default)]
+    pub headers: Unhonoured,
+}
+
+/// A service (and optionally a subset and port).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    /// Service host (short or FQDN).
+    pub host: String,
+    /// Subset from the host's DestinationRule.
+    #[serde(default)]
+    pub subset: Option<String>,
+    /// Port.
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+}
+
+/// `{number: 9080}`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSelector {
+    /// The port.
+    pub number: u16,
+}
+
+/// Retry policy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRetry {
+    /// Retries after the first try.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Timeout of each try.
+    #[serde(default)]
+    pub per_try_timeout: Option<ApiDuration>,
+    /// Conditions (a list, or Istio's comma-separated string).
+    #[serde(default)]
+    pub retry_on: Option<StringList>,
+    /// Base interval between tries (exponential, with jitter).
+    #[serde(default)]
+    pub backoff: Option<ApiDuration>,
+    /// Not honoured.
+    #[serde(default)]
+    pub retry_remote_localities: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub retry_ignore_previous_hosts: Unhonoured,
+}
+
+impl VirtualServiceSpec {
+    /// Reports what Weft does not do.
+    pub fn notes(&self, notes: &mut Notes) {
+        for (i, g) in self.gateways.iter().enumerate() {
+            if g != "mesh" {
+                notes.note(
+                    &format!("spec.gateways[{i}]"),
+                    format!("{g:?} not honoured: Weft applies VirtualServices inside the mesh (at waypoints), not at ingress gateways"),
+                );
+            }
+        }
+        notes.unhonoured("spec.tls", &self.tls, "TLS routing");
+        notes.unhonoured("spec.tcp", &self.tcp, "TCP routing");
+        notes.unhonoured("spec.exportTo", &self.export_to, "visibility scoping");
+        for (i, r) in self.http.iter().enumerate() {
+            let at = |f: &str| format!("spec.http[{i}].{f}");
+            for (field, value) in [
+                ("redirect", &r.redirect),
+                ("directResponse", &r.direct_response),
+                ("delegate", &r.delegate),
+                ("rewrite", &r.rewrite),
+                ("fault", &r.fault),
+                ("mirror", &r.mirror),
+                ("mirrors", &r.mirrors),
+                ("mirrorPercentage", &r.mirror_percentage),
+                ("mirrorPercent", &r.mirror_percent),
+                ("corsPolicy", &r.cors_policy),
+                ("headers", &r.headers),
+            ] {
+                notes.unhonoured(&at(field), value, "not implemented");
+            }
+            for (j, m) in r.matches.iter().enumerate() {
+                let at = |f: &str| format!("spec.http[{i}].match[{j}].{f}");
+                notes.unhonoured(&at("scheme"), &m.scheme, "not implemented");
+                notes.unhonoured(
+                    &at("sourceLabels"),
+                    &m.source_labels,
+                    "use AuthorizationPolicy for source-based rules",
+                );
+                notes.unhonoured(
+                    &at("sourceNamespace"),
+                    &m.source_namespace,
+                    "use AuthorizationPolicy for source-based rules",
+                );
+                notes.unhonoured(&at("gateways"), &m.gateways, "ingress gateways");
+                notes.unhonoured(&at("statPrefix"), &m.stat_prefix, "not implemented");
+            }
+            for (j, d) in r.route.iter().enumerate() {
+                notes.unhonoured(
+                    &format!("spec.http[{i}].route[{j}].headers"),
+                    &d.headers,
+                    "not implemented",
+                );
+            }
+            if let Some(retries) = &r.retries {
+                notes.unhonoured(
+                    &at("retries.retryRemoteLocalities"),
+                    &retries.retry_remote_localities,
+                    "single locality",
+                );
+                notes.unhonoured(
+                    &at("retries.retryIgnorePreviousHosts"),
+                    &retries.retry_ignore_previous_hosts,
+                    "retries pick endpoints by load",
+                );
+            }
+        }
+    }
+}

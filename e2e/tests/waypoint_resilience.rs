@@ -1,0 +1,329 @@
+//! Waypoint resilience end to end: retries (with their budget), route and per-try timeouts,
+//! gRPC retries, outlier detection and connection-pool limits, from the guide's YAML. Needs
+//! root.
+
+use anyhow::{Result, ensure};
+use weft_testbed::fixtures::{
+    Bookinfo, REVIEWS_SUBSETS, bookinfo, guide, httpbin, reviews_url as url, tally_count as count,
+};
+use weft_testbed::{TestBed, metric_sum};
+
+#[test]
+fn retries_hide_a_backend_failing_30_percent_and_per_try_timeouts_cut_at_2s() -> Result<()> {
+    let b = bookinfo("wpretry")?;
+    // The subsets alone change nothing the waypoint does; the retry route that uses them does.
+    b.bed.write_manifest("subsets.yaml", REVIEWS_SUBSETS)?;
+    b.apply("retry.yaml", &guide("istio-retry.yaml")?)?;
+
+    // Without retries the client would see 30% 503s: the backend fails 3 of every 10 arrivals
+    // (arrivals 0, 4 and 7 of each 10: never two in a row). One request at a time makes the
+    // input deterministic: every failed try is retried on the next arrival, which succeeds, so
+    // every request must succeed, and the backend serves exactly the tries this model counts.
+    b.bed.testsrv_set(&b.v1, "fail=30&status=503&reset=1")?;
+    let requests = 1000u64;
+    let tally = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews/1"),
+            "--requests",
+            &requests.to_string(),
+            "--concurrency",
+            "1",
+        ],
+    )?;
+    let ok = count(&tally, "status", "200");
+    let served = b.bed.testsrv_count(&b.v1)?;
+    let fails = |arrival: u64| (arrival * 30) % 100 < 30;
+    let mut expected_tries = 0u64;
+    for _ in 0..requests {
+        while fails(expected_tries) {
+            expected_tries += 1;
+        }
+        expected_tries += 1;
+    }
+    eprintln!(
+        "30% failing backend, attempts 3: {ok}/{requests} succeeded; backend served {served} (model: {expected_tries})"
+    );
+    ensure!(ok == requests, "success {ok}/{requests}: {tally}");
+    ensure!(
+        served == expected_tries,
+        "the backend served {served} tries, the model says {expected_tries}"
+    );
+
+    // A backend that takes 5 s: each try is cut at perTryTimeout (2 s); the request fails
+    // after 1 + 3 tries with 504 and the UT flag.
+    b.bed.testsrv_set(&b.v1, "fail=0&delay_ms=5000&reset=1")?;
+    let started = std::time::Instant::now();
+    let slow = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/slow"),
+            "--requests",
+            "1",
+            "--timeout-ms",
+            "20000",
+        ],
+    )?;
+    let took = started.elapsed();
+    eprintln!("5 s backend, perTryTimeout 2s x 4 tries: {slow} in {took:?}");
+    ensure!(count(&slow, "status", "504") == 1, "{slow}");
+    ensure!(count(&slow, "flags", "UT") == 1, "{slow}");
+    ensure!(
+        took >= std::time::Duration::from_secs(8) && took < std::time::Duration::from_secs(10),
+        "4 tries of 2 s took {took:?}"
+    );
+    ensure!(b.bed.testsrv_count(&b.v1)? == 4, "tries at the backend");
+    Ok(())
+}
+
+#[test]
+fn route_timeout_cuts_a_5s_backend_at_the_configured_time() -> Result<()> {
+    let b = bookinfo("wptimeout")?;
+    b.apply(
+        "timeout.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - timeout: 1500ms
+    route:
+    - destination:
+        host: reviews
+",
+    )?;
+    b.bed.testsrv_set(&b.v1, "delay_ms=5000")?;
+    b.bed.testsrv_set(&b.v2, "delay_ms=5000")?;
+    let started = std::time::Instant::now();
+    let out = b.bed.exec(
+        &b.client,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            &url("/"),
+        ],
+    )?;
+    let took = started.elapsed();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    eprintln!("route timeout 1500ms against a 5 s backend: {code} after {took:?}");
+    ensure!(code == "504", "curl got {code}");
+    ensure!(
+        took >= std::time::Duration::from_millis(1400)
+            && took < std::time::Duration::from_millis(2500),
+        "cut after {took:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_retry_budget_caps_extra_load_when_the_backend_fails_everything() -> Result<()> {
+    let mut bed = TestBed::new("wpbudget", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let server = bed
+        .pod("my-service-1")
+        .namespace("default")
+        .label("app", "my-service")
+        .on_node(1)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service(
+        "my-service",
+        "default",
+        "10.96.0.40".parse()?,
+        80,
+        8080,
+        &[&server],
+    );
+    bed.use_waypoint("default", "my-service", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&server, "my-service")?;
+    let b = Bookinfo {
+        client: client.clone(),
+        v1: server.clone(),
+        v2: server.clone(),
+        waypoint,
+        bed,
+    };
+    b.apply("retry.yaml", &guide("linkerd-retry.yaml")?)?;
+    b.bed.testsrv_set(&server, "fail=100&status=503&reset=1")?;
+    // 1,000 POSTs at 250/s to the retryable route: the budget (retryRatio 0.2, plus 10/s
+    // over its 10 s window) allows about 300 retries where 3 attempts each would be 3,000.
+    let tally = b.bed.load(
+        &client,
+        &[
+            "--url",
+            "http://10.96.0.40:80/api/items",
+            "--method",
+            "POST",
+            "--requests",
+            "1000",
+            "--rate",
+            "250",
+            "--concurrency",
+            "8",
+        ],
+    )?;
+    let served = b.bed.testsrv_count(&server)?;
+    eprintln!("backend failing 100%: clients sent 1000, backend served {served} ({tally})");
+    ensure!(count(&tally, "status", "503") == 1000, "{tally}");
+    ensure!(
+        served <= 1000 + 200 + 100 + 10,
+        "the budget let {} retries through",
+        served - 1000
+    );
+    ensure!(
+        served >= 1000 + 150,
+        "retries were not attempted at all ({served})"
+    );
+    Ok(())
+}
+
+#[test]
+fn grpc_unavailable_is_retried() -> Result<()> {
+    let b = bookinfo("wpgrpc")?;
+    b.apply(
+        "grpc.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+    retries:
+      attempts: 3
+      retryOn: unavailable
+",
+    )?;
+    for pod in [&b.v1, &b.v2] {
+        b.bed.testsrv_set(pod, "grpc_unavailable=30&reset=1")?;
+    }
+    // Without the waypoint's retries, 30% of calls would end UNAVAILABLE (14).
+    let tally = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews.Reviews/Get"),
+            "--grpc",
+            "--body-bytes",
+            "64",
+            "--requests",
+            "500",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    let served = b.bed.testsrv_count(&b.v1)? + b.bed.testsrv_count(&b.v2)?;
+    eprintln!("gRPC with 30% UNAVAILABLE: {tally}; backends served {served}");
+    ensure!(count(&tally, "grpc_status", "0") >= 495, "{tally}");
+    ensure!(served > 600, "no retries reached the backends ({served})");
+    Ok(())
+}
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint_and_brings_it_back_after_30s() -> Result<()> {
+    let (b, client) = httpbin("wpeject")?;
+    b.apply("cb.yaml", &guide("istio-circuit-breaker.yaml")?)?;
+    let httpbin = "http://10.96.0.50:8000/get";
+    b.bed.testsrv_set(&b.v1, "fail=100&status=503&reset=1")?;
+    // consecutiveGatewayFailure: 5 — a few 503s reach the client, then endpoint a is ejected
+    // (one of two: within maxEjectionPercent 50 and minHealthPercent 40).
+    let first = b
+        .bed
+        .load(&client, &["--url", httpbin, "--requests", "40"])?;
+    let failures_seen = b.bed.testsrv_count(&b.v1)?;
+    eprintln!("while a fails: {first}; a served {failures_seen}");
+    ensure!(
+        failures_seen == 5,
+        "a served {failures_seen} requests before ejection, not 5"
+    );
+    let after = b
+        .bed
+        .load(&client, &["--url", httpbin, "--requests", "50"])?;
+    ensure!(count(&after, "body", "b") == 50, "after ejection: {after}");
+    ensure!(
+        b.bed.testsrv_count(&b.v1)? == 5,
+        "ejected endpoint got traffic"
+    );
+
+    // a recovers; baseEjectionTime 30s later it takes traffic again.
+    b.bed.testsrv_set(&b.v1, "fail=0")?;
+    std::thread::sleep(std::time::Duration::from_secs(31));
+    let back = b
+        .bed
+        .load(&client, &["--url", httpbin, "--requests", "50"])?;
+    eprintln!("after the ejection time: {back}");
+    ensure!(count(&back, "body", "a") > 0, "a did not come back: {back}");
+    ensure!(count(&back, "status", "200") == 50, "{back}");
+    Ok(())
+}
+
+#[test]
+fn pool_limits_answer_503_with_the_uo_flag() -> Result<()> {
+    let (b, client) = httpbin("wppool")?;
+    b.apply(
+        "pool.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 1
+      http:
+        http1MaxPendingRequests: 1
+",
+    )?;
+    for pod in [&b.v1, &b.v2] {
+        b.bed.testsrv_set(pod, "delay_ms=300")?;
+    }
+    // 10 at once against 1 connection + 1 pending: most overflow.
+    let tally = b.bed.load(
+        &client,
+        &[
+            "--url",
+            "http://10.96.0.50:8000/get",
+            "--requests",
+            "10",
+            "--concurrency",
+            "10",
+        ],
+    )?;
+    eprintln!("10 concurrent requests, maxConnections 1, pending 1: {tally}");
+    let (ok, overflow) = (count(&tally, "status", "200"), count(&tally, "flags", "UO"));
+    ensure!((1..=3).contains(&ok), "{tally}");
+    ensure!(
+        overflow + ok == 10 && count(&tally, "status", "503") == overflow,
+        "{tally}"
+    );
+    let metrics = b.bed.waypoint_metrics(&b.waypoint)?;
+    let counted = metric_sum(
+        &metrics,
+        "weft_requests_total",
+        &[("response_code", "503"), ("response_flags", "UO")],
+    );
+    ensure!(
+        counted == overflow as f64,
+        "waypoint metrics count {counted} UO"
+    );
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Waypoint routing end to end: the guide's header route, canary split and SMI TrafficSplit
+//! applied unchanged to a mesh of network namespaces with real node proxies, a real controller
+//! and a real `weft-waypoint`; the `weft-testsrv` load client in the client pod, captured like
+//! any app. Needs root.
+
+use anyhow::{Result, ensure};
+use weft_testbed::fixtures::{
+    Bookinfo, REVIEWS_VIP, bookinfo, guide, reviews_url as url, tally_count as count,
+};
+use weft_testbed::{TestBed, metric_sum};
+
+#[test]
+fn header_route_sends_jason_to_v2_and_everyone_else_to_v1() -> Result<()> {
+    let b = bookinfo("wphdr")?;
+    b.apply("traffic.yaml", &guide("istio-traffic-management.yaml")?)?;
+
+    // An unmodified client first: curl through the mesh, end-user: jason.
+    let out = b.bed.exec(
+        &b.client,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            "end-user: jason",
+            &url("/reviews/1"),
+        ],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == "v2",
+        "curl as jason: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let jason = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews/1"),
+            "--requests",
+            "100",
+            "--header",
+            "end-user:jason",
+        ],
+    )?;
+    let others = b.bed.load(
+        &b.client,
+        &["--url", &url("/reviews/1"), "--requests", "100"],
+    )?;
+    ensure!(count(&jason, "body", "v2") == 100, "jason: {jason}");
+    ensure!(count(&others, "body", "v1") == 100, "others: {others}");
+
+    // The waypoint counted them, with the route and the source identity.
+    let metrics = b.bed.waypoint_metrics(&b.waypoint)?;
+    let by_route = |route: &str| {
+        metric_sum(
+            &metrics,
+            "weft_requests_total",
+            &[
+                ("reporter", "waypoint"),
+                ("route", route),
+                ("response_code", "200"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+                ),
+            ],
+        )
+    };
+    ensure!(
+        by_route("reviews.default.0") >= 101.0 && by_route("reviews.default.1") >= 100.0,
+        "waypoint metrics by route: {:?}",
+        metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("weft_requests_total"))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[test]
+fn canary_90_10_split_within_3_points_over_2000_requests() -> Result<()> {
+    let b = bookinfo("wpcanary")?;
+    b.apply("canary.yaml", &guide("istio-canary.yaml")?)?;
+    let tally = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews/1"),
+            "--requests",
+            "2000",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    let (v1, v2) = (count(&tally, "body", "v1"), count(&tally, "body", "v2"));
+    ensure!(v1 + v2 == 2000, "not all answered: {tally}");
+    let share = v2 as f64 / 2000.0 * 100.0;
+    eprintln!("canary: v1 {v1}, v2 {v2} ({share:.1}% to v2)");
+    ensure!((7.0..=13.0).contains(&share), "v2 got {share:.1}%: {tally}");
+    // The header overrides the split.
+    let canary = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/"),
+            "--requests",
+            "50",
+            "--header",
+            "x-canary:true",
+        ],
+    )?;
+    ensure!(count(&canary, "body", "v2") == 50, "x-canary: {canary}");
+    let _ = (&b.v1, &b.v2);
+    Ok(())
+}
+
+#[test]
+fn smi_traffic_split_from_the_guide_sends_90_10() -> Result<()> {
+    let mut bed = TestBed::new("wpsplit", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let v1 = bed
+        .pod("reviews-v1")
+        .namespace("default")
+        .label("app", "reviews")
+        .on_node(1)
+        .add()?;
+    let v2 = bed
+        .pod("reviews-v2")
+        .namespace("default")
+        .label("app", "reviews")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1, &v2]);
+    bed.service(
+        "reviews-v1",
+        "default",
+        "10.96.0.31".parse()?,
+        9080,
+        8080,
+        &[&v1],
+    );
+    bed.service(
+        "reviews-v2",
+        "default",
+        "10.96.0.32".parse()?,
+        9080,
+        8080,
+        &[&v2],
+    );
+    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&v1, "v1")?;
+    bed.serve_testsrv(&v2, "v2")?;
+    let b = Bookinfo {
+        bed,
+        client: client.clone(),
+        v1,
+        v2,
+        waypoint,
+    };
+    b.apply("split.yaml", &guide("linkerd-canary.yaml")?)?;
+    let tally = b.bed.load(
+        &client,
+        &[
+            "--url",
+            &url("/"),
+            "--requests",
+            "2000",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    let v2_share = count(&tally, "body", "v2") as f64 / 20.0;
+    eprintln!("TrafficSplit 90/10: {tally} ({v2_share:.1}% to v2)");
+    ensure!(count(&tally, "status", "200") == 2000, "{tally}");
+    ensure!((7.0..=13.0).contains(&v2_share), "v2 got {v2_share:.1}%");
+    Ok(())
+}
