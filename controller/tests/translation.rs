@@ -84,7 +84,7 @@ spec:
     let waypoint = reviews.waypoint.as_ref().expect("bound to the waypoint");
     assert_eq!(waypoint.ip.to_string(), "10.10.1.9");
     assert_eq!(
-        waypoint.identity,
+        waypoint.identity.to_string(),
         "spiffe://cluster.local/ns/default/sa/waypoint"
     );
     let wp_pod = mesh

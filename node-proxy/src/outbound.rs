@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 use tracing::warn;
 use weft_core::drain;
 use weft_core::hbone::{ConnectRequest, PoolKey};
-use weft_core::identity::SpiffeId;
 use weft_core::mesh::Service;
 use weft_core::metrics::{Reporter, SecurityPolicy};
 use weft_core::tls;
@@ -97,13 +96,11 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
     // app asked for (the service VIP, or the pod); the waypoint picks the endpoint.
     let waypoint = index.waypoint_for(dst).cloned();
     let (proxy_addr, tunnel_id, tunnel_dst) = match &waypoint {
-        Some(w) => match w.identity.parse::<SpiffeId>() {
-            Ok(id) => (SocketAddr::new(w.ip, weft_core::ports::HBONE), id, dst),
-            Err(_) => {
-                warn!(%client, %dst, waypoint = %w.name, "early deny: the waypoint's identity is not a SPIFFE ID");
-                return;
-            }
-        },
+        Some(w) => (
+            SocketAddr::new(w.ip, weft_core::ports::HBONE),
+            w.identity.clone(),
+            dst,
+        ),
         None => (
             SocketAddr::new(upstream.workload.ip, weft_core::ports::HBONE),
             dst_id.clone(),

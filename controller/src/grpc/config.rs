@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
-use weft_core::api::{diff, v1};
+use weft_core::api::{WAYPOINT_PREFIX, v1};
 
 use super::{Published, Shared};
 
@@ -22,27 +22,72 @@ enum Held {
 }
 
 impl Held {
-    /// The resources to send and the names to remove to bring the proxy to `current`.
-    fn diff(&self, current: &Arc<Published>) -> (Vec<v1::Resource>, Vec<String>) {
-        match self {
-            Self::Versions(versions) => diff(versions, &current.resources),
-            Self::Snapshot(held) if Arc::ptr_eq(held, current) => (Vec::new(), Vec::new()),
-            Self::Snapshot(held) => {
-                let changed = current
-                    .resources
-                    .values()
-                    .filter(|r| held.resources.get(&r.name).map(|h| &h.version) != Some(&r.version))
-                    .cloned()
-                    .collect();
-                let removed = held
-                    .resources
-                    .keys()
-                    .filter(|name| !current.resources.contains_key(*name))
-                    .cloned()
-                    .collect();
-                (changed, removed)
-            }
+    /// The resources to send and the names to remove to bring the proxy to `current`, as far
+    /// as `view` sees it.
+    fn diff(&self, current: &Arc<Published>, view: &View) -> (Vec<v1::Resource>, Vec<String>) {
+        let held_version = |name: &str| match self {
+            Self::Versions(versions) => versions.get(name).map(String::as_str),
+            Self::Snapshot(held) => held.resources.get(name).map(|r| r.version.as_str()),
+        };
+        if let Self::Snapshot(held) = self
+            && Arc::ptr_eq(held, current)
+        {
+            return (Vec::new(), Vec::new());
         }
+        let changed = current
+            .resources
+            .values()
+            .filter(|r| view.sees(&r.name) && held_version(&r.name) != Some(r.version.as_str()))
+            .cloned()
+            .collect();
+        let gone = |name: &&String| !current.resources.contains_key(*name);
+        let removed = match self {
+            // What a proxy says it holds but may not (any more) see goes too.
+            Self::Versions(versions) => versions
+                .keys()
+                .filter(|n| gone(n) || !view.sees(n))
+                .cloned()
+                .collect(),
+            Self::Snapshot(held) => held
+                .resources
+                .keys()
+                .filter(|n| view.sees(n) && gone(n))
+                .cloned()
+                .collect(),
+        };
+        (changed, removed)
+    }
+}
+
+/// Which resources a stream carries: everything but the waypoints' configs, which go to their
+/// own waypoint only (a node proxy never reads them; one waypoint has no business with
+/// another's).
+struct View {
+    /// The resource name of the waypoint this stream is for (`waypoint/<ns>/<name>`), if any.
+    own_waypoint: Option<String>,
+}
+
+impl View {
+    /// The view of a client streaming as `name` (a node, or `waypoint.<ns>.<name>`).
+    fn of(name: &str) -> Self {
+        let own_waypoint = name
+            .strip_prefix(super::WAYPOINT_PREFIX)
+            .and_then(|rest| rest.split_once('.'))
+            .map(|(ns, gateway)| format!("{WAYPOINT_PREFIX}{ns}/{gateway}"));
+        Self { own_waypoint }
+    }
+
+    fn sees(&self, resource: &str) -> bool {
+        !resource.starts_with(WAYPOINT_PREFIX) || self.own_waypoint.as_deref() == Some(resource)
+    }
+
+    /// How many of `published`'s resources it sees.
+    fn count(&self, published: &Published) -> usize {
+        published
+            .resources
+            .keys()
+            .filter(|name| self.sees(name))
+            .count()
     }
 }
 
@@ -91,7 +136,8 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
             shared.proxies.update(&node, |s| s.connected = true);
             info!(%node, held = first.known.len(), "proxy connected");
             let held = Held::Versions(first.known.into_iter().collect());
-            let reason = session(&shared, &node, held, &mut inbound, &tx).await;
+            let view = View::of(&first.node);
+            let reason = session(&shared, &node, &view, held, &mut inbound, &tx).await;
             shared.proxies.update(&node, |s| s.connected = false);
             info!(%node, %reason, "proxy stream ended");
         });
@@ -104,6 +150,7 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
 async fn session(
     shared: &Shared,
     node: &str,
+    view: &View,
     mut held: Held,
     inbound: &mut Streaming<v1::ConfigRequest>,
     tx: &mpsc::Sender<Result<v1::ConfigUpdate, Status>>,
@@ -127,7 +174,7 @@ async fn session(
                 dirty = true;
                 continue;
             }
-            let (resources, removed) = held.diff(&current);
+            let (resources, removed) = held.diff(&current, view);
             let first = next_nonce == 0;
             if first || !resources.is_empty() || !removed.is_empty() {
                 next_nonce += 1;
@@ -160,7 +207,7 @@ async fn session(
                         continue;
                     }
                     if answer.error.is_empty() {
-                        let count = after.resources.len();
+                        let count = view.count(&after);
                         held = Held::Snapshot(after);
                         shared.proxies.update(node, |s| {
                             s.acks += 1;
@@ -178,5 +225,49 @@ async fn session(
                 Err(e) => return format!("stream error: {e}"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published() -> Arc<Published> {
+        let mesh: weft_core::mesh::MeshConfig = serde_yaml::from_str(
+            "workloads:\n  - {name: a, namespace: shop, serviceAccount: a, ip: 10.0.0.1, node: n1}\nwaypoints:\n  - {name: w1, namespace: shop, services: []}\n  - {name: w2, namespace: shop, services: []}\n",
+        )
+        .expect("mesh");
+        Arc::new(Published {
+            resources: weft_core::api::resources(&mesh, "PEM"),
+            mesh,
+            waypoints: BTreeMap::new(),
+        })
+    }
+
+    fn names(resources: &[v1::Resource]) -> Vec<&str> {
+        resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_node_proxy_gets_no_waypoint_config_and_a_waypoint_only_its_own() {
+        let current = published();
+        let start = Held::Versions(BTreeMap::new());
+        let (node, _) = start.diff(&current, &View::of("node1"));
+        assert_eq!(names(&node), ["mesh", "workload/shop/a"]);
+        let (w1, _) = start.diff(&current, &View::of("waypoint.shop.w1"));
+        assert_eq!(names(&w1), ["mesh", "waypoint/shop/w1", "workload/shop/a"]);
+        // A proxy that still holds another's config (from an older controller) drops it.
+        let held = Held::Versions([("waypoint/shop/w2".to_owned(), "x".to_owned())].into());
+        let (_, removed) = held.diff(&current, &View::of("node1"));
+        assert_eq!(removed, ["waypoint/shop/w2"]);
+        // Acknowledged snapshots remove only what the proxy could see.
+        let acked = Held::Snapshot(current.clone());
+        let mut next = Published {
+            resources: current.resources.clone(),
+            ..Published::default()
+        };
+        next.resources.remove("waypoint/shop/w2");
+        let (_, removed) = acked.diff(&Arc::new(next), &View::of("waypoint.shop.w1"));
+        assert!(removed.is_empty(), "{removed:?}");
     }
 }

@@ -71,6 +71,20 @@ impl fmt::Display for SpiffeId {
     }
 }
 
+/// Written as its URI (`spiffe://...`) in YAML and JSON.
+impl serde::Serialize for SpiffeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SpiffeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for SpiffeId {
     type Err = SpiffeIdError;
 

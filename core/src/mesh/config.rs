@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::service::Service;
 use super::waypoint::WaypointConfig;
 use super::workload::Workload;
-use crate::identity::{DEFAULT_TRUST_DOMAIN, SpiffeId};
+use crate::identity::DEFAULT_TRUST_DOMAIN;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -158,14 +158,6 @@ impl MeshConfig {
                         format!("no workload {}/{name}", s.namespace),
                     ));
                 }
-            }
-            if let Some(w) = &s.waypoint
-                && w.identity.parse::<SpiffeId>().is_err()
-            {
-                return Err(invalid(
-                    format!("services[{i}].waypoint.identity"),
-                    format!("{:?} is not a SPIFFE ID", w.identity),
-                ));
             }
         }
         for (i, w) in self.waypoints.iter().enumerate() {

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::SpiffeId;
+
 /// The waypoint a service's traffic goes through.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -13,8 +15,8 @@ pub struct WaypointRef {
     pub name: String,
     /// The waypoint's address (HBONE on 15008).
     pub ip: IpAddr,
-    /// The identity it proves (`spiffe://...`).
-    pub identity: String,
+    /// The identity it proves.
+    pub identity: SpiffeId,
 }
 
 /// A service port mapping.

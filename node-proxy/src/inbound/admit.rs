@@ -124,7 +124,7 @@ pub(crate) fn admit(
     // original client (in `forwarded`), having applied the service's L7 policy.
     if let Some(waypoint) = index.waypoint_guarding(pod.ip) {
         return match peer {
-            Some(peer) if peer.to_string() == waypoint.identity => Ok(Admitted {
+            Some(peer) if *peer == waypoint.identity => Ok(Admitted {
                 client,
                 destination,
                 source,
@@ -163,11 +163,9 @@ pub(crate) fn admit(
     if let Some(workload) = current
         && !workload.authz.is_empty()
     {
-        let principal = peer.map(ToString::to_string);
+        let principal = peer.map(SpiffeId::principal);
         let subject = Subject {
-            principal: principal
-                .as_deref()
-                .map(|p| p.strip_prefix("spiffe://").unwrap_or(p)),
+            principal: principal.as_deref(),
             namespace: peer.map(SpiffeId::namespace),
             ip: client.ip(),
             port: destination.port(),

@@ -39,6 +39,18 @@ impl Health {
     }
 }
 
+/// How long the `times`-th ejection lasts: the base ejection time times `times` (up to 10), as
+/// Envoy does, ended at the first re-evaluation (`interval`) after that.
+fn ejection_ms(outlier: &Outlier, times: u32) -> u64 {
+    let ms = outlier
+        .base_ejection_ms
+        .saturating_mul(u64::from(times.min(10)));
+    match outlier.interval_ms {
+        0 => ms,
+        interval => ms.div_ceil(interval).saturating_mul(interval),
+    }
+}
+
 impl Health {
     /// Records a try's outcome. When the endpoint's consecutive failures reach a threshold,
     /// ejects it, within `maxEjectionPercent` and `minHealthPercent` of the backend's endpoints
@@ -79,11 +91,7 @@ impl Health {
             return None;
         }
         let times = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let duration = Duration::from_millis(
-            outlier
-                .base_ejection_ms
-                .saturating_mul(u64::from(times.min(10))),
-        );
+        let duration = Duration::from_millis(ejection_ms(outlier, times));
         *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(now + duration);
         self.reset();
         Some(duration)
@@ -92,7 +100,7 @@ impl Health {
 
 #[cfg(test)]
 mod tests {
-    use weft_core::mesh::PoolLimits;
+    use weft_core::mesh::{Outlier, PoolLimits};
 
     use super::super::Limits;
     use super::super::test_support::backend;
@@ -133,6 +141,22 @@ mod tests {
             web.record(&other, Outcome::Status(500));
         }
         assert!(!other.health.ejected(Instant::now()));
+    }
+
+    #[test]
+    fn ejections_grow_with_their_count_and_end_at_a_re_evaluation() {
+        let mut outlier = Outlier {
+            interval_ms: 10_000,
+            base_ejection_ms: 30_000,
+            ..Outlier::default()
+        };
+        assert_eq!(ejection_ms(&outlier, 1), 30_000);
+        assert_eq!(ejection_ms(&outlier, 2), 60_000);
+        assert_eq!(ejection_ms(&outlier, 50), 300_000, "capped at 10 times");
+        outlier.interval_ms = 7_000;
+        assert_eq!(ejection_ms(&outlier, 1), 35_000, "the sweep after 30 s");
+        outlier.interval_ms = 0;
+        assert_eq!(ejection_ms(&outlier, 1), 30_000);
     }
 
     #[test]

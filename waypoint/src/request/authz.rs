@@ -16,9 +16,9 @@ pub(crate) fn authorize<B>(
     port: u16,
     host: &str,
 ) -> Option<Reply> {
-    let principal = tunnel.peer.to_string();
+    let principal = tunnel.peer.principal();
     let subject = Subject {
-        principal: Some(principal.strip_prefix("spiffe://").unwrap_or(&principal)),
+        principal: Some(&principal),
         namespace: Some(tunnel.peer.namespace()),
         ip: tunnel.client.ip(),
         port,

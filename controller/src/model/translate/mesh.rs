@@ -87,8 +87,7 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
                 Some(WaypointRef {
                     name: key.to_string(),
                     ip: w.pod.ip?,
-                    identity: SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account)
-                        .to_string(),
+                    identity: SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account),
                 })
             }),
         });

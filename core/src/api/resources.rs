@@ -1,20 +1,21 @@
-//! The controller's gRPC API (generated from `proto/weft/v1/mesh.proto`) and conversions
-//! between its resources and the mesh config.
+//! The mesh config as versioned resources, what a client lacks of them, and the mesh config a
+//! set of resources describes.
 
 use std::collections::BTreeMap;
 
-use crate::mesh::{MeshConfig, Protocol, Service, ServicePort, Workload};
-
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod v1 {
-    tonic::include_proto!("weft.v1");
-}
+use super::l7::{FieldError, authz_from, ports_from, ports_to, waypoint_from};
+use super::v1;
+use crate::mesh::{MeshConfig, Protocol, Service, Workload};
 
 /// Metadata key carrying a node's credential (`Bearer <token>`).
 pub const AUTHORIZATION: &str = "authorization";
 
 /// Name of the mesh-wide settings resource.
 pub const MESH_RESOURCE: &str = "mesh";
+
+/// Prefix of the waypoint configs' resource names (`waypoint/<ns>/<name>`): each is for that
+/// waypoint only.
+pub const WAYPOINT_PREFIX: &str = "waypoint/";
 
 /// Resources by name: what a controller serves, or what a proxy holds.
 pub type Resources = BTreeMap<String, v1::Resource>;
@@ -54,11 +55,7 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                 } as i32,
                 permissive: w.mtls.permissive,
                 mtls_except_ports: w.mtls.except_ports.iter().map(|p| u32::from(*p)).collect(),
-                authz_json: if w.authz.is_empty() {
-                    String::new()
-                } else {
-                    serde_json::to_string(&w.authz).unwrap_or_default()
-                },
+                authz: w.authz.iter().map(v1::AuthzPolicy::from).collect(),
             }),
         );
     }
@@ -69,27 +66,20 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                 name: s.name.clone(),
                 namespace: s.namespace.clone(),
                 vip: s.vip.to_string(),
-                ports: s
-                    .ports
-                    .iter()
-                    .map(|p| v1::ServicePort {
-                        port: u32::from(p.port),
-                        target_port: u32::from(p.target_port),
-                    })
-                    .collect(),
+                ports: ports_to(&s.ports),
                 endpoints: s.endpoints.clone(),
                 waypoint: s.waypoint.as_ref().map(|w| v1::WaypointRef {
                     name: w.name.clone(),
                     ip: w.ip.to_string(),
-                    identity: w.identity.clone(),
+                    identity: w.identity.to_string(),
                 }),
             }),
         );
     }
     for w in &mesh.waypoints {
         add(
-            format!("waypoint/{}/{}", w.namespace, w.name),
-            v1::resource::Kind::WaypointJson(serde_json::to_string(w).unwrap_or_default()),
+            format!("{WAYPOINT_PREFIX}{}/{}", w.namespace, w.name),
+            v1::resource::Kind::Waypoint(v1::WaypointConfig::from(w)),
         );
     }
     out
@@ -123,7 +113,7 @@ pub enum ResourceError {
         /// Resource name.
         name: String,
         /// The field.
-        field: &'static str,
+        field: String,
         /// What is wrong.
         message: String,
     },
@@ -141,10 +131,15 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
     let mut mesh = MeshConfig::default();
     let mut bundle = None;
     for r in resources.values() {
-        let field = |field: &'static str, message: String| ResourceError::Field {
+        let field = |field: &str, message: String| ResourceError::Field {
             name: r.name.clone(),
-            field,
+            field: field.to_owned(),
             message,
+        };
+        let nested = |e: FieldError| ResourceError::Field {
+            name: r.name.clone(),
+            field: e.field,
+            message: e.message,
         };
         match &r.kind {
             Some(v1::resource::Kind::Mesh(m)) => {
@@ -179,24 +174,22 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                         })
                         .collect::<Result<_, _>>()?,
                 },
-                authz: if w.authz_json.is_empty() {
-                    Vec::new()
-                } else {
-                    serde_json::from_str(&w.authz_json)
-                        .map_err(|e| field("authzJson", e.to_string()))?
-                },
+                authz: w
+                    .authz
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        authz_from(p).map_err(|e| {
+                            nested(FieldError {
+                                field: format!("authz[{i}].{}", e.field),
+                                message: e.message,
+                            })
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             }),
             Some(v1::resource::Kind::Service(s)) => {
-                let port = |v: u32, what: &'static str| {
-                    u16::try_from(v).map_err(|_| field(what, format!("{v} is not a port")))
-                };
-                let mut ports = Vec::new();
-                for p in &s.ports {
-                    ports.push(ServicePort {
-                        port: port(p.port, "ports.port")?,
-                        target_port: port(p.target_port, "ports.targetPort")?,
-                    });
-                }
+                let ports = ports_from(&s.ports).map_err(nested)?;
                 mesh.services.push(Service {
                     name: s.name.clone(),
                     namespace: s.namespace.clone(),
@@ -214,15 +207,16 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                                 .ip
                                 .parse()
                                 .map_err(|e| field("waypoint.ip", format!("{:?}: {e}", w.ip)))?,
-                            identity: w.identity.clone(),
+                            identity: w
+                                .identity
+                                .parse()
+                                .map_err(|e| field("waypoint.identity", format!("{e}")))?,
                         }),
                     },
                 });
             }
-            Some(v1::resource::Kind::WaypointJson(json)) => {
-                let config: crate::mesh::WaypointConfig =
-                    serde_json::from_str(json).map_err(|e| field("waypoint", e.to_string()))?;
-                mesh.waypoints.push(config);
+            Some(v1::resource::Kind::Waypoint(w)) => {
+                mesh.waypoints.push(waypoint_from(w).map_err(nested)?);
             }
             None => return Err(field("kind", "empty resource".into())),
         }

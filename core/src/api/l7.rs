@@ -1,0 +1,531 @@
+//! The waypoint config and authorization policies as protobuf messages, and back. Reading a
+//! message checks what the types cannot say (addresses parse, ports fit, indices point at a
+//! backend); the mesh config's own validation then judges the whole.
+
+use std::net::IpAddr;
+
+use super::v1;
+use crate::mesh::{
+    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, Backend,
+    NamedMatch, Outlier, PoolLimits, Retry, RetryBudget, RetryOn, Route, RouteMatch, ServicePolicy,
+    ServicePort, StrMatch, WaypointConfig, WeightedBackend,
+};
+
+/// A field of a message that does not convert: its path and what is wrong.
+#[derive(Debug)]
+pub(super) struct FieldError {
+    pub(super) field: String,
+    pub(super) message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, under `parent` (`services[0]` + `routes[1].name`).
+    fn under(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field),
+            message: self.message,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, FieldError>;
+
+/// Converts each item of `items`, naming the failing one by its index.
+fn each<T, U>(field: &str, items: &[T], f: impl Fn(&T) -> Result<U>) -> Result<Vec<U>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, x)| f(x).map_err(|e| e.under(&format!("{field}[{i}]"))))
+        .collect()
+}
+
+fn port(field: &str, value: u32) -> Result<u16> {
+    u16::try_from(value).map_err(|_| FieldError::new(field, format!("{value} is not a port")))
+}
+
+fn ip(field: &str, value: &str) -> Result<IpAddr> {
+    value
+        .parse()
+        .map_err(|e| FieldError::new(field, format!("{value:?}: {e}")))
+}
+
+pub(super) fn ports_to(ports: &[ServicePort]) -> Vec<v1::ServicePort> {
+    ports
+        .iter()
+        .map(|p| v1::ServicePort {
+            port: u32::from(p.port),
+            target_port: u32::from(p.target_port),
+        })
+        .collect()
+}
+
+pub(super) fn ports_from(ports: &[v1::ServicePort]) -> Result<Vec<ServicePort>> {
+    each("ports", ports, |p| {
+        Ok(ServicePort {
+            port: port("port", p.port)?,
+            target_port: port("targetPort", p.target_port)?,
+        })
+    })
+}
+
+// === impl authorization ===
+
+impl From<&AuthzPolicy> for v1::AuthzPolicy {
+    fn from(p: &AuthzPolicy) -> Self {
+        Self {
+            name: p.name.clone(),
+            action: match p.action {
+                AuthzAction::Allow => v1::AuthzAction::Allow,
+                AuthzAction::Deny => v1::AuthzAction::Deny,
+            } as i32,
+            rules: p
+                .rules
+                .iter()
+                .map(|r| v1::AuthzRule {
+                    from: r
+                        .from
+                        .iter()
+                        .map(|s| v1::AuthzSource {
+                            principals: s.principals.clone(),
+                            not_principals: s.not_principals.clone(),
+                            namespaces: s.namespaces.clone(),
+                            not_namespaces: s.not_namespaces.clone(),
+                            ip_blocks: s.ip_blocks.clone(),
+                            not_ip_blocks: s.not_ip_blocks.clone(),
+                        })
+                        .collect(),
+                    to: r
+                        .to
+                        .iter()
+                        .map(|o| v1::AuthzOperation {
+                            methods: o.methods.clone(),
+                            not_methods: o.not_methods.clone(),
+                            paths: o.paths.clone(),
+                            not_paths: o.not_paths.clone(),
+                            ports: o.ports.clone(),
+                            not_ports: o.not_ports.clone(),
+                            hosts: o.hosts.clone(),
+                            not_hosts: o.not_hosts.clone(),
+                        })
+                        .collect(),
+                    when: r
+                        .when
+                        .iter()
+                        .map(|c| v1::AuthzCondition {
+                            key: c.key.clone(),
+                            values: c.values.clone(),
+                            not_values: c.not_values.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn authz_from(p: &v1::AuthzPolicy) -> Result<AuthzPolicy> {
+    let action = match v1::AuthzAction::try_from(p.action) {
+        Ok(v1::AuthzAction::Allow) => AuthzAction::Allow,
+        Ok(v1::AuthzAction::Deny) => AuthzAction::Deny,
+        // An action this proxy does not know could deny more: refuse the update rather than
+        // guess.
+        Err(_) => {
+            return Err(FieldError::new(
+                "action",
+                format!("unknown action {}", p.action),
+            ));
+        }
+    };
+    Ok(AuthzPolicy {
+        name: p.name.clone(),
+        action,
+        rules: p
+            .rules
+            .iter()
+            .map(|r| AuthzRule {
+                from: r
+                    .from
+                    .iter()
+                    .map(|s| AuthzSource {
+                        principals: s.principals.clone(),
+                        not_principals: s.not_principals.clone(),
+                        namespaces: s.namespaces.clone(),
+                        not_namespaces: s.not_namespaces.clone(),
+                        ip_blocks: s.ip_blocks.clone(),
+                        not_ip_blocks: s.not_ip_blocks.clone(),
+                    })
+                    .collect(),
+                to: r
+                    .to
+                    .iter()
+                    .map(|o| AuthzOperation {
+                        methods: o.methods.clone(),
+                        not_methods: o.not_methods.clone(),
+                        paths: o.paths.clone(),
+                        not_paths: o.not_paths.clone(),
+                        ports: o.ports.clone(),
+                        not_ports: o.not_ports.clone(),
+                        hosts: o.hosts.clone(),
+                        not_hosts: o.not_hosts.clone(),
+                    })
+                    .collect(),
+                when: r
+                    .when
+                    .iter()
+                    .map(|c| AuthzCondition {
+                        key: c.key.clone(),
+                        values: c.values.clone(),
+                        not_values: c.not_values.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+// === impl waypoint config ===
+
+fn str_match_to(m: &StrMatch) -> v1::StrMatch {
+    use v1::str_match::Kind;
+    v1::StrMatch {
+        kind: Some(match m {
+            StrMatch::Exact(v) => Kind::Exact(v.clone()),
+            StrMatch::Prefix(v) => Kind::Prefix(v.clone()),
+            StrMatch::Regex(v) => Kind::Regex(v.clone()),
+        }),
+    }
+}
+
+fn str_match_from(m: &v1::StrMatch) -> Result<StrMatch> {
+    use v1::str_match::Kind;
+    match &m.kind {
+        Some(Kind::Exact(v)) => Ok(StrMatch::Exact(v.clone())),
+        Some(Kind::Prefix(v)) => Ok(StrMatch::Prefix(v.clone())),
+        Some(Kind::Regex(v)) => Ok(StrMatch::Regex(v.clone())),
+        // A condition this proxy cannot read would match more or less than asked: refuse.
+        None => Err(FieldError::new("kind", "a string match with no kind")),
+    }
+}
+
+fn named_to(m: &NamedMatch) -> v1::NamedMatch {
+    v1::NamedMatch {
+        name: m.name.clone(),
+        value: Some(str_match_to(&m.value)),
+        invert: m.invert,
+    }
+}
+
+fn named_from(m: &v1::NamedMatch) -> Result<NamedMatch> {
+    let value = m
+        .value
+        .as_ref()
+        .ok_or_else(|| FieldError::new("value", "missing"))?;
+    Ok(NamedMatch {
+        name: m.name.clone(),
+        value: str_match_from(value).map_err(|e| e.under("value"))?,
+        invert: m.invert,
+    })
+}
+
+fn retry_to(r: &Retry) -> v1::Retry {
+    v1::Retry {
+        attempts: r.attempts,
+        per_try_timeout_ms: r.per_try_timeout_ms,
+        on: Some(v1::RetryOn {
+            server_error: r.on.server_error,
+            gateway_error: r.on.gateway_error,
+            connect_failure: r.on.connect_failure,
+            refused_stream: r.on.refused_stream,
+            reset: r.on.reset,
+            retriable_4xx: r.on.retriable_4xx,
+            statuses: r.on.statuses.iter().map(|s| u32::from(*s)).collect(),
+            grpc: r.on.grpc.iter().copied().collect(),
+        }),
+        backoff_base_ms: r.backoff_base_ms,
+        backoff_max_ms: r.backoff_max_ms,
+        budget: r.budget.as_ref().map(|b| v1::RetryBudget {
+            ratio: b.ratio,
+            min_per_second: b.min_per_second,
+            window_ms: b.window_ms,
+        }),
+        max_body_bytes: r.max_body_bytes,
+    }
+}
+
+fn retry_from(r: &v1::Retry) -> Result<Retry> {
+    let on = r.on.clone().unwrap_or_default();
+    Ok(Retry {
+        attempts: r.attempts,
+        per_try_timeout_ms: r.per_try_timeout_ms,
+        on: RetryOn {
+            server_error: on.server_error,
+            gateway_error: on.gateway_error,
+            connect_failure: on.connect_failure,
+            refused_stream: on.refused_stream,
+            reset: on.reset,
+            retriable_4xx: on.retriable_4xx,
+            statuses: on
+                .statuses
+                .iter()
+                .map(|s| {
+                    u16::try_from(*s)
+                        .ok()
+                        .filter(|s| (100..=599).contains(s))
+                        .ok_or_else(|| {
+                            FieldError::new("on.statuses", format!("{s} is not an HTTP status"))
+                        })
+                })
+                .collect::<Result<_>>()?,
+            grpc: on.grpc.iter().copied().collect(),
+        },
+        backoff_base_ms: r.backoff_base_ms,
+        backoff_max_ms: r.backoff_max_ms,
+        budget: r.budget.as_ref().map(|b| RetryBudget {
+            ratio: b.ratio,
+            min_per_second: b.min_per_second,
+            window_ms: b.window_ms,
+        }),
+        max_body_bytes: r.max_body_bytes,
+    })
+}
+
+fn route_to(r: &Route) -> v1::Route {
+    v1::Route {
+        name: r.name.clone(),
+        matches: r
+            .matches
+            .iter()
+            .map(|m| v1::RouteMatch {
+                path: m.path.as_ref().map(str_match_to),
+                method: m.method.as_ref().map(str_match_to),
+                headers: m.headers.iter().map(named_to).collect(),
+                query: m.query.iter().map(named_to).collect(),
+                port: m.port.map(u32::from),
+            })
+            .collect(),
+        backends: r
+            .backends
+            .iter()
+            .map(|b| v1::WeightedBackend {
+                backend: u32::try_from(b.backend).unwrap_or(u32::MAX),
+                weight: b.weight,
+            })
+            .collect(),
+        timeout_ms: r.timeout_ms,
+        retry: r.retry.as_ref().map(retry_to),
+    }
+}
+
+fn route_from(r: &v1::Route) -> Result<Route> {
+    Ok(Route {
+        name: r.name.clone(),
+        matches: each("matches", &r.matches, |m| {
+            Ok(RouteMatch {
+                path: m
+                    .path
+                    .as_ref()
+                    .map(str_match_from)
+                    .transpose()
+                    .map_err(|e| e.under("path"))?,
+                method: m
+                    .method
+                    .as_ref()
+                    .map(str_match_from)
+                    .transpose()
+                    .map_err(|e| e.under("method"))?,
+                headers: each("headers", &m.headers, named_from)?,
+                query: each("query", &m.query, named_from)?,
+                port: m.port.map(|p| port("port", p)).transpose()?,
+            })
+        })?,
+        backends: r
+            .backends
+            .iter()
+            .map(|b| WeightedBackend {
+                backend: b.backend as usize,
+                weight: b.weight,
+            })
+            .collect(),
+        timeout_ms: r.timeout_ms,
+        retry: r
+            .retry
+            .as_ref()
+            .map(retry_from)
+            .transpose()
+            .map_err(|e| e.under("retry"))?,
+    })
+}
+
+fn backend_to(b: &Backend) -> v1::Backend {
+    v1::Backend {
+        name: b.name.clone(),
+        namespace: b.namespace.clone(),
+        endpoints: b.endpoints.clone(),
+        ports: ports_to(&b.ports),
+        pool: Some(v1::PoolLimits {
+            max_connections: b.pool.max_connections,
+            max_pending: b.pool.max_pending,
+            max_requests: b.pool.max_requests,
+            max_requests_per_connection: b.pool.max_requests_per_connection,
+            connect_timeout_ms: b.pool.connect_timeout_ms,
+        }),
+        outlier: b.outlier.as_ref().map(|o| v1::Outlier {
+            consecutive_5xx: o.consecutive_5xx,
+            consecutive_gateway: o.consecutive_gateway,
+            interval_ms: o.interval_ms,
+            base_ejection_ms: o.base_ejection_ms,
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: o.min_health_percent,
+        }),
+    }
+}
+
+fn backend_from(b: &v1::Backend) -> Result<Backend> {
+    let pool = b.pool.unwrap_or_default();
+    Ok(Backend {
+        name: b.name.clone(),
+        namespace: b.namespace.clone(),
+        endpoints: b.endpoints.clone(),
+        ports: ports_from(&b.ports)?,
+        pool: PoolLimits {
+            max_connections: pool.max_connections,
+            max_pending: pool.max_pending,
+            max_requests: pool.max_requests,
+            max_requests_per_connection: pool.max_requests_per_connection,
+            connect_timeout_ms: pool.connect_timeout_ms,
+        },
+        outlier: b.outlier.as_ref().map(|o| Outlier {
+            consecutive_5xx: o.consecutive_5xx,
+            consecutive_gateway: o.consecutive_gateway,
+            interval_ms: o.interval_ms,
+            base_ejection_ms: o.base_ejection_ms,
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: o.min_health_percent,
+        }),
+    })
+}
+
+impl From<&WaypointConfig> for v1::WaypointConfig {
+    fn from(w: &WaypointConfig) -> Self {
+        Self {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            services: w
+                .services
+                .iter()
+                .map(|s| v1::ServicePolicy {
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                    vip: s.vip.to_string(),
+                    ports: ports_to(&s.ports),
+                    routes: s.routes.iter().map(route_to).collect(),
+                    backends: s.backends.iter().map(backend_to).collect(),
+                    authz: s.authz.iter().map(v1::AuthzPolicy::from).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn waypoint_from(w: &v1::WaypointConfig) -> Result<WaypointConfig> {
+    Ok(WaypointConfig {
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        services: each("services", &w.services, |s| {
+            Ok(ServicePolicy {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                vip: ip("vip", &s.vip)?,
+                ports: ports_from(&s.ports)?,
+                routes: each("routes", &s.routes, route_from)?,
+                backends: each("backends", &s.backends, backend_from)?,
+                authz: each("authz", &s.authz, authz_from)?,
+            })
+        })?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waypoint() -> WaypointConfig {
+        serde_yaml::from_str(
+            r#"
+name: reviews-waypoint
+namespace: default
+services:
+- name: reviews
+  namespace: default
+  vip: 10.96.0.30
+  ports: [{port: 9080, targetPort: 8080}]
+  routes:
+  - name: jason
+    matches: [{headers: [{name: end-user, value: !exact jason, invert: false}], path: !regex "/api/.*", port: 9080}]
+    backends: [{backend: 1, weight: 100}]
+    timeoutMs: 2000
+    retry:
+      attempts: 3
+      perTryTimeoutMs: 500
+      on: {serverError: false, gatewayError: true, connectFailure: true, refusedStream: false, reset: true, retriable4xx: false, statuses: [409], grpc: [14]}
+      backoffBaseMs: 25
+      backoffMaxMs: 250
+      budget: {ratio: 0.2, minPerSecond: 10, windowMs: 10000}
+      maxBodyBytes: 65536
+  - name: default
+    matches: []
+    backends: [{backend: 0, weight: 90}, {backend: 1, weight: 10}]
+  backends:
+  - name: reviews.default/v1
+    namespace: default
+    endpoints: [reviews-v1]
+    ports: [{port: 9080, targetPort: 8080}]
+    pool: {maxConnections: 2, maxPending: 1, connectTimeoutMs: 1000}
+    outlier: {consecutive5xx: 5, intervalMs: 10000, baseEjectionMs: 30000, maxEjectionPercent: 10, minHealthPercent: 0}
+  - name: reviews.default/v2
+    namespace: default
+    endpoints: [reviews-v2]
+  authz:
+  - name: default/deny-admin
+    action: deny
+    rules: [{from: [{ipBlocks: [10.1.0.0/16]}], to: [{paths: [/admin*], methods: [POST]}], when: [{key: "request.headers[x]", values: [a], notValues: []}]}]
+"#,
+        )
+        .expect("a waypoint config")
+    }
+
+    #[test]
+    fn a_waypoint_config_survives_the_wire_unchanged() {
+        let config = waypoint();
+        let wire = v1::WaypointConfig::from(&config);
+        let bytes = prost::Message::encode_to_vec(&wire);
+        let decoded: v1::WaypointConfig = prost::Message::decode(&bytes[..]).expect("decodes");
+        assert_eq!(waypoint_from(&decoded).expect("converts"), config);
+    }
+
+    #[test]
+    fn what_a_message_cannot_mean_is_refused_by_field() {
+        let mut wire = v1::WaypointConfig::from(&waypoint());
+        wire.services[0].routes[0].matches[0].headers[0].value = Some(v1::StrMatch { kind: None });
+        let e = waypoint_from(&wire).expect_err("no kind");
+        assert_eq!(
+            e.field,
+            "services[0].routes[0].matches[0].headers[0].value.kind"
+        );
+        let mut wire = v1::WaypointConfig::from(&waypoint());
+        wire.services[0].authz[0].action = 7;
+        let e = waypoint_from(&wire).expect_err("unknown action");
+        assert_eq!(e.field, "services[0].authz[0].action");
+        let mut wire = v1::WaypointConfig::from(&waypoint());
+        wire.services[0].ports[0].target_port = 70_000;
+        let e = waypoint_from(&wire).expect_err("not a port");
+        assert_eq!(e.field, "services[0].ports[0].targetPort");
+    }
+}

@@ -1,0 +1,13 @@
+//! The controller's gRPC API (`v1`, generated from `proto/weft/v1/mesh.proto`), and the
+//! conversions between its resources and the mesh config (`resources`; the L7 and
+//! authorization messages in `l7`). Everything travels as typed messages: no field carries
+//! text to be parsed again.
+
+mod l7;
+mod resources;
+pub mod v1;
+
+pub use resources::{
+    AUTHORIZATION, MESH_RESOURCE, ResourceError, Resources, WAYPOINT_PREFIX, diff, resources,
+    to_mesh,
+};
