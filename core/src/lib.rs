@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod authz;
 pub mod ca_client;
+pub mod config_client;
 pub mod control;
 pub mod copy;
 pub mod drain;
@@ -14,8 +15,8 @@ pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod telemetry;
+pub mod testing;
 pub mod tls;
-pub mod xds;
 
 /// Well-known ports (Istio's numbering, so its NetworkPolicy guidance carries over).
 pub mod ports {

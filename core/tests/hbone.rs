@@ -1,4 +1,4 @@
-//! HBONE client and server over real TLS on loopback, with certificates from the mesh CA.
+//! HBONE client and server over real TLS on loopback, with certificates from a test CA.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,23 +6,17 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_controller::ca::{Ca, DEFAULT_WORKLOAD_TTL};
 use weft_core::hbone::{self, ConnectRequest, HboneError, Pool, PoolConfig, PoolKey, Rejection};
-use weft_core::identity::{SpiffeId, TrustBundle, WorkloadCert, WorkloadCsr};
+use weft_core::identity::{SpiffeId, TrustBundle, WorkloadCert};
+use weft_core::testing::TestCa;
 use weft_core::tls;
 
 fn id(sa: &str) -> SpiffeId {
     SpiffeId::new("cluster.local", "shop", sa)
 }
 
-fn issue(ca: &Ca, sa: &str) -> anyhow::Result<WorkloadCert> {
-    let csr = WorkloadCsr::generate(&id(sa))?;
-    let issued = ca.sign_csr(&csr.csr_pem, &id(sa), DEFAULT_WORKLOAD_TTL)?;
-    Ok(WorkloadCert::from_pem(
-        &id(sa),
-        &issued.chain_pem,
-        &csr.key_pem,
-    )?)
+fn issue(ca: &TestCa, sa: &str) -> anyhow::Result<WorkloadCert> {
+    Ok(ca.issue(&id(sa))?)
 }
 
 /// An HBONE server that echoes on tunnels to port 7 and answers 503 to anything else. Returns
@@ -118,7 +112,7 @@ async fn open(
 
 #[tokio::test]
 async fn many_streams_share_one_mtls_connection() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?.0;
+    let ca = TestCa::new("mesh")?;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
     let (addr, mut events) = echo_server(&server, &bundle).await?;
@@ -166,7 +160,7 @@ fn stream_box(s: &mut hbone::H2Stream) -> &mut hbone::H2Stream {
 
 #[tokio::test]
 async fn refused_tunnels_report_the_status() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?.0;
+    let ca = TestCa::new("mesh")?;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
     let (addr, _events) = echo_server(&server, &bundle).await?;
@@ -198,7 +192,7 @@ async fn refused_tunnels_report_the_status() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn client_refuses_a_server_with_another_identity() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?.0;
+    let ca = TestCa::new("mesh")?;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let (client, impostor) = (issue(&ca, "client")?, issue(&ca, "impostor")?);
     let (addr, _events) = echo_server(&impostor, &bundle).await?;
@@ -218,14 +212,14 @@ async fn client_refuses_a_server_with_another_identity() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn server_refuses_foreign_ca_expired_and_plaintext() -> anyhow::Result<()> {
-    let ca = Ca::generate("cluster.local")?.0;
+    let ca = TestCa::new("mesh")?;
     let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
     let server = issue(&ca, "web")?;
     let (addr, mut events) = echo_server(&server, &bundle).await?;
     let pool = Pool::new(PoolConfig::default());
 
     // A client whose certificate comes from another CA.
-    let other = Ca::generate("cluster.local")?.0;
+    let other = TestCa::new("foreign")?;
     let foreign = issue(&other, "client")?;
     assert!(
         open(&pool, &foreign, &bundle, addr, "web", 7)
@@ -236,15 +230,12 @@ async fn server_refuses_foreign_ca_expired_and_plaintext() -> anyhow::Result<()>
     assert!(event.contains("not issued by this mesh's CA"), "{event}");
 
     // An expired certificate from the right CA.
-    let csr = WorkloadCsr::generate(&id("client"))?;
     let now = time::OffsetDateTime::now_utc();
-    let issued = ca.sign_csr_valid(
-        &csr.csr_pem,
+    let expired = ca.issue_valid(
         &id("client"),
         now - time::Duration::hours(48),
         now - time::Duration::hours(24),
     )?;
-    let expired = WorkloadCert::from_pem(&id("client"), &issued.chain_pem, &csr.key_pem)?;
     assert!(
         open(&pool, &expired, &bundle, addr, "web", 7)
             .await

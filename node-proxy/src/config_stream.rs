@@ -1,13 +1,13 @@
 //! The node proxy's side of the controller's config stream (the shared client is
-//! `weft_core::xds`): each update is validated as a config file would be, its trust bundle
+//! `weft_core::config_client`): each update is validated as a config file would be, its trust bundle
 //! adopted, and the new index swapped in; waiting tasks are told.
 
 use std::sync::Arc;
 
 use tokio::sync::{Notify, oneshot};
+use weft_core::config_client::{self, StreamSettings};
 use weft_core::control::ControllerEndpoint;
 use weft_core::mesh::MeshIndex;
-use weft_core::xds::{self, StreamSettings};
 
 use crate::proxy::Proxy;
 
@@ -26,8 +26,8 @@ pub(crate) async fn run(
         trust_bundle: proxy.config.trust_bundle.clone(),
     };
     let mut first = Some(first);
-    xds::follow(stream, move |mesh, bundle| {
-        xds::adopt_bundle(&proxy.config.trust_bundle, &bundle, |path, pem| {
+    config_client::follow(stream, move |mesh, bundle| {
+        config_client::adopt_bundle(&proxy.config.trust_bundle, &bundle, |path, pem| {
             weft_core::ca_client::write_atomic(path, pem, 0o644).map_err(|e| e.to_string())
         })?;
         proxy.index.store(Arc::new(MeshIndex::new(mesh)));

@@ -54,7 +54,6 @@ pub fn guide(file: &str) -> Result<String> {
 /// A started mesh with [`ReviewsBehindWaypoint`] serving `weft-testsrv`, and a client pod
 /// `productpage` (service account `bookinfo-productpage`) on node 1.
 pub struct Bookinfo {
-    /// The bed.
     pub bed: TestBed,
     /// The client pod.
     pub client: Pod,

@@ -25,7 +25,6 @@ pub struct Pod {
     pub name: String,
     /// Kubernetes namespace.
     pub namespace: String,
-    /// Service account.
     pub service_account: String,
     /// Index of its node.
     pub node: usize,

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tracing::info;
+use weft_core::config_client::{self, StreamSettings};
 use weft_core::hbone::{Pool, PoolConfig};
 use weft_core::identity::SpiffeId;
-use weft_core::xds::{self, StreamSettings};
 
 /// Bodies the waypoint sends and receives.
 pub(crate) type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
@@ -38,7 +38,6 @@ pub struct Settings {
     pub namespace: String,
     /// Service account the waypoint runs as (its identity).
     pub service_account: String,
-    /// Trust domain.
     pub trust_domain: String,
     /// The controller's gRPC address.
     pub controller: SocketAddr,
@@ -144,7 +143,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     ));
     let applying = waypoint.clone();
     let mut first = Some(first_tx);
-    tokio::spawn(xds::follow(settings, move |mesh, _bundle| {
+    tokio::spawn(config_client::follow(settings, move |mesh, _bundle| {
         let snapshot =
             snapshot::Snapshot::build(mesh, &applying.namespace, &applying.name, &retained)?;
         applying.snapshot.store(Arc::new(snapshot));

@@ -35,7 +35,6 @@ pub struct DeploySettings {
     pub image: String,
     /// The controller's address as waypoints reach it (its Service's cluster IP).
     pub controller: SocketAddr,
-    /// Trust domain.
     pub trust_domain: String,
     /// The mesh root (PEM).
     pub root_pem: String,

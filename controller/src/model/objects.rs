@@ -9,7 +9,6 @@ use super::policy::{Policy, PolicyKind};
 /// A namespace and its labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
-    /// Name.
     pub name: String,
     /// Labels (`weft.io/dataplane-mode=ambient` enrolls it).
     pub labels: BTreeMap<String, String>,
@@ -27,9 +26,7 @@ pub struct PodPort {
 /// A pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
-    /// Name.
     pub name: String,
-    /// Namespace.
     pub namespace: String,
     /// Labels (`weft.io/dataplane-mode=none` opts it out).
     pub labels: BTreeMap<String, String>,
@@ -64,9 +61,7 @@ pub struct ServicePortSpec {
 /// A service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
-    /// Name.
     pub name: String,
-    /// Namespace.
     pub namespace: String,
     /// Labels (`weft.io/use-waypoint`).
     pub labels: BTreeMap<String, String>,
@@ -74,7 +69,6 @@ pub struct Service {
     pub selector: BTreeMap<String, String>,
     /// Cluster IP (`None` for headless services).
     pub cluster_ip: Option<IpAddr>,
-    /// Ports.
     pub ports: Vec<ServicePortSpec>,
 }
 
@@ -82,9 +76,7 @@ pub struct Service {
 /// else), by address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSlice {
-    /// Name.
     pub name: String,
-    /// Namespace.
     pub namespace: String,
     /// The service it belongs to (`kubernetes.io/service-name`).
     pub service: String,
@@ -97,13 +89,10 @@ pub struct EndpointSlice {
 pub struct Objects {
     /// Namespaces by name.
     pub namespaces: BTreeMap<String, Namespace>,
-    /// Pods.
     pub pods: BTreeMap<ObjectKey, Pod>,
-    /// Services.
     pub services: BTreeMap<ObjectKey, Service>,
     /// Policies (Istio, Linkerd, SMI, Gateway API).
     pub policies: BTreeMap<(PolicyKind, ObjectKey), Policy>,
-    /// EndpointSlices.
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
 }
 

@@ -75,7 +75,6 @@ fn key_name<S: serde::Serializer>(key: &ObjectKey, s: S) -> Result<S::Ok, S::Err
 /// A policy whose latest version could not be read (the last good one, if any, stays).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
-    /// Kind.
     pub kind: PolicyKind,
     /// Namespace and name.
     pub key: ObjectKey,

@@ -28,7 +28,6 @@ pub struct Kind {
     pub group: &'static str,
     /// API version.
     pub version: &'static str,
-    /// Kind.
     pub kind: &'static str,
     /// Plural resource name.
     pub plural: &'static str,

@@ -16,7 +16,6 @@ use manifests::ManifestDir;
 
 /// What a source saw.
 pub struct Observed {
-    /// The objects.
     pub objects: Objects,
     /// Errors, each naming the object (or file) and field.
     pub errors: Vec<String>,

@@ -31,13 +31,13 @@ impl Matcher {
     }
 }
 
-struct Named {
+struct NamedCondition {
     name: String,
     matcher: Matcher,
     invert: bool,
 }
 
-impl Named {
+impl NamedCondition {
     fn new(m: &NamedMatch) -> Result<Self, String> {
         Ok(Self {
             name: m.name.clone(),
@@ -51,8 +51,8 @@ impl Named {
 pub(crate) struct Condition {
     path: Option<Matcher>,
     method: Option<Matcher>,
-    headers: Vec<Named>,
-    query: Vec<Named>,
+    headers: Vec<NamedCondition>,
+    query: Vec<NamedCondition>,
     port: Option<u16>,
 }
 
@@ -80,8 +80,16 @@ impl CompiledRoute {
                 Ok(Condition {
                     path: m.path.as_ref().map(Matcher::new).transpose()?,
                     method: m.method.as_ref().map(Matcher::new).transpose()?,
-                    headers: m.headers.iter().map(Named::new).collect::<Result<_, _>>()?,
-                    query: m.query.iter().map(Named::new).collect::<Result<_, _>>()?,
+                    headers: m
+                        .headers
+                        .iter()
+                        .map(NamedCondition::new)
+                        .collect::<Result<_, _>>()?,
+                    query: m
+                        .query
+                        .iter()
+                        .map(NamedCondition::new)
+                        .collect::<Result<_, _>>()?,
                     port: m.port,
                 })
             })

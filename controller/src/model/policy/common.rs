@@ -182,7 +182,6 @@ pub struct TargetRef {
     pub group: Option<String>,
     /// Kind (`Service`, `Gateway`).
     pub kind: String,
-    /// Name.
     pub name: String,
     /// Namespace (same as the policy's when absent).
     #[serde(default)]

@@ -33,7 +33,6 @@ pub struct ParentRef {
     /// Kind (`Service`, `Gateway`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    /// Name.
     pub name: String,
     /// Namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,9 +109,7 @@ pub struct ValueMatch {
     /// `Exact` (default) or `RegularExpression`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    /// Name.
     pub name: String,
-    /// Value.
     pub value: String,
 }
 
@@ -223,9 +220,7 @@ pub struct GatewaySpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
-    /// Name.
     pub name: String,
-    /// Port.
     pub port: u16,
     /// Protocol (`HBONE` for waypoints).
     pub protocol: String,

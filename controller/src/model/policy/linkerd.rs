@@ -229,7 +229,6 @@ pub struct TrafficSplitSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backend {
-    /// Service.
     pub service: String,
     /// Relative weight (a number, or a quantity such as `500m`).
     pub weight: Number,

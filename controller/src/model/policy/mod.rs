@@ -41,7 +41,6 @@ pub enum PolicyKind {
 
 /// Where a kind is served from: (group, version, plural).
 pub struct ApiGroup {
-    /// Group.
     pub group: &'static str,
     /// Version watched.
     pub version: &'static str,
@@ -146,7 +145,6 @@ pub enum PolicySpec {
 /// A policy object.
 #[derive(Clone, Debug)]
 pub struct Policy {
-    /// Kind.
     pub kind: PolicyKind,
     /// Namespace and name.
     pub key: ObjectKey,
@@ -154,7 +152,6 @@ pub struct Policy {
     pub generation: Option<i64>,
     /// `metadata.uid` (owner of what the controller creates for it).
     pub uid: Option<String>,
-    /// Labels.
     pub labels: BTreeMap<String, String>,
     /// The typed spec.
     pub spec: PolicySpec,

@@ -64,7 +64,6 @@ pub struct Rule {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct From {
-    /// The source.
     pub source: Source,
 }
 
@@ -108,7 +107,6 @@ pub struct Source {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct To {
-    /// The operation.
     pub operation: Operation,
 }
 
