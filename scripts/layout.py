@@ -31,6 +31,9 @@ def module_files(src):
             rel = os.path.relpath(path, src)[:-3].split(os.sep)
             if rel[0] == "bin":
                 continue
+            # With a library, `crate::` means lib.rs; main.rs is a crate of its own.
+            if rel == ["main"] and os.path.exists(os.path.join(src, "lib.rs")):
+                continue
             if rel[-1] in ("lib", "main") and len(rel) == 1:
                 rel = []
             elif rel[-1] == "mod":
@@ -41,7 +44,7 @@ def module_files(src):
 
 def code_of(path):
     text = open(path, encoding="utf-8").read()
-    cut = re.search(r"^#\[cfg\(test\)\]\s*\n\s*(pub(\(crate\))? )?mod tests", text, re.M)
+    cut = re.search(r"^#\[cfg\(test\)\]\s*\n\s*(pub(\(crate\))? )?mod \w+", text, re.M)
     if cut:
         text = text[: cut.start()]
     # Drop comments and string literals.
@@ -127,6 +130,11 @@ def graph(crate):
             t = resolve(m.group(1).split("::"), here, files)
             if t:
                 targets.add(t)
+        # Inline paths through a child module (`child::f()`), not preceded by another segment.
+        for m in re.finditer(r"(?<![:\w])([a-z_][a-z0-9_]*)::[A-Za-z_]", code):
+            child = tuple(here) + (m.group(1),)
+            if child in files:
+                targets.add(files[child])
         targets.discard(path)
         edges[path] = targets
     return edges

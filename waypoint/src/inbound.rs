@@ -12,8 +12,9 @@ use tracing::{debug, warn};
 use weft_core::hbone::{self, PendingTunnel, Rejection};
 use weft_core::identity::SpiffeId;
 
-use crate::Waypoint;
-use crate::request::{self, Tunnel};
+use crate::request;
+use crate::shared::Tunnel;
+use crate::shared::Waypoint;
 
 /// Accepts until the process ends.
 pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener) {

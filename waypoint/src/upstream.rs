@@ -19,8 +19,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_core::hbone::{ConnectRequest, Pool, PoolKey};
 
-use crate::Body;
 use crate::backend::{Backend, ConnSlot, Endpoint, Http1Conn, Http2Conn};
+use crate::body::Body;
 use crate::identity::Identity;
 
 /// Why a request did not get a response.

@@ -3,7 +3,7 @@
 //! conntrack, read back with `SO_ORIGINAL_DST`) and TPROXY its inbound plaintext to the
 //! inbound-plaintext listener; HBONE (15008) and the node's health probes are left alone.
 //!
-//! Sockets the proxy opens inside the pod carry [`PROXY_MARK`] and are never captured. If the
+//! Sockets the proxy opens inside the pod carry `PROXY_MARK` and are never captured. If the
 //! proxy is down the rules stay and the listeners are gone, so captured traffic fails closed:
 //! TPROXY finding no listener lets the packet go on, so the rule after it drops it.
 //!
@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 use weft_core::ports;
 
-use super::PROXY_MARK;
+use weft_ebpf::PROXY_MARK;
 
 /// Why the rules could not be set up or removed.
 #[derive(Debug, thiserror::Error)]

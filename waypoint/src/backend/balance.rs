@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::endpoint::Endpoint;
 use super::pool::RequestSlot;
-use crate::Rng;
+use crate::rng::Rng;
 
 /// Why no endpoint was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use hyper::client::conn::{http1, http2};
 use tokio::sync::Notify;
 
-use crate::Body;
+use crate::body::Body;
 
 /// What the limits are enforced on, shared by a backend and the slots taken from it.
 #[derive(Default)]

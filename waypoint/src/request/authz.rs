@@ -4,8 +4,8 @@
 use http::{Request, StatusCode};
 use weft_core::authz::{self, Subject};
 
-use super::Tunnel;
 use super::reply::{Reply, ResponseFlag, local};
+use crate::shared::Tunnel;
 use crate::snapshot::BoundService;
 
 /// `None` if the policies allow the request, else the 403 answer naming the policy.

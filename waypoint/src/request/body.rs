@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// A request body that can be sent again: its frames as received.
 #[derive(Clone)]

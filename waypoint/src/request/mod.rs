@@ -20,34 +20,23 @@ mod timeout;
 mod tries;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::info;
-use weft_core::identity::SpiffeId;
 
 use self::reply::{Reply, ResponseFlag, local};
 use self::route::RequestView;
 use self::timeout::Deadlines;
 use self::tries::{Tries, TryBody};
+use crate::body::Body;
 use crate::metrics::RequestLabels;
+use crate::shared::Tunnel;
 use crate::snapshot::BoundService;
 use crate::upstream::Dialer;
-use crate::{Body, Waypoint};
-
-/// The tunnel a request arrived in.
-pub(crate) struct Tunnel {
-    pub(crate) waypoint: Arc<Waypoint>,
-    /// The client's proven identity (its node proxy presented the source workload's cert).
-    pub(crate) peer: SpiffeId,
-    /// The original client address (`forwarded`).
-    pub(crate) client: SocketAddr,
-    /// The original destination (service VIP:port or endpoint:port).
-    pub(crate) target: SocketAddr,
-}
 
 /// Serves one request: the pipeline, then its metrics sample and access log line.
 pub(crate) async fn handle(

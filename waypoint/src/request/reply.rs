@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 
-use crate::Body;
+use crate::body::Body;
 
 /// Why the waypoint answered a request itself (Envoy's response flags), or `None`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +139,7 @@ where
     Reply {
         response: Response::from_parts(
             parts,
-            body.map_err(|e| Box::new(e) as crate::BoxError)
+            body.map_err(|e| Box::new(e) as crate::body::BoxError)
                 .boxed_unsync(),
         ),
         flag: ResponseFlag::None,

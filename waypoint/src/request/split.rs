@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use weft_core::mesh::Route;
 
-use crate::Rng;
+use crate::rng::Rng;
 use crate::snapshot::BoundService;
 
 /// The index (into the service's backends) of the backend this request goes to.

@@ -16,9 +16,10 @@ use super::reply::{Reply, ResponseFlag, downstream_response, full, local, upstre
 use super::retry::{self, Budget, TryResult};
 use super::timeout::Deadlines;
 use crate::backend::{Backend, Outcome, PickError};
+use crate::body::Body;
 use crate::metrics::RequestLabels;
+use crate::shared::Waypoint;
 use crate::upstream::{self, Dialer, Guarded, UpstreamError};
-use crate::{Body, Waypoint};
 
 /// What the tries of one request share.
 pub(crate) struct Tries<'a> {

@@ -1,0 +1,22 @@
+//! A random source for load balancing, splits and jitter.
+
+/// xorshift64*: fast, good enough for load balancing and jitter.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// A generator started from `seed` (tests use fixed seeds to be repeatable).
+    pub(crate) fn seeded(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// Uniform in `0..n` (`0` when `n` is 0).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    }
+}

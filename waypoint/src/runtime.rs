@@ -1,0 +1,145 @@
+//! The waypoint's settings, built once from flags (`main.rs`), and the runtime that wires its
+//! parts: the certificate and config streams from the controller, the metrics and readiness
+//! listener, and the HBONE listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tracing::info;
+use weft_core::config_client::{self, StreamSettings};
+use weft_core::hbone::{Pool, PoolConfig};
+use weft_core::identity::SpiffeId;
+
+use crate::shared::Waypoint;
+use crate::{identity, inbound, metrics, snapshot};
+
+/// The waypoint's settings, built once from flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Name of the waypoint (its Gateway).
+    pub name: String,
+    /// Namespace of the waypoint.
+    pub namespace: String,
+    /// Service account the waypoint runs as (its identity).
+    pub service_account: String,
+    pub trust_domain: String,
+    /// The controller's gRPC address.
+    pub controller: SocketAddr,
+    /// File holding the credential for the controller.
+    pub controller_credential: PathBuf,
+    /// Certificates: `<dir>/<ns>/<sa>/{cert,key}.pem`.
+    pub cert_dir: PathBuf,
+    /// Trust bundle (PEM).
+    pub trust_bundle: PathBuf,
+    /// HBONE listener.
+    pub listen: SocketAddr,
+    /// Metrics (`/metrics`) and readiness (`/healthz/ready`).
+    pub metrics_addr: SocketAddr,
+}
+
+/// Runs the waypoint until SIGTERM or SIGINT.
+pub async fn run(args: Settings) -> anyhow::Result<()> {
+    let id = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account);
+    let bundle = args.trust_bundle.clone();
+    let certs = identity::Certs::new(&args.cert_dir, &bundle, id.clone());
+    tokio::spawn(certs.clone().watch());
+    let mut registry = prometheus_client::registry::Registry::with_prefix("weft");
+    let metrics = metrics::RequestMetrics::register(&mut registry);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let waypoint = Arc::new(Waypoint {
+        name: args.name.clone(),
+        namespace: args.namespace.clone(),
+        snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
+        certs,
+        pool: Arc::new(Pool::new(PoolConfig::default())),
+        metrics,
+        seed: AtomicU64::new(seed),
+    });
+
+    let retained = Arc::new(snapshot::Retained::default());
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let controller = weft_core::control::ControllerEndpoint {
+        addr: args.controller,
+        credential_file: args.controller_credential.clone(),
+        identity: weft_core::control::controller_identity(&args.trust_domain),
+    };
+    let settings = StreamSettings {
+        controller: controller.clone(),
+        node: format!("waypoint.{}.{}", args.namespace, args.name),
+        trust_bundle: bundle.clone(),
+    };
+    // Its own certificate, from the controller's CA, renewed at half-life.
+    let ca = weft_core::ca_client::CaSettings {
+        controller,
+        cert_dir: args.cert_dir.clone(),
+        trust_bundle: bundle,
+    };
+    let own = id.clone();
+    tokio::spawn(weft_core::ca_client::run(
+        ca,
+        move || [own.clone()].into(),
+        Arc::new(tokio::sync::Notify::new()),
+    ));
+    let applying = waypoint.clone();
+    let mut first = Some(first_tx);
+    tokio::spawn(config_client::follow(settings, move |mesh, _bundle| {
+        let snapshot =
+            snapshot::Snapshot::build(mesh, &applying.namespace, &applying.name, &retained)?;
+        applying.snapshot.store(Arc::new(snapshot));
+        if let Some(first) = first.take() {
+            let _ = first.send(());
+        }
+        Ok(())
+    }));
+
+    let registry = Arc::new(registry);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler: weft_core::admin::Handler = {
+        let ready = ready.clone();
+        Arc::new(move |path| match path {
+            "/metrics" => {
+                let mut text = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                weft_core::admin::Reply::text(text)
+            }
+            "/healthz/ready" if ready.load(Ordering::Relaxed) => {
+                weft_core::admin::Reply::text("ready\n")
+            }
+            "/healthz/ready" => weft_core::admin::Reply::status(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for the first config\n",
+            ),
+            _ => weft_core::admin::Reply::status(http::StatusCode::NOT_FOUND, "try /metrics\n"),
+        })
+    };
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    let (_stop, drain) = weft_core::drain::channel();
+    tokio::spawn(weft_core::admin::serve(metrics_listener, handler, drain));
+
+    info!(waypoint = %format!("{}/{}", args.namespace, args.name), identity = %id, controller = %args.controller, "waiting for the first config and a certificate");
+    let _ = first_rx.await;
+    while waypoint.certs.get().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the HBONE port {}", args.listen))?;
+    ready.store(true, Ordering::Relaxed);
+    info!(listen = %args.listen, "waypoint ready");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = inbound::run(waypoint, listener) => {}
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("waypoint stopped");
+    Ok(())
+}
