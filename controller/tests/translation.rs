@@ -7,7 +7,7 @@ use weft_controller::model::policy::istio::MtlsMode;
 use weft_controller::model::{Objects, mesh_config, translate};
 use weft_controller::source::manifests::parse_file;
 use weft_core::mesh::Protocol;
-use weft_core::mesh::StrMatch;
+use weft_core::mesh::{AuthzAction, StrMatch};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -169,6 +169,50 @@ fn authorization_policies_apply_to_the_service_whose_pods_they_select() {
     );
     assert_eq!(authz[0].name, "default/allow-get-reviews");
     assert_eq!(authz[0].rules[0].to[0].methods, vec!["GET".to_owned()]);
+}
+
+#[test]
+fn a_custom_policy_weft_cannot_delegate_denies_and_audit_decides_nothing() {
+    let o = objects(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: default}
+spec: {selector: {matchLabels: {app: reviews}}, action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {paths: [/admin*]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: default}
+spec: {selector: {matchLabels: {app: reviews}}, action: AUDIT, rules: [{}]}
+",
+    );
+    let mesh = mesh_config(&o, "cluster.local");
+    let at_waypoint = &mesh.waypoints[0].services[0].authz;
+    assert_eq!(at_waypoint.len(), 1, "{at_waypoint:?}");
+    assert_eq!(at_waypoint[0].name, "default/ext-authz");
+    assert_eq!(at_waypoint[0].action, AuthzAction::Deny, "fails closed");
+    let v1 = mesh
+        .workloads
+        .iter()
+        .find(|w| w.name == "reviews-v1")
+        .expect("reviews-v1");
+    assert!(
+        v1.authz
+            .iter()
+            .any(|p| p.name == "default/ext-authz" && p.action == AuthzAction::Deny),
+        "{:?}",
+        v1.authz
+    );
+    let verdicts = weft_controller::model::status::verdicts(&o, &[]);
+    let custom = verdicts
+        .iter()
+        .find(|v| v.key.name == "ext-authz")
+        .expect("verdict");
+    assert!(
+        custom.message.contains("CUSTOM not honoured"),
+        "{}",
+        custom.message
+    );
+    assert!(custom.message.contains("denied"), "{}", custom.message);
 }
 
 #[test]

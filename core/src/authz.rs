@@ -4,7 +4,9 @@
 //! Waypoints judge HTTP requests (every attribute known). Node proxies judge connections (L4):
 //! there the HTTP attributes (methods, paths, hosts, request headers) are unknown, and a rule
 //! that needs them is read to deny more, never less: in a DENY policy it matches, in an ALLOW
-//! policy it does not.
+//! policy it does not. The same holds for anything else Weft cannot read (a condition on an
+//! attribute it does not know, an address block that does not parse): a policy Weft cannot
+//! evaluate fails closed.
 
 use std::net::IpAddr;
 
@@ -85,30 +87,46 @@ fn none_of(patterns: &[String], value: Option<&str>) -> bool {
     patterns.is_empty() || !value.is_some_and(|v| patterns.iter().any(|p| glob_matches(p, v)))
 }
 
-fn in_blocks(blocks: &[String], ip: IpAddr) -> bool {
-    blocks.iter().any(|b| {
-        let (addr, len) = b.split_once('/').unwrap_or((b, ""));
-        let Ok(net) = addr.parse::<IpAddr>() else {
-            return false;
-        };
-        match (net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                let len: u32 = len.parse().unwrap_or(32).min(32);
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                u32::from(n) & mask == u32::from(i) & mask
+/// Whether `ip` is in one of `blocks` (addresses or CIDRs, IPv4 or IPv6). A block that does not
+/// parse counts as `unreadable`: the caller says which answer denies more.
+fn in_blocks(blocks: &[String], ip: IpAddr, unreadable: bool) -> bool {
+    blocks.iter().any(|b| in_block(b, ip).unwrap_or(unreadable))
+}
+
+fn in_block(block: &str, ip: IpAddr) -> Option<bool> {
+    let (addr, len) = match block.split_once('/') {
+        Some((addr, len)) => (addr, Some(len.parse::<u32>().ok()?)),
+        None => (block, None),
+    };
+    Some(match (addr.parse::<IpAddr>().ok()?, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let len = len.unwrap_or(32);
+            if len > 32 {
+                return None;
             }
-            (n, i) => n == i,
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
         }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let len = len.unwrap_or(128);
+            if len > 128 {
+                return None;
+            }
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
     })
 }
 
-fn source_matches(s: &AuthzSource, subject: &Subject<'_>) -> bool {
+/// `unknown`: what an attribute Weft cannot read gives (true in DENY, false in ALLOW).
+fn source_matches(s: &AuthzSource, subject: &Subject<'_>, unknown: bool) -> bool {
     any_or_empty(&s.principals, subject.principal)
         && none_of(&s.not_principals, subject.principal)
         && any_or_empty(&s.namespaces, subject.namespace)
         && none_of(&s.not_namespaces, subject.namespace)
-        && (s.ip_blocks.is_empty() || in_blocks(&s.ip_blocks, subject.ip))
-        && !in_blocks(&s.not_ip_blocks, subject.ip)
+        && (s.ip_blocks.is_empty() || in_blocks(&s.ip_blocks, subject.ip, unknown))
+        && !in_blocks(&s.not_ip_blocks, subject.ip, !unknown)
 }
 
 /// `unknown`: what an HTTP attribute test gives where the request is not known (L4).
@@ -152,7 +170,9 @@ fn condition_matches(c: &AuthzCondition, subject: &Subject<'_>, unknown: bool) -
                 .strip_prefix("request.headers[")
                 .and_then(|k| k.strip_suffix(']'))
             else {
-                return false;
+                // An attribute Weft cannot evaluate: a DENY rule denies, an ALLOW rule does not
+                // allow.
+                return unknown;
             };
             let Some(request) = &subject.request else {
                 return unknown;
@@ -169,7 +189,11 @@ fn condition_matches(c: &AuthzCondition, subject: &Subject<'_>, unknown: bool) -
 }
 
 fn rule_matches(rule: &AuthzRule, subject: &Subject<'_>, unknown: bool) -> bool {
-    (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, subject)))
+    (rule.from.is_empty()
+        || rule
+            .from
+            .iter()
+            .any(|s| source_matches(s, subject, unknown)))
         && (rule.to.is_empty()
             || rule
                 .to
@@ -301,5 +325,69 @@ mod tests {
             }],
         };
         assert!(check(&[deny_post], &connection(pp)).is_err());
+    }
+
+    fn l4(ip: &str) -> Subject<'static> {
+        Subject {
+            principal: Some("cluster.local/ns/shop/sa/client"),
+            namespace: Some("shop"),
+            ip: ip.parse().expect("ip"),
+            port: 8080,
+            request: None,
+        }
+    }
+
+    fn policy(action: AuthzAction, rule: AuthzRule) -> AuthzPolicy {
+        AuthzPolicy {
+            name: "shop/p".into(),
+            action,
+            rules: vec![rule],
+        }
+    }
+
+    #[test]
+    fn a_condition_weft_cannot_evaluate_denies_in_deny_and_does_not_allow_in_allow() {
+        let unknown = AuthzRule {
+            when: vec![AuthzCondition {
+                key: "request.auth.claims[groups]".into(),
+                values: vec!["admin".into()],
+                not_values: vec![],
+            }],
+            ..AuthzRule::default()
+        };
+        let deny = policy(AuthzAction::Deny, unknown.clone());
+        assert!(check(&[deny], &l4("10.0.0.1")).is_err(), "DENY must deny");
+        let allow = policy(AuthzAction::Allow, unknown);
+        assert!(
+            check(&[allow], &l4("10.0.0.1")).is_err(),
+            "ALLOW must not allow"
+        );
+    }
+
+    #[test]
+    fn ip_blocks_honour_prefixes_in_both_families_and_unreadable_blocks_fail_closed() {
+        let from = |blocks: &[&str]| AuthzRule {
+            from: vec![AuthzSource {
+                ip_blocks: blocks.iter().map(|b| (*b).to_owned()).collect(),
+                ..AuthzSource::default()
+            }],
+            ..AuthzRule::default()
+        };
+        let deny_v6 = policy(AuthzAction::Deny, from(&["2001:db8::/32"]));
+        assert!(check(std::slice::from_ref(&deny_v6), &l4("2001:db8:1::7")).is_err());
+        assert!(check(&[deny_v6], &l4("2001:db9::7")).is_ok());
+        let deny_v4 = policy(AuthzAction::Deny, from(&["10.1.0.0/16"]));
+        assert!(check(std::slice::from_ref(&deny_v4), &l4("10.1.200.3")).is_err());
+        assert!(check(&[deny_v4], &l4("10.2.0.3")).is_ok());
+        let garbled = policy(AuthzAction::Deny, from(&["10.1.0.0/99"]));
+        assert!(
+            check(&[garbled], &l4("10.9.9.9")).is_err(),
+            "DENY on an unreadable block denies"
+        );
+        let garbled = policy(AuthzAction::Allow, from(&["not-an-ip"]));
+        assert!(
+            check(&[garbled], &l4("10.9.9.9")).is_err(),
+            "ALLOW on an unreadable block does not allow"
+        );
     }
 }

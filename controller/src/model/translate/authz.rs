@@ -27,7 +27,10 @@ pub(crate) fn authz_for(
         let action = match ap.action {
             Action::Allow => AuthzAction::Allow,
             Action::Deny => AuthzAction::Deny,
-            Action::Audit | Action::Custom => continue,
+            // Weft has no external authorizer: what a CUSTOM policy matches is denied (fail
+            // closed). AUDIT only logs in Istio; it decides nothing.
+            Action::Custom => AuthzAction::Deny,
+            Action::Audit => continue,
         };
         let root = ROOT_NAMESPACES.contains(&p.key.namespace.as_str());
         let targets: Vec<&TargetRef> = ap.target_ref.iter().chain(ap.target_refs.iter()).collect();
@@ -103,7 +106,10 @@ pub fn workload_authz(objects: &Objects, pod: &Pod) -> Vec<AuthzPolicy> {
         let action = match ap.action {
             Action::Allow => AuthzAction::Allow,
             Action::Deny => AuthzAction::Deny,
-            Action::Audit | Action::Custom => continue,
+            // Weft has no external authorizer: what a CUSTOM policy matches is denied (fail
+            // closed). AUDIT only logs in Istio; it decides nothing.
+            Action::Custom => AuthzAction::Deny,
+            Action::Audit => continue,
         };
         let in_scope =
             p.key.namespace == pod.namespace || ROOT_NAMESPACES.contains(&p.key.namespace.as_str());

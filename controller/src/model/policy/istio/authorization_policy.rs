@@ -120,15 +120,16 @@ pub use weft_core::mesh::AuthzCondition as Condition;
 impl AuthorizationPolicySpec {
     /// Reports what Weft does not do.
     pub fn notes(&self, notes: &mut Notes) {
-        if matches!(self.action, Action::Audit | Action::Custom) {
-            notes.note(
+        match self.action {
+            Action::Custom => notes.note(
                 "spec.action",
-                format!(
-                    "{:?} not honoured: only ALLOW and DENY are enforced; this policy is ignored",
-                    self.action
-                )
-                .to_uppercase(),
-            );
+                "CUSTOM not honoured: Weft has no external authorizer, so what this policy matches is denied (fail closed)",
+            ),
+            Action::Audit => notes.note(
+                "spec.action",
+                "AUDIT not honoured: Weft does not write audit records; the policy decides nothing",
+            ),
+            Action::Allow | Action::Deny => {}
         }
         notes.unhonoured("spec.provider", &self.provider, "external authorization");
         if let Some(s) = &self.selector {
@@ -187,7 +188,7 @@ impl AuthorizationPolicySpec {
                     notes.note(
                         &format!("spec.rules[{i}].when[{j}].key"),
                         format!(
-                            "{:?} is not an attribute Weft evaluates; the condition never matches",
+                            "{:?} is not an attribute Weft evaluates: in a DENY rule the condition matches (denies), in an ALLOW rule it does not (fails closed)",
                             c.key
                         ),
                     );
