@@ -280,6 +280,57 @@ fn a_pod_behind_a_waypoint_refuses_tunnels_that_skip_it() -> Result<()> {
 }
 
 #[test]
+fn the_waypoint_refuses_a_forwarded_address_the_peer_cannot_vouch_for() -> Result<()> {
+    use weft_core::hbone::HboneError;
+    use weft_core::identity::TrustBundle;
+
+    let b = bookinfo("wpspoof")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let netns = std::sync::Arc::new(weft_core::netns::Netns::open(
+        &Path::new("/run/netns").join(&b.bed.nodes()[0].netns),
+    )?);
+    // The client's own, valid certificate, claiming to forward for reviews-v2 (another
+    // identity), then for an address that is no workload at all: both refused (401), logged.
+    let client_cert = weft_testbed::rogue::cert(b.bed.ca(), &b.client.identity(), None)?;
+    let bundle = TrustBundle::from_pem("bed root", b.bed.ca().root_pem())?;
+    let service = std::net::SocketAddr::new(REVIEWS_VIP.into(), 9080);
+    let open_as = |client: std::net::Ipv4Addr| {
+        rt.block_on(weft_testbed::rogue::tunnel_via(
+            &netns,
+            &client_cert,
+            &bundle,
+            b.waypoint.ip.into(),
+            &b.waypoint.identity(),
+            service,
+            std::net::SocketAddr::new(client.into(), 40000),
+        ))
+    };
+    let log = b.bed.waypoint_log_path(&b.waypoint);
+    for spoofed in [b.v2.ip, std::net::Ipv4Addr::new(10, 10, 9, 9)] {
+        let refused = open_as(spoofed)
+            .err()
+            .with_context(|| format!("a tunnel forwarding for {spoofed} was opened"))?;
+        ensure!(
+            matches!(refused, HboneError::Refused { status, .. } if status == 401),
+            "{refused}"
+        );
+    }
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(
+        text.contains("is not a workload with identity"),
+        "the refusal was not logged:\n{text}"
+    );
+    // The truth still opens a tunnel.
+    ensure!(
+        open_as(b.client.ip).is_ok(),
+        "the client's own address was refused"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_waypoint_gets_its_own_certificate_from_the_controller_and_no_other() -> Result<()> {
     let b = bookinfo("wpca")?;
     let log = std::fs::read_to_string(b.bed.waypoint_log_path(&b.waypoint))?;

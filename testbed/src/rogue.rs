@@ -35,10 +35,26 @@ pub async fn tunnel(
     server_id: &SpiffeId,
     client: SocketAddr,
 ) -> Result<H2Stream, HboneError> {
+    tunnel_via(netns, cert, bundle, server.ip(), server_id, server, client).await
+}
+
+/// Opens an HBONE tunnel to `destination` through the proxy at `proxy:15008` (proving
+/// `proxy_id`: a waypoint, say), with `cert`, claiming to come from `client`.
+pub async fn tunnel_via(
+    netns: &Arc<Netns>,
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+    proxy: std::net::IpAddr,
+    proxy_id: &SpiffeId,
+    destination: SocketAddr,
+    client: SocketAddr,
+) -> Result<H2Stream, HboneError> {
+    let server = destination;
+    let server_id = proxy_id;
     let pool = Pool::new(PoolConfig::default());
     let key = PoolKey {
         source: cert.identity().clone(),
-        proxy: SocketAddr::new(server.ip(), 15008),
+        proxy: SocketAddr::new(proxy, 15008),
         destination: server_id.clone(),
     };
     let netns = netns.clone();

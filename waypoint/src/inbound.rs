@@ -78,12 +78,22 @@ async fn serve_tunnel(waypoint: Arc<Waypoint>, peer: SpiffeId, pending: PendingT
         pending.reject(&rejection);
         return;
     };
-    if waypoint
-        .snapshot
-        .load()
-        .service_for(target.destination)
-        .is_none()
-    {
+    let snapshot = waypoint.snapshot.load();
+    // The `forwarded` address is a claim: it stands only if the workload there has the identity
+    // the peer proved. An unverified address is never used for policy, metrics, or passed on.
+    let verified = snapshot
+        .mesh
+        .workload_by_ip(client.ip())
+        .is_some_and(|w| snapshot.mesh.identity(w) == peer);
+    if !verified {
+        let rejection = Rejection::Denied(format!(
+            "forwarded address {client} is not a workload with identity {peer}"
+        ));
+        warn!(%peer, "tunnel refused: {rejection}");
+        pending.reject(&rejection);
+        return;
+    }
+    if snapshot.service_for(target.destination).is_none() {
         let rejection = Rejection::BadRequest(format!(
             "{} is not a service bound to waypoint {}/{}",
             target.destination, waypoint.namespace, waypoint.name
