@@ -15,6 +15,7 @@ weft_testbed::in_both_capture_modes!(
     proxy_down_fails_closed_and_restart_recovers_within_2s,
     cni_add_needs_the_proxy_and_del_always_succeeds,
     native_ipv6_from_an_enrolled_pod_is_refused_not_bypassed,
+    a_pod_connecting_to_the_proxy_listener_itself_is_refused_without_a_loop,
 );
 
 /// Connections the node proxies have handled, all reporters, both nodes.
@@ -490,5 +491,60 @@ fn native_ipv6_from_an_enrolled_pod_is_refused_not_bypassed(mode: CaptureMode) -
         served(&bed, &plain) == seen,
         "the server saw the enrolled pod's IPv6 request"
     );
+    Ok(())
+}
+
+/// Open file descriptors of node `i`'s proxy.
+fn proxy_fds(bed: &TestBed, i: usize) -> Result<usize> {
+    let pid = bed
+        .proxy_pid(i)
+        .ok_or_else(|| anyhow::anyhow!("no proxy on node {i}"))?;
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+fn a_pod_connecting_to_the_proxy_listener_itself_is_refused_without_a_loop(
+    mode: CaptureMode,
+) -> Result<()> {
+    let mut bed = TestBed::new("selfconn", 2)?;
+    bed.capture_mode(mode);
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let server = bed.pod("web").namespace("shop").on_node(1).add()?;
+    bed.start()?;
+    bed.serve_http(&server, 8080, &[("x", "web")])?;
+    let (ok, _, err) = fetch(&bed, &client, &server, "x")?;
+    ensure!(ok, "client -> web before: {err}");
+    let fds_before = proxy_fds(&bed, 0)?;
+    let mark = bed.proxy_log(0).len();
+    // The pod dials the proxy's own outbound listener (and its other mesh ports) directly.
+    for url in [
+        "http://127.0.0.1:15001/".to_owned(),
+        format!("http://{}:15006/", client.ip),
+        format!("http://{}:15001/", client.ip),
+    ] {
+        let started = Instant::now();
+        let out = bed.exec(&client, &["curl", "-sS", "--max-time", "5", &url])?;
+        ensure!(!out.status.success(), "{url} answered");
+        ensure!(
+            started.elapsed() < Duration::from_secs(4),
+            "{url}: the connection hung instead of being refused"
+        );
+    }
+    // Nothing runs away: a loop would open connections (file descriptors) by the thousand.
+    std::thread::sleep(Duration::from_millis(300));
+    let fds_after = proxy_fds(&bed, 0)?;
+    ensure!(
+        fds_after <= fds_before + 20,
+        "the proxy's file descriptors went from {fds_before} to {fds_after}"
+    );
+    let log = bed.proxy_log(0);
+    let new = &log[mark..];
+    ensure!(
+        new.lines().count() < 200,
+        "{} log lines for three refused connections",
+        new.lines().count()
+    );
+    ensure!(bed.proxy_running(0), "the proxy died");
+    let (ok, body, err) = fetch(&bed, &client, &server, "x")?;
+    ensure!(ok && body == "web", "client -> web after: {err}");
     Ok(())
 }

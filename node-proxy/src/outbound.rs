@@ -42,6 +42,10 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
             return;
         }
     };
+    if let Some(why) = forbidden_destination(pod, dst) {
+        warn!(%client, %dst, "early deny: {why}");
+        return;
+    }
     let _ = stream.set_nodelay(true);
     let index = proxy.index.load();
     let src_id = index.identity(&pod.workload);
@@ -161,6 +165,21 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         started,
     };
     forward(proxy, conn, stream, tunnel).await;
+}
+
+/// Why a captured connection may not go where it asked: loopback (captured traffic to
+/// loopback can only be a connection to the proxy's own listener, which passed through would
+/// reach that listener again, without end) or the mesh's own ports on the pod.
+fn forbidden_destination(pod: &Pod, dst: SocketAddr) -> Option<&'static str> {
+    if dst.ip().is_loopback() || dst.ip().is_unspecified() {
+        return Some("loopback is not a destination of captured traffic");
+    }
+    if dst.ip() == std::net::IpAddr::V4(pod.ip)
+        && weft_core::hbone::MESH_PORTS.contains(&dst.port())
+    {
+        return Some("the mesh's own ports are not a destination");
+    }
+    None
 }
 
 /// A connection that leaves as plain TCP.

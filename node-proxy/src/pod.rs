@@ -21,6 +21,10 @@ pub(crate) struct Pod {
     pub(crate) ip: Ipv4Addr,
 }
 
+/// Connections one listener of one pod may have open at once: beyond it new ones are closed,
+/// so one pod cannot take the node proxy's file descriptors from every other.
+const MAX_CONNECTIONS_PER_LISTENER: usize = 4096;
+
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -41,6 +45,8 @@ pub(crate) async fn accept_loop<F, Fut>(
     // An accept error (out of file descriptors, say) usually persists for a while: back off
     // rather than spin, and log once per streak.
     let mut backoff = Duration::ZERO;
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+    let mut refusing = false;
     loop {
         let (stream, peer) = tokio::select! {
             _ = drain.signaled() => return,
@@ -59,6 +65,14 @@ pub(crate) async fn accept_loop<F, Fut>(
             },
         };
         backoff = Duration::ZERO;
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if !refusing {
+                warn!(pod = %pod.workload.name, listener = listener_name, limit = MAX_CONNECTIONS_PER_LISTENER, "connection limit reached; closing new connections");
+                refusing = true;
+            }
+            continue;
+        };
+        refusing = false;
         let span = tracing::info_span!(
             "conn",
             listener = listener_name,
@@ -67,6 +81,12 @@ pub(crate) async fn accept_loop<F, Fut>(
             %peer
         );
         let task = handle(proxy.clone(), pod.clone(), stream, peer, drain.clone());
-        tokio::spawn(task.instrument(span));
+        tokio::spawn(
+            async move {
+                task.await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
