@@ -280,6 +280,57 @@ fn a_pod_behind_a_waypoint_refuses_tunnels_that_skip_it() -> Result<()> {
 }
 
 #[test]
+fn a_deny_on_a_path_holds_for_every_spelling_of_it() -> Result<()> {
+    let b = bookinfo("wppath")?;
+    b.apply(
+        "no-admin.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+",
+    )?;
+    let status = |path: &str| -> Result<String> {
+        let out = b.bed.exec(
+            &b.client,
+            &[
+                "curl",
+                "-sS",
+                "--path-as-is",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &url(path),
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    ensure!(status("/reviews/1")? == "200", "an ordinary request failed");
+    for spelling in [
+        "/admin",
+        "/x/../admin",
+        "//admin",
+        "/./admin",
+        "/%61dmin",
+        "/x/%2E%2E/admin",
+    ] {
+        let code = status(spelling)?;
+        ensure!(code == "403", "{spelling} answered {code}, not 403");
+    }
+    for ambiguous in ["/a%2Fadmin", "/a%5Cadmin"] {
+        let code = status(ambiguous)?;
+        ensure!(code == "400", "{ambiguous} answered {code}, not 400");
+    }
+    Ok(())
+}
+
+#[test]
 fn the_waypoint_refuses_a_forwarded_address_the_peer_cannot_vouch_for() -> Result<()> {
     use weft_core::hbone::HboneError;
     use weft_core::identity::TrustBundle;

@@ -1,5 +1,6 @@
 //! One request through the L7 pipeline, one concern per file:
 //!
+//!     normalize→ one spelling of the path for every layer and the endpoint (400 if ambiguous)
 //!     route    → the first route whose conditions match (404 NR otherwise)
 //!     authz    → the service's AuthorizationPolicies (403 RBAC)
 //!     split    → a backend by weight, or the one holding the pod the client addressed
@@ -12,6 +13,7 @@
 
 mod authz;
 mod body;
+mod normalize;
 mod reply;
 pub(crate) mod retry;
 pub(crate) mod route;
@@ -122,10 +124,22 @@ pub(crate) async fn handle(
 async fn serve(
     tunnel: &Tunnel,
     service: &Arc<BoundService>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     labels: &mut RequestLabels,
     http2: bool,
 ) -> Reply {
+    // Normalize.
+    match normalize::normalize_uri(request.uri()) {
+        Ok(Some(uri)) => *request.uri_mut() = uri,
+        Ok(None) => {}
+        Err(e) => {
+            return local(
+                StatusCode::BAD_REQUEST,
+                ResponseFlag::BadRequest,
+                format!("weft waypoint: {e}"),
+            );
+        }
+    }
     let port = service.service_port(tunnel.target);
     let host = request
         .headers()

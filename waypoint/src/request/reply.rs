@@ -29,6 +29,8 @@ pub(crate) enum ResponseFlag {
     RetriesExhausted,
     /// Authorization denied it (`RBAC`).
     Denied,
+    /// The request itself was refused, e.g. an ambiguous path (`DPE`).
+    BadRequest,
 }
 
 impl ResponseFlag {
@@ -43,6 +45,7 @@ impl ResponseFlag {
             Self::Timeout => "UT",
             Self::RetriesExhausted => "URX",
             Self::Denied => "RBAC",
+            Self::BadRequest => "DPE",
         }
     }
 }
