@@ -127,6 +127,68 @@ spec:
 }
 
 #[test]
+fn timed_out_requests_give_back_their_connections() -> Result<()> {
+    let b = bookinfo("wpwedge")?;
+    b.apply(
+        "pool.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - timeout: 1s
+    retries: {attempts: 0}
+    route:
+    - destination: {host: reviews}
+",
+    )?;
+    let code = |path: &str| -> Result<String> {
+        let out = b.bed.exec(
+            &b.client,
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                &url(path),
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    // Four requests time out at the waypoint, each holding one of the two connections when
+    // its timeout fires.
+    b.bed.testsrv_set(&b.v1, "delay_ms=3000")?;
+    b.bed.testsrv_set(&b.v2, "delay_ms=3000")?;
+    for i in 0..4 {
+        let c = code("/slow")?;
+        ensure!(c == "504", "slow request {i}: {c}");
+    }
+    // The backend is healthy again: every request must be served. A connection slot leaked
+    // by each timeout would leave none (504 UT or 503 UO from here on).
+    b.bed.testsrv_set(&b.v1, "delay_ms=0")?;
+    b.bed.testsrv_set(&b.v2, "delay_ms=0")?;
+    for i in 0..20 {
+        let c = code("/reviews/1")?;
+        ensure!(c == "200", "request {i} after the timeouts: {c}");
+    }
+    Ok(())
+}
+
+#[test]
 fn the_retry_budget_caps_extra_load_when_the_backend_fails_everything() -> Result<()> {
     let mut bed = TestBed::new("wpbudget", 2)?;
     bed.with_controller();
