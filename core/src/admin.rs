@@ -56,13 +56,21 @@ pub type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
 /// Serves `handler` on `listener` until drain.
 pub async fn serve(listener: TcpListener, handler: Handler, drain: drain::Watch) {
+    let mut backoff = crate::accept::Backoff::default();
     loop {
         let accepted = tokio::select! {
             _ = drain.signaled() => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, peer)) = accepted else {
-            continue;
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff.succeeded();
+                pair
+            }
+            Err(e) => {
+                backoff.failed("admin", &e).await;
+                continue;
+            }
         };
         let handler = handler.clone();
         tokio::spawn(async move {

@@ -170,7 +170,32 @@ pub fn write_atomic(path: &Path, contents: &str, mode: u32) -> std::io::Result<(
         .truncate(true)
         .mode(mode)
         .open(&tmp)?;
+    // `mode` applies only when the file is created: a temporary file left by a crash keeps
+    // whatever mode it had unless it is set here.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn the_written_file_has_the_mode_even_over_a_stale_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("weft-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("key.pem");
+        let stale = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(&stale, "old").expect("stale");
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        write_atomic(&path, "secret", 0o600).expect("written");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "secret");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

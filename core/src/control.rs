@@ -90,11 +90,15 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
+        let mut backoff = crate::accept::Backoff::default();
         loop {
             let (tcp, peer) = match listener.accept().await {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff.succeeded();
+                    pair
+                }
                 Err(e) => {
-                    debug!(error = %e, "control-plane accept failed");
+                    backoff.failed("control plane", &e).await;
                     continue;
                 }
             };

@@ -1,6 +1,7 @@
 //! The library the Weft binaries share: identity and TLS, HBONE, the mesh state, metrics,
 //! drain, the admin server and network-namespace sockets.
 
+pub mod accept;
 pub mod admin;
 pub mod api;
 pub mod authz;

@@ -430,7 +430,17 @@ fn garbage_on_the_waypoint_port_is_refused_and_it_keeps_serving() -> Result<()> 
                 match stream.read(&mut buf) {
                     Ok(0) => return Ok(true),
                     Ok(n) => total += n,
-                    Err(_) => return Ok(total > 0),
+                    // Still open after 5 s: hung, not closed.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Ok(false);
+                    }
+                    // Reset by the waypoint: closed.
+                    Err(_) => return Ok(true),
                 }
                 if total > 4096 {
                     return Ok(false);
@@ -439,11 +449,19 @@ fn garbage_on_the_waypoint_port_is_refused_and_it_keeps_serving() -> Result<()> 
         })??;
         ensure!(closed, "the waypoint kept a garbage connection open");
     }
-    let log = std::fs::read_to_string(b.bed.waypoint_log_path(&b.waypoint))?;
-    ensure!(
-        log.matches("HBONE connection refused").count() >= 2,
-        "no refusal logged:\n{log}"
-    );
+    // The refusal is logged by the connection's task, after the socket closed: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let log = std::fs::read_to_string(b.bed.waypoint_log_path(&b.waypoint))?;
+        if log.matches("HBONE connection refused").count() >= 2 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no refusal logged:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let tally = b
         .bed
         .load(&b.client, &["--url", &url("/"), "--requests", "20"])?;

@@ -27,13 +27,17 @@ pub(crate) fn serve(path: &Path, calls: mpsc::Sender<Call>, drain: drain::Watch)
     }
     let listener = UnixListener::bind(path)?;
     tokio::spawn(async move {
+        let mut backoff = weft_core::accept::Backoff::default();
         loop {
             let stream = tokio::select! {
                 _ = drain.signaled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => {
+                        backoff.succeeded();
+                        stream
+                    }
                     Err(e) => {
-                        warn!(error = %e, "CNI socket accept failed");
+                        backoff.failed("CNI socket", &e).await;
                         continue;
                     }
                 },

@@ -123,9 +123,10 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(config.reload_interval);
-    let mut last_text = match &config.source {
-        ConfigSource::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
-        ConfigSource::Controller(_) => String::new(),
+    // What the config file held when last read (a digest, not the text: it may be large).
+    let mut last_read: Option<u64> = match &config.source {
+        ConfigSource::File(path) => weft_core::mesh::read_config(path).ok().map(|t| digest(&t)),
+        ConfigSource::Controller(_) => None,
     };
     loop {
         let mut call = None;
@@ -137,7 +138,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
             Some(c) = cni_rx.recv() => call = Some(c),
             _ = changed.notified() => streamed = true,
         }
-        let changed = streamed || reload_config(&proxy, &mut last_text);
+        let changed = streamed || reload_config(&proxy, &mut last_read);
         let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
         if changed || stamp != proxy.certs.load().stamp {
             let mut next = load_certs(&config, &proxy.index.load());
@@ -173,28 +174,25 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
 
 /// Re-reads the config file if its text changed. A bad version is reported and the last good
 /// config stays in force.
-fn reload_config(proxy: &Proxy, last_text: &mut String) -> bool {
+fn reload_config(proxy: &Proxy, last_read: &mut Option<u64>) -> bool {
     let ConfigSource::File(path) = &proxy.config.source else {
         return false;
     };
-    let text = match std::fs::read_to_string(path) {
+    let text = match weft_core::mesh::read_config(path) {
         Ok(text) => text,
         Err(e) => {
-            if !last_text.is_empty() {
-                error!(
-                    "config {}: {e}; keeping the last good config",
-                    path.display()
-                );
-                last_text.clear();
+            if last_read.take().is_some() {
+                error!("{e}; keeping the last good config");
             }
             return false;
         }
     };
-    if text == *last_text {
+    let read = digest(&text);
+    if *last_read == Some(read) {
         return false;
     }
-    *last_text = text;
-    match MeshConfig::parse(path, last_text) {
+    *last_read = Some(read);
+    match MeshConfig::parse(path, &text) {
         Ok(mesh) => {
             info!(
                 workloads = mesh.workloads.len(),
@@ -209,6 +207,14 @@ fn reload_config(proxy: &Proxy, last_text: &mut String) -> bool {
             false
         }
     }
+}
+
+/// A digest of a config file's text, to tell whether it changed.
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Answers weft-cni: the pod is captured before the ADD returns, or the ADD fails.

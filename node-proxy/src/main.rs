@@ -80,6 +80,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log_format, "info");
+    match weft_core::accept::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     let bpf_pin_dir = args.bpf_pin_dir.clone().unwrap_or_else(|| {
         PathBuf::from(weft_ebpf::BPFFS)
             .join("weft")

@@ -2,7 +2,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::warn;
 use weft_core::drain;
@@ -25,9 +24,6 @@ pub(crate) struct Pod {
 /// so one pod cannot take the node proxy's file descriptors from every other.
 const MAX_CONNECTIONS_PER_LISTENER: usize = 4096;
 
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
 /// Accepts on one of a pod's listeners until `drain`, running `handle` for each connection in
 /// its own task, under a span naming the listener, a connection id, the pod and the peer.
 pub(crate) async fn accept_loop<F, Fut>(
@@ -42,9 +38,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use tracing::Instrument;
-    // An accept error (out of file descriptors, say) usually persists for a while: back off
-    // rather than spin, and log once per streak.
-    let mut backoff = Duration::ZERO;
+    let mut backoff = weft_core::accept::Backoff::default();
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
     let mut refusing = false;
     loop {
@@ -53,18 +47,14 @@ pub(crate) async fn accept_loop<F, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    if backoff.is_zero() {
-                        warn!(pod = %pod.workload.name, listener = listener_name, error = %e, "accept failed; backing off");
-                    }
-                    backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
                     tokio::select! {
                         _ = drain.signaled() => return,
-                        _ = tokio::time::sleep(backoff) => continue,
+                        _ = backoff.failed(listener_name, &e) => continue,
                     }
                 }
             },
         };
-        backoff = Duration::ZERO;
+        backoff.succeeded();
         let Ok(permit) = open.clone().try_acquire_owned() else {
             if !refusing {
                 warn!(pod = %pod.workload.name, listener = listener_name, limit = MAX_CONNECTIONS_PER_LISTENER, "connection limit reached; closing new connections");

@@ -18,12 +18,15 @@ use crate::shared::Waypoint;
 
 /// Accepts until the process ends.
 pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener) {
+    let mut backoff = weft_core::accept::Backoff::default();
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
             Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff.failed("HBONE", &e).await;
                 continue;
             }
         };

@@ -10,4 +10,4 @@ mod spiffe;
 
 pub use cert::{CertError, TrustBundle, WorkloadCert, peer_identity};
 pub use csr::{CsrError, WorkloadCsr};
-pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError};
+pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError, valid_name, valid_trust_domain};

@@ -20,9 +20,9 @@ pub enum SpiffeIdError {
     /// The string does not start with `spiffe://`.
     #[error("{0:?} is not a SPIFFE ID: it must start with spiffe://")]
     Scheme(String),
-    /// The path is not `/ns/<namespace>/sa/<serviceaccount>`.
+    /// The path is not `/ns/<namespace>/sa/<serviceaccount>` with Kubernetes names.
     #[error(
-        "{0:?} is not a workload SPIFFE ID: expected spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>"
+        "{0:?} is not a workload SPIFFE ID: expected spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>, with Kubernetes names"
     )]
     Path(String),
 }
@@ -94,12 +94,40 @@ impl FromStr for SpiffeId {
             .ok_or_else(|| SpiffeIdError::Scheme(s.to_owned()))?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
-            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+            [td, "ns", ns, "sa", sa]
+                if valid_trust_domain(td) && valid_name(ns) && valid_name(sa) =>
+            {
                 Ok(Self::new(td, ns, sa))
             }
             _ => Err(SpiffeIdError::Path(s.to_owned())),
         }
     }
+}
+
+/// Whether `name` is a Kubernetes object name (a DNS-1123 subdomain: lowercase letters, digits,
+/// `-` and `.`, starting and ending with a letter or digit, at most 253 characters). Namespaces
+/// and service accounts become path components of certificate directories: `..` must never
+/// pass.
+pub fn valid_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= 253
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.contains("..")
+}
+
+/// Whether `td` is a SPIFFE trust domain (lowercase letters, digits, `.`, `-`, `_`).
+pub fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        && td != "."
+        && td != ".."
 }
 
 #[cfg(test)]
@@ -128,6 +156,12 @@ mod tests {
             "spiffe://cluster.local/ns//sa/b",
             "spiffe:///ns/a/sa/b",
             "spiffe://cluster.local/ns/a/sa/b/extra",
+            "spiffe://cluster.local/ns/../sa/b",
+            "spiffe://cluster.local/ns/a/sa/..",
+            "spiffe://cluster.local/ns/./sa/b",
+            "spiffe://cluster.local/ns/Shop/sa/b",
+            "spiffe://cluster.local/ns/a b/sa/b",
+            "spiffe://../ns/a/sa/b",
         ] {
             assert!(
                 matches!(bad.parse::<SpiffeId>(), Err(SpiffeIdError::Path(_))),

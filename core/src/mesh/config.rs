@@ -31,6 +31,27 @@ pub struct MeshConfig {
     pub waypoints: Vec<WaypointConfig>,
 }
 
+/// The text of a config file, refused if it is larger than [`MAX_CONFIG_BYTES`].
+pub fn read_config(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        });
+    }
+    Ok(text)
+}
+
 fn default_trust_domain() -> String {
     DEFAULT_TRUST_DOMAIN.to_owned()
 }
@@ -66,18 +87,32 @@ pub enum ConfigError {
     },
 }
 
+/// The largest config file a proxy reads: a mesh of 100,000 workloads fits in a few MiB.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
 impl MeshConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config(path)?;
         Self::parse(path, &text)
     }
 
-    /// Parses and validates YAML; `path` is only used in messages.
+    /// Parses and validates YAML; `path` is only used in messages. A file that holds nothing
+    /// (empty, or only comments) is refused: read as a mesh with no workloads it would take
+    /// every pod out of the mesh.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let document: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        if document.is_null() {
+            return Err(ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: "the file holds no config (empty, or only comments)".into(),
+            });
+        }
+        // From the text again, not the value: errors then name the field's path.
         let config: MeshConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -94,6 +129,15 @@ impl MeshConfig {
             field,
             message,
         };
+        if !crate::identity::valid_trust_domain(&self.trust_domain) {
+            return Err(invalid(
+                "trustDomain".into(),
+                format!(
+                    "{:?} is not a trust domain (lowercase letters, digits, '.', '-', '_')",
+                    self.trust_domain
+                ),
+            ));
+        }
         let mut by_ip = HashMap::new();
         let mut by_name = HashMap::new();
         for (i, w) in self.workloads.iter().enumerate() {
@@ -103,10 +147,12 @@ impl MeshConfig {
                 ("serviceAccount", &w.service_account),
                 ("node", &w.node),
             ] {
-                if value.is_empty() || value.contains('/') {
+                if !crate::identity::valid_name(value) {
                     return Err(invalid(
                         format!("workloads[{i}].{field}"),
-                        format!("{value:?} must be a non-empty name without '/'"),
+                        format!(
+                            "{value:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
+                        ),
                     ));
                 }
             }
@@ -184,6 +230,7 @@ impl MeshConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::mesh::fixture::{GOOD, parse};
 
     #[test]
@@ -207,5 +254,41 @@ mod tests {
         assert!(err.contains("workloads[2].ip"), "{err}");
 
         assert!(parse("workloads: {").is_err());
+
+        // Names become certificate directories: nothing that climbs out of one.
+        let climbing = GOOD.replace(
+            "serviceAccount: web, ip: 10.0.2.2",
+            "serviceAccount: .., ip: 10.0.2.2",
+        );
+        let err = parse(&climbing).expect_err("..").to_string();
+        assert!(err.contains("workloads[1].serviceAccount"), "{err}");
+        let err = parse(&GOOD.replace("namespace: old", "namespace: ../x"))
+            .expect_err("..")
+            .to_string();
+        assert!(err.contains("workloads[3].namespace"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_file_or_trust_domain_is_not_a_mesh() {
+        for empty in ["", "\n", "# nothing yet\n", "---\n"] {
+            let err = parse(empty).expect_err("empty").to_string();
+            assert!(err.contains("holds no config"), "{empty:?}: {err}");
+        }
+        let err = parse(&format!("trustDomain: \"\"\n{GOOD}"))
+            .expect_err("no trust domain")
+            .to_string();
+        assert!(err.contains("trustDomain"), "{err}");
+    }
+
+    #[test]
+    fn a_file_larger_than_the_cap_is_refused_without_reading_it_all() {
+        let dir = std::env::temp_dir().join(format!("weft-config-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("mesh.yaml");
+        let file = std::fs::File::create(&path).expect("file");
+        file.set_len(MAX_CONFIG_BYTES + 1).expect("sparse file");
+        let err = read_config(&path).expect_err("too large").to_string();
+        assert!(err.contains("larger than"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

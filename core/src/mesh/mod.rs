@@ -12,7 +12,7 @@ mod workload;
 pub use authz::{
     AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, glob_matches,
 };
-pub use config::{ConfigError, MeshConfig};
+pub use config::{ConfigError, MAX_CONFIG_BYTES, MeshConfig, read_config};
 pub use index::{MeshIndex, Upstream};
 pub use service::{Service, ServicePort, WaypointRef};
 pub use waypoint::{
