@@ -126,11 +126,22 @@ impl Netns {
         addr: SocketAddr,
         mark: Option<u32>,
     ) -> io::Result<tokio::net::TcpStream> {
-        let stream = self.tcp_socket(mark).await?.connect(addr).await?;
+        let socket = self.tcp_socket(mark).await?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out after {CONNECT_TIMEOUT:?}"),
+                )
+            })??;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
 }
+
+/// How long a connection opened inside a namespace may take to be established.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens a TCP listener in the current namespace.
 pub fn listen_socket(addr: SocketAddr, opts: ListenOpts) -> io::Result<Socket> {

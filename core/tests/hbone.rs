@@ -251,3 +251,38 @@ async fn server_refuses_foreign_ca_expired_and_plaintext() -> anyhow::Result<()>
     assert!(event.contains("did not speak TLS"), "{event}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_header_list_over_64_kib_is_refused_and_the_connection_keeps_serving()
+-> anyhow::Result<()> {
+    let ca = TestCa::new("mesh")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let (addr, _events) = echo_server(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig::default());
+    let key = PoolKey {
+        source: client.identity().clone(),
+        proxy: addr,
+        destination: id("web"),
+    };
+    let huge = ConnectRequest {
+        traceparent: Some("x".repeat(200 * 1024)),
+        ..request(7)
+    };
+    let refused = pool
+        .connect(
+            &key,
+            || tls::client_config(&client, id("web"), &bundle),
+            TcpStream::connect,
+            &huge,
+        )
+        .await;
+    assert!(refused.is_err(), "a 200 KiB header list was accepted");
+    // An ordinary tunnel still opens and echoes.
+    let mut stream = open(&pool, &client, &bundle, addr, "web", 7).await?;
+    stream.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"ping");
+    Ok(())
+}

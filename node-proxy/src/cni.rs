@@ -17,6 +17,9 @@ use weft_core::drain;
 pub(crate) type Call = (Request, oneshot::Sender<Response>);
 
 /// Listens on `path`, handing each request to the proxy's main loop through `calls`.
+/// How long a CNI client may take to send its request.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn serve(path: &Path, calls: mpsc::Sender<Call>, drain: drain::Watch) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -47,7 +50,16 @@ pub(crate) fn serve(path: &Path, calls: mpsc::Sender<Call>, drain: drain::Watch)
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, 64 * 1024));
-                let response = match reader.read_line(&mut line).await {
+                // A client that connects and says nothing holds a task and a descriptor: it
+                // gets a few seconds (weft-cni writes its one line at once).
+                let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
+                let read = read.unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no request within {READ_TIMEOUT:?}"),
+                    ))
+                });
+                let response = match read {
                     Ok(_) => match serde_json::from_str::<Request>(&line) {
                         Ok(request) => {
                             let (tx, rx) = oneshot::channel();
@@ -150,5 +162,36 @@ impl Registry {
         if let Err(e) = write() {
             warn!(file = %file.display(), error = %e, "saving the pod registry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_says_nothing_is_answered_and_let_go() {
+        let dir = std::env::temp_dir().join(format!("weft-cni-silent-{}", std::process::id()));
+        let path = dir.join("cni.sock");
+        let (calls, _rx) = mpsc::channel(1);
+        let (_stop, drain) = drain::channel();
+        serve(&path, calls, drain).expect("listening");
+        let mut silent = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        let started = std::time::Instant::now();
+        let mut reply = String::new();
+        tokio::time::timeout(
+            READ_TIMEOUT + std::time::Duration::from_secs(5),
+            silent.read_to_string(&mut reply),
+        )
+        .await
+        .expect("the server let go of a silent client")
+        .expect("read");
+        assert!(started.elapsed() >= READ_TIMEOUT);
+        assert!(reply.contains("no request within"), "{reply}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

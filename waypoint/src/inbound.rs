@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
@@ -15,6 +15,11 @@ use weft_core::identity::SpiffeId;
 use crate::request;
 use crate::shared::Tunnel;
 use crate::shared::Waypoint;
+
+/// How long a request's head may take to arrive.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (HTTP/1.1) or header list (HTTP/2).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Accepts until the process ends.
 pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener) {
@@ -114,9 +119,16 @@ async fn serve_tunnel(waypoint: Arc<Waypoint>, peer: SpiffeId, pending: PendingT
     });
     let service =
         hyper::service::service_fn(move |request| request::handle(tunnel.clone(), request));
-    let served = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    // A client that sends half a request head is cut off; header lists are bounded as HBONE's.
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let served = http.serve_connection(TokioIo::new(stream), service).await;
     if let Err(e) = served {
         debug!(error = %e, "HTTP connection in tunnel ended");
     }

@@ -128,7 +128,14 @@ impl Pool {
         };
         let mut sender = sender.ready().await.map_err(h2_err)?;
         let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
-        let response = response.await.map_err(h2_err)?;
+        let response = tokio::time::timeout(settings::RESPONSE_TIMEOUT, response)
+            .await
+            .map_err(|_| HboneError::ResponseTimeout {
+                addr: key.proxy,
+                destination: req.destination,
+                timeout: settings::RESPONSE_TIMEOUT,
+            })?
+            .map_err(h2_err)?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 addr: key.proxy,
@@ -214,6 +221,7 @@ where
         .initial_connection_window_size(settings::CONNECTION_WINDOW)
         .max_frame_size(settings::MAX_FRAME)
         .max_send_buffer_size(settings::MAX_SEND_BUFFER)
+        .max_header_list_size(settings::MAX_HEADER_LIST)
         .enable_push(false)
         .handshake::<_, Bytes>(tls)
         .await

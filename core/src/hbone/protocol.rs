@@ -11,6 +11,11 @@ pub const MESH_PORTS: &[u16] = &[15000, 15001, 15006, 15008, 15020, 15021];
 
 /// H2 flow-control and framing settings shared by both ends. Bulk throughput depends on these.
 pub(crate) mod settings {
+    /// Largest header list a peer may send (Envoy's default is 60 KiB): h2's own default of
+    /// 16 MiB let twenty tunnels hold 300 MB of one proxy's memory.
+    pub(crate) const MAX_HEADER_LIST: u32 = 64 * 1024;
+    /// How long a CONNECT may wait for its response.
+    pub(crate) const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
     pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
     pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
     pub(crate) const MAX_FRAME: u32 = 1024 * 1024;
@@ -73,6 +78,16 @@ pub enum HboneError {
         status: http::StatusCode,
     },
     /// The request could not be built (bad header value).
+    /// The peer did not answer the CONNECT in time.
+    #[error("peer {addr} did not answer the tunnel to {destination} within {timeout:?}")]
+    ResponseTimeout {
+        /// The peer proxy.
+        addr: SocketAddr,
+        /// The destination asked for.
+        destination: SocketAddr,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
     #[error("building the CONNECT request: {0}")]
     Request(#[from] http::Error),
 }

@@ -60,6 +60,7 @@ where
             .max_frame_size(settings::MAX_FRAME)
             .max_send_buffer_size(settings::MAX_SEND_BUFFER)
             .max_concurrent_streams(1000)
+            .max_header_list_size(settings::MAX_HEADER_LIST)
             .handshake(tls)
             .await
             .map_err(AcceptError::H2)?;
