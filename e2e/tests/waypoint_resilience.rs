@@ -2,7 +2,7 @@
 //! gRPC retries, outlier detection and connection-pool limits, from the guide's YAML. Needs
 //! root.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use weft_testbed::fixtures::{
     Bookinfo, REVIEWS_SUBSETS, bookinfo, guide, httpbin, reviews_url as url, tally_count as count,
 };
@@ -185,6 +185,64 @@ spec:
         let c = code("/reviews/1")?;
         ensure!(c == "200", "request {i} after the timeouts: {c}");
     }
+    Ok(())
+}
+
+#[test]
+fn on_sigterm_the_waypoint_finishes_requests_in_flight_then_exits() -> Result<()> {
+    let b = bookinfo("wpdrain")?;
+    b.bed.testsrv_set(&b.v1, "delay_ms=2000")?;
+    b.bed.testsrv_set(&b.v2, "delay_ms=2000")?;
+    let pid = b
+        .bed
+        .waypoint_pid(&b.waypoint)
+        .context("the waypoint runs")?;
+    let code = |path: &str| -> Result<String> {
+        let out = b.bed.exec(
+            &b.client,
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                &url(path),
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let (in_flight, exited) = std::thread::scope(|scope| -> Result<(String, bool)> {
+        let request = scope.spawn(|| code("/slow"));
+        // The request is at the backend (it takes 2 s) when the waypoint is told to stop.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let in_flight = request
+            .join()
+            .map_err(|_| anyhow::anyhow!("request thread panicked"))??;
+        // Then it exits, well before its 10 s deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut exited = false;
+        while std::time::Instant::now() < deadline {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.is_empty() || state.split(' ').nth(2) == Some("Z") {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok((in_flight, exited))
+    })?;
+    ensure!(in_flight == "200", "the request in flight got {in_flight}");
+    ensure!(exited, "the waypoint did not exit after draining");
+    let log = std::fs::read_to_string(b.bed.waypoint_log_path(&b.waypoint))?;
+    ensure!(log.contains("draining"), "no drain logged:\n{log}");
+    ensure!(log.contains("waypoint stopped"), "no stop logged:\n{log}");
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
+use weft_core::drain;
 use weft_core::hbone::{self, PendingTunnel, Rejection};
 use weft_core::identity::SpiffeId;
 
@@ -21,11 +22,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (HTTP/1.1) or header list (HTTP/2).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Accepts until the process ends.
-pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener) {
+/// Accepts until `drain` is signalled; every connection then finishes its requests (GOAWAY
+/// to the peer, no new tunnels, keep-alive connections closed after their current request).
+pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener, drain: drain::Watch) {
     let mut backoff = weft_core::accept::Backoff::default();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => {
                 backoff.succeeded();
                 accepted
@@ -36,16 +42,20 @@ pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let waypoint = waypoint.clone();
+        let (waypoint, drain) = (waypoint.clone(), drain.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(&waypoint, stream).await {
+            if let Err(e) = connection(&waypoint, stream, &drain).await {
                 warn!(%peer, "HBONE connection refused: {e}");
             }
         });
     }
 }
 
-async fn connection(waypoint: &Arc<Waypoint>, stream: TcpStream) -> Result<(), String> {
+async fn connection(
+    waypoint: &Arc<Waypoint>,
+    stream: TcpStream,
+    drain: &drain::Watch,
+) -> Result<(), String> {
     let identity = waypoint
         .certs
         .get()
@@ -54,13 +64,23 @@ async fn connection(waypoint: &Arc<Waypoint>, stream: TcpStream) -> Result<(), S
         .await
         .map_err(|e| e.to_string())?;
     let peer = incoming.peer().clone();
-    while let Some(next) = incoming.next().await {
-        match next {
-            Ok(tunnel) => {
-                let (waypoint, peer) = (waypoint.clone(), peer.clone());
-                tokio::spawn(async move { serve_tunnel(waypoint, peer, tunnel).await });
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            _ = drain.signaled(), if !draining => {
+                draining = true;
+                incoming.graceful_shutdown();
+                continue;
             }
-            Err(e) => {
+            next = incoming.next() => next,
+        };
+        match next {
+            None => break,
+            Some(Ok(tunnel)) => {
+                let (waypoint, peer, drain) = (waypoint.clone(), peer.clone(), drain.clone());
+                tokio::spawn(async move { serve_tunnel(waypoint, peer, tunnel, drain).await });
+            }
+            Some(Err(e)) => {
                 if !e.is_go_away() {
                     debug!(%peer, error = %e, "HBONE connection ended");
                 }
@@ -68,10 +88,16 @@ async fn connection(waypoint: &Arc<Waypoint>, stream: TcpStream) -> Result<(), S
             }
         }
     }
+    let _ = incoming.closed().await;
     Ok(())
 }
 
-async fn serve_tunnel(waypoint: Arc<Waypoint>, peer: SpiffeId, pending: PendingTunnel) {
+async fn serve_tunnel(
+    waypoint: Arc<Waypoint>,
+    peer: SpiffeId,
+    pending: PendingTunnel,
+    drain: drain::Watch,
+) {
     let target = match pending.target() {
         Ok(target) => target,
         Err(rejection) => {
@@ -128,7 +154,16 @@ async fn serve_tunnel(waypoint: Arc<Waypoint>, peer: SpiffeId, pending: PendingT
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let served = http.serve_connection(TokioIo::new(stream), service).await;
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = drain.signaled() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = served {
         debug!(error = %e, "HTTP connection in tunnel ended");
     }

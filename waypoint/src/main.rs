@@ -40,6 +40,9 @@ struct Args {
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_addr: SocketAddr,
+    /// Time in-flight requests get to finish on SIGTERM, in seconds.
+    #[arg(long, default_value_t = 10)]
+    drain_deadline_secs: u64,
     /// Log format: plain or json.
     #[arg(long, default_value = "plain")]
     log_format: LogFormat,
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         cert_dir: args.cert_dir,
         listen: args.listen,
         metrics_addr: args.metrics_addr,
+        drain_deadline: std::time::Duration::from_secs(args.drain_deadline_secs),
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use tracing::info;
+use tracing::{info, warn};
 use weft_core::config_client::{self, StreamSettings};
 use weft_core::hbone::{Pool, PoolConfig};
 use weft_core::identity::SpiffeId;
@@ -39,6 +39,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`).
     pub metrics_addr: SocketAddr,
+    /// Time in-flight requests get to finish on SIGTERM.
+    pub drain_deadline: std::time::Duration,
 }
 
 /// Runs the waypoint until SIGTERM or SIGINT.
@@ -135,11 +137,20 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
     info!(listen = %args.listen, "waypoint ready");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (signal, drain) = weft_core::drain::channel();
+    let serving = tokio::spawn(inbound::run(waypoint, listener, drain));
     tokio::select! {
-        _ = inbound::run(waypoint, listener) => {}
         _ = sigterm.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    info!("waypoint stopped");
+    info!(deadline = ?args.drain_deadline, "draining: no new connections, GOAWAY to HBONE peers, in-flight requests finish");
+    ready.store(false, Ordering::Relaxed);
+    let finished = signal.drain(args.drain_deadline).await;
+    serving.abort();
+    if finished {
+        info!("waypoint stopped");
+    } else {
+        warn!("drain deadline passed with requests still in flight; waypoint stopped");
+    }
     Ok(())
 }
