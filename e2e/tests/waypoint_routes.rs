@@ -181,3 +181,45 @@ fn smi_traffic_split_from_the_guide_sends_90_10() -> Result<()> {
     ensure!((7.0..=13.0).contains(&v2_share), "v2 got {v2_share:.1}%");
     Ok(())
 }
+
+#[test]
+fn upgrades_pass_the_waypoint_end_to_end_and_connect_is_answered() -> Result<()> {
+    let b = bookinfo("wpupgrade")?;
+    // An Upgrade request (as WebSocket makes) is routed, switched, and echoes through.
+    let upgraded = b
+        .bed
+        .testsrv(&b.client, "upgrade", &["--url", &url("/ws")])?;
+    ensure!(upgraded["status"] == 101, "{upgraded}");
+    ensure!(
+        upgraded["echo"] == "ping through the waypoint",
+        "{upgraded}"
+    );
+    // An HTTP CONNECT gets an answer at once instead of hanging.
+    let started = std::time::Instant::now();
+    let out = b.bed.exec(
+        &b.client,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-X",
+            "CONNECT",
+            "--request-target",
+            "example.com:443",
+            &url(""),
+        ],
+    )?;
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(code == "405", "CONNECT answered {code}");
+    ensure!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "CONNECT took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

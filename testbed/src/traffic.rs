@@ -254,13 +254,18 @@ impl TestBed {
     /// Runs `weft-testsrv load <args>` in `pod` (its traffic is captured like any app's) and
     /// returns its JSON tally.
     pub fn load(&self, pod: &Pod, args: &[&str]) -> Result<serde_json::Value> {
+        self.testsrv(pod, "load", args)
+    }
+
+    /// Runs `weft-testsrv <command> <args>` in `pod` and returns its JSON output.
+    pub fn testsrv(&self, pod: &Pod, command: &str, args: &[&str]) -> Result<serde_json::Value> {
         let bin = self.bin_dir.join("weft-testsrv").display().to_string();
-        let mut argv = vec![bin.as_str(), "load"];
+        let mut argv = vec![bin.as_str(), command];
         argv.extend_from_slice(args);
         let out = self.exec(pod, &argv)?;
         ensure!(
             out.status.success(),
-            "weft-testsrv load failed: {}",
+            "weft-testsrv {command} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).context("weft-testsrv output")

@@ -154,7 +154,7 @@ async fn serve_tunnel(
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let conn = http.serve_connection(TokioIo::new(stream), service);
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let served = tokio::select! {
         served = conn.as_mut() => served,

@@ -219,7 +219,8 @@ async fn open_http1(
         .await
         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        // Upgrades stay possible: a 101 hands the connection to the request that asked.
+        let _ = conn.with_upgrades().await;
     });
     Ok(Http1Conn::new(sender, slot))
 }

@@ -5,6 +5,10 @@
 //! (`/__set?fail=30&status=503&delay_ms=0&grpc_unavailable=0`); `/__count` says how many
 //! requests it served (control requests excluded).
 //!
+//! A request with `upgrade: weft-echo` is answered `101 Switching Protocols` and the connection
+//! then echoes what it gets (a stand-in for WebSocket). `upgrade` is its client: it asks for
+//! the upgrade, sends a line, and prints the status and the echo as JSON.
+//!
 //! `load`: sends N requests (HTTP/1.1, or gRPC over h2c) with a concurrency and headers, and
 //! prints one JSON line: counts by status, by body, by `grpc-status`, and response flags.
 
@@ -31,6 +35,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ask `url` for a `weft-echo` upgrade, send one line, print the answer.
+    Upgrade {
+        /// `http://host:port/path`.
+        #[arg(long)]
+        url: String,
+    },
     /// Serve.
     Serve {
         /// Listen address.
@@ -90,6 +100,7 @@ fn main() -> Result<()> {
         .build()?;
     match args.command {
         Command::Serve { listen, name } => runtime.block_on(serve(listen, name)),
+        Command::Upgrade { url } => runtime.block_on(upgrade(&url)),
         Command::Load {
             url,
             requests,
@@ -139,13 +150,40 @@ async fn serve(listen: SocketAddr, name: String) -> Result<()> {
                 async move { Ok::<_, Infallible>(answer(&behaviour, &name, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
-async fn answer(b: &Behaviour, name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(b: &Behaviour, name: &str, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "weft-echo")
+    {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut response = Response::new(full(""));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert("connection", "upgrade".parse().expect("value"));
+        response
+            .headers_mut()
+            .insert("upgrade", "weft-echo".parse().expect("value"));
+        return response;
+    }
     let path = req.uri().path().to_owned();
     if path == "/__count" {
         return Response::new(full(format!("{}\n", b.served.load(Ordering::Relaxed))));
@@ -433,4 +471,44 @@ async fn one(
             .to_owned()
     };
     Ok((status, body, grpc, flags))
+}
+
+/// Asks for a `weft-echo` upgrade over plain TCP (as a WebSocket client would), sends a line,
+/// and prints `{"status": <code>, "echo": "<line>"}`.
+async fn upgrade(url: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("an http:// URL")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    stream
+        .write_all(
+            format!(
+                "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: weft-echo\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut echo = String::new();
+    if status == 101 {
+        stream.write_all(b"ping through the waypoint\n").await?;
+        let mut buf = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+        echo = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+    }
+    println!("{}", serde_json::json!({ "status": status, "echo": echo }));
+    Ok(())
 }

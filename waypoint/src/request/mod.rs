@@ -8,6 +8,7 @@
 //!     retry    → eligibility, budget, backoff (over a body kept by `body`)
 //!     tries    → balance → upstream, recording outcomes for outlier detection
 //!     reply    → the waypoint's own answers (flag in `x-weft-response-flags`), hop-by-hop
+//!     upgrade  → `Upgrade:` requests (WebSocket) joined end to end after a 101; CONNECT refused
 //!
 //! Every request ends with one metrics sample and one access log line (`handle`).
 
@@ -20,6 +21,7 @@ pub(crate) mod route;
 mod split;
 mod timeout;
 mod tries;
+mod upgrade;
 
 use std::convert::Infallible;
 
@@ -128,6 +130,15 @@ async fn serve(
     labels: &mut RequestLabels,
     http2: bool,
 ) -> Reply {
+    // The waypoint opens no arbitrary tunnels: an HTTP CONNECT is answered now, not left to
+    // hang.
+    if request.method() == http::Method::CONNECT {
+        return local(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ResponseFlag::BadRequest,
+            "weft waypoint: CONNECT is not proxied".into(),
+        );
+    }
     // Normalize.
     match normalize::normalize_uri(request.uri()) {
         Ok(Some(uri)) => *request.uri_mut() = uri,
@@ -199,8 +210,14 @@ async fn serve(
     };
 
     // Timeout and retries: keep the body for replay if it may be retried.
+    let upgrade = upgrade::requested(&request);
+    let on_client = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (parts, incoming) = request.into_parts();
-    let retry = route.retry.as_ref().filter(|r| r.attempts > 0);
+    // An upgrade is tried once: what follows the 101 cannot be replayed.
+    let retry = route
+        .retry
+        .as_ref()
+        .filter(|r| r.attempts > 0 && upgrade.is_none());
     let body = match retry {
         Some(r) => match body::buffer(incoming, r.max_body_bytes).await {
             Ok(replay) => TryBody::Replay(replay),
@@ -228,6 +245,7 @@ async fn serve(
         parts: &parts,
         authority: tries::authority(service.policy.vip, port),
         http2,
+        upgrade,
         pinned,
         retry,
         budget,
@@ -237,5 +255,9 @@ async fn serve(
             Instant::now(),
         ),
     };
-    tries.run(body, labels).await
+    let mut reply = tries.run(body, labels).await;
+    if let Some(client) = on_client {
+        upgrade::join(client, &mut reply.response);
+    }
+    reply
 }

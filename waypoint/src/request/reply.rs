@@ -93,6 +93,7 @@ pub(crate) fn upstream_request(
     body: Body,
     authority: &str,
     http2: bool,
+    upgrade: Option<&HeaderValue>,
 ) -> Request<Body> {
     let path = parts
         .uri
@@ -126,6 +127,14 @@ pub(crate) fn upstream_request(
     {
         headers.insert(http::header::HOST, host);
     }
+    // The two hop-by-hop headers an upgrade needs at the next hop too.
+    if let Some(protocol) = upgrade {
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(http::header::UPGRADE, protocol.clone());
+    }
     request
 }
 
@@ -136,7 +145,12 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let (mut parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     for name in HOP_BY_HOP {
+        // A 101 keeps the headers that say what it switched to.
+        if switching && (name == "connection" || name == "upgrade") {
+            continue;
+        }
         parts.headers.remove(name);
     }
     Reply {
@@ -164,14 +178,14 @@ mod tests {
             .body(())
             .expect("request")
             .into_parts();
-        let h1 = upstream_request(&parts, full(Bytes::new()), "10.96.0.1:9080", false);
+        let h1 = upstream_request(&parts, full(Bytes::new()), "10.96.0.1:9080", false, None);
         assert_eq!(h1.uri(), "/reviews/1?x=2");
         assert_eq!(h1.headers()["host"], "10.96.0.1:9080");
         assert_eq!(h1.headers()["end-user"], "jason");
         assert_eq!(h1.headers()["te"], "trailers", "gRPC needs te: trailers");
         assert!(!h1.headers().contains_key("connection"));
         assert!(!h1.headers().contains_key("transfer-encoding"));
-        let h2 = upstream_request(&parts, full(Bytes::new()), "10.96.0.1:9080", true);
+        let h2 = upstream_request(&parts, full(Bytes::new()), "10.96.0.1:9080", true, None);
         assert_eq!(h2.uri(), "http://10.96.0.1:9080/reviews/1?x=2");
         assert!(!h2.headers().contains_key("host"));
     }

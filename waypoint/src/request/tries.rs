@@ -30,6 +30,8 @@ pub(crate) struct Tries<'a> {
     /// The service address the request is sent as (`vip:port`).
     pub(crate) authority: String,
     pub(crate) http2: bool,
+    /// The protocol an `Upgrade:` request asks for.
+    pub(crate) upgrade: Option<http::HeaderValue>,
     /// Set when the client addressed one pod.
     pub(crate) pinned: Option<IpAddr>,
     /// The retry policy, if the request may be retried (its body was kept).
@@ -90,7 +92,13 @@ impl Tries<'_> {
             };
             labels.destination_workload = endpoint.workload.name.clone();
             previous = Some(endpoint.workload.ip);
-            let request = upstream_request(self.parts, body.next(), &self.authority, self.http2);
+            let request = upstream_request(
+                self.parts,
+                body.next(),
+                &self.authority,
+                self.http2,
+                self.upgrade.as_ref(),
+            );
             let send = upstream::send(self.backend, &endpoint, self.dialer, request, self.http2);
             let result = match self.deadlines.try_limit(Instant::now()) {
                 Some(limit) => tokio::time::timeout(limit, send).await.ok(),
