@@ -223,3 +223,75 @@ fn upgrades_pass_the_waypoint_end_to_end_and_connect_is_answered() -> Result<()>
     );
     Ok(())
 }
+
+#[test]
+fn a_traffic_split_to_leaf_services_outside_the_waypoint_serves_every_request() -> Result<()> {
+    // The apex `reviews` (bound to the waypoint) has no pods of its own: the TrafficSplit sends
+    // to leaf services whose pods are not behind the waypoint, so their node proxies see the
+    // waypoint forwarding for the client.
+    let mut bed = TestBed::new("wpleaf", 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let v1 = bed
+        .pod("reviews-v1")
+        .namespace("default")
+        .on_node(1)
+        .add()?;
+    let v2 = bed
+        .pod("reviews-v2")
+        .namespace("default")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[]);
+    bed.service(
+        "reviews-v1",
+        "default",
+        "10.96.0.31".parse()?,
+        9080,
+        8080,
+        &[&v1],
+    );
+    bed.service(
+        "reviews-v2",
+        "default",
+        "10.96.0.32".parse()?,
+        9080,
+        8080,
+        &[&v2],
+    );
+    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&v1, "v1")?;
+    bed.serve_testsrv(&v2, "v2")?;
+    let b = Bookinfo {
+        bed,
+        client: client.clone(),
+        v1,
+        v2,
+        waypoint,
+    };
+    b.apply(
+        "split.yaml",
+        &guide("linkerd-canary.yaml")?
+            .replace("weight: 90", "weight: 50")
+            .replace("weight: 10", "weight: 50"),
+    )?;
+    let tally = b.bed.load(
+        &client,
+        &[
+            "--url",
+            &url("/"),
+            "--requests",
+            "400",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    eprintln!("TrafficSplit 50/50 to leaf services: {tally}");
+    ensure!(count(&tally, "status", "200") == 400, "{tally}");
+    // Binomial(400, 1/2): mean 200, sd 10; 140..=260 is 6 sd either side.
+    let v2 = count(&tally, "body", "v2");
+    ensure!((140..=260).contains(&v2), "v2 got {v2} of 400");
+    Ok(())
+}

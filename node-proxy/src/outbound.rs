@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tracing::warn;
 use weft_core::drain;
 use weft_core::hbone::{ConnectRequest, PoolKey};
-use weft_core::mesh::Service;
+use weft_core::identity::SpiffeId;
+use weft_core::mesh::{Service, Workload};
 use weft_core::metrics::{Reporter, SecurityPolicy};
 use weft_core::tls;
 
@@ -54,39 +55,60 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         identity: Some(&src_id),
     };
     let upstream = index.resolve(dst, |n| proxy.pick(n));
+    // A waypoint-bound destination: the tunnel goes to the waypoint, addressed to what the
+    // app asked for (the service VIP, or the pod); the waypoint picks the endpoint, so the
+    // service needs no endpoints of its own (a TrafficSplit apex, say).
+    let waypoint = index.waypoint_for(dst).cloned();
 
     // Phase 2: choose the path. Phase 3: forward.
-    let Some(upstream) = upstream else {
-        if index.is_service(dst) {
-            warn!(%client, %dst, "early deny: service has no endpoints");
-            return;
+    let hop = match (&waypoint, &upstream) {
+        (Some(w), _) => Hop {
+            proxy_addr: SocketAddr::new(w.ip, weft_core::ports::HBONE),
+            identity: w.identity.clone(),
+            destination: dst,
+            workload: index.workload_by_ip(w.ip).cloned(),
+            service: index.service_at(dst).cloned(),
+        },
+        (None, None) => {
+            if index.is_service(dst) {
+                warn!(%client, %dst, "early deny: service has no endpoints");
+                return;
+            }
+            let plain = Plain {
+                client,
+                dst,
+                source,
+                destination: Peer::UNKNOWN,
+                service: None,
+                started,
+            };
+            return passthrough(proxy, pod, stream, plain).await;
         }
-        let plain = Plain {
-            client,
-            dst,
-            source,
-            destination: Peer::UNKNOWN,
-            service: None,
-            started,
-        };
-        return passthrough(proxy, pod, stream, plain).await;
+        (None, Some(upstream)) => {
+            let dst_id = index.identity(&upstream.workload);
+            if upstream.workload.protocol == weft_core::mesh::Protocol::Tcp {
+                let plain = Plain {
+                    client,
+                    dst: upstream.addr,
+                    source,
+                    destination: Peer {
+                        workload: Some(&upstream.workload),
+                        identity: Some(&dst_id),
+                    },
+                    service: upstream.service.as_deref(),
+                    started,
+                };
+                return passthrough(proxy, pod, stream, plain).await;
+            }
+            Hop {
+                proxy_addr: SocketAddr::new(upstream.workload.ip, weft_core::ports::HBONE),
+                identity: dst_id,
+                destination: upstream.addr,
+                workload: Some(upstream.workload.clone()),
+                service: upstream.service.clone(),
+            }
+        }
     };
-    let dst_id = index.identity(&upstream.workload);
-    let destination = Peer {
-        workload: Some(&upstream.workload),
-        identity: Some(&dst_id),
-    };
-    if upstream.workload.protocol == weft_core::mesh::Protocol::Tcp {
-        let plain = Plain {
-            client,
-            dst: upstream.addr,
-            source,
-            destination,
-            service: upstream.service.as_deref(),
-            started,
-        };
-        return passthrough(proxy, pod, stream, plain).await;
-    }
 
     let certs = proxy.certs_with(&src_id).await;
     let Some((identity, bundle)) = certs
@@ -96,29 +118,14 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         warn!(%client, %dst, source = %src_id, "early deny: no certificate for the source identity");
         return;
     };
-    // A waypoint-bound destination: the tunnel goes to the waypoint, addressed to what the
-    // app asked for (the service VIP, or the pod); the waypoint picks the endpoint.
-    let waypoint = index.waypoint_for(dst).cloned();
-    let (proxy_addr, tunnel_id, tunnel_dst) = match &waypoint {
-        Some(w) => (
-            SocketAddr::new(w.ip, weft_core::ports::HBONE),
-            w.identity.clone(),
-            dst,
-        ),
-        None => (
-            SocketAddr::new(upstream.workload.ip, weft_core::ports::HBONE),
-            dst_id.clone(),
-            upstream.addr,
-        ),
-    };
     let key = PoolKey {
         source: src_id.clone(),
-        proxy: proxy_addr,
-        destination: tunnel_id.clone(),
+        proxy: hop.proxy_addr,
+        destination: hop.identity.clone(),
     };
     // The pod's own address: with eBPF capture the listener saw the client on loopback.
     let request = ConnectRequest {
-        destination: tunnel_dst,
+        destination: hop.destination,
         client: SocketAddr::new(pod.ip.into(), client.port()),
         traceparent: None,
         baggage: None,
@@ -128,7 +135,7 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         .pool
         .connect(
             &key,
-            || tls::client_config(&identity.cert, tunnel_id.clone(), bundle),
+            || tls::client_config(&identity.cert, hop.identity.clone(), bundle),
             |addr| async move { netns.connect(addr, Some(PROXY_MARK)).await },
             &request,
         )
@@ -136,35 +143,41 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
     let tunnel = match tunnel {
         Ok(tunnel) => tunnel,
         Err(e) => {
-            warn!(%client, %dst, destination = %tunnel_id, error = %e, "connection failed");
+            warn!(%client, %dst, destination = %hop.identity, error = %e, "connection failed");
             return;
         }
     };
     // Through a waypoint, the peer this proxy talked to is the waypoint (it picks the
     // endpoint): metrics and the access log name it, not an endpoint that never saw the
     // connection.
-    let (dst_addr, reached) = match &waypoint {
-        Some(w) => (
-            SocketAddr::new(w.ip, weft_core::ports::HBONE),
-            Peer {
-                workload: index.workload_by_ip(w.ip).map(|w| &**w),
-                identity: Some(&tunnel_id),
-            },
-        ),
-        None => (upstream.addr, destination),
-    };
     let conn = Connection {
         reporter: Reporter::source,
         via: Via::Hbone,
         security: SecurityPolicy::mutual_tls,
         src_addr: client,
         source,
-        dst_addr,
-        destination: reached,
-        service: upstream.service.as_deref(),
+        dst_addr: match waypoint {
+            Some(_) => hop.proxy_addr,
+            None => hop.destination,
+        },
+        destination: Peer {
+            workload: hop.workload.as_deref(),
+            identity: Some(&hop.identity),
+        },
+        service: hop.service.as_deref(),
         started,
     };
     forward(proxy, conn, stream, tunnel).await;
+}
+
+/// Where an HBONE tunnel goes: the proxy to dial and the identity it must prove, the
+/// `:authority` to ask for, and what metrics name as the destination.
+struct Hop {
+    proxy_addr: SocketAddr,
+    identity: SpiffeId,
+    destination: SocketAddr,
+    workload: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
 }
 
 /// Why a captured connection may not go where it asked: loopback (captured traffic to

@@ -2,7 +2,7 @@
 //! [`MeshConfig`] (workloads by IP, services by address, waypoints by endpoint), swapped whole
 //! on change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ pub struct MeshIndex {
     services_by_addr: HashMap<SocketAddr, ServiceEntry>,
     /// Endpoints of waypoint-bound services: their traffic must pass the waypoint.
     waypoint_by_endpoint: HashMap<IpAddr, WaypointRef>,
+    /// The identities waypoints prove.
+    waypoint_identities: HashSet<SpiffeId>,
 }
 
 impl MeshIndex {
@@ -49,6 +51,11 @@ impl MeshIndex {
             .collect();
         let mut services_by_addr = HashMap::new();
         let mut waypoint_by_endpoint = HashMap::new();
+        let waypoint_identities = config
+            .services
+            .iter()
+            .filter_map(|s| Some(s.waypoint.as_ref()?.identity.clone()))
+            .collect();
         for s in &config.services {
             let service = Arc::new(s.clone());
             let endpoints: Vec<Arc<Workload>> = s
@@ -74,7 +81,14 @@ impl MeshIndex {
             workloads_by_ip,
             services_by_addr,
             waypoint_by_endpoint,
+            waypoint_identities,
         }
+    }
+
+    /// Whether `id` is a waypoint's: one may forward for the clients it serves (it checks
+    /// their addresses against their identities).
+    pub fn is_waypoint(&self, id: &SpiffeId) -> bool {
+        self.waypoint_identities.contains(id)
     }
 
     /// The waypoint traffic to `dst` must pass: the service's, for a service address; for a
@@ -136,6 +150,13 @@ impl MeshIndex {
             addr: dst,
             service: None,
         })
+    }
+
+    /// The service whose address `dst` is.
+    pub fn service_at(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
+        self.services_by_addr
+            .get(&dst)
+            .map(|(service, _, _)| service)
     }
 
     /// Whether `dst` is a service VIP (with or without endpoints).

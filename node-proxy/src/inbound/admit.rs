@@ -149,7 +149,9 @@ pub(crate) fn admit(
             ))
         })?;
         let expected = index.identity(claimed);
-        if &expected != peer {
+        // A waypoint forwards for its clients (a split to a service it does not guard, say):
+        // it has checked the client's address against the client's identity.
+        if &expected != peer && !index.is_waypoint(peer) {
             return Err(Rejection::Denied(format!(
                 "peer identity {peer} does not match the source {} ({}/{}, identity {expected})",
                 client.ip(),
@@ -358,6 +360,39 @@ services:
             hbone(&client, "10.0.1.2:4000", "10.0.2.3:8080"),
         ));
         assert!(why.contains("behind waypoint shop/waypoint"), "{why}");
+    }
+
+    #[test]
+    fn a_waypoint_may_forward_to_a_pod_it_does_not_guard() {
+        // A TrafficSplit at the waypoint sends to another service's pod (open-1): the peer is
+        // the waypoint, forwarding for the client; the pod's own L4 policy still applies.
+        let index = index();
+        let open = workload(&index, "10.0.2.4");
+        let waypoint = id("waypoint");
+        let admitted = admit(
+            &index,
+            open,
+            hbone(&waypoint, "10.0.1.2:4000", "10.0.2.4:8080"),
+        )
+        .expect("the waypoint forwards for the client");
+        assert_eq!(admitted.source.expect("source").name, "client");
+        // An ordinary workload may not forward for another.
+        let other = id("other");
+        let why = denied(admit(
+            &index,
+            open,
+            hbone(&other, "10.0.1.2:4000", "10.0.2.4:8080"),
+        ));
+        assert!(why.contains("does not match the source"), "{why}");
+        // web-1 allows only the client's principal: what the waypoint forwards is judged as
+        // the waypoint's.
+        let web = workload(&index, "10.0.2.2");
+        let why = denied(admit(
+            &index,
+            web,
+            hbone(&waypoint, "10.0.1.2:4000", "10.0.2.2:8080"),
+        ));
+        assert!(why.contains("no ALLOW policy matched"), "{why}");
     }
 
     #[test]
