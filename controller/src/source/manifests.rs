@@ -2,7 +2,8 @@
 //! a directory (multi-document files; files added, edited and removed while running). What the
 //! lab and the end-to-end tests drive the mesh with.
 //!
-//! A file that fails to parse keeps its last good objects, and each error names the file, the
+//! Each document is judged on its own: a bad one keeps its object's last good version while
+//! the file's other documents take effect, and each error names the file, the
 //! document, the object and the field; other files are not disturbed.
 
 use std::collections::BTreeMap;
@@ -94,28 +95,37 @@ impl ManifestDir {
                     continue;
                 }
             };
-            let (objects, errors) = parse_file(&path, &text);
+            let parsed = parse_documents(&path, &text);
             let previous = self.files.remove(&path);
-            let state = if errors.is_empty() {
-                refresh.changed |= previous.as_ref().is_none_or(|p| p.objects != objects);
-                FileState {
-                    stamp,
-                    objects,
-                    errors,
+            let errors = parsed.errors;
+            if !errors.is_empty() && previous.as_ref().is_none_or(|p| p.errors != errors) {
+                for e in &errors {
+                    refresh
+                        .errors
+                        .push(format!("{e}; keeping that object's last good version"));
                 }
-            } else {
-                if previous.as_ref().is_none_or(|p| p.errors != errors) {
-                    for e in &errors {
-                        refresh
-                            .errors
-                            .push(format!("{e}; keeping this file's last good objects"));
+            }
+            // Each document is judged on its own: good ones take effect, a bad one keeps its
+            // object's last good version; after a syntax error, whatever could not be read
+            // keeps its last good version too.
+            let mut objects = parsed.objects;
+            if let Some(previous) = &previous {
+                let read: std::collections::BTreeSet<String> =
+                    objects.iter().map(Object::describe).collect();
+                for old in &previous.objects {
+                    let id = old.describe();
+                    let kept = parsed.refused.contains(&id)
+                        || (parsed.unreadable_rest && !read.contains(&id));
+                    if kept {
+                        objects.push(old.clone());
                     }
                 }
-                FileState {
-                    stamp,
-                    objects: previous.map(|p| p.objects).unwrap_or_default(),
-                    errors,
-                }
+            }
+            refresh.changed |= previous.as_ref().is_none_or(|p| p.objects != objects);
+            let state = FileState {
+                stamp,
+                objects,
+                errors,
             };
             self.files.insert(path, state);
         }
@@ -142,26 +152,67 @@ impl ManifestDir {
 /// Parses every document of a file. Returns the objects and, if any document was bad, the
 /// errors (the caller then keeps the file's last good objects).
 pub fn parse_file(path: &Path, text: &str) -> (Vec<Object>, Vec<String>) {
-    let mut objects = Vec::new();
-    let mut errors = Vec::new();
+    let parsed = parse_documents(path, text);
+    (parsed.objects, parsed.errors)
+}
+
+/// A file, document by document: the objects read, the errors, which objects the bad
+/// documents were (so each keeps its own last good version), and whether the rest of the file
+/// could not be read at all (a YAML syntax error: the parser cannot find the next document).
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Objects of the good documents.
+    pub objects: Vec<Object>,
+    /// One per bad document, naming the file, the document, the object and the field.
+    pub errors: Vec<String>,
+    /// `Kind namespace/name` of each bad document that says who it is.
+    pub refused: Vec<String>,
+    /// Set when the documents after a syntax error could not be read.
+    pub unreadable_rest: bool,
+}
+
+/// Parses every document of a file on its own.
+pub fn parse_documents(path: &Path, text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let at = format!("{}: document {}", path.display(), i + 1);
         let value = match serde_yaml::Value::deserialize(document) {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(value) => value,
             Err(e) => {
-                errors.push(format!("{at}: {e}"));
+                parsed.errors.push(format!("{at}: {e}"));
                 // The parser cannot find the next document after a syntax error.
+                parsed.unreadable_rest = true;
                 break;
             }
         };
         match parse_object(&value) {
-            Ok(Some(object)) => objects.push(object),
+            Ok(Some(object)) => parsed.objects.push(object),
             Ok(None) => {}
-            Err(e) => errors.push(format!("{at} {e}")),
+            Err(e) => {
+                parsed.errors.push(format!("{at} {e}"));
+                if let Some(identity) = identity_of(&value) {
+                    parsed.refused.push(identity);
+                }
+            }
         }
     }
-    (objects, errors)
+    parsed
+}
+
+/// `Kind namespace/name` of a document, as [`Object::describe`] names the object, if it says.
+fn identity_of(value: &serde_yaml::Value) -> Option<String> {
+    let kind = value.get("kind")?.as_str()?;
+    let metadata = value.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?;
+    if kind == "Namespace" {
+        return Some(format!("Namespace {name}"));
+    }
+    let namespace = metadata
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    Some(format!("{kind} {namespace}/{name}"))
 }
 
 /// One manifest as an object Weft reads; `None` for kinds it does not.
@@ -490,6 +541,66 @@ spec: {hosts: [reviews]}
         std::fs::remove_file(dir.join("shop.yaml")).expect("rm");
         assert!(source.refresh().changed);
         assert!(source.objects().pods.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn each_document_is_judged_on_its_own() {
+        let dir = std::env::temp_dir().join(format!("weft-manifests-docs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let service = |name: &str, ip: &str| {
+            format!(
+                "kind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+            )
+        };
+        std::fs::write(
+            dir.join("shop.yaml"),
+            format!(
+                "{}---\n{}",
+                service("a", "10.96.0.1"),
+                service("b", "10.96.0.2")
+            ),
+        )
+        .expect("write");
+        let mut source = ManifestDir::new(&dir);
+        source.refresh();
+        let vip = |source: &ManifestDir, name: &str| {
+            source
+                .objects()
+                .services
+                .get(&crate::model::ObjectKey::new("shop", name))
+                .and_then(|s| s.cluster_ip)
+                .map(|ip| ip.to_string())
+        };
+        assert_eq!(vip(&source, "b").as_deref(), Some("10.96.0.2"));
+
+        // a changes, b gets a typo, c is new: a and c take effect, b keeps its last good
+        // version.
+        std::fs::write(
+            dir.join("shop.yaml"),
+            format!(
+                "{}---\nkind: Service\nmetadata: {{name: b, namespace: shop}}\nspec: {{clusterIP: 10.96.0.9, ports: [{{port: eighty}}]}}\n---\n{}",
+                service("a", "10.96.0.11"),
+                service("c", "10.96.0.3")
+            ),
+        )
+        .expect("write");
+        let refresh = source.refresh();
+        assert!(refresh.changed);
+        assert_eq!(refresh.errors.len(), 1, "{:?}", refresh.errors);
+        assert!(
+            refresh.errors[0].contains("document 2"),
+            "{:?}",
+            refresh.errors
+        );
+        assert_eq!(vip(&source, "a").as_deref(), Some("10.96.0.11"));
+        assert_eq!(
+            vip(&source, "b").as_deref(),
+            Some("10.96.0.2"),
+            "last good b"
+        );
+        assert_eq!(vip(&source, "c").as_deref(), Some("10.96.0.3"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
