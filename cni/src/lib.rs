@@ -125,4 +125,46 @@ mod tests {
         assert!(text.contains(r#""op":"add""#), "{text}");
         assert_eq!(serde_json::from_str::<Request>(&text).expect("parse"), req);
     }
+
+    /// Property: whatever line arrives on the socket, and whatever CNI_ARGS the runtime
+    /// passes, parsing answers without panicking; well-formed requests round trip.
+    #[test]
+    fn any_request_line_and_cni_args_parse_or_are_refused() {
+        let mut g = weft_core::testing::Gen::new(17);
+        let good = serde_json::to_string(&Request::Check(PodInfo {
+            namespace: "shop".into(),
+            name: "web".into(),
+            container_id: "c1".into(),
+            netns: "/run/netns/x".into(),
+            ip: Ipv4Addr::new(10, 10, 1, 2),
+            gateway: None,
+        }))
+        .expect("serialize");
+        let noise = [
+            "\"",
+            "{",
+            "}",
+            ":",
+            ",",
+            "null",
+            "\\u0000",
+            "999.1.1.1",
+            "\"op\":\"add\"",
+        ];
+        for _ in 0..3000 {
+            let line = g.mutate(&good, &noise);
+            if let Ok(request) = serde_json::from_str::<Request>(&line) {
+                let again = serde_json::to_string(&request).expect("serialize");
+                assert_eq!(
+                    serde_json::from_str::<Request>(&again).expect("parse"),
+                    request
+                );
+            }
+            let args = g.string(
+                &["K8S_POD_NAME=", "K8S_POD_NAMESPACE=", "a", ";", "=", ""],
+                8,
+            );
+            let _ = pod_from_cni_args(&args);
+        }
+    }
 }

@@ -1,6 +1,7 @@
-//! A certificate authority for tests: one self-signed root that signs workload certificates
-//! directly, the way the controller's CA does (ECDSA P-256, the SPIFFE URI as the only SAN,
-//! client and server use). With it, in-process tests of TLS and HBONE need no controller.
+//! What tests share: a certificate authority (one self-signed root that signs workload
+//! certificates directly, the way the controller's CA does: ECDSA P-256, the SPIFFE URI as the
+//! only SAN, client and server use), so in-process tests of TLS and HBONE need no controller;
+//! and [`Gen`], a seeded generator for property tests over parsers (bounded, repeatable).
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -105,6 +106,78 @@ impl TestCa {
         ];
         params.use_authority_key_identifier_extension = true;
         Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+    }
+}
+
+/// A seeded pseudo-random source for property tests: the same seed gives the same cases, so a
+/// failure can be replayed; the case count bounds the run.
+#[derive(Clone, Debug)]
+pub struct Gen(u64);
+
+impl Gen {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 random bits (xorshift64*).
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    /// Up to `max` pieces from `alphabet`, joined.
+    pub fn string(&mut self, alphabet: &[&str], max: usize) -> String {
+        let n = self.below(max + 1);
+        (0..n).map(|_| *self.pick(alphabet)).collect()
+    }
+
+    /// `text` with a few random edits: bytes deleted, duplicated, or replaced by one of
+    /// `noise` (for inputs that are almost right).
+    pub fn mutate(&mut self, text: &str, noise: &[&str]) -> String {
+        let mut out = text.to_owned();
+        for _ in 0..=self.below(3) {
+            if out.is_empty() {
+                break;
+            }
+            let mut at = self.below(out.len());
+            while !out.is_char_boundary(at) {
+                at -= 1;
+            }
+            match self.below(3) {
+                0 => {
+                    let mut end = (at + 1 + self.below(8)).min(out.len());
+                    while !out.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    out.replace_range(at..end, "");
+                }
+                1 => {
+                    let piece = *self.pick(noise);
+                    out.insert_str(at, piece);
+                }
+                _ => {
+                    let piece: String = out[at..].chars().take(1 + self.below(6)).collect();
+                    out.insert_str(at, &piece);
+                }
+            }
+        }
+        out
     }
 }
 

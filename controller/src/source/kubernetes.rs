@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tracing::{debug, error, info, warn};
 
-use super::manifests::parse_object;
+use super::object::parse_object;
 use crate::model::policy::PolicyKind;
 use crate::model::status::Rejected;
 use crate::model::{Object, ObjectKey, Objects};

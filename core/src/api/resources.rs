@@ -279,4 +279,40 @@ mod tests {
         let e = to_mesh(&resources(&m, "PEM")).expect_err("duplicate IP");
         assert!(e.to_string().contains("already the IP"), "{e}");
     }
+
+    /// Property: any valid mesh survives the trip through the stream's resources.
+    #[test]
+    fn any_mesh_round_trips_through_resources() {
+        let mut g = crate::testing::Gen::new(5);
+        for case in 0..300 {
+            let mut text = String::from("workloads:\n");
+            let count = 1 + g.below(12);
+            for i in 0..count {
+                let protocol = if g.below(2) == 0 { "HBONE" } else { "TCP" };
+                let permissive = g.below(2) == 0;
+                text.push_str(&format!(
+                    "  - {{name: w{i}, namespace: ns{}, serviceAccount: sa{}, ip: 10.{}.{}.{}, node: n{}, protocol: {protocol}, mtls: {{permissive: {permissive}, exceptPorts: [{}]}}}}\n",
+                    g.below(3),
+                    g.below(3),
+                    case % 200,
+                    i / 250,
+                    1 + i % 250,
+                    g.below(2),
+                    1 + g.below(65535),
+                ));
+            }
+            let mesh: MeshConfig = serde_yaml::from_str(&text).expect("generated");
+            let Ok(()) = mesh.validate(std::path::Path::new("generated")) else {
+                continue;
+            };
+            let (back, bundle) = to_mesh(&resources(&mesh, "PEM")).expect("round trip");
+            assert_eq!(bundle, "PEM");
+            let sorted = |m: &MeshConfig| {
+                let mut w: Vec<_> = m.workloads.iter().map(|w| format!("{w:?}")).collect();
+                w.sort();
+                w
+            };
+            assert_eq!(sorted(&back), sorted(&mesh), "{text}");
+        }
+    }
 }

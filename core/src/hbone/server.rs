@@ -257,4 +257,47 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
     }
+
+    /// Property: whatever a peer puts in `:authority` and `forwarded`, parsing answers (no
+    /// panic); a well-formed CONNECT to a non-mesh port reads back exactly what was sent.
+    #[test]
+    fn connect_headers_from_any_peer_parse_or_are_refused() {
+        let mut g = crate::testing::Gen::new(7);
+        let pieces = [
+            "10", ".", "0", "1", "255", "256", ":", "[", "]", "::", "ffff", "8080", "15008",
+            "65536", "a", "-", " ", "%", "for=", "\"", ";", ",", "by=", "\u{0}",
+        ];
+        for _ in 0..3000 {
+            let authority = g.string(&pieces, 8);
+            let forwarded = g.string(&pieces, 10);
+            let Ok(request) = Request::builder()
+                .method(Method::CONNECT)
+                .uri(authority.as_str())
+                .header("forwarded", forwarded.as_str())
+                .body(())
+            else {
+                continue;
+            };
+            let _ = parse_target(&request);
+        }
+        for _ in 0..2000 {
+            let octets = [g.below(256), g.below(256), g.below(256), g.below(256)].map(|o| o as u8);
+            let port = 1 + g.below(65535) as u16;
+            let destination = SocketAddr::from((octets, port));
+            let client = SocketAddr::from(([10, 0, 0, g.below(256) as u8], g.below(65536) as u16));
+            let request = Request::builder()
+                .method(Method::CONNECT)
+                .uri(destination.to_string())
+                .header("forwarded", crate::hbone::forwarded_header(client))
+                .body(())
+                .expect("request");
+            match parse_target(&request) {
+                Ok(target) => {
+                    assert_eq!(target.destination, destination);
+                    assert_eq!(target.client, Some(client));
+                }
+                Err(_) => assert!(MESH_PORTS.contains(&port), "{destination} refused"),
+            }
+        }
+    }
 }

@@ -291,4 +291,42 @@ mod tests {
         assert!(err.contains("larger than"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Property: a config file a few edits away from a good one parses or is refused with a
+    /// message naming the file, never a panic; what parses prints back and re-parses equal.
+    #[test]
+    fn almost_right_config_files_parse_or_are_refused_by_name() {
+        let mut g = crate::testing::Gen::new(11);
+        let noise = [
+            ":",
+            " ",
+            "\n",
+            "-",
+            "[",
+            "]",
+            "{",
+            "}",
+            "..",
+            "/",
+            "10.0.2.2",
+            "port: 0",
+            "targetPort: 70000",
+            "protocol: UDP",
+            "\"",
+            "'",
+            "#",
+            "&a",
+            "*a",
+        ];
+        for _ in 0..2000 {
+            let text = g.mutate(GOOD, &noise);
+            match parse(&text) {
+                Ok(config) => {
+                    let printed = serde_yaml::to_string(&config).expect("prints");
+                    assert_eq!(parse(&printed).expect("re-parses"), config, "{text}");
+                }
+                Err(e) => assert!(e.to_string().contains("/etc/weft/mesh.yaml"), "{e}"),
+            }
+        }
+    }
 }

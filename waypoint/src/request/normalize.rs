@@ -169,4 +169,34 @@ mod tests {
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("admin"), Err(PathError::NotAbsolute));
     }
+
+    /// Property: a normalized path starts with `/`, holds no empty, `.` or `..` segment, and
+    /// normalizing it again changes nothing; anything else is refused.
+    #[test]
+    fn normalizing_is_idempotent_and_leaves_no_dot_segments() {
+        let mut g = weft_core::testing::Gen::new(3);
+        let pieces = [
+            "/", "//", "a", "b", ".", "..", "%2e", "%2E%2e", "%61", "%2F", "%5c", "\\", "%", "%4",
+            "%zz", "%20", "~", "-", "_", "?",
+        ];
+        for _ in 0..5000 {
+            let path = format!("/{}", g.string(&pieces, 12));
+            let Ok(normalized) = normalize(&path) else {
+                continue;
+            };
+            assert!(normalized.starts_with('/'), "{path} -> {normalized}");
+            let inner = normalized.trim_end_matches('/');
+            for segment in inner.split('/').skip(1) {
+                assert!(
+                    !segment.is_empty() && segment != "." && segment != "..",
+                    "{path} -> {normalized}"
+                );
+            }
+            assert_eq!(
+                normalize(&normalized).as_deref(),
+                Ok(normalized.as_str()),
+                "{path}"
+            );
+        }
+    }
 }
