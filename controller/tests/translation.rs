@@ -216,6 +216,37 @@ spec: {selector: {matchLabels: {app: reviews}}, action: AUDIT, rules: [{}]}
 }
 
 #[test]
+fn a_policy_attached_with_target_refs_is_judged_at_the_waypoint_alone() {
+    let o = objects(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-only, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: \"\", name: reviews}]
+  action: ALLOW
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+",
+    );
+    let verdicts = weft_controller::model::status::verdicts(&o, &[]);
+    let verdict = verdicts
+        .iter()
+        .find(|v| v.key.name == "get-only")
+        .expect("verdict");
+    assert_eq!(
+        verdict.reason,
+        weft_controller::model::status::Reason::Accepted,
+        "{}",
+        verdict.message
+    );
+    let mesh = mesh_config(&o, "cluster.local");
+    assert!(
+        mesh.workloads.iter().all(|w| w.authz.is_empty()),
+        "no node proxy reads it"
+    );
+    assert_eq!(mesh.waypoints[0].services[0].authz.len(), 1);
+}
+
+#[test]
 fn peer_authentication_workload_beats_namespace_beats_mesh() {
     let o = objects(
         r#"

@@ -286,3 +286,26 @@ async fn a_header_list_over_64_kib_is_refused_and_the_connection_keeps_serving()
     assert_eq!(&buf, b"ping");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_pool_forgets_peers_whose_connections_went_idle() -> anyhow::Result<()> {
+    let ca = TestCa::new("mesh")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let (addr, _events) = echo_server(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig {
+        idle_timeout: Duration::from_millis(50),
+        ..PoolConfig::default()
+    });
+    let mut stream = open(&pool, &client, &bundle, addr, "web", 7).await?;
+    stream.write_all(b"x").await?;
+    let mut one = [0u8; 1];
+    stream.read_exact(&mut one).await?;
+    pool.sweep();
+    assert_eq!(pool.peers(), 1, "a connection in use is kept");
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    pool.sweep();
+    assert_eq!(pool.peers(), 0, "an idle peer is forgotten");
+    Ok(())
+}

@@ -258,8 +258,11 @@ async fn handle_cni(
 }
 
 fn load_certs(config: &ProxyConfig, index: &MeshIndex) -> CertStore {
+    // Only enrolled workloads have certificates: the others would log a missing one on every
+    // reload.
     let wanted = index
         .workloads_on(&config.node)
+        .filter(|w| w.protocol == weft_core::mesh::Protocol::Hbone)
         .map(|w| index.identity(w))
         .collect::<Vec<_>>();
     let (store, errors) =

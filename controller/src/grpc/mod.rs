@@ -41,9 +41,11 @@ impl Published {
             .find(|id| id.namespace() == ns && id.service_account() == sa)
     }
 
-    /// Whether `caller` may stream as `name`: its own name, or a waypoint's it proves.
+    /// Whether `caller` may stream as `name`: a node proxy as its own node, a waypoint as the
+    /// waypoint it proves. Any other service account (`sa:<ns>:<sa>`: a token with the right
+    /// audience, but no node proxy's and no waypoint's) streams as nothing.
     pub fn may_stream_as(&self, caller: &str, name: &str) -> bool {
-        if caller == name {
+        if caller == name && !caller.starts_with("sa:") {
             return true;
         }
         name.starts_with(WAYPOINT_PREFIX)
@@ -162,4 +164,29 @@ pub struct Shared {
     pub credentials: Arc<NodeAuth>,
     /// Proxy status.
     pub proxies: Proxies,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_node_proxies_and_waypoints_may_stream() {
+        let published = Published {
+            waypoints: [(
+                "waypoint.shop.wp".to_owned(),
+                weft_core::identity::SpiffeId::new("cluster.local", "shop", "wp"),
+            )]
+            .into(),
+            ..Published::default()
+        };
+        assert!(published.may_stream_as("node1", "node1"));
+        assert!(!published.may_stream_as("node1", "node2"));
+        assert!(published.may_stream_as("sa:shop:wp", "waypoint.shop.wp"));
+        assert!(!published.may_stream_as("sa:shop:other", "waypoint.shop.wp"));
+        assert!(
+            !published.may_stream_as("sa:shop:other", "sa:shop:other"),
+            "any service account token streamed the mesh's config as itself"
+        );
+    }
 }

@@ -68,7 +68,13 @@ type Slot = Arc<tokio::sync::Mutex<Vec<Conn>>>;
 pub struct Pool {
     config: PoolConfig,
     slots: Mutex<HashMap<PoolKey, Slot>>,
+    /// Checkouts so far: every [`SWEEP_EVERY`]th sweeps peers no longer used.
+    checkouts: std::sync::atomic::AtomicUsize,
 }
+
+/// How often (in checkouts) the pool forgets peers whose connections are all closed or idle
+/// past the timeout: a proxy that talked to thousands of peers once keeps no trace of them.
+const SWEEP_EVERY: usize = 64;
 
 impl Pool {
     /// An empty pool.
@@ -76,7 +82,28 @@ impl Pool {
         Self {
             config,
             slots: Mutex::new(HashMap::new()),
+            checkouts: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Peers the pool holds an entry for (for tests).
+    pub fn peers(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Drops connections closed or idle past the timeout, and the peers left with none.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let idle = self.config.idle_timeout;
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, slot| match slot.try_lock() {
+            Ok(mut conns) => {
+                conns.retain(|c| usable(c, now, idle));
+                !conns.is_empty()
+            }
+            // In use right now: certainly not forgotten.
+            Err(_) => true,
+        });
     }
 
     /// Number of open connections (for metrics and tests).
@@ -157,6 +184,9 @@ impl Pool {
         D: FnOnce(SocketAddr) -> F,
         F: Future<Output = std::io::Result<TcpStream>>,
     {
+        if self.checkouts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep();
+        }
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots.entry(key.clone()).or_default().clone()
@@ -166,10 +196,7 @@ impl Pool {
         let mut conns = slot.lock().await;
         let now = Instant::now();
         let idle = self.config.idle_timeout;
-        conns.retain(|c| {
-            let idle_too_long = c.active.load(Ordering::Relaxed) == 0 && now - c.last_used > idle;
-            !c.closed.load(Ordering::Relaxed) && !idle_too_long
-        });
+        conns.retain(|c| usable(c, now, idle));
         let max = self.config.max_streams_per_conn;
         let conn = match conns
             .iter_mut()
@@ -198,6 +225,12 @@ impl Pool {
         conn.active.fetch_add(1, Ordering::Relaxed);
         Ok((conn.sender.clone(), ActiveGuard(conn.active.clone())))
     }
+}
+
+/// Whether a pooled connection may carry another stream: open, and not idle past the timeout.
+fn usable(c: &Conn, now: Instant, idle: Duration) -> bool {
+    let idle_too_long = c.active.load(Ordering::Relaxed) == 0 && now - c.last_used > idle;
+    !c.closed.load(Ordering::Relaxed) && !idle_too_long
 }
 
 async fn handshake<D, F>(addr: SocketAddr, tls: ClientConfig, dial: D) -> Result<Conn, HboneError>

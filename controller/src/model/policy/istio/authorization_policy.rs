@@ -149,7 +149,10 @@ impl AuthorizationPolicySpec {
                     && o.hosts.is_empty()
                     && o.not_hosts.is_empty())
             }) || rule.when.iter().any(|c| c.key.starts_with("request."));
-            if http {
+            // Attached to a Service or Gateway with targetRefs, a policy is judged at the
+            // waypoint only, where every HTTP attribute is known: nothing to note.
+            let attached = self.target_ref.is_some() || !self.target_refs.is_empty();
+            if http && !attached {
                 notes.note(
                     &format!("spec.rules[{i}]"),
                     "HTTP attributes are judged only on traffic through a waypoint; a node proxy (L4) reads this rule to deny more, never less (in ALLOW it does not match, in DENY it does)",
