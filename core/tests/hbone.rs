@@ -309,3 +309,51 @@ async fn the_pool_forgets_peers_whose_connections_went_idle() -> anyhow::Result<
     assert_eq!(pool.peers(), 0, "an idle peer is forgotten");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_connection_left_idle_is_closed_by_the_server() -> anyhow::Result<()> {
+    let ca = TestCa::new("mesh")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let config = Arc::new(tls::server_config(&server, &bundle)?);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut incoming) = hbone::accept(tcp, config, Duration::from_secs(5)).await else {
+            return;
+        };
+        let open = hbone::OpenTunnels::default();
+        let idle = Duration::from_millis(300);
+        while let Some(Ok(tunnel)) = incoming.next_unless_idle(idle, &open).await {
+            let open = open.clone();
+            tokio::spawn(async move {
+                if let Ok(mut stream) = tunnel.open() {
+                    let mut buf = [0u8; 1];
+                    while let Ok(1) = stream.read(&mut buf).await {
+                        let _ = stream.write_all(&buf).await;
+                    }
+                }
+                drop(open);
+            });
+        }
+        let _ = incoming.closed().await;
+        let _ = closed_tx.send(());
+    });
+    let pool = Pool::new(PoolConfig::default());
+    let mut stream = open(&pool, &client, &bundle, addr, "web", 7).await?;
+    // A tunnel in use keeps the connection however long it is quiet.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stream.write_all(b"x").await?;
+    let mut one = [0u8; 1];
+    stream.read_exact(&mut one).await?;
+    drop(stream);
+    // With no tunnel left, the server closes it after the idle time.
+    tokio::time::timeout(Duration::from_secs(3), closed_rx)
+        .await
+        .map_err(|_| anyhow::anyhow!("the idle connection was not closed"))??;
+    Ok(())
+}

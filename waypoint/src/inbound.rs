@@ -65,6 +65,7 @@ async fn connection(
         .map_err(|e| e.to_string())?;
     let peer = incoming.peer().clone();
     let mut draining = false;
+    let open = hbone::OpenTunnels::default();
     loop {
         let next = tokio::select! {
             _ = drain.signaled(), if !draining => {
@@ -72,13 +73,17 @@ async fn connection(
                 incoming.graceful_shutdown();
                 continue;
             }
-            next = incoming.next() => next,
+            next = incoming.next_unless_idle(hbone::IDLE_TIMEOUT, &open) => next,
         };
         match next {
             None => break,
             Some(Ok(tunnel)) => {
                 let (waypoint, peer, drain) = (waypoint.clone(), peer.clone(), drain.clone());
-                tokio::spawn(async move { serve_tunnel(waypoint, peer, tunnel, drain).await });
+                let open = open.clone();
+                tokio::spawn(async move {
+                    serve_tunnel(waypoint, peer, tunnel, drain).await;
+                    drop(open);
+                });
             }
             Some(Err(e)) => {
                 if !e.is_go_away() {

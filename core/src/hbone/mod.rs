@@ -15,5 +15,8 @@ pub use client::{Pool, PoolConfig, PoolKey};
 pub use protocol::{
     ConnectRequest, HboneError, MESH_PORTS, PORT, forwarded_header, parse_forwarded,
 };
-pub use server::{AcceptError, ConnectTarget, Incoming, PendingTunnel, Rejection, accept};
+pub use server::{
+    AcceptError, ConnectTarget, IDLE_TIMEOUT, Incoming, OpenTunnels, PendingTunnel, Rejection,
+    accept,
+};
 pub use stream::H2Stream;

@@ -90,6 +90,26 @@ where
         Some(Ok(PendingTunnel { request, respond }))
     }
 
+    /// The next CONNECT, or `None` once the connection is closed, or once it has been idle for
+    /// `idle` (no tunnel of `open` alive and none asked for): then it is closed gracefully
+    /// (GOAWAY), so idle peers do not hold a connection forever.
+    pub async fn next_unless_idle(
+        &mut self,
+        idle: Duration,
+        open: &OpenTunnels,
+    ) -> Option<Result<PendingTunnel, h2::Error>> {
+        loop {
+            match tokio::time::timeout(idle, self.next()).await {
+                Ok(next) => return next,
+                Err(_) if open.none() => {
+                    self.graceful_shutdown();
+                    return None;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Starts a graceful close: GOAWAY, in-flight streams finish.
     pub fn graceful_shutdown(&mut self) {
         self.conn.graceful_shutdown();
@@ -100,6 +120,21 @@ where
         std::future::poll_fn(|cx| self.conn.poll_closed(cx)).await
     }
 }
+
+/// The tunnels open on one connection: each holds a clone while it lives.
+#[derive(Clone, Debug, Default)]
+pub struct OpenTunnels(Arc<()>);
+
+impl OpenTunnels {
+    /// Whether no tunnel holds a clone (only this one is left).
+    pub fn none(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+}
+
+/// How long an HBONE connection with no tunnel open may stay (Envoy's and ztunnel's idle
+/// timeouts are of this order).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a valid CONNECT asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

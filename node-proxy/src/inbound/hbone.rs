@@ -49,6 +49,7 @@ pub(super) async fn serve_connection(
     };
     let peer_id = incoming.peer().clone();
     let mut draining = false;
+    let open = hbone::OpenTunnels::default();
     loop {
         let next = tokio::select! {
             _ = drain.signaled(), if !draining => {
@@ -56,7 +57,7 @@ pub(super) async fn serve_connection(
                 incoming.graceful_shutdown();
                 continue;
             }
-            next = incoming.next() => next,
+            next = incoming.next_unless_idle(hbone::IDLE_TIMEOUT, &open) => next,
         };
         match next {
             None => break,
@@ -68,9 +69,13 @@ pub(super) async fn serve_connection(
             }
             Some(Ok(tunnel)) => {
                 let (proxy, pod, peer_id) = (proxy.clone(), pod.clone(), peer_id.clone());
+                let open = open.clone();
                 tokio::spawn(
-                    async move { tunnel_to_pod(&proxy, &pod, &peer_id, tunnel).await }
-                        .in_current_span(),
+                    async move {
+                        tunnel_to_pod(&proxy, &pod, &peer_id, tunnel).await;
+                        drop(open);
+                    }
+                    .in_current_span(),
                 );
             }
         }
