@@ -258,6 +258,11 @@ async fn policy_verdicts_become_status_conditions_written_once() {
     use weft_controller::source::manifests::parse_file;
 
     let manifests = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop, labels: {weft.io/use-waypoint: waypoint}}
+spec: {clusterIP: 10.96.0.30, selector: {app: reviews}, ports: [{port: 9080}]}
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: shop, generation: 3}
@@ -265,7 +270,7 @@ spec:
   hosts: [reviews]
   http:
   - fault: {abort: {httpStatus: 500}}
-    route: [{destination: {host: reviews, subset: v1}}]
+    route: [{destination: {host: reviews}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -366,7 +371,9 @@ spec: {service: reviews, backends: [{service: reviews-v1, weight: 90}]}
     let mut fixed = objects.clone();
     if let Some(Object::Policy(p)) = parse_file(
         std::path::Path::new("shop.yaml"),
-        &manifests
+        &manifests[manifests
+            .find("apiVersion: networking")
+            .expect("the VirtualService")..]
             .replace(
                 "  - fault: {abort: {httpStatus: 500}}\n    route",
                 "  - route",

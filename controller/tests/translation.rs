@@ -247,6 +247,78 @@ spec:
 }
 
 #[test]
+fn accepted_policies_that_would_do_nothing_say_so_by_field() {
+    let o = objects(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v3}, weight: 60}
+    - {destination: {host: reviews-v2}, weight: 30}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ghost, namespace: default}
+spec: {host: ghost}
+---
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {name: split, namespace: default}
+spec: {service: reviews, backends: [{service: reviews-v2, weight: 50}, {service: reviews-v9, weight: 50}]}
+---
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: reviews-v2.default.svc.cluster.local, namespace: default}
+spec: {routes: [{name: all, condition: {method: GET}, timeout: 1s}]}
+"#,
+    );
+    let verdicts = weft_controller::model::status::verdicts(&o, &[]);
+    let message = |name: &str| {
+        let v = verdicts
+            .iter()
+            .find(|v| v.key.name == name)
+            .unwrap_or_else(|| panic!("no verdict for {name}"));
+        assert_eq!(
+            v.reason,
+            weft_controller::model::status::Reason::PartiallyHonoured,
+            "{name}: {}",
+            v.message
+        );
+        v.message.clone()
+    };
+    let a = message("a-reviews");
+    assert!(a.contains("spec.http[0].route: weights sum to 90"), "{a}");
+    assert!(
+        a.contains("spec.http[0].route[0].destination.subset"),
+        "{a}"
+    );
+    let b = message("b-reviews");
+    assert!(
+        b.contains("VirtualService default/a-reviews already routes reviews"),
+        "{b}"
+    );
+    assert!(message("ghost").contains("spec.host: no service \"ghost\""));
+    let split = message("split");
+    assert!(
+        split.contains("spec.backends[1].service: no service \"reviews-v9\""),
+        "{split}"
+    );
+    let profile = message("reviews-v2.default.svc.cluster.local");
+    assert!(profile.contains("not bound to a waypoint"), "{profile}");
+}
+
+#[test]
 fn peer_authentication_workload_beats_namespace_beats_mesh() {
     let o = objects(
         r#"

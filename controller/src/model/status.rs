@@ -120,16 +120,22 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             ),
             _ => None,
         };
-        let (reason, message) = if policy.notes.is_empty() {
-            (Reason::Accepted, "accepted by Weft".to_owned())
-        } else {
-            (
-                Reason::PartiallyHonoured,
-                format!(
-                    "accepted; Weft does not honour: {}",
-                    policy.notes.join("; ")
-                ),
-            )
+        let findings = super::translate::findings(objects, policy);
+        let (reason, message) = match (policy.notes.is_empty(), findings.is_empty()) {
+            (true, true) => (Reason::Accepted, "accepted by Weft".to_owned()),
+            (notes_empty, _) => {
+                let mut parts = Vec::new();
+                if !notes_empty {
+                    parts.push(format!("Weft does not honour: {}", policy.notes.join("; ")));
+                }
+                if !findings.is_empty() {
+                    parts.push(format!("without effect: {}", findings.join("; ")));
+                }
+                (
+                    Reason::PartiallyHonoured,
+                    format!("accepted; {}", parts.join("; ")),
+                )
+            }
         };
         out.push(Verdict {
             kind: policy.kind,

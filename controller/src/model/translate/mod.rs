@@ -7,6 +7,7 @@ mod authz;
 mod backends;
 mod common;
 mod endpoints;
+mod findings;
 mod gateway_api;
 mod istio;
 mod linkerd;
@@ -18,6 +19,7 @@ mod waypoints;
 pub use authz::workload_authz;
 pub use common::ROOT_NAMESPACES;
 pub use endpoints::Membership;
+pub use findings::findings;
 pub use mesh::{AMBIENT, DATAPLANE_MODE, OPT_OUT, enrolled, mesh_config};
 pub use peer_auth::peer_authentication;
 pub use waypoints::{

@@ -1,0 +1,114 @@
+//! What a policy accepted on its own would still not do, once the other objects are read: a
+//! host or backend that names no service, a second VirtualService for a host another already
+//! routes, a subset no DestinationRule defines, weights that do not sum to 100, routing for a
+//! service no waypoint serves. Each finding names the field; the verdict then says
+//! PartiallyHonoured instead of an Accepted that would have no effect.
+
+use super::backends::destination_rule;
+use super::common::{host_is, service_for};
+use super::waypoints::waypoint_of;
+use crate::model::objects::{Objects, Service};
+use crate::model::policy::{Policy, PolicySpec};
+
+/// The findings on `policy` among `objects`, each `field: what`.
+pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
+    let ns = policy.key.namespace.as_str();
+    let mut out = Vec::new();
+    let unbound = |svc: &Service| {
+        waypoint_of(objects, svc).is_none().then(|| {
+            format!(
+                "{}.{} is not bound to a waypoint (weft.io/use-waypoint): its L7 routing applies only through one",
+                svc.name, svc.namespace
+            )
+        })
+    };
+    match &policy.spec {
+        PolicySpec::VirtualService(vs) => {
+            for (i, host) in vs.hosts.iter().enumerate() {
+                let Some(svc) = service_for(objects, host, ns) else {
+                    out.push(format!(
+                        "spec.hosts[{i}]: no service {host:?}: nothing applies it"
+                    ));
+                    continue;
+                };
+                // The first VirtualService for a host routes it (as the translation reads them).
+                let first = objects.policies.values().find(|p| {
+                    matches!(&p.spec, PolicySpec::VirtualService(other)
+                        if other.hosts.iter().any(|h| host_is(h, &p.key.namespace, svc)))
+                });
+                if let Some(first) = first
+                    && first.key != policy.key
+                {
+                    out.push(format!(
+                        "spec.hosts[{i}]: VirtualService {} already routes {host}; this one is not applied to it",
+                        first.key
+                    ));
+                }
+                out.extend(unbound(svc).map(|why| format!("spec.hosts[{i}]: {why}")));
+            }
+            for (i, http) in vs.http.iter().enumerate() {
+                let weights: Vec<Option<u32>> = http.route.iter().map(|d| d.weight).collect();
+                if weights.len() > 1 && weights.iter().all(Option::is_some) {
+                    let sum: u32 = weights.iter().flatten().sum();
+                    if sum != 100 {
+                        out.push(format!(
+                            "spec.http[{i}].route: weights sum to {sum}, not 100: traffic is split in proportion"
+                        ));
+                    }
+                }
+                for (j, d) in http.route.iter().enumerate() {
+                    let at = format!("spec.http[{i}].route[{j}].destination");
+                    let Some(target) = service_for(objects, &d.destination.host, ns) else {
+                        out.push(format!(
+                            "{at}.host: no service {:?}: this destination is left out",
+                            d.destination.host
+                        ));
+                        continue;
+                    };
+                    if let Some(subset) = &d.destination.subset {
+                        let defined = destination_rule(objects, target)
+                            .is_some_and(|dr| dr.subsets.iter().any(|s| &s.name == subset));
+                        if !defined {
+                            out.push(format!(
+                                "{at}.subset: no DestinationRule for {} defines subset {subset:?}: it has no endpoints",
+                                d.destination.host
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        PolicySpec::DestinationRule(dr) if service_for(objects, &dr.host, ns).is_none() => {
+            out.push(format!(
+                "spec.host: no service {:?}: nothing applies it",
+                dr.host
+            ));
+        }
+        PolicySpec::TrafficSplit(ts) => match service_for(objects, &ts.service, ns) {
+            None => out.push(format!(
+                "spec.service: no service {:?}: nothing applies it",
+                ts.service
+            )),
+            Some(apex) => {
+                out.extend(unbound(apex).map(|why| format!("spec.service: {why}")));
+                for (i, b) in ts.backends.iter().enumerate() {
+                    if service_for(objects, &b.service, ns).is_none() {
+                        out.push(format!(
+                            "spec.backends[{i}].service: no service {:?}: this backend is left out",
+                            b.service
+                        ));
+                    }
+                }
+            }
+        },
+        PolicySpec::ServiceProfile(_) => match service_for(objects, &policy.key.name, ns) {
+            None => out.push(format!(
+                "metadata.name: no service {:?}: nothing applies it",
+                policy.key.name
+            )),
+            Some(svc) => out.extend(unbound(svc).map(|why| format!("metadata.name: {why}"))),
+        },
+        _ => {}
+    }
+    out
+}
