@@ -263,6 +263,11 @@ kind: Service
 metadata: {name: reviews, namespace: shop, labels: {weft.io/use-waypoint: waypoint}}
 spec: {clusterIP: 10.96.0.30, selector: {app: reviews}, ports: [{port: 9080}]}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop, labels: {weft.io/use-waypoint: waypoint}}
+spec: {clusterIP: 10.96.0.31, selector: {app: ratings}, ports: [{port: 9080}]}
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: shop, generation: 3}

@@ -223,3 +223,81 @@ spec:
         "{errors:?}"
     );
 }
+
+/// Fields each API has, that Weft reads but does not act on: every one is named in the notes.
+#[test]
+fn typed_fields_weft_ignores_are_each_named() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{authority: {exact: reviews.shop}, ignoreUriCase: true}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+    retries: {attempts: 2, retryOn: "5xx,reset-before-request"}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy: {connectionPool: {http: {maxRetries: 3}}}
+---
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata: {name: reviews.shop.svc.cluster.local, namespace: shop}
+spec:
+  dstOverrides: [{authority: reviews-v2.shop.svc.cluster.local:9080, weight: 1}]
+  routes:
+  - name: not-get
+    condition: {not: {method: GET}}
+    responseClasses: [{condition: {any: [{status: {min: 500}}]}, isFailure: true}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: route, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, sectionName: http}]
+  hostnames: [reviews.example]
+  rules: [{backendRefs: [{name: reviews, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: weft-waypoint
+  addresses: [{value: 10.0.0.1}]
+  infrastructure: {labels: {a: b}}
+  listeners: [{name: mesh, port: 15008, protocol: HBONE, hostname: x.example, allowedRoutes: {namespaces: {from: All}}, tls: {mode: Terminate}}]
+"#;
+    let (objects, errors) = parse_file(Path::new("all.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let notes: Vec<String> = policies(&objects)
+        .iter()
+        .flat_map(|p| p.notes.iter().map(move |n| format!("{} {n}", p.describe())))
+        .collect();
+    for field in [
+        "VirtualService shop/vs spec.http[0].match[0].authority",
+        "VirtualService shop/vs spec.http[0].match[0].ignoreUriCase",
+        "VirtualService shop/vs spec.http[0].route[0].destination.port",
+        "VirtualService shop/vs spec.http[0].retries.retryOn[1]",
+        "DestinationRule shop/dr spec.trafficPolicy.connectionPool.http.maxRetries",
+        "ServiceProfile shop/reviews.shop.svc.cluster.local spec.dstOverrides",
+        "ServiceProfile shop/reviews.shop.svc.cluster.local spec.routes[0].condition",
+        "ServiceProfile shop/reviews.shop.svc.cluster.local spec.routes[0].responseClasses[0].condition",
+        "HTTPRoute shop/route spec.hostnames",
+        "HTTPRoute shop/route spec.parentRefs[0].sectionName",
+        "Gateway shop/waypoint spec.addresses",
+        "Gateway shop/waypoint spec.infrastructure",
+        "Gateway shop/waypoint spec.listeners[0].hostname",
+        "Gateway shop/waypoint spec.listeners[0].allowedRoutes",
+        "Gateway shop/waypoint spec.listeners[0].tls",
+    ] {
+        assert!(
+            notes.iter().any(|n| n.starts_with(field)),
+            "{field} is not named: {notes:#?}"
+        );
+    }
+}

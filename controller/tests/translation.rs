@@ -247,6 +247,44 @@ spec:
 }
 
 #[test]
+fn an_http_route_for_one_port_of_a_service_leaves_the_others_their_default() {
+    let o = objects(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: two-ports, namespace: default, labels: {weft.io/use-waypoint: waypoint}}
+spec: {clusterIP: 10.96.0.50, selector: {app: reviews}, ports: [{name: a, port: 9080, targetPort: 8080}, {name: b, port: 9090, targetPort: 8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: only-9090, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: two-ports, port: 9090}]
+  rules:
+  - backendRefs: [{name: reviews-v2, port: 9080}]
+    timeouts: {request: 2s}
+"#,
+    );
+    let mesh = mesh_config(&o, "cluster.local");
+    let svc = mesh.waypoints[0]
+        .services
+        .iter()
+        .find(|s| s.name == "two-ports")
+        .expect("bound");
+    assert_eq!(svc.routes.len(), 2, "{:?}", svc.routes);
+    assert!(
+        svc.routes[0].matches.iter().all(|m| m.port == Some(9090)),
+        "the route is for port 9090 only"
+    );
+    assert_eq!(svc.routes[0].timeout_ms, Some(2000));
+    assert_eq!(svc.routes[1].name, "default");
+    assert!(
+        svc.routes[1].matches.is_empty(),
+        "9080 keeps the default route"
+    );
+}
+
+#[test]
 fn accepted_policies_that_would_do_nothing_say_so_by_field() {
     let o = objects(
         r#"

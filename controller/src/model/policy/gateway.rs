@@ -169,6 +169,20 @@ pub struct Retry {
 impl HttpRouteSpec {
     /// Reports what Weft does not do.
     pub fn notes(&self, notes: &mut Notes) {
+        if !self.hostnames.is_empty() {
+            notes.note(
+                "spec.hostnames",
+                "not honoured: a route whose parent is a Service (GAMMA) applies to every request to it",
+            );
+        }
+        for (i, p) in self.parent_refs.iter().enumerate() {
+            if p.section_name.is_some() {
+                notes.note(
+                    &format!("spec.parentRefs[{i}].sectionName"),
+                    "not honoured: the route applies to every port of the Service",
+                );
+            }
+        }
         for (i, r) in self.rules.iter().enumerate() {
             notes.unhonoured(
                 &format!("spec.rules[{i}].filters"),
@@ -214,6 +228,32 @@ pub struct GatewaySpec {
     /// Not honoured.
     #[serde(default)]
     pub infrastructure: Unhonoured,
+}
+
+impl GatewaySpec {
+    /// Reports what Weft does not do.
+    pub fn notes(&self, notes: &mut Notes) {
+        notes.unhonoured(
+            "spec.addresses",
+            &self.addresses,
+            "a waypoint's address is its pod's",
+        );
+        notes.unhonoured(
+            "spec.infrastructure",
+            &self.infrastructure,
+            "the waypoint Deployment is Weft's",
+        );
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("spec.listeners[{i}].{f}");
+            notes.unhonoured(&at("hostname"), &l.hostname, "a waypoint serves every host");
+            notes.unhonoured(
+                &at("allowedRoutes"),
+                &l.allowed_routes,
+                "a waypoint takes the routes of the services bound to it",
+            );
+            notes.unhonoured(&at("tls"), &l.tls, "a waypoint speaks HBONE (mTLS) only");
+        }
+    }
 }
 
 /// A listener.

@@ -182,6 +182,15 @@ pub struct DstOverride {
     pub weight: Number,
 }
 
+impl RequestMatch {
+    /// Whether a `not` appears anywhere in this condition.
+    fn has_not(&self) -> bool {
+        self.not.is_some()
+            || self.all.iter().any(RequestMatch::has_not)
+            || self.any.iter().any(RequestMatch::has_not)
+    }
+}
+
 impl ServiceProfileSpec {
     /// Reports what Weft does not do.
     pub fn notes(&self, notes: &mut Notes) {
@@ -190,7 +199,31 @@ impl ServiceProfileSpec {
             &self.opaque_ports,
             "the waypoint detects the protocol",
         );
+        if !self.dst_overrides.is_empty() {
+            notes.note(
+                "spec.dstOverrides",
+                "not honoured: split with a TrafficSplit or HTTPRoute backendRefs",
+            );
+        }
         for (i, r) in self.routes.iter().enumerate() {
+            if r.condition.has_not() {
+                notes.note(
+                    &format!("spec.routes[{i}].condition"),
+                    "`not` is not honoured: the negated part matches nothing, so the condition matches less",
+                );
+            }
+            for (j, class) in r.response_classes.iter().enumerate() {
+                if class
+                    .condition
+                    .as_ref()
+                    .is_some_and(|c| !c.all.is_empty() || !c.any.is_empty() || c.not.is_some())
+                {
+                    notes.note(
+                        &format!("spec.routes[{i}].responseClasses[{j}].condition"),
+                        "all/any/not are not honoured: only the top-level status range classifies",
+                    );
+                }
+            }
             if let Some(b) = r.retries.as_ref().and_then(|r| r.budget.as_ref()) {
                 notes.unhonoured(
                     &format!("spec.routes[{i}].retries.budget.percentile"),

@@ -261,6 +261,7 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
         }
         PolicyKind::Gateway => {
             let s: gateway::GatewaySpec = spec(&doc.spec)?;
+            s.notes(&mut notes);
             PolicySpec::Gateway(Box::new(s))
         }
     };

@@ -101,6 +101,42 @@ pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
                 }
             }
         },
+        PolicySpec::HttpRoute(route) => {
+            let mut parent_ports: Vec<u16> = Vec::new();
+            for (i, parent) in route.parent_refs.iter().enumerate() {
+                if !route.service_parents().any(|p| std::ptr::eq(p, parent)) {
+                    continue;
+                }
+                let parent_ns = parent.namespace.as_deref().unwrap_or(ns);
+                match objects
+                    .services
+                    .get(&crate::model::key::ObjectKey::new(parent_ns, &parent.name))
+                {
+                    None => out.push(format!(
+                        "spec.parentRefs[{i}]: no service {parent_ns}/{}: nothing applies it",
+                        parent.name
+                    )),
+                    Some(svc) => {
+                        parent_ports.extend(svc.ports.iter().map(|p| p.port));
+                        out.extend(unbound(svc).map(|why| format!("spec.parentRefs[{i}]: {why}")));
+                    }
+                }
+            }
+            // A backend is reached on the port the request arrived on: a backendRef naming
+            // another port is not honoured.
+            for (i, rule) in route.rules.iter().enumerate() {
+                for (j, b) in rule.backend_refs.iter().enumerate() {
+                    if let Some(port) = b.port
+                        && !parent_ports.is_empty()
+                        && !parent_ports.contains(&port)
+                    {
+                        out.push(format!(
+                            "spec.rules[{i}].backendRefs[{j}].port: {port} is not a port of the parent Service; the backend is reached on the port the request arrived on"
+                        ));
+                    }
+                }
+            }
+        }
         PolicySpec::ServiceProfile(_) => match service_for(objects, &policy.key.name, ns) {
             None => out.push(format!(
                 "metadata.name: no service {:?}: nothing applies it",

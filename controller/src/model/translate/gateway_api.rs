@@ -5,6 +5,7 @@ use weft_core::mesh::{NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch, W
 
 use super::backends::Backends;
 use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, ms};
+use super::smi::default_backends;
 use crate::model::key::ObjectKey;
 use crate::model::objects::{Objects, Service};
 use crate::model::policy::PolicySpec;
@@ -25,6 +26,15 @@ pub(crate) fn http_route_routes(
         }
         _ => None,
     })?;
+    // A parent naming one port scopes the route to requests on that port; the rest keep the
+    // service's default route.
+    let port = route
+        .service_parents()
+        .find(|parent| {
+            parent.name == svc.name
+                && parent.namespace.as_deref().unwrap_or(&key.namespace) == svc.namespace
+        })
+        .and_then(|parent| parent.port);
     let value_match = |kind: Option<&str>, value: &str| match kind {
         Some("RegularExpression") => StrMatch::Regex(value.to_owned()),
         _ => StrMatch::Exact(value.to_owned()),
@@ -116,6 +126,25 @@ pub(crate) fn http_route_routes(
             backends: weighted,
             timeout_ms: rule.timeouts.as_ref().and_then(|t| ms(t.request)),
             retry,
+        });
+    }
+    // (On a Service with that one port the scope is every request: nothing to add.)
+    let other_ports = port.is_some_and(|p| svc.ports.iter().any(|sp| sp.port != p));
+    if let Some(port) = port.filter(|_| other_ports) {
+        for route in &mut routes {
+            if route.matches.is_empty() {
+                route.matches.push(RouteMatch::default());
+            }
+            for m in &mut route.matches {
+                m.port = Some(port);
+            }
+        }
+        routes.push(Route {
+            name: "default".into(),
+            matches: Vec::new(),
+            backends: default_backends(objects, backends, svc),
+            timeout_ms: None,
+            retry: Some(default_retry()),
         });
     }
     Some(routes)

@@ -231,6 +231,12 @@ impl TrafficPolicy {
                 );
             }
             if let Some(http) = &pool.http {
+                if http.max_retries.is_some() {
+                    notes.note(
+                        &format!("{at}.connectionPool.http.maxRetries"),
+                        "not honoured: retries are bounded per route and by the retry budget",
+                    );
+                }
                 notes.unhonoured(
                     &format!("{at}.connectionPool.http.idleTimeout"),
                     &http.idle_timeout,

@@ -207,6 +207,22 @@ pub struct HttpRetry {
     pub retry_ignore_previous_hosts: Unhonoured,
 }
 
+/// The `retryOn` conditions Weft acts on (and numeric status codes).
+pub const KNOWN_RETRY_ON: [&str; 12] = [
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "refused-stream",
+    "reset",
+    "retriable-4xx",
+    "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "resource-exhausted",
+    "internal",
+    "unavailable",
+];
+
 impl VirtualServiceSpec {
     /// Reports what Weft does not do.
     pub fn notes(&self, notes: &mut Notes) {
@@ -252,6 +268,18 @@ impl VirtualServiceSpec {
                     "use AuthorizationPolicy for source-based rules",
                 );
                 notes.unhonoured(&at("gateways"), &m.gateways, "ingress gateways");
+                if m.authority.is_some() {
+                    notes.note(
+                        &at("authority"),
+                        "not honoured: the route matches every authority of the service",
+                    );
+                }
+                if m.ignore_uri_case {
+                    notes.note(
+                        &at("ignoreUriCase"),
+                        "not honoured: paths match case-sensitively",
+                    );
+                }
                 notes.unhonoured(&at("statPrefix"), &m.stat_prefix, "not implemented");
             }
             for (j, d) in r.route.iter().enumerate() {
@@ -260,8 +288,26 @@ impl VirtualServiceSpec {
                     &d.headers,
                     "not implemented",
                 );
+                if d.destination.port.is_some() {
+                    notes.note(
+                        &format!("spec.http[{i}].route[{j}].destination.port"),
+                        "not honoured: the destination is reached on the port the request arrived on",
+                    );
+                }
             }
             if let Some(retries) = &r.retries {
+                for (k, token) in retries.retry_on.iter().flat_map(|l| l.0.iter()).enumerate() {
+                    if !KNOWN_RETRY_ON.contains(&token.trim())
+                        && token.trim().parse::<u16>().is_err()
+                    {
+                        notes.note(
+                            &at(&format!("retries.retryOn[{k}]")),
+                            format!(
+                                "{token:?} is not a condition Weft knows: it never triggers a retry"
+                            ),
+                        );
+                    }
+                }
                 notes.unhonoured(
                     &at("retries.retryRemoteLocalities"),
                     &retries.retry_remote_localities,
