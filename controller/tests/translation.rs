@@ -285,6 +285,56 @@ spec:
 }
 
 #[test]
+fn http_route_header_modifiers_become_route_edits_and_other_filters_are_named() {
+    let o = objects(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules:
+  - backendRefs: [{name: reviews, port: 9080}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: X-Route, value: gamma}], remove: [x-secret]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-via, value: waypoint}]}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: reviews-v2, port: 9080}}
+"#,
+    );
+    let mesh = mesh_config(&o, "cluster.local");
+    let route = &mesh.waypoints[0].services[0].routes[0];
+    assert_eq!(
+        route.request_headers.set.get("x-route").map(String::as_str),
+        Some("gamma")
+    );
+    assert_eq!(route.request_headers.remove, vec!["x-secret".to_owned()]);
+    assert_eq!(
+        route.response_headers.add.get("x-via").map(String::as_str),
+        Some("waypoint")
+    );
+    let verdicts = weft_controller::model::status::verdicts(&o, &[]);
+    let verdict = verdicts
+        .iter()
+        .find(|v| v.key.name == "reviews")
+        .expect("verdict");
+    assert!(
+        verdict
+            .message
+            .contains("spec.rules[0].filters[2]: RequestMirror not honoured"),
+        "{}",
+        verdict.message
+    );
+    assert!(
+        !verdict.message.contains("filters[0]"),
+        "{}",
+        verdict.message
+    );
+}
+
+#[test]
 fn accepted_policies_that_would_do_nothing_say_so_by_field() {
     let o = objects(
         r#"

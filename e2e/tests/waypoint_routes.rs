@@ -295,3 +295,75 @@ fn a_traffic_split_to_leaf_services_outside_the_waypoint_serves_every_request() 
     ensure!((140..=260).contains(&v2), "v2 got {v2} of 400");
     Ok(())
 }
+
+#[test]
+fn a_virtual_service_edits_headers_and_answers_directly() -> Result<()> {
+    let b = bookinfo("wpheaders")?;
+    b.apply(
+        "headers.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /teapot}}]
+    directResponse: {status: 418, body: {string: short and stout}}
+  - headers:
+      request: {set: {x-weft-route: canary}, remove: [x-drop-me]}
+      response: {set: {x-answered-by: waypoint}, remove: [x-served-by]}
+    route: [{destination: {host: reviews}}]
+",
+    )?;
+    let head = |path: &str, extra: &[&str]| -> Result<String> {
+        let url = url(path);
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ];
+        argv.extend_from_slice(extra);
+        argv.push(&url);
+        let out = b.bed.exec(&b.client, &argv)?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+    };
+    let routed = head("/reviews/1", &["-H", "x-echo-header: x-weft-route"])?;
+    ensure!(routed.starts_with("http/1.1 200"), "{routed}");
+    ensure!(
+        routed.contains("x-echo: canary"),
+        "the request header was not set: {routed}"
+    );
+    ensure!(routed.contains("x-answered-by: waypoint"), "{routed}");
+    ensure!(
+        !routed.contains("x-served-by"),
+        "the response header was not removed: {routed}"
+    );
+    let removed = head(
+        "/reviews/1",
+        &["-H", "x-echo-header: x-drop-me", "-H", "x-drop-me: yes"],
+    )?;
+    ensure!(
+        !removed.contains("x-echo:"),
+        "the request header was not removed: {removed}"
+    );
+    let teapot = b.bed.exec(
+        &b.client,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-w",
+            " %{http_code}",
+            &url("/teapot"),
+        ],
+    )?;
+    let teapot = String::from_utf8_lossy(&teapot.stdout).trim().to_owned();
+    ensure!(teapot == "short and stout 418", "{teapot}");
+    Ok(())
+}

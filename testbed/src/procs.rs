@@ -199,6 +199,35 @@ impl TestBed {
         for w in self.waypoints.clone() {
             self.start_waypoint(&w)?;
         }
+        if self.with_controller {
+            // Like a kubelet's readiness gate: the bed is up once every enrolled pod's node
+            // has its certificate from the controller's CA (a test's first request must not
+            // race the first issuance).
+            let wanted: Vec<std::path::PathBuf> = self
+                .pods
+                .iter()
+                .filter(|p| p.enrolled)
+                .map(|p| {
+                    self.node_cert_dir(p.node)
+                        .join(&p.namespace)
+                        .join(&p.service_account)
+                        .join("cert.pem")
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while let Some(missing) = wanted.iter().find(|path| !path.exists()) {
+                ensure!(
+                    Instant::now() < deadline,
+                    "no certificate at {} after 15 s; proxy logs:\n{}",
+                    missing.display(),
+                    (0..self.nodes.len())
+                        .map(|i| self.proxy_log(i))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use super::v1;
 use crate::mesh::{
     AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, Backend,
-    NamedMatch, Outlier, PoolLimits, Retry, RetryBudget, RetryOn, Route, RouteMatch, ServicePolicy,
-    ServicePort, StrMatch, WaypointConfig, WeightedBackend,
+    DirectResponse, HeaderEdits, NamedMatch, Outlier, PoolLimits, Retry, RetryBudget, RetryOn,
+    Route, RouteMatch, ServicePolicy, ServicePort, StrMatch, WaypointConfig, WeightedBackend,
 };
 
 /// A field of a message that does not convert: its path and what is wrong.
@@ -320,7 +320,30 @@ fn route_to(r: &Route) -> v1::Route {
             .collect(),
         timeout_ms: r.timeout_ms,
         retry: r.retry.as_ref().map(retry_to),
+        request_headers: edits_to(&r.request_headers),
+        response_headers: edits_to(&r.response_headers),
+        direct_response: r.direct_response.as_ref().map(|d| v1::DirectResponse {
+            status: u32::from(d.status),
+            body: d.body.clone(),
+        }),
     }
+}
+
+fn edits_to(e: &HeaderEdits) -> Option<v1::HeaderEdits> {
+    (!e.is_empty()).then(|| v1::HeaderEdits {
+        set: e.set.clone().into_iter().collect(),
+        add: e.add.clone().into_iter().collect(),
+        remove: e.remove.clone(),
+    })
+}
+
+fn edits_from(e: Option<&v1::HeaderEdits>) -> HeaderEdits {
+    e.map(|e| HeaderEdits {
+        set: e.set.clone().into_iter().collect(),
+        add: e.add.clone().into_iter().collect(),
+        remove: e.remove.clone(),
+    })
+    .unwrap_or_default()
 }
 
 fn route_from(r: &v1::Route) -> Result<Route> {
@@ -360,6 +383,23 @@ fn route_from(r: &v1::Route) -> Result<Route> {
             .map(retry_from)
             .transpose()
             .map_err(|e| e.under("retry"))?,
+        request_headers: edits_from(r.request_headers.as_ref()),
+        response_headers: edits_from(r.response_headers.as_ref()),
+        direct_response: r
+            .direct_response
+            .as_ref()
+            .map(|d| {
+                Ok(DirectResponse {
+                    status: u16::try_from(d.status).map_err(|_| {
+                        FieldError::new(
+                            "directResponse.status",
+                            format!("{} is not a status", d.status),
+                        )
+                    })?,
+                    body: d.body.clone(),
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -482,6 +522,11 @@ services:
   - name: default
     matches: []
     backends: [{backend: 0, weight: 90}, {backend: 1, weight: 10}]
+    requestHeaders: {set: {x-a: "1"}, add: {x-b: "2"}, remove: [x-c]}
+    responseHeaders: {remove: [server]}
+  - name: teapot
+    backends: [{backend: 0, weight: 1}]
+    directResponse: {status: 418, body: short and stout}
   backends:
   - name: reviews.default/v1
     namespace: default

@@ -3,7 +3,7 @@
 //! retries), the backends (endpoints, connection pool limits, outlier detection) and the
 //! authorization policies. Validated on receipt; a bad one is refused whole.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,68 @@ pub struct Route {
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Edits to the request's headers before it is sent.
+    #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    /// Edits to the response's headers before it is returned.
+    #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
+    /// An answer the waypoint gives itself instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// Header edits (Istio's `headers.request|response`, Gateway API's header modifiers): `set`
+/// replaces, `add` appends, `remove` deletes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderEdits {
+    /// Headers replaced (or added) with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Values appended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// Whether nothing is edited.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    fn validate(&self, at: &str) -> Result<(), String> {
+        let names = self
+            .set
+            .keys()
+            .chain(self.add.keys())
+            .chain(self.remove.iter());
+        for name in names {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("{at}: {name:?} is not a header name"));
+            }
+        }
+        for value in self.set.values().chain(self.add.values()) {
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(format!("{at}: {value:?} is not a header value"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A response the waypoint makes itself (Istio's `directResponse`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
 }
 
 /// A weighted backend.
@@ -264,6 +326,20 @@ impl WaypointConfig {
         for (s, service) in self.services.iter().enumerate() {
             for (r, route) in service.routes.iter().enumerate() {
                 let at = format!("services[{s}].routes[{r}]");
+                route
+                    .request_headers
+                    .validate(&format!("{at}.requestHeaders"))?;
+                route
+                    .response_headers
+                    .validate(&format!("{at}.responseHeaders"))?;
+                if let Some(d) = &route.direct_response
+                    && !(200..=599).contains(&d.status)
+                {
+                    return Err(format!(
+                        "{at}.directResponse.status: {} is not a response status",
+                        d.status
+                    ));
+                }
                 if route.backends.is_empty() {
                     return Err(format!("{at}.backends: a route needs a backend"));
                 }

@@ -3,7 +3,8 @@
 //! `serve`: an HTTP/1.1 + HTTP/2 (h2c) + gRPC server that answers with its name, and can be
 //! told at run time to fail a share of requests, delay, or answer gRPC `UNAVAILABLE`
 //! (`/__set?fail=30&status=503&delay_ms=0&grpc_unavailable=0`); `/__count` says how many
-//! requests it served (control requests excluded).
+//! requests it served (control requests excluded). `x-echo-header: <name>` on a request asks
+//! for that request header back, as `x-echo`.
 //!
 //! A request with `upgrade: weft-echo` is answered `101 Switching Protocols` and the connection
 //! then echoes what it gets (a stand-in for WebSocket). `upgrade` is its client: it asks for
@@ -211,6 +212,13 @@ async fn answer(b: &Behaviour, name: &str, mut req: Request<Incoming>) -> Respon
     }
     b.served.fetch_add(1, Ordering::Relaxed);
     let seq = b.seq.fetch_add(1, Ordering::Relaxed);
+    // `x-echo-header: <name>` asks for that request header back, as `x-echo`.
+    let echoed = req
+        .headers()
+        .get("x-echo-header")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|name| req.headers().get(name))
+        .cloned();
     let grpc = req
         .headers()
         .get("content-type")
@@ -261,6 +269,9 @@ async fn answer(b: &Behaviour, name: &str, mut req: Request<Incoming>) -> Respon
     response
         .headers_mut()
         .insert("x-served-by", name.parse().expect("value"));
+    if let Some(echoed) = echoed {
+        response.headers_mut().insert("x-echo", echoed);
+    }
     response
 }
 

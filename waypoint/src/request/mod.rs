@@ -3,6 +3,7 @@
 //!     normalize→ one spelling of the path for every layer and the endpoint (400 if ambiguous)
 //!     route    → the first route whose conditions match (404 NR otherwise)
 //!     authz    → the service's AuthorizationPolicies (403 RBAC)
+//!     headers  → the route's direct response, or its header edits (request, then response)
 //!     split    → a backend by weight, or the one holding the pod the client addressed
 //!     timeout  → the route's deadline and each try's
 //!     retry    → eligibility, budget, backoff (over a body kept by `body`)
@@ -14,6 +15,7 @@
 
 mod authz;
 mod body;
+mod headers;
 mod normalize;
 mod reply;
 pub(crate) mod retry;
@@ -189,6 +191,14 @@ async fn serve(
         return denied;
     }
 
+    // A direct response, or header edits.
+    if let Some(direct) = &route.direct_response {
+        let mut reply = headers::direct(direct);
+        headers::apply(&route.response_headers, reply.response.headers_mut());
+        return reply;
+    }
+    headers::apply(&route.request_headers, request.headers_mut());
+
     // Split.
     let budget = &service.budgets[index];
     budget.deposit();
@@ -256,6 +266,7 @@ async fn serve(
         ),
     };
     let mut reply = tries.run(body, labels).await;
+    headers::apply(&route.response_headers, reply.response.headers_mut());
     if let Some(client) = on_client {
         upgrade::join(client, &mut reply.response);
     }

@@ -158,6 +158,7 @@ mod tests {
             backends: vec![],
             timeout_ms: None,
             retry: None,
+            ..Route::default()
         })
         .expect("compiles")
     }

@@ -59,6 +59,7 @@ mod tests {
                 .collect(),
             timeout_ms: None,
             retry: None,
+            ..Route::default()
         }
     }
 

@@ -64,12 +64,58 @@ pub struct RouteRule {
     /// Retries (GEP-1731).
     #[serde(default)]
     pub retry: Option<Retry>,
-    /// Not honoured.
+    /// Filters: the header modifiers are honoured, the others noted.
     #[serde(default)]
-    pub filters: Unhonoured,
+    pub filters: Vec<RouteFilter>,
     /// Not honoured.
     #[serde(default)]
     pub session_persistence: Unhonoured,
+}
+
+/// `rules[].filters[]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteFilter {
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`, `RequestRedirect`,
+    /// `URLRewrite`, `ExtensionRef`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderModifier>,
+    /// Not honoured.
+    #[serde(default)]
+    pub request_mirror: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub request_redirect: Unhonoured,
+    /// Not honoured.
+    #[serde(default, rename = "urlRewrite")]
+    pub url_rewrite: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub extension_ref: Unhonoured,
+}
+
+/// A header modifier filter.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    #[serde(default)]
+    pub set: Vec<HttpHeader>,
+    #[serde(default)]
+    pub add: Vec<HttpHeader>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// One header of a modifier.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
 }
 
 /// One match.
@@ -184,11 +230,17 @@ impl HttpRouteSpec {
             }
         }
         for (i, r) in self.rules.iter().enumerate() {
-            notes.unhonoured(
-                &format!("spec.rules[{i}].filters"),
-                &r.filters,
-                "not implemented",
-            );
+            for (j, f) in r.filters.iter().enumerate() {
+                if !matches!(
+                    f.kind.as_str(),
+                    "RequestHeaderModifier" | "ResponseHeaderModifier"
+                ) {
+                    notes.note(
+                        &format!("spec.rules[{i}].filters[{j}]"),
+                        format!("{} not honoured (not implemented)", f.kind),
+                    );
+                }
+            }
             notes.unhonoured(
                 &format!("spec.rules[{i}].sessionPersistence"),
                 &r.session_persistence,

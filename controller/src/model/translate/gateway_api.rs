@@ -1,7 +1,9 @@
 //! Gateway API HTTPRoute attached to a Service (GAMMA): rules with matches, weighted backend
 //! references, timeouts and retries.
 
-use weft_core::mesh::{NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch, WeightedBackend};
+use weft_core::mesh::{
+    HeaderEdits, NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch, WeightedBackend,
+};
 
 use super::backends::Backends;
 use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, ms};
@@ -120,12 +122,40 @@ pub(crate) fn http_route_routes(
             }
             _ => Some(default_retry()),
         };
+        let edits = |response: bool| {
+            let mut e = HeaderEdits::default();
+            for f in &rule.filters {
+                let modifier = if response {
+                    f.response_header_modifier.as_ref()
+                } else {
+                    f.request_header_modifier.as_ref()
+                };
+                if let Some(m) = modifier {
+                    e.set.extend(
+                        m.set
+                            .iter()
+                            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone())),
+                    );
+                    e.add.extend(
+                        m.add
+                            .iter()
+                            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone())),
+                    );
+                    e.remove
+                        .extend(m.remove.iter().map(|n| n.to_ascii_lowercase()));
+                }
+            }
+            e
+        };
         routes.push(Route {
             name: format!("{}.{}.{i}", key.name, key.namespace),
             matches,
             backends: weighted,
             timeout_ms: rule.timeouts.as_ref().and_then(|t| ms(t.request)),
             retry,
+            request_headers: edits(false),
+            response_headers: edits(true),
+            ..Route::default()
         });
     }
     // (On a Service with that one port the scope is every request: nothing to add.)
@@ -145,6 +175,7 @@ pub(crate) fn http_route_routes(
             backends: default_backends(objects, backends, svc),
             timeout_ms: None,
             retry: Some(default_retry()),
+            ..Route::default()
         });
     }
     Some(routes)

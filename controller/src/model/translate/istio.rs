@@ -1,7 +1,10 @@
 //! Istio's VirtualService: HTTP routes with matches, weighted destinations (subsets from the
 //! DestinationRule), timeouts and retries.
 
-use weft_core::mesh::{NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch, WeightedBackend};
+use weft_core::mesh::{
+    DirectResponse, HeaderEdits, NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch,
+    WeightedBackend,
+};
 
 use super::backends::Backends;
 use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, host_is, ms, service_for};
@@ -150,9 +153,26 @@ pub(crate) fn virtual_service_routes(
                 w.weight = 1;
             }
         }
+        // A direct response needs no destination; the route still names the service as its
+        // backend (it is never reached).
+        if weighted.is_empty() && http.direct_response.is_some() {
+            weighted.push(WeightedBackend {
+                backend: backends.get(svc, None),
+                weight: 1,
+            });
+        }
         if weighted.is_empty() {
             continue;
         }
+        let edits = |ops: Option<&istio::HeaderOperations>| {
+            ops.map(|o| HeaderEdits {
+                set: o.set.clone(),
+                add: o.add.clone(),
+                remove: o.remove.clone(),
+            })
+            .unwrap_or_default()
+        };
+        let headers = http.headers.as_ref();
         routes.push(Route {
             name: format!("{}.{}.{i}", key.name, key.namespace),
             matches,
@@ -162,6 +182,16 @@ pub(crate) fn virtual_service_routes(
                 Some(r) => istio_retry(r),
                 None => Some(default_retry()),
             },
+            request_headers: edits(headers.and_then(|h| h.request.as_ref())),
+            response_headers: edits(headers.and_then(|h| h.response.as_ref())),
+            direct_response: http.direct_response.as_ref().map(|d| DirectResponse {
+                status: d.status,
+                body: d
+                    .body
+                    .as_ref()
+                    .and_then(|b| b.string.clone())
+                    .unwrap_or_default(),
+            }),
         });
     }
     Some(routes)

@@ -92,6 +92,7 @@ pub(crate) fn profile_routes(
                     })),
                     max_body_bytes: REPLAY_CAP,
                 }),
+                ..Route::default()
             }
         })
         .collect()

@@ -110,6 +110,7 @@ pub fn waypoint_config(
                     backends: default,
                     timeout_ms: None,
                     retry: Some(default_retry()),
+                    ..Route::default()
                 });
                 routes
             }

@@ -52,9 +52,9 @@ pub struct HttpRoute {
     /// Not honoured.
     #[serde(default)]
     pub redirect: Unhonoured,
-    /// Not honoured.
+    /// The waypoint answers itself.
     #[serde(default)]
-    pub direct_response: Unhonoured,
+    pub direct_response: Option<DirectResponseSpec>,
     /// Not honoured.
     #[serde(default)]
     pub delegate: Unhonoured,
@@ -79,9 +79,51 @@ pub struct HttpRoute {
     /// Not honoured.
     #[serde(default)]
     pub cors_policy: Unhonoured,
-    /// Not honoured.
+    /// Header edits on the request and the response.
     #[serde(default)]
-    pub headers: Unhonoured,
+    pub headers: Option<Headers>,
+}
+
+/// `headers`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Headers {
+    #[serde(default)]
+    pub request: Option<HeaderOperations>,
+    #[serde(default)]
+    pub response: Option<HeaderOperations>,
+}
+
+/// `headers.request` / `headers.response`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOperations {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `directResponse`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectResponseSpec {
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<HttpBody>,
+}
+
+/// `directResponse.body`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBody {
+    #[serde(default)]
+    pub string: Option<String>,
+    /// Not honoured (base64 bytes).
+    #[serde(default)]
+    pub bytes: Unhonoured,
 }
 
 /// A string condition: exactly one of exact, prefix, regex.
@@ -241,7 +283,6 @@ impl VirtualServiceSpec {
             let at = |f: &str| format!("spec.http[{i}].{f}");
             for (field, value) in [
                 ("redirect", &r.redirect),
-                ("directResponse", &r.direct_response),
                 ("delegate", &r.delegate),
                 ("rewrite", &r.rewrite),
                 ("fault", &r.fault),
@@ -250,9 +291,15 @@ impl VirtualServiceSpec {
                 ("mirrorPercentage", &r.mirror_percentage),
                 ("mirrorPercent", &r.mirror_percent),
                 ("corsPolicy", &r.cors_policy),
-                ("headers", &r.headers),
             ] {
                 notes.unhonoured(&at(field), value, "not implemented");
+            }
+            if let Some(body) = r.direct_response.as_ref().and_then(|d| d.body.as_ref()) {
+                notes.unhonoured(
+                    &at("directResponse.body.bytes"),
+                    &body.bytes,
+                    "use body.string",
+                );
             }
             for (j, m) in r.matches.iter().enumerate() {
                 let at = |f: &str| format!("spec.http[{i}].match[{j}].{f}");
