@@ -274,7 +274,7 @@ metadata: {name: reviews, namespace: shop, generation: 3}
 spec:
   hosts: [reviews]
   http:
-  - fault: {abort: {httpStatus: 500}}
+  - mirror: {host: reviews}
     route: [{destination: {host: reviews}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -354,7 +354,7 @@ spec: {service: reviews, backends: [{service: reviews-v1, weight: 90}]}
     assert!(
         condition["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.http[0].fault")),
+            .is_some_and(|m| m.contains("spec.http[0].mirror")),
         "{condition}"
     );
     let parent = &body(route)["status"]["parents"][0];
@@ -379,10 +379,7 @@ spec: {service: reviews, backends: [{service: reviews-v1, weight: 90}]}
         &manifests[manifests
             .find("apiVersion: networking")
             .expect("the VirtualService")..]
-            .replace(
-                "  - fault: {abort: {httpStatus: 500}}\n    route",
-                "  - route",
-            )
+            .replace("  - mirror: {host: reviews}\n    route", "  - route")
             .replace("generation: 3", "generation: 4"),
     )
     .0

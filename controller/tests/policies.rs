@@ -157,7 +157,7 @@ spec:
   hosts: [reviews]
   gateways: [bookinfo-gateway]
   http:
-  - fault: {abort: {httpStatus: 500, percentage: {value: 10}}}
+  - mirror: {host: reviews}
     route: [{destination: {host: reviews}}]
 "#;
     let (objects, errors) = parse_file(Path::new("vs.yaml"), text);
@@ -167,7 +167,7 @@ spec:
     };
     assert_eq!(p.kind, PolicyKind::VirtualService);
     assert!(
-        p.notes.iter().any(|n| n.starts_with("spec.http[0].fault")),
+        p.notes.iter().any(|n| n.starts_with("spec.http[0].mirror")),
         "{:?}",
         p.notes
     );

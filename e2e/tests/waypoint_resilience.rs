@@ -247,6 +247,55 @@ fn on_sigterm_the_waypoint_finishes_requests_in_flight_then_exits() -> Result<()
 }
 
 #[test]
+fn injected_faults_delay_and_abort_their_share() -> Result<()> {
+    let b = bookinfo("wpfault")?;
+    b.apply(
+        "fault.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /delayed}}]
+    fault: {delay: {fixedDelay: 500ms, percentage: {value: 100}}}
+    route: [{destination: {host: reviews}}]
+  - fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews}}]
+",
+    )?;
+    let started = std::time::Instant::now();
+    let delayed = b
+        .bed
+        .load(&b.client, &["--url", &url("/delayed"), "--requests", "2"])?;
+    let took = started.elapsed();
+    ensure!(count(&delayed, "status", "200") == 2, "{delayed}");
+    ensure!(
+        took >= std::time::Duration::from_millis(1000),
+        "two requests delayed 500 ms each took {took:?}"
+    );
+    let tally = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews/1"),
+            "--requests",
+            "400",
+            "--concurrency",
+            "4",
+        ],
+    )?;
+    let aborted = count(&tally, "flags", "FI");
+    eprintln!("fault abort 50%: {tally}");
+    ensure!(count(&tally, "status", "503") == aborted, "{tally}");
+    ensure!(count(&tally, "status", "200") + aborted == 400, "{tally}");
+    // Binomial(400, 1/2): mean 200, sd 10; 140..=260 is 6 sd either side.
+    ensure!((140..=260).contains(&aborted), "{aborted} of 400 aborted");
+    Ok(())
+}
+
+#[test]
 fn the_retry_budget_caps_extra_load_when_the_backend_fails_everything() -> Result<()> {
     let mut bed = TestBed::new("wpbudget", 2)?;
     bed.with_controller();

@@ -1,196 +1,15 @@
-//! The waypoint config and authorization policies as protobuf messages, and back. Reading a
-//! message checks what the types cannot say (addresses parse, ports fit, indices point at a
+//! The waypoint config as protobuf messages, and back (its authorization policies: `authz`).
+//! Reading a message checks what the types cannot say (addresses parse, ports fit, indices point at a
 //! backend); the mesh config's own validation then judges the whole.
 
-use std::net::IpAddr;
-
+use super::authz::authz_from;
+use super::field::{FieldError, Result, each, ip, port, ports_from, ports_to};
 use super::v1;
 use crate::mesh::{
-    AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, Backend,
-    DirectResponse, HeaderEdits, NamedMatch, Outlier, PoolLimits, Retry, RetryBudget, RetryOn,
-    Route, RouteMatch, ServicePolicy, ServicePort, StrMatch, WaypointConfig, WeightedBackend,
+    Backend, DirectResponse, Fault, HeaderEdits, NamedMatch, Outlier, PoolLimits, Retry,
+    RetryBudget, RetryOn, Route, RouteMatch, ServicePolicy, StrMatch, WaypointConfig,
+    WeightedBackend,
 };
-
-/// A field of a message that does not convert: its path and what is wrong.
-#[derive(Debug)]
-pub(super) struct FieldError {
-    pub(super) field: String,
-    pub(super) message: String,
-}
-
-impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The same error, under `parent` (`services[0]` + `routes[1].name`).
-    fn under(self, parent: &str) -> Self {
-        Self {
-            field: format!("{parent}.{}", self.field),
-            message: self.message,
-        }
-    }
-}
-
-type Result<T> = std::result::Result<T, FieldError>;
-
-/// Converts each item of `items`, naming the failing one by its index.
-fn each<T, U>(field: &str, items: &[T], f: impl Fn(&T) -> Result<U>) -> Result<Vec<U>> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, x)| f(x).map_err(|e| e.under(&format!("{field}[{i}]"))))
-        .collect()
-}
-
-fn port(field: &str, value: u32) -> Result<u16> {
-    u16::try_from(value).map_err(|_| FieldError::new(field, format!("{value} is not a port")))
-}
-
-fn ip(field: &str, value: &str) -> Result<IpAddr> {
-    value
-        .parse()
-        .map_err(|e| FieldError::new(field, format!("{value:?}: {e}")))
-}
-
-pub(super) fn ports_to(ports: &[ServicePort]) -> Vec<v1::ServicePort> {
-    ports
-        .iter()
-        .map(|p| v1::ServicePort {
-            port: u32::from(p.port),
-            target_port: u32::from(p.target_port),
-        })
-        .collect()
-}
-
-pub(super) fn ports_from(ports: &[v1::ServicePort]) -> Result<Vec<ServicePort>> {
-    each("ports", ports, |p| {
-        Ok(ServicePort {
-            port: port("port", p.port)?,
-            target_port: port("targetPort", p.target_port)?,
-        })
-    })
-}
-
-// === impl authorization ===
-
-impl From<&AuthzPolicy> for v1::AuthzPolicy {
-    fn from(p: &AuthzPolicy) -> Self {
-        Self {
-            name: p.name.clone(),
-            action: match p.action {
-                AuthzAction::Allow => v1::AuthzAction::Allow,
-                AuthzAction::Deny => v1::AuthzAction::Deny,
-            } as i32,
-            rules: p
-                .rules
-                .iter()
-                .map(|r| v1::AuthzRule {
-                    from: r
-                        .from
-                        .iter()
-                        .map(|s| v1::AuthzSource {
-                            principals: s.principals.clone(),
-                            not_principals: s.not_principals.clone(),
-                            namespaces: s.namespaces.clone(),
-                            not_namespaces: s.not_namespaces.clone(),
-                            ip_blocks: s.ip_blocks.clone(),
-                            not_ip_blocks: s.not_ip_blocks.clone(),
-                        })
-                        .collect(),
-                    to: r
-                        .to
-                        .iter()
-                        .map(|o| v1::AuthzOperation {
-                            methods: o.methods.clone(),
-                            not_methods: o.not_methods.clone(),
-                            paths: o.paths.clone(),
-                            not_paths: o.not_paths.clone(),
-                            ports: o.ports.clone(),
-                            not_ports: o.not_ports.clone(),
-                            hosts: o.hosts.clone(),
-                            not_hosts: o.not_hosts.clone(),
-                        })
-                        .collect(),
-                    when: r
-                        .when
-                        .iter()
-                        .map(|c| v1::AuthzCondition {
-                            key: c.key.clone(),
-                            values: c.values.clone(),
-                            not_values: c.not_values.clone(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
-    }
-}
-
-pub(super) fn authz_from(p: &v1::AuthzPolicy) -> Result<AuthzPolicy> {
-    let action = match v1::AuthzAction::try_from(p.action) {
-        Ok(v1::AuthzAction::Allow) => AuthzAction::Allow,
-        Ok(v1::AuthzAction::Deny) => AuthzAction::Deny,
-        // An action this proxy does not know could deny more: refuse the update rather than
-        // guess.
-        Err(_) => {
-            return Err(FieldError::new(
-                "action",
-                format!("unknown action {}", p.action),
-            ));
-        }
-    };
-    Ok(AuthzPolicy {
-        name: p.name.clone(),
-        action,
-        rules: p
-            .rules
-            .iter()
-            .map(|r| AuthzRule {
-                from: r
-                    .from
-                    .iter()
-                    .map(|s| AuthzSource {
-                        principals: s.principals.clone(),
-                        not_principals: s.not_principals.clone(),
-                        namespaces: s.namespaces.clone(),
-                        not_namespaces: s.not_namespaces.clone(),
-                        ip_blocks: s.ip_blocks.clone(),
-                        not_ip_blocks: s.not_ip_blocks.clone(),
-                    })
-                    .collect(),
-                to: r
-                    .to
-                    .iter()
-                    .map(|o| AuthzOperation {
-                        methods: o.methods.clone(),
-                        not_methods: o.not_methods.clone(),
-                        paths: o.paths.clone(),
-                        not_paths: o.not_paths.clone(),
-                        ports: o.ports.clone(),
-                        not_ports: o.not_ports.clone(),
-                        hosts: o.hosts.clone(),
-                        not_hosts: o.not_hosts.clone(),
-                    })
-                    .collect(),
-                when: r
-                    .when
-                    .iter()
-                    .map(|c| AuthzCondition {
-                        key: c.key.clone(),
-                        values: c.values.clone(),
-                        not_values: c.not_values.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-    })
-}
-
-// === impl waypoint config ===
 
 fn str_match_to(m: &StrMatch) -> v1::StrMatch {
     use v1::str_match::Kind;
@@ -326,6 +145,12 @@ fn route_to(r: &Route) -> v1::Route {
             status: u32::from(d.status),
             body: d.body.clone(),
         }),
+        fault: r.fault.as_ref().map(|f| v1::Fault {
+            delay_ms: f.delay.map(|(ms, _)| ms),
+            delay_percent: f.delay.map_or(0.0, |(_, p)| p),
+            abort_status: f.abort.map(|(s, _)| u32::from(s)),
+            abort_percent: f.abort.map_or(0.0, |(_, p)| p),
+        }),
     }
 }
 
@@ -397,6 +222,23 @@ fn route_from(r: &v1::Route) -> Result<Route> {
                         )
                     })?,
                     body: d.body.clone(),
+                })
+            })
+            .transpose()?,
+        fault: r
+            .fault
+            .as_ref()
+            .map(|f| {
+                Ok(Fault {
+                    delay: f.delay_ms.map(|ms| (ms, f.delay_percent)),
+                    abort: f
+                        .abort_status
+                        .map(|s| {
+                            u16::try_from(s).map(|s| (s, f.abort_percent)).map_err(|_| {
+                                FieldError::new("fault.abortStatus", format!("{s} is not a status"))
+                            })
+                        })
+                        .transpose()?,
                 })
             })
             .transpose()?,
@@ -527,6 +369,7 @@ services:
   - name: teapot
     backends: [{backend: 0, weight: 1}]
     directResponse: {status: 418, body: short and stout}
+    fault: {delay: [100, 50.0], abort: [503, 10.0]}
   backends:
   - name: reviews.default/v1
     namespace: default

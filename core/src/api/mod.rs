@@ -3,6 +3,8 @@
 //! authorization messages in `l7`). Everything travels as typed messages: no field carries
 //! text to be parsed again.
 
+mod authz;
+mod field;
 mod l7;
 mod resources;
 pub mod v1;

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::l7::{FieldError, authz_from, ports_from, ports_to, waypoint_from};
+use super::authz::authz_from;
+use super::field::{FieldError, ports_from, ports_to};
+use super::l7::waypoint_from;
 use super::v1;
 use crate::mesh::{MeshConfig, Protocol, Service, Workload};
 

@@ -71,6 +71,21 @@ pub struct Route {
     /// An answer the waypoint gives itself instead of forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Faults injected into a share of requests (testing resilience).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+/// Fault injection (Istio's `fault`): a share of requests is delayed, a share aborted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    /// Delay added before forwarding, milliseconds, and the percentage of requests delayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<(u64, f64)>,
+    /// Status answered instead of forwarding, and the percentage of requests aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<(u16, f64)>,
 }
 
 /// Header edits (Istio's `headers.request|response`, Gateway API's header modifiers): `set`
@@ -332,6 +347,13 @@ impl WaypointConfig {
                 route
                     .response_headers
                     .validate(&format!("{at}.responseHeaders"))?;
+                if let Some((status, _)) = route.fault.as_ref().and_then(|f| f.abort)
+                    && !(200..=599).contains(&status)
+                {
+                    return Err(format!(
+                        "{at}.fault.abort: {status} is not a response status"
+                    ));
+                }
                 if let Some(d) = &route.direct_response
                     && !(200..=599).contains(&d.status)
                 {

@@ -4,6 +4,7 @@
 //!     route    → the first route whose conditions match (404 NR otherwise)
 //!     authz    → the service's AuthorizationPolicies (403 RBAC)
 //!     headers  → the route's direct response, or its header edits (request, then response)
+//!     fault    → injected delays and aborts
 //!     split    → a backend by weight, or the one holding the pod the client addressed
 //!     timeout  → the route's deadline and each try's
 //!     retry    → eligibility, budget, backoff (over a body kept by `body`)
@@ -15,6 +16,7 @@
 
 mod authz;
 mod body;
+mod fault;
 mod headers;
 mod normalize;
 mod reply;
@@ -198,6 +200,12 @@ async fn serve(
         return reply;
     }
     headers::apply(&route.request_headers, request.headers_mut());
+    if let Some(fault) = &route.fault
+        && let Some(mut aborted) = fault::inject(fault, &mut tunnel.waypoint.rng()).await
+    {
+        headers::apply(&route.response_headers, aborted.response.headers_mut());
+        return aborted;
+    }
 
     // Split.
     let budget = &service.budgets[index];

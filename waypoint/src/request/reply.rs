@@ -31,6 +31,8 @@ pub(crate) enum ResponseFlag {
     Denied,
     /// The request itself was refused, e.g. an ambiguous path (`DPE`).
     BadRequest,
+    /// A fault was injected: the route aborted the request (`FI`).
+    FaultInjected,
 }
 
 impl ResponseFlag {
@@ -46,6 +48,7 @@ impl ResponseFlag {
             Self::RetriesExhausted => "URX",
             Self::Denied => "RBAC",
             Self::BadRequest => "DPE",
+            Self::FaultInjected => "FI",
         }
     }
 }

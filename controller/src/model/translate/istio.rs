@@ -2,7 +2,7 @@
 //! DestinationRule), timeouts and retries.
 
 use weft_core::mesh::{
-    DirectResponse, HeaderEdits, NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch,
+    DirectResponse, Fault, HeaderEdits, NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch,
     WeightedBackend,
 };
 
@@ -184,6 +184,20 @@ pub(crate) fn virtual_service_routes(
             },
             request_headers: edits(headers.and_then(|h| h.request.as_ref())),
             response_headers: edits(headers.and_then(|h| h.response.as_ref())),
+            fault: http.fault.as_ref().map(|f| Fault {
+                delay: f.delay.as_ref().and_then(|d| {
+                    let share = d
+                        .percentage
+                        .map(|p| p.value)
+                        .or(d.percent.map(f64::from))
+                        .unwrap_or(100.0);
+                    Some((ms(d.fixed_delay)?, share))
+                }),
+                abort: f
+                    .abort
+                    .as_ref()
+                    .and_then(|a| Some((a.http_status?, a.percentage.map_or(100.0, |p| p.value)))),
+            }),
             direct_response: http.direct_response.as_ref().map(|d| DirectResponse {
                 status: d.status,
                 body: d

@@ -61,9 +61,9 @@ pub struct HttpRoute {
     /// Not honoured.
     #[serde(default)]
     pub rewrite: Unhonoured,
-    /// Not honoured.
+    /// Faults injected into a share of requests.
     #[serde(default)]
-    pub fault: Unhonoured,
+    pub fault: Option<HttpFault>,
     /// Not honoured.
     #[serde(default)]
     pub mirror: Unhonoured,
@@ -104,6 +104,57 @@ pub struct HeaderOperations {
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+/// `fault`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpFault {
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+/// `fault.delay`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    #[serde(default)]
+    pub fixed_delay: Option<ApiDuration>,
+    /// Share of requests, percent (absent: all).
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+    /// The deprecated integer form of `percentage`.
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// Not honoured.
+    #[serde(default)]
+    pub exponential_delay: Unhonoured,
+}
+
+/// `fault.abort`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    /// Share of requests, percent (absent: all).
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+    /// Not honoured.
+    #[serde(default)]
+    pub grpc_status: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub http2_error: Unhonoured,
+}
+
+/// `percentage: {value: 12.5}`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Percent {
+    pub value: f64,
 }
 
 /// `directResponse`.
@@ -285,7 +336,6 @@ impl VirtualServiceSpec {
                 ("redirect", &r.redirect),
                 ("delegate", &r.delegate),
                 ("rewrite", &r.rewrite),
-                ("fault", &r.fault),
                 ("mirror", &r.mirror),
                 ("mirrors", &r.mirrors),
                 ("mirrorPercentage", &r.mirror_percentage),
@@ -293,6 +343,27 @@ impl VirtualServiceSpec {
                 ("corsPolicy", &r.cors_policy),
             ] {
                 notes.unhonoured(&at(field), value, "not implemented");
+            }
+            if let Some(fault) = &r.fault {
+                if let Some(delay) = &fault.delay {
+                    notes.unhonoured(
+                        &at("fault.delay.exponentialDelay"),
+                        &delay.exponential_delay,
+                        "use fixedDelay",
+                    );
+                }
+                if let Some(abort) = &fault.abort {
+                    notes.unhonoured(
+                        &at("fault.abort.grpcStatus"),
+                        &abort.grpc_status,
+                        "use httpStatus",
+                    );
+                    notes.unhonoured(
+                        &at("fault.abort.http2Error"),
+                        &abort.http2_error,
+                        "use httpStatus",
+                    );
+                }
             }
             if let Some(body) = r.direct_response.as_ref().and_then(|d| d.body.as_ref()) {
                 notes.unhonoured(
