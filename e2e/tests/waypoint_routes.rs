@@ -367,3 +367,53 @@ spec:
     ensure!(teapot == "short and stout 418", "{teapot}");
     Ok(())
 }
+
+#[test]
+fn a_virtual_service_redirects_and_rewrites() -> Result<()> {
+    let b = bookinfo("wprewrite")?;
+    b.apply(
+        "rewrite.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 302}
+  - match: [{uri: {prefix: /api}}]
+    rewrite: {uri: /reviews}
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+",
+    )?;
+    let head = |path: &str| -> Result<String> {
+        let out = b.bed.exec(
+            &b.client,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                &url(path),
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+    };
+    let moved = head("/old/page")?;
+    ensure!(moved.starts_with("http/1.1 302"), "{moved}");
+    ensure!(
+        moved.contains(&format!("location: http://{REVIEWS_VIP}:9080/new")),
+        "{moved}"
+    );
+    let rewritten = head("/api/7?x=1")?;
+    ensure!(rewritten.starts_with("http/1.1 200"), "{rewritten}");
+    ensure!(rewritten.contains("x-path: /reviews/7"), "{rewritten}");
+    let plain = head("/other")?;
+    ensure!(plain.contains("x-path: /other"), "{plain}");
+    Ok(())
+}

@@ -6,8 +6,8 @@ use super::authz::authz_from;
 use super::field::{FieldError, Result, each, ip, port, ports_from, ports_to};
 use super::v1;
 use crate::mesh::{
-    Backend, DirectResponse, Fault, HeaderEdits, NamedMatch, Outlier, PoolLimits, Retry,
-    RetryBudget, RetryOn, Route, RouteMatch, ServicePolicy, StrMatch, WaypointConfig,
+    Backend, DirectResponse, Fault, HeaderEdits, NamedMatch, Outlier, PoolLimits, Redirect, Retry,
+    RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy, StrMatch, WaypointConfig,
     WeightedBackend,
 };
 
@@ -145,6 +145,17 @@ fn route_to(r: &Route) -> v1::Route {
             status: u32::from(d.status),
             body: d.body.clone(),
         }),
+        rewrite: r.rewrite.as_ref().map(|w| v1::Rewrite {
+            path: w.path.clone(),
+            authority: w.authority.clone(),
+        }),
+        redirect: r.redirect.as_ref().map(|d| v1::Redirect {
+            scheme: d.scheme.clone(),
+            authority: d.authority.clone(),
+            port: d.port.map(u32::from),
+            path: d.path.clone(),
+            status: u32::from(d.status),
+        }),
         fault: r.fault.as_ref().map(|f| v1::Fault {
             delay_ms: f.delay.map(|(ms, _)| ms),
             delay_percent: f.delay.map_or(0.0, |(_, p)| p),
@@ -222,6 +233,25 @@ fn route_from(r: &v1::Route) -> Result<Route> {
                         )
                     })?,
                     body: d.body.clone(),
+                })
+            })
+            .transpose()?,
+        rewrite: r.rewrite.as_ref().map(|w| Rewrite {
+            path: w.path.clone(),
+            authority: w.authority.clone(),
+        }),
+        redirect: r
+            .redirect
+            .as_ref()
+            .map(|d| {
+                Ok(Redirect {
+                    scheme: d.scheme.clone(),
+                    authority: d.authority.clone(),
+                    port: d.port.map(|p| port("redirect.port", p)).transpose()?,
+                    path: d.path.clone(),
+                    status: u16::try_from(d.status).map_err(|_| {
+                        FieldError::new("redirect.status", format!("{} is not a status", d.status))
+                    })?,
                 })
             })
             .transpose()?,
@@ -370,6 +400,10 @@ services:
     backends: [{backend: 0, weight: 1}]
     directResponse: {status: 418, body: short and stout}
     fault: {delay: [100, 50.0], abort: [503, 10.0]}
+  - name: moved
+    backends: [{backend: 0, weight: 1}]
+    rewrite: {path: /v2/, authority: reviews.internal}
+    redirect: {scheme: https, port: 8443, path: /new, status: 308}
   backends:
   - name: reviews.default/v1
     namespace: default

@@ -74,6 +74,39 @@ pub struct Route {
     /// Faults injected into a share of requests (testing resilience).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// The request's path and authority rewritten before it is forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// The client is sent elsewhere instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+}
+
+/// A rewrite (Istio's `rewrite`): the path replaces the prefix the route matched (or the
+/// whole path, when the route did not match on a prefix).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+/// A redirect (Istio's `redirect`): what is not given is kept from the request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// 301 by default.
+    pub status: u16,
 }
 
 /// Fault injection (Istio's `fault`): a share of requests is delayed, a share aborted.
@@ -347,6 +380,14 @@ impl WaypointConfig {
                 route
                     .response_headers
                     .validate(&format!("{at}.responseHeaders"))?;
+                if let Some(r) = &route.redirect
+                    && !(300..=399).contains(&r.status)
+                {
+                    return Err(format!(
+                        "{at}.redirect.status: {} is not a redirect status",
+                        r.status
+                    ));
+                }
                 if let Some((status, _)) = route.fault.as_ref().and_then(|f| f.abort)
                     && !(200..=599).contains(&status)
                 {

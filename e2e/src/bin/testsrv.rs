@@ -4,7 +4,7 @@
 //! told at run time to fail a share of requests, delay, or answer gRPC `UNAVAILABLE`
 //! (`/__set?fail=30&status=503&delay_ms=0&grpc_unavailable=0`); `/__count` says how many
 //! requests it served (control requests excluded). `x-echo-header: <name>` on a request asks
-//! for that request header back, as `x-echo`.
+//! for that request header back, as `x-echo`; `x-path` says which path was asked for.
 //!
 //! A request with `upgrade: weft-echo` is answered `101 Switching Protocols` and the connection
 //! then echoes what it gets (a stand-in for WebSocket). `upgrade` is its client: it asks for
@@ -271,6 +271,9 @@ async fn answer(b: &Behaviour, name: &str, mut req: Request<Incoming>) -> Respon
         .insert("x-served-by", name.parse().expect("value"));
     if let Some(echoed) = echoed {
         response.headers_mut().insert("x-echo", echoed);
+    }
+    if let Ok(path) = path.parse() {
+        response.headers_mut().insert("x-path", path);
     }
     response
 }

@@ -5,6 +5,7 @@
 //!     authz    → the service's AuthorizationPolicies (403 RBAC)
 //!     headers  → the route's direct response, or its header edits (request, then response)
 //!     fault    → injected delays and aborts
+//!     rewrite  → a redirect answered, or the path and authority rewritten
 //!     split    → a backend by weight, or the one holding the pod the client addressed
 //!     timeout  → the route's deadline and each try's
 //!     retry    → eligibility, budget, backoff (over a body kept by `body`)
@@ -21,6 +22,7 @@ mod headers;
 mod normalize;
 mod reply;
 pub(crate) mod retry;
+mod rewrite;
 pub(crate) mod route;
 mod split;
 mod timeout;
@@ -185,6 +187,9 @@ async fn serve(
             ),
         );
     };
+    let matched_prefix = service.routes[index]
+        .matched_prefix(&view)
+        .map(str::to_owned);
     let route = &service.routes[index].route;
     labels.route = route.name.clone();
 
@@ -205,6 +210,20 @@ async fn serve(
     {
         headers::apply(&route.response_headers, aborted.response.headers_mut());
         return aborted;
+    }
+
+    if let Some(redirect) = &route.redirect {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let mut reply = rewrite::redirect(redirect, &host, &target);
+        headers::apply(&route.response_headers, reply.response.headers_mut());
+        return reply;
+    }
+    if let Some(w) = &route.rewrite {
+        rewrite::rewrite(w, matched_prefix.as_deref(), &mut request);
     }
 
     // Split.

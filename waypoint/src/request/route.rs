@@ -103,6 +103,15 @@ impl CompiledRoute {
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         self.conditions.is_empty() || self.conditions.iter().any(|c| c.matches(req))
     }
+
+    /// The path prefix of the first condition that matches `req`, if it matched on a prefix
+    /// (what a rewrite replaces).
+    pub(crate) fn matched_prefix(&self, req: &RequestView<'_>) -> Option<&str> {
+        match &self.conditions.iter().find(|c| c.matches(req))?.path {
+            Some(Matcher::Prefix(prefix)) => Some(prefix),
+            _ => None,
+        }
+    }
 }
 
 impl Condition {

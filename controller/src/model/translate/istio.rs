@@ -2,8 +2,8 @@
 //! DestinationRule), timeouts and retries.
 
 use weft_core::mesh::{
-    DirectResponse, Fault, HeaderEdits, NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch,
-    WeightedBackend,
+    DirectResponse, Fault, HeaderEdits, NamedMatch, Redirect, Retry, RetryOn, Rewrite, Route,
+    RouteMatch, StrMatch, WeightedBackend,
 };
 
 use super::backends::Backends;
@@ -153,9 +153,9 @@ pub(crate) fn virtual_service_routes(
                 w.weight = 1;
             }
         }
-        // A direct response needs no destination; the route still names the service as its
+        // A direct response or a redirect needs no destination; the route still names the service as its
         // backend (it is never reached).
-        if weighted.is_empty() && http.direct_response.is_some() {
+        if weighted.is_empty() && (http.direct_response.is_some() || http.redirect.is_some()) {
             weighted.push(WeightedBackend {
                 backend: backends.get(svc, None),
                 weight: 1,
@@ -184,6 +184,17 @@ pub(crate) fn virtual_service_routes(
             },
             request_headers: edits(headers.and_then(|h| h.request.as_ref())),
             response_headers: edits(headers.and_then(|h| h.response.as_ref())),
+            rewrite: http.rewrite.as_ref().map(|w| Rewrite {
+                path: w.uri.clone(),
+                authority: w.authority.clone(),
+            }),
+            redirect: http.redirect.as_ref().map(|d| Redirect {
+                scheme: d.scheme.clone(),
+                authority: d.authority.clone(),
+                port: d.port,
+                path: d.uri.clone(),
+                status: d.redirect_code.unwrap_or(301),
+            }),
             fault: http.fault.as_ref().map(|f| Fault {
                 delay: f.delay.as_ref().and_then(|d| {
                     let share = d

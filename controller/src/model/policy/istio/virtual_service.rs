@@ -49,18 +49,18 @@ pub struct HttpRoute {
     /// Retry policy (`retry` is read too, as some guides write it).
     #[serde(default, alias = "retry")]
     pub retries: Option<HttpRetry>,
-    /// Not honoured.
+    /// Send the client elsewhere.
     #[serde(default)]
-    pub redirect: Unhonoured,
+    pub redirect: Option<HttpRedirect>,
     /// The waypoint answers itself.
     #[serde(default)]
     pub direct_response: Option<DirectResponseSpec>,
     /// Not honoured.
     #[serde(default)]
     pub delegate: Unhonoured,
-    /// Not honoured.
+    /// Rewrite the path and authority before forwarding.
     #[serde(default)]
-    pub rewrite: Unhonoured,
+    pub rewrite: Option<HttpRewrite>,
     /// Faults injected into a share of requests.
     #[serde(default)]
     pub fault: Option<HttpFault>,
@@ -104,6 +104,38 @@ pub struct HeaderOperations {
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+/// `redirect`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRedirect {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub redirect_code: Option<u16>,
+    /// Not honoured.
+    #[serde(default)]
+    pub derive_port: Unhonoured,
+}
+
+/// `rewrite`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRewrite {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Not honoured.
+    #[serde(default)]
+    pub uri_regex_rewrite: Unhonoured,
 }
 
 /// `fault`.
@@ -332,10 +364,22 @@ impl VirtualServiceSpec {
         notes.unhonoured("spec.exportTo", &self.export_to, "visibility scoping");
         for (i, r) in self.http.iter().enumerate() {
             let at = |f: &str| format!("spec.http[{i}].{f}");
+            if let Some(redirect) = &r.redirect {
+                notes.unhonoured(
+                    &at("redirect.derivePort"),
+                    &redirect.derive_port,
+                    "give port",
+                );
+            }
+            if let Some(rewrite) = &r.rewrite {
+                notes.unhonoured(
+                    &at("rewrite.uriRegexRewrite"),
+                    &rewrite.uri_regex_rewrite,
+                    "use uri",
+                );
+            }
             for (field, value) in [
-                ("redirect", &r.redirect),
                 ("delegate", &r.delegate),
-                ("rewrite", &r.rewrite),
                 ("mirror", &r.mirror),
                 ("mirrors", &r.mirrors),
                 ("mirrorPercentage", &r.mirror_percentage),
