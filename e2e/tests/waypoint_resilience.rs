@@ -100,22 +100,8 @@ spec:
     b.bed.testsrv_set(&b.v1, "delay_ms=5000")?;
     b.bed.testsrv_set(&b.v2, "delay_ms=5000")?;
     let started = std::time::Instant::now();
-    let out = b.bed.exec(
-        &b.client,
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-            &url("/"),
-        ],
-    )?;
+    let code = b.bed.http_status(&b.client, &url("/"), &[])?;
     let took = started.elapsed();
-    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     eprintln!("route timeout 1500ms against a 5 s backend: {code} after {took:?}");
     ensure!(code == "504", "curl got {code}");
     ensure!(
@@ -152,23 +138,7 @@ spec:
     - destination: {host: reviews}
 ",
     )?;
-    let code = |path: &str| -> Result<String> {
-        let out = b.bed.exec(
-            &b.client,
-            &[
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "10",
-                &url(path),
-            ],
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let code = |path: &str| b.bed.http_status(&b.client, &url(path), &[]);
     // Four requests time out at the waypoint, each holding one of the two connections when
     // its timeout fires.
     b.bed.testsrv_set(&b.v1, "delay_ms=3000")?;
@@ -197,23 +167,7 @@ fn on_sigterm_the_waypoint_finishes_requests_in_flight_then_exits() -> Result<()
         .bed
         .waypoint_pid(&b.waypoint)
         .context("the waypoint runs")?;
-    let code = |path: &str| -> Result<String> {
-        let out = b.bed.exec(
-            &b.client,
-            &[
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "10",
-                &url(path),
-            ],
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let code = |path: &str| b.bed.http_status(&b.client, &url(path), &[]);
     let (in_flight, exited) = std::thread::scope(|scope| -> Result<(String, bool)> {
         let request = scope.spawn(|| code("/slow"));
         // The request is at the backend (it takes 2 s) when the waypoint is told to stop.

@@ -196,25 +196,11 @@ fn upgrades_pass_the_waypoint_end_to_end_and_connect_is_answered() -> Result<()>
     );
     // An HTTP CONNECT gets an answer at once instead of hanging.
     let started = std::time::Instant::now();
-    let out = b.bed.exec(
+    let code = b.bed.http_status(
         &b.client,
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            "-X",
-            "CONNECT",
-            "--request-target",
-            "example.com:443",
-            &url(""),
-        ],
+        &url(""),
+        &["-X", "CONNECT", "--request-target", "example.com:443"],
     )?;
-    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     ensure!(code == "405", "CONNECT answered {code}");
     ensure!(
         started.elapsed() < std::time::Duration::from_secs(3),
@@ -315,23 +301,7 @@ spec:
     route: [{destination: {host: reviews}}]
 ",
     )?;
-    let head = |path: &str, extra: &[&str]| -> Result<String> {
-        let url = url(path);
-        let mut argv = vec![
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ];
-        argv.extend_from_slice(extra);
-        argv.push(&url);
-        let out = b.bed.exec(&b.client, &argv)?;
-        Ok(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
-    };
+    let head = |path: &str, extra: &[&str]| b.bed.http_head(&b.client, &url(path), extra);
     let routed = head("/reviews/1", &["-H", "x-echo-header: x-weft-route"])?;
     ensure!(routed.starts_with("http/1.1 200"), "{routed}");
     ensure!(
@@ -387,23 +357,7 @@ spec:
   - route: [{destination: {host: reviews}}]
 ",
     )?;
-    let head = |path: &str| -> Result<String> {
-        let out = b.bed.exec(
-            &b.client,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "-D",
-                "-",
-                "-o",
-                "/dev/null",
-                &url(path),
-            ],
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
-    };
+    let head = |path: &str| b.bed.http_head(&b.client, &url(path), &[]);
     let moved = head("/old/page")?;
     ensure!(moved.starts_with("http/1.1 302"), "{moved}");
     ensure!(

@@ -293,24 +293,7 @@ spec:
   rules: [{to: [{operation: {paths: [/admin]}}]}]
 ",
     )?;
-    let status = |path: &str| -> Result<String> {
-        let out = b.bed.exec(
-            &b.client,
-            &[
-                "curl",
-                "-sS",
-                "--path-as-is",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &url(path),
-            ],
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let status = |path: &str| b.bed.http_status(&b.client, &url(path), &["--path-as-is"]);
     ensure!(status("/reviews/1")? == "200", "an ordinary request failed");
     for spelling in [
         "/admin",

@@ -211,6 +211,28 @@ impl TestBed {
         ))
     }
 
+    /// `curl` from `pod` with `extra` options (10 s at most): the response's status code
+    /// (`000` when there was none).
+    pub fn http_status(&self, pod: &Pod, url: &str, extra: &[&str]) -> Result<String> {
+        self.curl_with(pod, url, &["-o", "/dev/null", "-w", "%{http_code}"], extra)
+            .map(|out| out.trim().to_owned())
+    }
+
+    /// `curl` from `pod` with `extra` options (10 s at most): the response head, lower-cased.
+    pub fn http_head(&self, pod: &Pod, url: &str, extra: &[&str]) -> Result<String> {
+        self.curl_with(pod, url, &["-D", "-", "-o", "/dev/null"], extra)
+            .map(|out| out.to_ascii_lowercase())
+    }
+
+    fn curl_with(&self, pod: &Pod, url: &str, output: &[&str], extra: &[&str]) -> Result<String> {
+        let mut argv = vec!["curl", "-sS", "--max-time", "10"];
+        argv.extend_from_slice(output);
+        argv.extend_from_slice(extra);
+        argv.push(url);
+        let out = self.exec(pod, &argv)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs `weft-testsrv serve --name <name>` on port 8080 in `pod` and waits for it.
     pub fn serve_testsrv(&mut self, pod: &Pod, name: &str) -> Result<()> {
         let bin = self.bin_dir.join("weft-testsrv").display().to_string();

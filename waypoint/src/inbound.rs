@@ -60,40 +60,22 @@ async fn connection(
         .certs
         .get()
         .ok_or("no certificate loaded yet (early deny)")?;
-    let mut incoming = hbone::accept(stream, identity.server.clone(), Duration::from_secs(10))
+    let incoming = hbone::accept(stream, identity.server.clone(), Duration::from_secs(10))
         .await
         .map_err(|e| e.to_string())?;
     let peer = incoming.peer().clone();
-    let mut draining = false;
-    let open = hbone::OpenTunnels::default();
-    loop {
-        let next = tokio::select! {
-            _ = drain.signaled(), if !draining => {
-                draining = true;
-                incoming.graceful_shutdown();
-                continue;
-            }
-            next = incoming.next_unless_idle(hbone::IDLE_TIMEOUT, &open) => next,
-        };
-        match next {
-            None => break,
-            Some(Ok(tunnel)) => {
-                let (waypoint, peer, drain) = (waypoint.clone(), peer.clone(), drain.clone());
-                let open = open.clone();
-                tokio::spawn(async move {
-                    serve_tunnel(waypoint, peer, tunnel, drain).await;
-                    drop(open);
-                });
-            }
-            Some(Err(e)) => {
-                if !e.is_go_away() {
-                    debug!(%peer, error = %e, "HBONE connection ended");
-                }
-                break;
-            }
-        }
+    let failure = incoming
+        .serve(drain, hbone::IDLE_TIMEOUT, |tunnel, open| {
+            let (waypoint, peer, drain) = (waypoint.clone(), peer.clone(), drain.clone());
+            tokio::spawn(async move {
+                serve_tunnel(waypoint, peer, tunnel, drain).await;
+                drop(open);
+            });
+        })
+        .await;
+    if let Some(e) = failure {
+        debug!(%peer, error = %e, "HBONE connection ended");
     }
-    let _ = incoming.closed().await;
     Ok(())
 }
 
@@ -123,7 +105,7 @@ async fn serve_tunnel(
     let verified = snapshot
         .mesh
         .workload_by_ip(client.ip())
-        .is_some_and(|w| snapshot.mesh.identity(w) == peer);
+        .is_some_and(|w| snapshot.mesh.has_identity(w, &peer));
     if !verified {
         let rejection = Rejection::Denied(format!(
             "forwarded address {client} is not a workload with identity {peer}"

@@ -110,6 +110,43 @@ where
         }
     }
 
+    /// Serves the connection until it closes: each CONNECT goes to `tunnel` with a clone of
+    /// the connection's [`OpenTunnels`] (to hold while the tunnel lives); `drain` sends GOAWAY
+    /// and lets open tunnels finish; a connection with no tunnel for `idle` is closed. Returns
+    /// the error that ended it, unless that was a GOAWAY.
+    pub async fn serve(
+        mut self,
+        drain: &crate::drain::Watch,
+        idle: Duration,
+        mut tunnel: impl FnMut(PendingTunnel, OpenTunnels),
+    ) -> Option<h2::Error> {
+        let open = OpenTunnels::default();
+        let mut draining = false;
+        let mut failure = None;
+        loop {
+            let next = tokio::select! {
+                _ = drain.signaled(), if !draining => {
+                    draining = true;
+                    self.graceful_shutdown();
+                    continue;
+                }
+                next = self.next_unless_idle(idle, &open) => next,
+            };
+            match next {
+                None => break,
+                Some(Ok(pending)) => tunnel(pending, open.clone()),
+                Some(Err(e)) => {
+                    if !e.is_go_away() {
+                        failure = Some(e);
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = self.closed().await;
+        failure
+    }
+
     /// Starts a graceful close: GOAWAY, in-flight streams finish.
     pub fn graceful_shutdown(&mut self) {
         self.conn.graceful_shutdown();

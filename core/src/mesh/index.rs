@@ -122,6 +122,13 @@ impl MeshIndex {
             .filter(move |w| w.node == node)
     }
 
+    /// Whether `id` is `workload`'s identity (compared without building one).
+    pub fn has_identity(&self, workload: &Workload, id: &SpiffeId) -> bool {
+        id.service_account() == workload.service_account
+            && id.namespace() == workload.namespace
+            && id.trust_domain() == self.config.trust_domain
+    }
+
     /// Identity of a workload in this mesh's trust domain.
     pub fn identity(&self, workload: &Workload) -> SpiffeId {
         SpiffeId::new(

@@ -380,6 +380,16 @@ impl WaypointConfig {
                 route
                     .response_headers
                     .validate(&format!("{at}.responseHeaders"))?;
+                let paths = route
+                    .rewrite
+                    .iter()
+                    .filter_map(|w| w.path.as_ref())
+                    .chain(route.redirect.iter().filter_map(|r| r.path.as_ref()));
+                for path in paths {
+                    if !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
+                        return Err(format!("{at}: {path:?} is not a path"));
+                    }
+                }
                 if let Some(r) = &route.redirect
                     && !(300..=399).contains(&r.status)
                 {

@@ -148,10 +148,10 @@ pub(crate) fn admit(
                 client.ip()
             ))
         })?;
-        let expected = index.identity(claimed);
         // A waypoint forwards for its clients (a split to a service it does not guard, say):
         // it has checked the client's address against the client's identity.
-        if &expected != peer && !index.is_waypoint(peer) {
+        if !index.has_identity(claimed, peer) && !index.is_waypoint(peer) {
+            let expected = index.identity(claimed);
             return Err(Rejection::Denied(format!(
                 "peer identity {peer} does not match the source {} ({}/{}, identity {expected})",
                 client.ip(),

@@ -34,7 +34,7 @@ pub(super) async fn serve_connection(
     };
     // Small frames (a response's HEADERS, a WINDOW_UPDATE) must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let mut incoming = match hbone::accept(
+    let incoming = match hbone::accept(
         stream,
         identity.server.clone(),
         proxy.config.handshake_timeout,
@@ -48,39 +48,21 @@ pub(super) async fn serve_connection(
         }
     };
     let peer_id = incoming.peer().clone();
-    let mut draining = false;
-    let open = hbone::OpenTunnels::default();
-    loop {
-        let next = tokio::select! {
-            _ = drain.signaled(), if !draining => {
-                draining = true;
-                incoming.graceful_shutdown();
-                continue;
-            }
-            next = incoming.next_unless_idle(hbone::IDLE_TIMEOUT, &open) => next,
-        };
-        match next {
-            None => break,
-            Some(Err(e)) => {
-                if !e.is_go_away() {
-                    warn!(peer = %peer_id, error = %e, "HBONE connection error");
+    let failure = incoming
+        .serve(&drain, hbone::IDLE_TIMEOUT, |tunnel, open| {
+            let (proxy, pod, peer_id) = (proxy.clone(), pod.clone(), peer_id.clone());
+            tokio::spawn(
+                async move {
+                    tunnel_to_pod(&proxy, &pod, &peer_id, tunnel).await;
+                    drop(open);
                 }
-                break;
-            }
-            Some(Ok(tunnel)) => {
-                let (proxy, pod, peer_id) = (proxy.clone(), pod.clone(), peer_id.clone());
-                let open = open.clone();
-                tokio::spawn(
-                    async move {
-                        tunnel_to_pod(&proxy, &pod, &peer_id, tunnel).await;
-                        drop(open);
-                    }
-                    .in_current_span(),
-                );
-            }
-        }
+                .in_current_span(),
+            );
+        })
+        .await;
+    if let Some(e) = failure {
+        warn!(peer = %peer_id, error = %e, "HBONE connection error");
     }
-    let _ = incoming.closed().await;
 }
 
 async fn tunnel_to_pod(proxy: &Proxy, pod: &Pod, peer_id: &SpiffeId, tunnel: PendingTunnel) {

@@ -187,10 +187,13 @@ async fn serve(
             ),
         );
     };
-    let matched_prefix = service.routes[index]
-        .matched_prefix(&view)
-        .map(str::to_owned);
     let route = &service.routes[index].route;
+    // Only a rewrite needs to know which prefix matched.
+    let matched_prefix = route
+        .rewrite
+        .as_ref()
+        .and_then(|_| service.routes[index].matched_prefix(&view))
+        .map(str::to_owned);
     labels.route = route.name.clone();
 
     // Authorize.

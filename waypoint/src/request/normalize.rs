@@ -27,6 +27,9 @@ pub(crate) enum PathError {
 
 /// `uri` with its path normalized (its query untouched), or `None` if it already was.
 pub(crate) fn normalize_uri(uri: &http::Uri) -> Result<Option<http::Uri>, PathError> {
+    if already_normal(uri.path()) {
+        return Ok(None);
+    }
     let path = normalize(uri.path())?;
     if path == uri.path() {
         return Ok(None);
@@ -70,6 +73,19 @@ pub(crate) fn normalize(path: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Whether `path` needs no work (most requests): no escape, backslash, run of slashes or dot
+/// segment. Checked without allocating.
+fn already_normal(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.first() == Some(&b'/')
+        && !bytes.iter().any(|b| matches!(b, b'%' | b'\\'))
+        && !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/../")
+        && !path.ends_with("/.")
+        && !path.ends_with("/..")
 }
 
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
