@@ -274,7 +274,7 @@ metadata: {name: reviews, namespace: shop, generation: 3}
 spec:
   hosts: [reviews]
   http:
-  - mirror: {host: reviews}
+  - corsPolicy: {allowOrigins: [{exact: "https://shop.example"}]}
     route: [{destination: {host: reviews}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -354,7 +354,7 @@ spec: {service: reviews, backends: [{service: reviews-v1, weight: 90}]}
     assert!(
         condition["message"]
             .as_str()
-            .is_some_and(|m| m.contains("spec.http[0].mirror")),
+            .is_some_and(|m| m.contains("spec.http[0].corsPolicy")),
         "{condition}"
     );
     let parent = &body(route)["status"]["parents"][0];
@@ -379,7 +379,10 @@ spec: {service: reviews, backends: [{service: reviews-v1, weight: 90}]}
         &manifests[manifests
             .find("apiVersion: networking")
             .expect("the VirtualService")..]
-            .replace("  - mirror: {host: reviews}\n    route", "  - route")
+            .replace(
+                "  - corsPolicy: {allowOrigins: [{exact: \"https://shop.example\"}]}\n    route",
+                "  - route",
+            )
             .replace("generation: 3", "generation: 4"),
     )
     .0

@@ -157,7 +157,7 @@ spec:
   hosts: [reviews]
   gateways: [bookinfo-gateway]
   http:
-  - mirror: {host: reviews}
+  - corsPolicy: {allowOrigins: [{exact: "https://shop.example"}]}
     route: [{destination: {host: reviews}}]
 "#;
     let (objects, errors) = parse_file(Path::new("vs.yaml"), text);
@@ -167,7 +167,9 @@ spec:
     };
     assert_eq!(p.kind, PolicyKind::VirtualService);
     assert!(
-        p.notes.iter().any(|n| n.starts_with("spec.http[0].mirror")),
+        p.notes
+            .iter()
+            .any(|n| n.starts_with("spec.http[0].corsPolicy")),
         "{:?}",
         p.notes
     );
@@ -300,4 +302,60 @@ spec:
             "{field} is not named: {notes:#?}"
         );
     }
+}
+
+#[test]
+fn http_route_filters_the_api_forbids_refuse_the_route_naming_the_filter() {
+    let route = |rule: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: shop}}
+spec:
+  parentRefs: [{{group: \"\", kind: Service, name: reviews}}]
+  rules:
+  - {rule}
+"
+        )
+    };
+    for (rule, expected) in [
+        (
+            "{matches: [{path: {type: Exact, value: /a}}], filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]}",
+            "spec.rules[0].filters[0]: ReplacePrefixMatch needs every match",
+        ),
+        (
+            "{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]}",
+            "spec.rules[0].filters[0].requestRedirect.statusCode: 200",
+        ),
+        (
+            "{filters: [{type: RequestMirror}]}",
+            "spec.rules[0].filters[0]: a RequestMirror filter needs its settings",
+        ),
+        (
+            "{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: v2}, percent: 150}}]}",
+            "spec.rules[0].filters[0].requestMirror: not a share",
+        ),
+        (
+            "{filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath}}}]}",
+            "spec.rules[0].filters[0]: path type \"ReplaceFullPath\" needs its own field",
+        ),
+        (
+            "{filters: [{type: URLRewrite, urlRewrite: {hostname: a}}, {type: RequestRedirect, requestRedirect: {hostname: b}}]}",
+            "RequestRedirect and URLRewrite cannot both be used",
+        ),
+    ] {
+        let (objects, errors) = parse_file(Path::new("r.yaml"), &route(rule));
+        assert!(objects.is_empty(), "{rule} was accepted");
+        assert!(
+            errors.len() == 1 && errors[0].contains(expected),
+            "{rule}: {errors:?}"
+        );
+    }
+    let (objects, errors) = parse_file(
+        Path::new("r.yaml"),
+        &route(
+            "{matches: [{path: {value: /a}}], filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]}",
+        ),
+    );
+    assert!(errors.is_empty() && objects.len() == 1, "{errors:?}");
 }

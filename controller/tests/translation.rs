@@ -7,7 +7,7 @@ use weft_controller::model::policy::istio::MtlsMode;
 use weft_controller::model::{Objects, mesh_config, translate};
 use weft_controller::source::manifests::parse_file;
 use weft_core::mesh::Protocol;
-use weft_core::mesh::{AuthzAction, StrMatch};
+use weft_core::mesh::{AuthzAction, PathPart, StrMatch};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -285,7 +285,7 @@ spec:
 }
 
 #[test]
-fn http_route_header_modifiers_become_route_edits_and_other_filters_are_named() {
+fn http_route_filters_become_route_edits_mirrors_and_redirects_and_others_are_named() {
     let o = objects(
         r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -301,11 +301,43 @@ spec:
     - type: ResponseHeaderModifier
       responseHeaderModifier: {add: [{name: x-via, value: waypoint}]}
     - type: RequestMirror
-      requestMirror: {backendRef: {name: reviews-v2, port: 9080}}
+      requestMirror: {backendRef: {name: reviews-v2, port: 9080}, fraction: {numerator: 1, denominator: 8}}
+    - type: ExtensionRef
+      extensionRef: {group: example.io, kind: Filter, name: f}
+  - matches: [{path: {type: PathPrefix, value: /old}}, {path: {value: /older/}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {type: Exact, value: /api}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: internal, path: {type: ReplaceFullPath, replaceFullPath: /v2/api}}
 "#,
     );
     let mesh = mesh_config(&o, "cluster.local");
-    let route = &mesh.waypoints[0].services[0].routes[0];
+    let routes = &mesh.waypoints[0].services[0].routes;
+    let route = &routes[0];
+    assert_eq!(route.mirrors.len(), 1, "{route:?}");
+    assert_eq!(route.mirrors[0].percent, 12.5);
+    assert_eq!(route.mirrors[0].port, Some(9080));
+    // One route per prefix, each replacing its own.
+    let prefixes: Vec<_> = routes[1..3]
+        .iter()
+        .map(|r| r.redirect.as_ref().expect("a redirect").replaces.clone())
+        .collect();
+    assert_eq!(
+        prefixes,
+        vec![
+            PathPart::Prefix("/old".into()),
+            PathPart::Prefix("/older/".into())
+        ]
+    );
+    let redirect = routes[1].redirect.as_ref().expect("a redirect");
+    assert_eq!((redirect.status, redirect.port), (302, Some(443)));
+    let rewrite = routes[3].rewrite.as_ref().expect("a rewrite");
+    assert_eq!(rewrite.path.as_deref(), Some("/v2/api"));
+    assert_eq!(rewrite.replaces, PathPart::Whole);
+    assert_eq!(rewrite.authority.as_deref(), Some("internal"));
     assert_eq!(
         route.request_headers.set.get("x-route").map(String::as_str),
         Some("gamma")
@@ -323,7 +355,7 @@ spec:
     assert!(
         verdict
             .message
-            .contains("spec.rules[0].filters[2]: RequestMirror not honoured"),
+            .contains("spec.rules[0].filters[3]: ExtensionRef not honoured"),
         "{}",
         verdict.message
     );

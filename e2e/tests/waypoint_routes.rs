@@ -4,8 +4,11 @@
 //! any app. Needs root.
 
 use anyhow::{Result, ensure};
+use std::time::{Duration, Instant};
+
 use weft_testbed::fixtures::{
-    Bookinfo, REVIEWS_VIP, bookinfo, guide, reviews_url as url, tally_count as count,
+    Bookinfo, REVIEWS_SUBSETS, REVIEWS_VIP, bookinfo, guide, leaf_services, reviews_url as url,
+    tally_count as count,
 };
 use weft_testbed::{TestBed, metric_sum};
 
@@ -215,48 +218,8 @@ fn a_traffic_split_to_leaf_services_outside_the_waypoint_serves_every_request() 
     // The apex `reviews` (bound to the waypoint) has no pods of its own: the TrafficSplit sends
     // to leaf services whose pods are not behind the waypoint, so their node proxies see the
     // waypoint forwarding for the client.
-    let mut bed = TestBed::new("wpleaf", 2)?;
-    bed.with_controller();
-    let client = bed.pod("client").namespace("default").on_node(0).add()?;
-    let v1 = bed
-        .pod("reviews-v1")
-        .namespace("default")
-        .on_node(1)
-        .add()?;
-    let v2 = bed
-        .pod("reviews-v2")
-        .namespace("default")
-        .on_node(0)
-        .add()?;
-    let waypoint = bed.waypoint("waypoint", "default", 1)?;
-    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[]);
-    bed.service(
-        "reviews-v1",
-        "default",
-        "10.96.0.31".parse()?,
-        9080,
-        8080,
-        &[&v1],
-    );
-    bed.service(
-        "reviews-v2",
-        "default",
-        "10.96.0.32".parse()?,
-        9080,
-        8080,
-        &[&v2],
-    );
-    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
-    bed.start()?;
-    bed.serve_testsrv(&v1, "v1")?;
-    bed.serve_testsrv(&v2, "v2")?;
-    let b = Bookinfo {
-        bed,
-        client: client.clone(),
-        v1,
-        v2,
-        waypoint,
-    };
+    let b = leaf_services("wpleaf")?;
+    let client = b.client.clone();
     b.apply(
         "split.yaml",
         &guide("linkerd-canary.yaml")?
@@ -369,5 +332,128 @@ spec:
     ensure!(rewritten.contains("x-path: /reviews/7"), "{rewritten}");
     let plain = head("/other")?;
     ensure!(plain.contains("x-path: /other"), "{plain}");
+    Ok(())
+}
+
+/// Polls `probe` until it returns `want` (10 s at most).
+fn wait_for(what: &str, want: u64, mut probe: impl FnMut() -> Result<u64>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = probe()?;
+        if got == want {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: {got}, expected {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_virtual_service_mirrors_a_share_of_requests_without_the_client_noticing() -> Result<()> {
+    let b = bookinfo("wpmirror")?;
+    let mirror = |percent: f64| {
+        format!(
+            "{REVIEWS_SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{{destination: {{host: reviews, subset: v1}}}}]
+    mirror: {{host: reviews, subset: v2}}
+    mirrorPercentage: {{value: {percent:.1}}}
+"
+        )
+    };
+    let load = |n: &str| {
+        b.bed.load(
+            &b.client,
+            &["--url", &url("/"), "--requests", n, "--concurrency", "4"],
+        )
+    };
+
+    // Every request copied: the client hears v1 only; v2 gets each copy, as `<host>-shadow`.
+    b.apply("mirror.yaml", &mirror(100.0))?;
+    let tally = load("200")?;
+    ensure!(count(&tally, "body", "v1") == 200, "{tally}");
+    wait_for("copies v2 served", 200, || b.bed.testsrv_shadowed(&b.v2))?;
+    ensure!(b.bed.testsrv_count(&b.v2)? == 200, "v2 served only copies");
+
+    // Half of them: once no copy is in flight, v2 has served its share.
+    b.apply("mirror.yaml", &mirror(50.0))?;
+    b.bed.testsrv_set(&b.v2, "reset=1")?;
+    let tally = load("400")?;
+    ensure!(count(&tally, "body", "v1") == 400, "{tally}");
+    let in_flight = || -> Result<u64> {
+        let metrics = b.bed.waypoint_metrics(&b.waypoint)?;
+        Ok(metrics
+            .get("weft_mirrors_in_flight")
+            .copied()
+            .unwrap_or(-1.0) as u64)
+    };
+    wait_for("mirrored copies in flight", 0, in_flight)?;
+    // Binomial(400, 1/2): mean 200, sd 10; 150..=250 is 5 sd either side.
+    let copies = b.bed.testsrv_shadowed(&b.v2)?;
+    ensure!(
+        (150..=250).contains(&copies),
+        "v2 got {copies} copies of 400"
+    );
+
+    // A slow mirror does not slow the client: v2 answers after 5 s, the client within 4.
+    b.apply("mirror.yaml", &mirror(100.0))?;
+    b.bed.testsrv_set(&b.v2, "delay_ms=5000")?;
+    let status = b
+        .bed
+        .http_status(&b.client, &url("/"), &["--max-time", "4"])?;
+    ensure!(
+        status == "200",
+        "the client waited for the mirror: {status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn http_route_filters_mirror_rewrite_and_redirect() -> Result<()> {
+    let b = leaf_services("wpgamma")?;
+    b.apply(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
+  - matches: [{path: {type: PathPrefix, value: /api/v1}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /reviews}}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: reviews-v2, port: 9080}}
+    backendRefs: [{name: reviews-v1, port: 9080}]
+",
+    )?;
+    let head = |path: &str| b.bed.http_head(&b.client, &url(path), &[]);
+    let moved = head("/old/page?x=1")?;
+    ensure!(moved.starts_with("http/1.1 301"), "{moved}");
+    ensure!(
+        moved.contains(&format!("location: http://{REVIEWS_VIP}:9080/new/page?x=1")),
+        "{moved}"
+    );
+    let rewritten = head("/api/v1/7")?;
+    ensure!(rewritten.starts_with("http/1.1 200"), "{rewritten}");
+    ensure!(rewritten.contains("x-path: /reviews/7"), "{rewritten}");
+    // `/api/v10` is not under the prefix `/api/v1`: no rule matches it.
+    let other = head("/api/v10")?;
+    ensure!(other.starts_with("http/1.1 404"), "{other}");
+    let tally = b
+        .bed
+        .load(&b.client, &["--url", &url("/api/v1/x"), "--requests", "50"])?;
+    ensure!(count(&tally, "body", "v1") == 50, "{tally}");
+    wait_for("copies v2 served", 51, || b.bed.testsrv_shadowed(&b.v2))?;
     Ok(())
 }

@@ -76,19 +76,24 @@ pub fn bookinfo(label: &str) -> Result<Bookinfo> {
         .on_node(0)
         .add()?;
     let ReviewsBehindWaypoint { v1, v2, waypoint } = reviews_behind_waypoint(&mut bed)?;
-    bed.start()?;
-    bed.serve_testsrv(&v1, "v1")?;
-    bed.serve_testsrv(&v2, "v2")?;
-    Ok(Bookinfo {
-        bed,
-        client,
-        v1,
-        v2,
-        waypoint,
-    })
+    Bookinfo::start(bed, client, v1, v2, waypoint)
 }
 
 impl Bookinfo {
+    /// Starts `bed` and serves `weft-testsrv` as `v1` and `v2` on their pods.
+    fn start(mut bed: TestBed, client: Pod, v1: Pod, v2: Pod, waypoint: Pod) -> Result<Self> {
+        bed.start()?;
+        bed.serve_testsrv(&v1, "v1")?;
+        bed.serve_testsrv(&v2, "v2")?;
+        Ok(Self {
+            bed,
+            client,
+            v1,
+            v2,
+            waypoint,
+        })
+    }
+
     /// Applies a manifest and waits until the waypoint has the resulting config.
     pub fn apply(&self, file: &str, text: &str) -> Result<()> {
         let log_path = self.bed.waypoint_log_path(&self.waypoint);
@@ -140,6 +145,35 @@ spec:
     labels:
       version: v2
 ";
+
+/// `reviews` bound to a waypoint with no pods of its own, and two leaf services `reviews-v1`
+/// (10.96.0.31, pod on node 1) and `reviews-v2` (10.96.0.32, pod on node 0) whose pods are not
+/// behind the waypoint, so their node proxies see the waypoint forwarding for the client.
+pub fn leaf_services(label: &str) -> Result<Bookinfo> {
+    let mut bed = TestBed::new(label, 2)?;
+    bed.with_controller();
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let v1 = bed
+        .pod("reviews-v1")
+        .namespace("default")
+        .on_node(1)
+        .add()?;
+    let v2 = bed
+        .pod("reviews-v2")
+        .namespace("default")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[]);
+    for (name, vip, pod) in [
+        ("reviews-v1", [10, 96, 0, 31], &v1),
+        ("reviews-v2", [10, 96, 0, 32], &v2),
+    ] {
+        bed.service(name, "default", Ipv4Addr::from(vip), 9080, 8080, &[pod]);
+    }
+    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    Bookinfo::start(bed, client, v1, v2, waypoint)
+}
 
 /// `httpbin` with two endpoints behind a waypoint.
 pub fn httpbin(label: &str) -> Result<(Bookinfo, Pod)> {

@@ -265,12 +265,12 @@ impl TestBed {
 
     /// How many requests a `weft-testsrv` backend served.
     pub fn testsrv_count(&self, pod: &Pod) -> Result<u64> {
-        let (_, body) = http_get_in(
-            &pod.netns_path(),
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
-            "/__count",
-        )?;
-        Ok(body.trim().parse()?)
+        testsrv_counter(pod, "/__count")
+    }
+
+    /// How many of them were mirrored copies (their host ends in `-shadow`).
+    pub fn testsrv_shadowed(&self, pod: &Pod) -> Result<u64> {
+        testsrv_counter(pod, "/__count?shadowed")
     }
 
     /// Runs `weft-testsrv load <args>` in `pod` (its traffic is captured like any app's) and
@@ -311,4 +311,13 @@ impl TestBed {
         }
         self.children.clear();
     }
+}
+
+fn testsrv_counter(pod: &Pod, path: &str) -> Result<u64> {
+    let (_, body) = http_get_in(
+        &pod.netns_path(),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+        path,
+    )?;
+    Ok(body.trim().parse()?)
 }

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -30,6 +31,10 @@ pub(crate) struct RequestMetrics {
     duration: Family<RequestLabels, Histogram>,
     /// Retries sent, by destination service.
     pub(crate) retries: Family<Vec<(String, String)>, Counter>,
+    /// Mirrored copies, by mirror backend and result (`sent`, `failed`, `dropped`).
+    pub(crate) mirrored: Family<Vec<(String, String)>, Counter>,
+    /// Mirrored copies not yet answered.
+    pub(crate) mirrors_in_flight: Gauge,
 }
 
 impl RequestMetrics {
@@ -43,6 +48,8 @@ impl RequestMetrics {
                 ])
             }),
             retries: Family::default(),
+            mirrored: Family::default(),
+            mirrors_in_flight: Gauge::default(),
         };
         registry.register("requests", "Requests handled", metrics.requests.clone());
         registry.register(
@@ -51,6 +58,16 @@ impl RequestMetrics {
             metrics.duration.clone(),
         );
         registry.register("retries", "Retries sent upstream", metrics.retries.clone());
+        registry.register(
+            "mirrored_requests",
+            "Mirrored copies of requests",
+            metrics.mirrored.clone(),
+        );
+        registry.register(
+            "mirrors_in_flight",
+            "Mirrored copies not yet answered",
+            metrics.mirrors_in_flight.clone(),
+        );
         metrics
     }
 

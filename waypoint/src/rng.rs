@@ -19,4 +19,9 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
     }
+
+    /// Whether one draw falls in a share of `percent` percent (resolution 1e-4 %).
+    pub(crate) fn chance(&mut self, percent: f64) -> bool {
+        (self.below(1_000_000) as f64) < percent * 10_000.0
+    }
 }

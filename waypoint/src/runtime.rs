@@ -62,6 +62,9 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         pool: Arc::new(Pool::new(PoolConfig::default())),
         metrics,
         seed: AtomicU64::new(seed),
+        mirrors: Arc::new(tokio::sync::Semaphore::new(
+            crate::request::MIRRORS_IN_FLIGHT,
+        )),
     });
 
     let retained = Arc::new(snapshot::Retained::default());

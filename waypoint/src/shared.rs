@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
 use weft_core::hbone::Pool;
 use weft_core::identity::SpiffeId;
 
@@ -23,6 +24,8 @@ pub(crate) struct Waypoint {
     pub(crate) pool: Arc<Pool>,
     pub(crate) metrics: RequestMetrics,
     pub(crate) seed: AtomicU64,
+    /// Places for mirrored requests in flight.
+    pub(crate) mirrors: Arc<Semaphore>,
 }
 
 impl Waypoint {

@@ -6,9 +6,9 @@ use super::authz::authz_from;
 use super::field::{FieldError, Result, each, ip, port, ports_from, ports_to};
 use super::v1;
 use crate::mesh::{
-    Backend, DirectResponse, Fault, HeaderEdits, NamedMatch, Outlier, PoolLimits, Redirect, Retry,
-    RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy, StrMatch, WaypointConfig,
-    WeightedBackend,
+    Backend, DirectResponse, Fault, HeaderEdits, Mirror, NamedMatch, Outlier, PathPart, PoolLimits,
+    Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy, StrMatch,
+    WaypointConfig, WeightedBackend,
 };
 
 fn str_match_to(m: &StrMatch) -> v1::StrMatch {
@@ -148,6 +148,7 @@ fn route_to(r: &Route) -> v1::Route {
         rewrite: r.rewrite.as_ref().map(|w| v1::Rewrite {
             path: w.path.clone(),
             authority: w.authority.clone(),
+            replaces: Some(path_part_to(&w.replaces)),
         }),
         redirect: r.redirect.as_ref().map(|d| v1::Redirect {
             scheme: d.scheme.clone(),
@@ -155,7 +156,17 @@ fn route_to(r: &Route) -> v1::Route {
             port: d.port.map(u32::from),
             path: d.path.clone(),
             status: u32::from(d.status),
+            replaces: Some(path_part_to(&d.replaces)),
         }),
+        mirrors: r
+            .mirrors
+            .iter()
+            .map(|m| v1::Mirror {
+                backend: u32::try_from(m.backend).unwrap_or(u32::MAX),
+                port: m.port.map(u32::from),
+                percent: m.percent,
+            })
+            .collect(),
         fault: r.fault.as_ref().map(|f| v1::Fault {
             delay_ms: f.delay.map(|(ms, _)| ms),
             delay_percent: f.delay.map_or(0.0, |(_, p)| p),
@@ -239,6 +250,7 @@ fn route_from(r: &v1::Route) -> Result<Route> {
         rewrite: r.rewrite.as_ref().map(|w| Rewrite {
             path: w.path.clone(),
             authority: w.authority.clone(),
+            replaces: path_part_from(w.replaces.as_ref()),
         }),
         redirect: r
             .redirect
@@ -249,6 +261,7 @@ fn route_from(r: &v1::Route) -> Result<Route> {
                     authority: d.authority.clone(),
                     port: d.port.map(|p| port("redirect.port", p)).transpose()?,
                     path: d.path.clone(),
+                    replaces: path_part_from(d.replaces.as_ref()),
                     status: u16::try_from(d.status).map_err(|_| {
                         FieldError::new("redirect.status", format!("{} is not a status", d.status))
                     })?,
@@ -272,7 +285,40 @@ fn route_from(r: &v1::Route) -> Result<Route> {
                 })
             })
             .transpose()?,
+        mirrors: each("mirrors", &r.mirrors, |m| {
+            if !(0.0..=100.0).contains(&m.percent) {
+                return Err(FieldError::new(
+                    "percent",
+                    format!("{} is not a percentage", m.percent),
+                ));
+            }
+            Ok(Mirror {
+                backend: m.backend as usize,
+                port: m.port.map(|p| port("port", p)).transpose()?,
+                percent: m.percent,
+            })
+        })?,
     })
+}
+
+fn path_part_to(p: &PathPart) -> v1::PathPart {
+    use v1::path_part::Kind;
+    v1::PathPart {
+        kind: Some(match p {
+            PathPart::MatchedPrefix => Kind::MatchedPrefix(true),
+            PathPart::Whole => Kind::Whole(true),
+            PathPart::Prefix(prefix) => Kind::Prefix(prefix.clone()),
+        }),
+    }
+}
+
+fn path_part_from(p: Option<&v1::PathPart>) -> PathPart {
+    use v1::path_part::Kind;
+    match p.and_then(|p| p.kind.as_ref()) {
+        Some(Kind::Whole(_)) => PathPart::Whole,
+        Some(Kind::Prefix(prefix)) => PathPart::Prefix(prefix.clone()),
+        Some(Kind::MatchedPrefix(_)) | None => PathPart::MatchedPrefix,
+    }
 }
 
 fn backend_to(b: &Backend) -> v1::Backend {
@@ -402,8 +448,9 @@ services:
     fault: {delay: [100, 50.0], abort: [503, 10.0]}
   - name: moved
     backends: [{backend: 0, weight: 1}]
-    rewrite: {path: /v2/, authority: reviews.internal}
-    redirect: {scheme: https, port: 8443, path: /new, status: 308}
+    rewrite: {path: /v2/, authority: reviews.internal, replaces: !prefix /v1}
+    redirect: {scheme: https, port: 8443, path: /new, status: 308, replaces: whole}
+    mirrors: [{backend: 1, port: 9080, percent: 12.5}, {backend: 0, percent: 100.0}]
   backends:
   - name: reviews.default/v1
     namespace: default
@@ -449,5 +496,9 @@ services:
         wire.services[0].ports[0].target_port = 70_000;
         let e = waypoint_from(&wire).expect_err("not a port");
         assert_eq!(e.field, "services[0].ports[0].targetPort");
+        let mut wire = v1::WaypointConfig::from(&waypoint());
+        wire.services[0].routes[3].mirrors[0].percent = f64::NAN;
+        let e = waypoint_from(&wire).expect_err("not a percentage");
+        assert_eq!(e.field, "services[0].routes[3].mirrors[0].percent");
     }
 }

@@ -80,6 +80,37 @@ pub struct Route {
     /// The client is sent elsewhere instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Redirect>,
+    /// Copies of a share of requests sent to other backends, their answers dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+}
+
+/// Which part of the request's path a rewrite or redirect replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathPart {
+    /// The prefix the route matched, or the whole path when it matched on no prefix (Istio's
+    /// `rewrite.uri`).
+    #[default]
+    MatchedPrefix,
+    /// The whole path; the query is kept unless the new path has one (Istio's `redirect.uri`,
+    /// Gateway API's `ReplaceFullPath`).
+    Whole,
+    /// This prefix, in whole segments (Gateway API's `ReplacePrefixMatch`).
+    Prefix(String),
+}
+
+/// A request mirror (Istio's `mirror`/`mirrors`, Gateway API's `RequestMirror`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// Index into [`ServicePolicy::backends`].
+    pub backend: usize,
+    /// The backend's service port to send to (absent: the port the request came in on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The percentage of requests copied.
+    pub percent: f64,
 }
 
 /// A rewrite (Istio's `rewrite`): the path replaces the prefix the route matched (or the
@@ -89,6 +120,9 @@ pub struct Route {
 pub struct Rewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// What `path` replaces.
+    #[serde(default)]
+    pub replaces: PathPart,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
 }
@@ -105,6 +139,9 @@ pub struct Redirect {
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// What `path` replaces.
+    #[serde(default)]
+    pub replaces: PathPart,
     /// 301 by default.
     pub status: u16,
 }

@@ -90,6 +90,8 @@ struct Behaviour {
     delay_ms: AtomicU64,
     grpc_unavailable_percent: AtomicU64,
     served: AtomicU64,
+    /// Served requests whose host ends in `-shadow` (mirrored copies).
+    shadowed: AtomicU64,
     seq: AtomicU64,
 }
 
@@ -187,7 +189,11 @@ async fn answer(b: &Behaviour, name: &str, mut req: Request<Incoming>) -> Respon
     }
     let path = req.uri().path().to_owned();
     if path == "/__count" {
-        return Response::new(full(format!("{}\n", b.served.load(Ordering::Relaxed))));
+        let counter = match req.uri().query() {
+            Some("shadowed") => &b.shadowed,
+            _ => &b.served,
+        };
+        return Response::new(full(format!("{}\n", counter.load(Ordering::Relaxed))));
     }
     if path == "/__set" {
         for pair in req.uri().query().unwrap_or("").split('&') {
@@ -203,6 +209,7 @@ async fn answer(b: &Behaviour, name: &str, mut req: Request<Incoming>) -> Respon
                 "reset" => {
                     // Counting and the failure pattern both start over.
                     b.served.store(0, Ordering::Relaxed);
+                    b.shadowed.store(0, Ordering::Relaxed);
                     b.seq.store(0, Ordering::Relaxed);
                 }
                 _ => {}
@@ -211,6 +218,19 @@ async fn answer(b: &Behaviour, name: &str, mut req: Request<Incoming>) -> Respon
         return Response::new(full("ok\n"));
     }
     b.served.fetch_add(1, Ordering::Relaxed);
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .or(req.uri().host())
+        .unwrap_or("");
+    if host
+        .split(':')
+        .next()
+        .is_some_and(|h| h.ends_with("-shadow"))
+    {
+        b.shadowed.fetch_add(1, Ordering::Relaxed);
+    }
     let seq = b.seq.fetch_add(1, Ordering::Relaxed);
     // `x-echo-header: <name>` asks for that request header back, as `x-echo`.
     let echoed = req

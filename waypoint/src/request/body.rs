@@ -10,6 +10,9 @@ use tracing::debug;
 
 use crate::body::{Body, BoxError};
 
+/// The most of a body kept for mirrored copies when the route has no retries.
+pub(crate) const MIRROR_CAP: u64 = 64 * 1024;
+
 /// A request body that can be sent again: its frames as received.
 #[derive(Clone)]
 pub(crate) struct Replayable(Vec<BufferedFrame>);

@@ -9,21 +9,16 @@ use weft_core::mesh::Fault;
 use super::reply::{Reply, ResponseFlag, local};
 use crate::rng::Rng;
 
-/// Whether a request falls in a share of `percent` percent.
-fn chosen(percent: f64, rng: &mut Rng) -> bool {
-    (rng.below(1_000_000) as f64) < percent * 10_000.0
-}
-
 /// Delays the request if it falls in the delayed share; the abort answer if it falls in the
 /// aborted share.
 pub(crate) async fn inject(fault: &Fault, rng: &mut Rng) -> Option<Reply> {
     if let Some((ms, percent)) = fault.delay
-        && chosen(percent, rng)
+        && rng.chance(percent)
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let (status, percent) = fault.abort?;
-    chosen(percent, rng).then(|| {
+    rng.chance(percent).then(|| {
         local(
             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             ResponseFlag::FaultInjected,

@@ -1,17 +1,20 @@
 //! One request through the L7 pipeline, one concern per file:
 //!
-//!     normalize→ one spelling of the path for every layer and the endpoint (400 if ambiguous)
-//!     route    → the first route whose conditions match (404 NR otherwise)
-//!     authz    → the service's AuthorizationPolicies (403 RBAC)
-//!     headers  → the route's direct response, or its header edits (request, then response)
-//!     fault    → injected delays and aborts
-//!     rewrite  → a redirect answered, or the path and authority rewritten
-//!     split    → a backend by weight, or the one holding the pod the client addressed
-//!     timeout  → the route's deadline and each try's
-//!     retry    → eligibility, budget, backoff (over a body kept by `body`)
-//!     tries    → balance → upstream, recording outcomes for outlier detection
-//!     reply    → the waypoint's own answers (flag in `x-weft-response-flags`), hop-by-hop
-//!     upgrade  → `Upgrade:` requests (WebSocket) joined end to end after a 101; CONNECT refused
+//! ```text
+//! normalize→ one spelling of the path for every layer and the endpoint (400 if ambiguous)
+//! route    → the first route whose conditions match (404 NR otherwise)
+//! authz    → the service's AuthorizationPolicies (403 RBAC)
+//! headers  → the route's direct response, or its header edits (request, then response)
+//! fault    → injected delays and aborts
+//! rewrite  → a redirect answered, or the path and authority rewritten
+//! split    → a backend by weight, or the one holding the pod the client addressed
+//! mirror   → copies of a share of requests to other backends, answers dropped
+//! timeout  → the route's deadline and each try's
+//! retry    → eligibility, budget, backoff (over a body kept by `body`)
+//! tries    → balance → upstream, recording outcomes for outlier detection
+//! reply    → the waypoint's own answers (flag in `x-weft-response-flags`), hop-by-hop
+//! upgrade  → `Upgrade:` requests (WebSocket) joined end to end after a 101; CONNECT refused
+//! ```
 //!
 //! Every request ends with one metrics sample and one access log line (`handle`).
 
@@ -19,6 +22,7 @@ mod authz;
 mod body;
 mod fault;
 mod headers;
+mod mirror;
 mod normalize;
 mod reply;
 pub(crate) mod retry;
@@ -37,7 +41,9 @@ use std::time::Instant;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::info;
+use weft_core::mesh::PathPart;
 
+pub(crate) use self::mirror::MIRRORS_IN_FLIGHT;
 use self::reply::{Reply, ResponseFlag, local};
 use self::route::RequestView;
 use self::timeout::Deadlines;
@@ -188,12 +194,19 @@ async fn serve(
         );
     };
     let route = &service.routes[index].route;
-    // Only a rewrite needs to know which prefix matched.
-    let matched_prefix = route
+    // Only a rewrite or redirect of the matched prefix needs to know which prefix matched.
+    let by_matched_prefix = |part: &PathPart| *part == PathPart::MatchedPrefix;
+    let matched_prefix = (route
         .rewrite
         .as_ref()
-        .and_then(|_| service.routes[index].matched_prefix(&view))
-        .map(str::to_owned);
+        .is_some_and(|w| by_matched_prefix(&w.replaces))
+        || route
+            .redirect
+            .as_ref()
+            .is_some_and(|r| by_matched_prefix(&r.replaces)))
+    .then(|| service.routes[index].matched_prefix(&view))
+    .flatten()
+    .map(str::to_owned);
     labels.route = route.name.clone();
 
     // Authorize.
@@ -216,12 +229,8 @@ async fn serve(
     }
 
     if let Some(redirect) = &route.redirect {
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let mut reply = rewrite::redirect(redirect, &host, &target);
+        let mut reply =
+            rewrite::redirect(redirect, &host, request.uri(), matched_prefix.as_deref());
         headers::apply(&route.response_headers, reply.response.headers_mut());
         return reply;
     }
@@ -249,17 +258,26 @@ async fn serve(
             .map_or(port, |p| p.target_port),
     };
 
-    // Timeout and retries: keep the body for replay if it may be retried.
+    // Timeout and retries: keep the body for replay if it may be retried or copied.
     let upgrade = upgrade::requested(&request);
     let on_client = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (parts, incoming) = request.into_parts();
-    // An upgrade is tried once: what follows the 101 cannot be replayed.
+    // An upgrade is tried once and not copied: what follows the 101 cannot be replayed.
     let retry = route
         .retry
         .as_ref()
         .filter(|r| r.attempts > 0 && upgrade.is_none());
-    let body = match retry {
-        Some(r) => match body::buffer(incoming, r.max_body_bytes).await {
+    let mirrors = match upgrade {
+        None => mirror::chosen(route, &mut tunnel.waypoint.rng()),
+        Some(_) => Vec::new(),
+    };
+    let keep = match (retry, mirrors.is_empty()) {
+        (Some(r), _) => Some(r.max_body_bytes),
+        (None, false) => Some(body::MIRROR_CAP),
+        (None, true) => None,
+    };
+    let body = match keep {
+        Some(cap) => match body::buffer(incoming, cap).await {
             Ok(replay) => TryBody::Replay(replay),
             Err(stream) => TryBody::Once(Some(stream)),
         },
@@ -278,6 +296,25 @@ async fn serve(
         client: tunnel.client,
         port: target_port,
     };
+    if !mirrors.is_empty() {
+        let copy = mirror::Copy {
+            waypoint: &tunnel.waypoint,
+            service,
+            dialer: &dialer,
+            parts: &parts,
+            host: &host,
+            port,
+            http2,
+            timeout: route.timeout_ms.map(std::time::Duration::from_millis),
+        };
+        let kept = match &body {
+            TryBody::Replay(replay) => Some(replay),
+            TryBody::Once(_) => None,
+        };
+        for m in &mirrors {
+            copy.launch(m, kept);
+        }
+    }
     let tries = Tries {
         waypoint: &tunnel.waypoint,
         backend,

@@ -5,6 +5,15 @@ use serde::Deserialize;
 
 use super::common::{ApiDuration, Notes, Unhonoured};
 
+/// The HTTPRoute filters a waypoint applies.
+pub const HONOURED_FILTERS: [&str; 5] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "RequestRedirect",
+    "URLRewrite",
+];
+
 /// The class of Gateways that are Weft waypoints.
 pub const WAYPOINT_CLASS: &str = "weft-waypoint";
 
@@ -64,7 +73,7 @@ pub struct RouteRule {
     /// Retries (GEP-1731).
     #[serde(default)]
     pub retry: Option<Retry>,
-    /// Filters: the header modifiers are honoured, the others noted.
+    /// Filters: those in [`HONOURED_FILTERS`] are honoured, the others noted.
     #[serde(default)]
     pub filters: Vec<RouteFilter>,
     /// Not honoured.
@@ -77,25 +86,106 @@ pub struct RouteRule {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteFilter {
     /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`, `RequestRedirect`,
-    /// `URLRewrite`, `ExtensionRef`.
+    /// `URLRewrite` (honoured) or `ExtensionRef` (noted).
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
     pub request_header_modifier: Option<HeaderModifier>,
     #[serde(default)]
     pub response_header_modifier: Option<HeaderModifier>,
-    /// Not honoured.
     #[serde(default)]
-    pub request_mirror: Unhonoured,
-    /// Not honoured.
+    pub request_mirror: Option<RequestMirror>,
     #[serde(default)]
-    pub request_redirect: Unhonoured,
-    /// Not honoured.
+    pub request_redirect: Option<RequestRedirect>,
     #[serde(default, rename = "urlRewrite")]
-    pub url_rewrite: Unhonoured,
+    pub url_rewrite: Option<UrlRewrite>,
     /// Not honoured.
     #[serde(default)]
     pub extension_ref: Unhonoured,
+}
+
+/// `requestMirror`: a copy of a share of requests (`percent`, or `fraction`; default all).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMirror {
+    pub backend_ref: BackendObjectRef,
+    #[serde(default)]
+    pub percent: Option<u32>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+/// `numerator / denominator` (default 100).
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default)]
+    pub denominator: Option<u32>,
+}
+
+/// A backend without a weight (a mirror's).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendObjectRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// `requestRedirect`: what is not given is kept from the request (status 302 by default).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRedirect {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+}
+
+/// `urlRewrite`: the host and path the request is forwarded with.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+}
+
+/// `path`: `ReplaceFullPath` or `ReplacePrefixMatch` (the rule's `PathPrefix` match).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathModifier {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+impl PathModifier {
+    /// The new path, and whether it replaces the matched prefix (not the whole path).
+    pub fn replacement(&self) -> Option<(&str, bool)> {
+        match self.kind.as_str() {
+            "ReplaceFullPath" => self.replace_full_path.as_deref().map(|p| (p, false)),
+            "ReplacePrefixMatch" => self.replace_prefix_match.as_deref().map(|p| (p, true)),
+            _ => None,
+        }
+    }
 }
 
 /// A header modifier filter.
@@ -231,10 +321,7 @@ impl HttpRouteSpec {
         }
         for (i, r) in self.rules.iter().enumerate() {
             for (j, f) in r.filters.iter().enumerate() {
-                if !matches!(
-                    f.kind.as_str(),
-                    "RequestHeaderModifier" | "ResponseHeaderModifier"
-                ) {
+                if !HONOURED_FILTERS.contains(&f.kind.as_str()) {
                     notes.note(
                         &format!("spec.rules[{i}].filters[{j}]"),
                         format!("{} not honoured (not implemented)", f.kind),
@@ -254,6 +341,88 @@ impl HttpRouteSpec {
                 );
             }
         }
+    }
+
+    /// What the API itself forbids (its CEL rules), naming the field: a filter without its
+    /// settings, a path modifier of an unknown type or without its path, `ReplacePrefixMatch`
+    /// on a rule that does not match on a path prefix, a redirect and a rewrite in one rule, a
+    /// status a redirect cannot have, a share over 100%.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, r) in self.rules.iter().enumerate() {
+            let mut seen = Vec::new();
+            for (j, f) in r.filters.iter().enumerate() {
+                let at = format!("spec.rules[{i}].filters[{j}]");
+                let configured = match f.kind.as_str() {
+                    "RequestHeaderModifier" => f.request_header_modifier.is_some(),
+                    "ResponseHeaderModifier" => f.response_header_modifier.is_some(),
+                    "RequestMirror" => f.request_mirror.is_some(),
+                    "RequestRedirect" => f.request_redirect.is_some(),
+                    "URLRewrite" => f.url_rewrite.is_some(),
+                    _ => true,
+                };
+                if !configured {
+                    return Err(format!("{at}: a {} filter needs its settings", f.kind));
+                }
+                if f.kind != "RequestMirror" && seen.contains(&f.kind.as_str()) {
+                    return Err(format!("{at}: a second {} filter in one rule", f.kind));
+                }
+                seen.push(f.kind.as_str());
+                let path = f
+                    .request_redirect
+                    .as_ref()
+                    .and_then(|r| r.path.as_ref())
+                    .or(f.url_rewrite.as_ref().and_then(|w| w.path.as_ref()));
+                if let Some(path) = path {
+                    let Some((_, prefix)) = path.replacement() else {
+                        return Err(format!(
+                            "{at}: path type {:?} needs its own field (ReplaceFullPath: replaceFullPath, ReplacePrefixMatch: replacePrefixMatch)",
+                            path.kind
+                        ));
+                    };
+                    let by_prefix = r.matches.iter().all(|m| {
+                        m.path.as_ref().is_none_or(|p| {
+                            p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix"
+                        })
+                    });
+                    if prefix && !by_prefix {
+                        return Err(format!(
+                            "{at}: ReplacePrefixMatch needs every match of the rule to be a PathPrefix"
+                        ));
+                    }
+                }
+                if let Some(code) = f.request_redirect.as_ref().and_then(|r| r.status_code)
+                    && ![301, 302, 303, 307, 308].contains(&code)
+                {
+                    return Err(format!(
+                        "{at}.requestRedirect.statusCode: {code} is not a redirect status"
+                    ));
+                }
+                if let Some(m) = &f.request_mirror {
+                    let over = match (m.percent, m.fraction) {
+                        (Some(_), Some(_)) => {
+                            return Err(format!(
+                                "{at}.requestMirror: percent and fraction are exclusive"
+                            ));
+                        }
+                        (Some(p), None) => p > 100,
+                        (None, Some(f)) => {
+                            let d = f.denominator.unwrap_or(100);
+                            d == 0 || f.numerator > d
+                        }
+                        (None, None) => false,
+                    };
+                    if over {
+                        return Err(format!("{at}.requestMirror: not a share of 0–100%"));
+                    }
+                }
+            }
+            if seen.contains(&"RequestRedirect") && seen.contains(&"URLRewrite") {
+                return Err(format!(
+                    "spec.rules[{i}].filters: RequestRedirect and URLRewrite cannot both be used"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The parents that are Services: the route is the mesh's (GAMMA). Routes of ingress

@@ -256,6 +256,7 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
         }
         PolicyKind::HttpRoute => {
             let s: gateway::HttpRouteSpec = spec(&doc.spec)?;
+            s.check()?;
             s.notes(&mut notes);
             PolicySpec::HttpRoute(Box::new(s))
         }

@@ -71,3 +71,12 @@ pub(crate) fn default_retry() -> Retry {
         max_body_bytes: REPLAY_CAP,
     }
 }
+
+/// A percentage from a policy, within 0–100 (not a number: none).
+pub(crate) fn share(percent: f64) -> f64 {
+    if percent.is_nan() {
+        0.0
+    } else {
+        percent.clamp(0.0, 100.0)
+    }
+}

@@ -56,22 +56,33 @@ pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
                         ));
                     }
                 }
-                for (j, d) in http.route.iter().enumerate() {
-                    let at = format!("spec.http[{i}].route[{j}].destination");
-                    let Some(target) = service_for(objects, &d.destination.host, ns) else {
+                let destinations =
+                    http.route
+                        .iter()
+                        .enumerate()
+                        .map(|(j, d)| (format!("route[{j}].destination"), &d.destination))
+                        .chain(http.mirror.iter().map(|d| ("mirror".to_owned(), d)))
+                        .chain(
+                            http.mirrors.iter().enumerate().map(|(k, m)| {
+                                (format!("mirrors[{k}].destination"), &m.destination)
+                            }),
+                        );
+                for (field, d) in destinations {
+                    let at = format!("spec.http[{i}].{field}");
+                    let Some(target) = service_for(objects, &d.host, ns) else {
                         out.push(format!(
                             "{at}.host: no service {:?}: this destination is left out",
-                            d.destination.host
+                            d.host
                         ));
                         continue;
                     };
-                    if let Some(subset) = &d.destination.subset {
+                    if let Some(subset) = &d.subset {
                         let defined = destination_rule(objects, target)
                             .is_some_and(|dr| dr.subsets.iter().any(|s| &s.name == subset));
                         if !defined {
                             out.push(format!(
                                 "{at}.subset: no DestinationRule for {} defines subset {subset:?}: it has no endpoints",
-                                d.destination.host
+                                d.host
                             ));
                         }
                     }

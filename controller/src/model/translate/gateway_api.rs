@@ -1,16 +1,18 @@
 //! Gateway API HTTPRoute attached to a Service (GAMMA): rules with matches, weighted backend
-//! references, timeouts and retries.
+//! references, timeouts, retries and filters (header modifiers, mirrors, redirects, rewrites).
 
 use weft_core::mesh::{
-    HeaderEdits, NamedMatch, Retry, RetryOn, Route, RouteMatch, StrMatch, WeightedBackend,
+    HeaderEdits, Mirror, NamedMatch, PathPart, Redirect, Retry, RetryOn, Rewrite, Route,
+    RouteMatch, StrMatch, WeightedBackend,
 };
 
 use super::backends::Backends;
-use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, ms};
+use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, ms, share};
 use super::smi::default_backends;
 use crate::model::key::ObjectKey;
 use crate::model::objects::{Objects, Service};
 use crate::model::policy::PolicySpec;
+use crate::model::policy::gateway::{PathModifier, RouteRule};
 
 pub(crate) fn http_route_routes(
     objects: &Objects,
@@ -147,16 +149,42 @@ pub(crate) fn http_route_routes(
             }
             e
         };
-        routes.push(Route {
+        let mut mirrors = Vec::new();
+        for m in rule
+            .filters
+            .iter()
+            .filter_map(|f| f.request_mirror.as_ref())
+        {
+            let r = &m.backend_ref;
+            let ns = r.namespace.as_deref().unwrap_or(&key.namespace);
+            let Some(target) = objects.services.get(&ObjectKey::new(ns, &r.name)) else {
+                continue;
+            };
+            let percent = match (m.percent, m.fraction) {
+                (Some(p), _) => f64::from(p),
+                (None, Some(f)) => {
+                    f64::from(f.numerator) * 100.0 / f64::from(f.denominator.unwrap_or(100).max(1))
+                }
+                (None, None) => 100.0,
+            };
+            mirrors.push(Mirror {
+                backend: backends.get(target, None),
+                port: r.port,
+                percent: share(percent),
+            });
+        }
+        let template = Route {
             name: format!("{}.{}.{i}", key.name, key.namespace),
-            matches,
+            matches: Vec::new(),
             backends: weighted,
             timeout_ms: rule.timeouts.as_ref().and_then(|t| ms(t.request)),
             retry,
             request_headers: edits(false),
             response_headers: edits(true),
+            mirrors,
             ..Route::default()
-        });
+        };
+        routes.extend(with_path_filters(&template, rule, matches));
     }
     // (On a Service with that one port the scope is every request: nothing to add.)
     let other_ports = port.is_some_and(|p| svc.ports.iter().any(|sp| sp.port != p));
@@ -179,6 +207,70 @@ pub(crate) fn http_route_routes(
         });
     }
     Some(routes)
+}
+
+/// The rule's routes with its redirect or rewrite. A `ReplacePrefixMatch` replaces the prefix
+/// the request matched, so a rule with several prefixes becomes one route per match.
+fn with_path_filters(template: &Route, rule: &RouteRule, matches: Vec<RouteMatch>) -> Vec<Route> {
+    let redirect = rule
+        .filters
+        .iter()
+        .find_map(|f| f.request_redirect.as_ref());
+    let rewrite = rule.filters.iter().find_map(|f| f.url_rewrite.as_ref());
+    let path = redirect
+        .and_then(|r| r.path.as_ref())
+        .or(rewrite.and_then(|w| w.path.as_ref()))
+        .and_then(PathModifier::replacement);
+    let build = |matches: Vec<RouteMatch>, prefix: &str| {
+        let (path, replaces) = match path {
+            Some((new, true)) => (Some(new.to_owned()), PathPart::Prefix(prefix.to_owned())),
+            Some((new, false)) => (Some(new.to_owned()), PathPart::Whole),
+            None => (None, PathPart::Whole),
+        };
+        Route {
+            matches,
+            redirect: redirect.map(|r| Redirect {
+                // A scheme without a port goes to the scheme's own port.
+                port: r.port.or(match r.scheme.as_deref() {
+                    Some("https") => Some(443),
+                    Some("http") => Some(80),
+                    _ => None,
+                }),
+                scheme: r.scheme.clone(),
+                authority: r.hostname.clone(),
+                path: path.clone(),
+                replaces: replaces.clone(),
+                status: r.status_code.unwrap_or(302),
+            }),
+            rewrite: rewrite.map(|w| Rewrite {
+                path: path.clone(),
+                replaces: replaces.clone(),
+                authority: w.hostname.clone(),
+            }),
+            ..template.clone()
+        }
+    };
+    if !path.is_some_and(|(_, prefix)| prefix) || rule.matches.len() <= 1 {
+        let prefix = rule
+            .matches
+            .first()
+            .and_then(|m| m.path.as_ref())
+            .and_then(|p| p.value.as_deref())
+            .unwrap_or("/");
+        return vec![build(matches, prefix)];
+    }
+    rule.matches
+        .iter()
+        .zip(matches)
+        .map(|(m, compiled)| {
+            let prefix = m
+                .path
+                .as_ref()
+                .and_then(|p| p.value.as_deref())
+                .unwrap_or("/");
+            build(vec![compiled], prefix)
+        })
+        .collect()
 }
 
 fn regex_escape(text: &str) -> String {

@@ -2,12 +2,12 @@
 //! DestinationRule), timeouts and retries.
 
 use weft_core::mesh::{
-    DirectResponse, Fault, HeaderEdits, NamedMatch, Redirect, Retry, RetryOn, Rewrite, Route,
-    RouteMatch, StrMatch, WeightedBackend,
+    DirectResponse, Fault, HeaderEdits, Mirror, NamedMatch, PathPart, Redirect, Retry, RetryOn,
+    Rewrite, Route, RouteMatch, StrMatch, WeightedBackend,
 };
 
 use super::backends::Backends;
-use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, host_is, ms, service_for};
+use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, host_is, ms, service_for, share};
 use crate::model::objects::{Objects, Service};
 use crate::model::policy::PolicySpec;
 use crate::model::policy::istio;
@@ -173,6 +173,29 @@ pub(crate) fn virtual_service_routes(
             .unwrap_or_default()
         };
         let headers = http.headers.as_ref();
+        let single_share = http
+            .mirror_percentage
+            .map(|p| p.value)
+            .or(http.mirror_percent.map(f64::from))
+            .unwrap_or(100.0);
+        let mirrors = http
+            .mirror
+            .iter()
+            .map(|d| (d, single_share))
+            .chain(
+                http.mirrors
+                    .iter()
+                    .map(|m| (&m.destination, m.percentage.map_or(100.0, |p| p.value))),
+            )
+            .filter_map(|(d, percent)| {
+                let target = service_for(objects, &d.host, &key.namespace)?;
+                Some(Mirror {
+                    backend: backends.get(target, d.subset.as_deref()),
+                    port: d.port.as_ref().map(|p| p.number),
+                    percent: share(percent),
+                })
+            })
+            .collect();
         routes.push(Route {
             name: format!("{}.{}.{i}", key.name, key.namespace),
             matches,
@@ -186,6 +209,7 @@ pub(crate) fn virtual_service_routes(
             response_headers: edits(headers.and_then(|h| h.response.as_ref())),
             rewrite: http.rewrite.as_ref().map(|w| Rewrite {
                 path: w.uri.clone(),
+                replaces: PathPart::MatchedPrefix,
                 authority: w.authority.clone(),
             }),
             redirect: http.redirect.as_ref().map(|d| Redirect {
@@ -193,21 +217,25 @@ pub(crate) fn virtual_service_routes(
                 authority: d.authority.clone(),
                 port: d.port,
                 path: d.uri.clone(),
+                replaces: PathPart::Whole,
                 status: d.redirect_code.unwrap_or(301),
             }),
+            mirrors,
             fault: http.fault.as_ref().map(|f| Fault {
                 delay: f.delay.as_ref().and_then(|d| {
-                    let share = d
+                    let percent = d
                         .percentage
                         .map(|p| p.value)
                         .or(d.percent.map(f64::from))
                         .unwrap_or(100.0);
-                    Some((ms(d.fixed_delay)?, share))
+                    Some((ms(d.fixed_delay)?, share(percent)))
                 }),
-                abort: f
-                    .abort
-                    .as_ref()
-                    .and_then(|a| Some((a.http_status?, a.percentage.map_or(100.0, |p| p.value)))),
+                abort: f.abort.as_ref().and_then(|a| {
+                    Some((
+                        a.http_status?,
+                        share(a.percentage.map_or(100.0, |p| p.value)),
+                    ))
+                }),
             }),
             direct_response: http.direct_response.as_ref().map(|d| DirectResponse {
                 status: d.status,

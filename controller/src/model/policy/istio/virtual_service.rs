@@ -64,24 +64,34 @@ pub struct HttpRoute {
     /// Faults injected into a share of requests.
     #[serde(default)]
     pub fault: Option<HttpFault>,
-    /// Not honoured.
+    /// A copy of each request (of `mirrorPercentage`, default all) goes here too.
     #[serde(default)]
-    pub mirror: Unhonoured,
-    /// Not honoured.
+    pub mirror: Option<Destination>,
+    /// Copies to several destinations, each with its own share.
     #[serde(default)]
-    pub mirrors: Unhonoured,
-    /// Not honoured.
+    pub mirrors: Vec<MirrorPolicy>,
+    /// The share `mirror` copies.
     #[serde(default)]
-    pub mirror_percentage: Unhonoured,
-    /// Not honoured.
+    pub mirror_percentage: Option<Percent>,
+    /// The share `mirror` copies (deprecated integer form).
     #[serde(default)]
-    pub mirror_percent: Unhonoured,
+    pub mirror_percent: Option<u32>,
     /// Not honoured.
     #[serde(default)]
     pub cors_policy: Unhonoured,
     /// Header edits on the request and the response.
     #[serde(default)]
     pub headers: Option<Headers>,
+}
+
+/// `mirrors[]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorPolicy {
+    pub destination: Destination,
+    /// The share copied (default all).
+    #[serde(default)]
+    pub percentage: Option<Percent>,
 }
 
 /// `headers`.
@@ -378,14 +388,7 @@ impl VirtualServiceSpec {
                     "use uri",
                 );
             }
-            for (field, value) in [
-                ("delegate", &r.delegate),
-                ("mirror", &r.mirror),
-                ("mirrors", &r.mirrors),
-                ("mirrorPercentage", &r.mirror_percentage),
-                ("mirrorPercent", &r.mirror_percent),
-                ("corsPolicy", &r.cors_policy),
-            ] {
+            for (field, value) in [("delegate", &r.delegate), ("corsPolicy", &r.cors_policy)] {
                 notes.unhonoured(&at(field), value, "not implemented");
             }
             if let Some(fault) = &r.fault {
