@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{error, info, warn};
+use weft_core::accept::ConnectionLimits;
 use weft_core::drain;
 use weft_core::mesh::{Protocol, Workload};
 use weft_core::netns::{ListenOpts, Netns};
@@ -17,7 +18,9 @@ use weft_core::ports;
 
 use crate::capture::{self, PodNet};
 use crate::cni;
-use crate::pod::{Pod, accept_loop};
+use crate::pod::{
+    MAX_CONNECTIONS_PER_LISTENER, MAX_HBONE_PER_PEER, MAX_PLAINTEXT_PER_PEER, Pod, accept_loop,
+};
 use crate::proxy::Proxy;
 use crate::{inbound, outbound};
 
@@ -269,9 +272,12 @@ async fn enroll(
             }
         });
     };
+    // Outbound connections all come from the pod itself: one limit.
+    let total = MAX_CONNECTIONS_PER_LISTENER;
     run(Box::pin(accept_loop(
         outbound,
         "outbound",
+        ConnectionLimits::new(total, total),
         proxy.clone(),
         pod.clone(),
         watch.clone(),
@@ -282,6 +288,7 @@ async fn enroll(
         accept_loop(
             hbone,
             "inbound",
+            ConnectionLimits::new(total, MAX_HBONE_PER_PEER),
             proxy.clone(),
             pod.clone(),
             global.clone(),
@@ -291,6 +298,7 @@ async fn enroll(
     run(Box::pin(accept_loop(
         plaintext,
         "inbound_plaintext",
+        ConnectionLimits::new(total, MAX_PLAINTEXT_PER_PEER),
         proxy.clone(),
         pod.clone(),
         watch.clone(),

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use tracing::warn;
+use weft_core::accept::{ConnectionLimits, RefusalLog};
 use weft_core::drain;
 use weft_core::mesh::Workload;
 use weft_core::netns::Netns;
@@ -22,13 +22,20 @@ pub(crate) struct Pod {
 
 /// Connections one listener of one pod may have open at once: beyond it new ones are closed,
 /// so one pod cannot take the node proxy's file descriptors from every other.
-const MAX_CONNECTIONS_PER_LISTENER: usize = 4096;
+pub(crate) const MAX_CONNECTIONS_PER_LISTENER: usize = 4096;
+/// HBONE connections from one peer address to one pod: peers pool their tunnels over a few
+/// connections, so more is a peer hoarding places.
+pub(crate) const MAX_HBONE_PER_PEER: usize = 256;
+/// Plaintext connections from one peer address to one pod (PERMISSIVE/DISABLE clients open one
+/// per request stream, so more room than HBONE).
+pub(crate) const MAX_PLAINTEXT_PER_PEER: usize = 1024;
 
 /// Accepts on one of a pod's listeners until `drain`, running `handle` for each connection in
 /// its own task, under a span naming the listener, a connection id, the pod and the peer.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
     listener_name: &'static str,
+    limits: Arc<ConnectionLimits>,
     proxy: Arc<Proxy>,
     pod: Arc<Pod>,
     drain: drain::Watch,
@@ -39,8 +46,7 @@ pub(crate) async fn accept_loop<F, Fut>(
 {
     use tracing::Instrument;
     let mut backoff = weft_core::accept::Backoff::default();
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
-    let mut refusing = false;
+    let mut refusals = RefusalLog::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = drain.signaled() => return,
@@ -55,14 +61,15 @@ pub(crate) async fn accept_loop<F, Fut>(
             },
         };
         backoff.succeeded();
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            if !refusing {
-                warn!(pod = %pod.workload.name, listener = listener_name, limit = MAX_CONNECTIONS_PER_LISTENER, "connection limit reached; closing new connections");
-                refusing = true;
+        let slot = match limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let _pod = tracing::warn_span!("pod", pod = %pod.workload.name).entered();
+                refusals.refused(listener_name, peer.ip(), why);
+                continue;
             }
-            continue;
         };
-        refusing = false;
+        refusals.admitted();
         let span = tracing::info_span!(
             "conn",
             listener = listener_name,
@@ -74,7 +81,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         tokio::spawn(
             async move {
                 task.await;
-                drop(permit);
+                drop(slot);
             }
             .instrument(span),
         );

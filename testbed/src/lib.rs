@@ -20,6 +20,7 @@ mod bed;
 mod certs;
 mod cni;
 pub mod fixtures;
+pub mod hostile;
 mod manifests;
 mod metrics;
 mod net;

@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
+use weft_core::accept::{ConnectionLimits, RefusalLog};
 use weft_core::drain;
 use weft_core::hbone::{self, PendingTunnel, Rejection};
 use weft_core::identity::SpiffeId;
@@ -17,6 +18,10 @@ use crate::request;
 use crate::shared::Tunnel;
 use crate::shared::Waypoint;
 
+/// HBONE connections the waypoint holds open, in all and from one peer address (node proxies
+/// pool their tunnels over a few connections).
+const MAX_CONNECTIONS: usize = 16_384;
+const MAX_CONNECTIONS_PER_PEER: usize = 256;
 /// How long a request's head may take to arrive.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (HTTP/1.1) or header list (HTTP/2).
@@ -26,6 +31,8 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// to the peer, no new tunnels, keep-alive connections closed after their current request).
 pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener, drain: drain::Watch) {
     let mut backoff = weft_core::accept::Backoff::default();
+    let limits = ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER);
+    let mut refusals = RefusalLog::default();
     loop {
         let accepted = tokio::select! {
             _ = drain.signaled() => return,
@@ -41,12 +48,21 @@ pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener, drain: d
                 continue;
             }
         };
+        let slot = match limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refusals.refused("HBONE", peer.ip(), why);
+                continue;
+            }
+        };
+        refusals.admitted();
         let _ = stream.set_nodelay(true);
         let (waypoint, drain) = (waypoint.clone(), drain.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(&waypoint, stream, &drain).await {
                 warn!(%peer, "HBONE connection refused: {e}");
             }
+            drop(slot);
         });
     }
 }
