@@ -67,6 +67,7 @@ pub struct AuthzSource {
 
 /// An operation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthzOperation {
     /// Methods.
@@ -98,6 +99,7 @@ pub struct AuthzOperation {
 /// A condition (`request.headers[x]`, `source.ip`, `source.namespace`, `source.principal`,
 /// `destination.port`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthzCondition {
     /// Attribute.

@@ -6,8 +6,35 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// A field Weft knows from the API but does not act on: kept so the object is accepted, and
-/// reported (never silently dropped).
-pub type Unhonoured = Option<serde_yaml::Value>;
+/// reported (never silently dropped). Its schema takes any value and is marked
+/// `x-weft-unhonoured`, so the field walk knows it is noted.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Unhonoured(pub Option<serde_yaml::Value>);
+
+impl schemars::JsonSchema for Unhonoured {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Unhonoured".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-preserve-unknown-fields": true,
+            "x-weft-unhonoured": true,
+        })
+    }
+}
+
+impl Unhonoured {
+    /// Whether the field was given a value.
+    pub fn is_set(&self) -> bool {
+        self.0.as_ref().is_some_and(|v| !v.is_null())
+    }
+}
 
 /// Collects what a policy asks for that Weft will not do, each naming the field.
 #[derive(Debug, Default)]
@@ -16,7 +43,7 @@ pub struct Notes(pub Vec<String>);
 impl Notes {
     /// Notes `field` (a path such as `spec.http[0].mirror`) if it is set.
     pub fn unhonoured(&mut self, field: &str, value: &Unhonoured, why: &str) {
-        if value.as_ref().is_some_and(|v| !v.is_null()) {
+        if value.is_set() {
             self.0
                 .push(format!("{field}: not honoured by Weft ({why})"));
         }
@@ -86,7 +113,7 @@ impl ApiDuration {
 
 impl<'de> Deserialize<'de> for ApiDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, schemars::JsonSchema)]
         #[serde(untagged)]
         enum Either {
             Text(String),
@@ -102,6 +129,23 @@ impl<'de> Deserialize<'de> for ApiDuration {
     }
 }
 
+impl schemars::JsonSchema for ApiDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration: 100ms, 2s, 1.5s, 1m, 1h30m.",
+        })
+    }
+}
+
 impl serde::Serialize for ApiDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", self.0.as_millis()))
@@ -114,7 +158,7 @@ pub struct StringList(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for StringList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, schemars::JsonSchema)]
         #[serde(untagged)]
         enum Either {
             One(String),
@@ -131,6 +175,23 @@ impl<'de> Deserialize<'de> for StringList {
     }
 }
 
+impl schemars::JsonSchema for StringList {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StringList".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Comma-separated values.",
+        })
+    }
+}
+
 /// A number that may also be written as a string (`"10"`, or a quantity such as SMI's
 /// `500m`, read in thousandths).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -138,7 +199,7 @@ pub struct Number(pub f64);
 
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, schemars::JsonSchema)]
         #[serde(untagged)]
         enum Either {
             Num(f64),
@@ -162,7 +223,7 @@ impl<'de> Deserialize<'de> for Number {
 }
 
 /// Label selector `{matchLabels: {...}}` (matchExpressions are reported, not honoured).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Selector {
     /// Labels every selected pod carries.
@@ -174,7 +235,7 @@ pub struct Selector {
 }
 
 /// `targetRef`/`targetRefs` entries (Istio 1.22+, Gateway API policy attachment).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetRef {
     /// API group (`""` or absent for core).
@@ -186,6 +247,23 @@ pub struct TargetRef {
     /// Namespace (same as the policy's when absent).
     #[serde(default)]
     pub namespace: Option<String>,
+}
+
+impl schemars::JsonSchema for Number {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Number".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "description": "A number, or a quantity such as 500m.",
+        })
+    }
 }
 
 #[cfg(test)]

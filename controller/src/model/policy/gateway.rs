@@ -18,7 +18,7 @@ pub const HONOURED_FILTERS: [&str; 5] = [
 pub const WAYPOINT_CLASS: &str = "weft-waypoint";
 
 /// `HTTPRoute.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {
     /// What the route attaches to (a Service for mesh routes).
@@ -33,7 +33,9 @@ pub struct HttpRouteSpec {
 }
 
 /// `parentRefs[]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParentRef {
     /// Group (`""` for a Service).
@@ -55,7 +57,7 @@ pub struct ParentRef {
 }
 
 /// One rule.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteRule {
     /// Name.
@@ -82,7 +84,7 @@ pub struct RouteRule {
 }
 
 /// `rules[].filters[]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteFilter {
     /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`, `RequestRedirect`,
@@ -105,7 +107,7 @@ pub struct RouteFilter {
 }
 
 /// `requestMirror`: a copy of a share of requests (`percent`, or `fraction`; default all).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestMirror {
     pub backend_ref: BackendObjectRef,
@@ -116,7 +118,7 @@ pub struct RequestMirror {
 }
 
 /// `numerator / denominator` (default 100).
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fraction {
     pub numerator: u32,
@@ -125,7 +127,7 @@ pub struct Fraction {
 }
 
 /// A backend without a weight (a mirror's).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendObjectRef {
     #[serde(default)]
@@ -140,7 +142,7 @@ pub struct BackendObjectRef {
 }
 
 /// `requestRedirect`: what is not given is kept from the request (status 302 by default).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestRedirect {
     #[serde(default)]
@@ -156,7 +158,7 @@ pub struct RequestRedirect {
 }
 
 /// `urlRewrite`: the host and path the request is forwarded with.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UrlRewrite {
     #[serde(default)]
@@ -166,7 +168,7 @@ pub struct UrlRewrite {
 }
 
 /// `path`: `ReplaceFullPath` or `ReplacePrefixMatch` (the rule's `PathPrefix` match).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathModifier {
     #[serde(rename = "type")]
@@ -189,7 +191,7 @@ impl PathModifier {
 }
 
 /// A header modifier filter.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderModifier {
     #[serde(default)]
@@ -201,7 +203,7 @@ pub struct HeaderModifier {
 }
 
 /// One header of a modifier.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHeader {
     pub name: String,
@@ -209,7 +211,7 @@ pub struct HttpHeader {
 }
 
 /// One match.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteMatch {
     /// Path.
@@ -227,7 +229,7 @@ pub struct RouteMatch {
 }
 
 /// A path condition.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathMatch {
     /// `Exact`, `PathPrefix` (default) or `RegularExpression`.
@@ -239,7 +241,7 @@ pub struct PathMatch {
 }
 
 /// A header or query parameter condition.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValueMatch {
     /// `Exact` (default) or `RegularExpression`.
@@ -250,7 +252,7 @@ pub struct ValueMatch {
 }
 
 /// A backend.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
     /// Group (`""` for a Service).
@@ -276,7 +278,7 @@ pub struct BackendRef {
 }
 
 /// `timeouts`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Timeouts {
     /// Whole request, retries included.
@@ -288,7 +290,7 @@ pub struct Timeouts {
 }
 
 /// `retry`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retry {
     /// Status codes to retry.
@@ -435,7 +437,7 @@ impl HttpRouteSpec {
 }
 
 /// `Gateway.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewaySpec {
     /// Class; `weft-waypoint` makes it a Weft waypoint.
@@ -473,12 +475,21 @@ impl GatewaySpec {
                 "a waypoint takes the routes of the services bound to it",
             );
             notes.unhonoured(&at("tls"), &l.tls, "a waypoint speaks HBONE (mTLS) only");
+            if (l.port, l.protocol.as_str()) != (15008, "HBONE") {
+                notes.note(
+                    &format!("spec.listeners[{i}]"),
+                    format!(
+                        "{} on port {} not honoured: a waypoint listens for HBONE on 15008 only",
+                        l.protocol, l.port
+                    ),
+                );
+            }
         }
     }
 }
 
 /// A listener.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
     pub name: String,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::common::{ApiDuration, Notes, Number, Unhonoured};
 
 /// `ServiceProfile.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceProfileSpec {
     /// Routes, first match wins.
@@ -28,7 +28,7 @@ pub struct ServiceProfileSpec {
 }
 
 /// One route.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProfileRoute {
     /// Name (the `route` label of metrics).
@@ -53,7 +53,7 @@ pub struct ProfileRoute {
 }
 
 /// A request condition.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestMatch {
     /// Method.
@@ -74,7 +74,7 @@ pub struct RequestMatch {
 }
 
 /// A response class.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResponseClass {
     /// Name (informational).
@@ -92,7 +92,7 @@ pub struct ResponseClass {
 }
 
 /// A response condition.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResponseMatch {
     /// Status range.
@@ -110,7 +110,7 @@ pub struct ResponseMatch {
 }
 
 /// `{min: 500, max: 599}`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StatusRange {
     /// Lowest status (default 100).
@@ -122,7 +122,7 @@ pub struct StatusRange {
 }
 
 /// `retryBudget`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
     /// Retries allowed per original request.
@@ -146,7 +146,7 @@ pub struct RetryBudget {
 }
 
 /// A route's `retries` block.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteRetries {
     /// The budget.
@@ -155,7 +155,7 @@ pub struct RouteRetries {
 }
 
 /// `circuitBreakers`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreakers {
     /// Consecutive failures before an endpoint is ejected.
@@ -173,7 +173,7 @@ pub struct CircuitBreakers {
 }
 
 /// `dstOverrides[]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DstOverride {
     /// `service.namespace.svc.cluster.local:port`.
@@ -245,7 +245,7 @@ impl ServiceProfileSpec {
 // === SMI TrafficSplit ===
 
 /// `TrafficSplit.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficSplitSpec {
     /// The apex service clients call.
@@ -259,7 +259,7 @@ pub struct TrafficSplitSpec {
 }
 
 /// One backend.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backend {
     pub service: String,

@@ -117,6 +117,28 @@ impl PolicyKind {
     pub fn has_status(self) -> bool {
         !matches!(self, Self::ServiceProfile | Self::TrafficSplit)
     }
+
+    /// The JSON schema (OpenAPI 3 flavour) of this kind's `spec`, generated from the types
+    /// Weft reads it into: what its CRD declares and what the field walk checks. Fields Weft
+    /// does not act on are marked `x-weft-unhonoured`.
+    pub fn spec_schema(self) -> schemars::Schema {
+        let generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+        match self {
+            Self::VirtualService => generator.into_root_schema_for::<istio::VirtualServiceSpec>(),
+            Self::DestinationRule => generator.into_root_schema_for::<istio::DestinationRuleSpec>(),
+            Self::IstioGateway => generator.into_root_schema_for::<istio::IstioGatewaySpec>(),
+            Self::PeerAuthentication => {
+                generator.into_root_schema_for::<istio::PeerAuthenticationSpec>()
+            }
+            Self::AuthorizationPolicy => {
+                generator.into_root_schema_for::<istio::AuthorizationPolicySpec>()
+            }
+            Self::ServiceProfile => generator.into_root_schema_for::<linkerd::ServiceProfileSpec>(),
+            Self::TrafficSplit => generator.into_root_schema_for::<linkerd::TrafficSplitSpec>(),
+            Self::HttpRoute => generator.into_root_schema_for::<gateway::HttpRouteSpec>(),
+            Self::Gateway => generator.into_root_schema_for::<gateway::GatewaySpec>(),
+        }
+    }
 }
 
 /// A policy's typed spec.
@@ -194,7 +216,7 @@ fn missing_spec() -> serde_yaml::Value {
 }
 
 /// `metadata`, as every object Weft reads carries it (only the fields it uses).
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct Meta {
     pub(crate) name: String,
     #[serde(default)]

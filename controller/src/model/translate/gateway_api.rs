@@ -174,7 +174,10 @@ pub(crate) fn http_route_routes(
             });
         }
         let template = Route {
-            name: format!("{}.{}.{i}", key.name, key.namespace),
+            name: match &rule.name {
+                Some(name) => format!("{}.{}.{name}", key.name, key.namespace),
+                None => format!("{}.{}.{i}", key.name, key.namespace),
+            },
             matches: Vec::new(),
             backends: weighted,
             timeout_ms: rule.timeouts.as_ref().and_then(|t| ms(t.request)),

@@ -197,7 +197,11 @@ pub(crate) fn virtual_service_routes(
             })
             .collect();
         routes.push(Route {
-            name: format!("{}.{}.{i}", key.name, key.namespace),
+            // `http[].name` names the route in metrics and logs, after the policy.
+            name: match &http.name {
+                Some(name) => format!("{}.{}.{name}", key.name, key.namespace),
+                None => format!("{}.{}.{i}", key.name, key.namespace),
+            },
             matches,
             backends: weighted,
             timeout_ms: ms(http.timeout),

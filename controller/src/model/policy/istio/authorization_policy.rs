@@ -6,7 +6,7 @@ use serde::Deserialize;
 use crate::model::policy::common::{Notes, Selector, TargetRef, Unhonoured};
 
 /// `AuthorizationPolicy.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     /// Workloads it applies to (absent: the namespace, or the mesh in the root namespace).
@@ -31,7 +31,9 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// Policy actions.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     /// Allow matching requests (and, once any ALLOW policy applies, deny the rest).
@@ -46,7 +48,7 @@ pub enum Action {
 }
 
 /// One rule: every `from`, `to` and `when` part must match.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     /// Sources; any one matching.
@@ -61,14 +63,14 @@ pub struct Rule {
 }
 
 /// `from[].source`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct From {
     pub source: Source,
 }
 
 /// A request's source.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     /// Peer identities (`<trust-domain>/ns/<ns>/sa/<sa>`; `*`, prefix `*` and suffix `*`).
@@ -104,7 +106,7 @@ pub struct Source {
 }
 
 /// `to[].operation`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct To {
     pub operation: Operation,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::model::policy::common::{ApiDuration, Notes, Unhonoured};
 
 /// `DestinationRule.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
     /// The service.
@@ -28,7 +28,7 @@ pub struct DestinationRuleSpec {
 }
 
 /// A subset.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     /// Name routes refer to.
@@ -42,7 +42,7 @@ pub struct Subset {
 }
 
 /// Connection pool and outlier detection.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     /// Pool limits.
@@ -69,7 +69,7 @@ pub struct TrafficPolicy {
 }
 
 /// `connectionPool`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPool {
     /// TCP limits.
@@ -81,7 +81,7 @@ pub struct ConnectionPool {
 }
 
 /// `connectionPool.tcp`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpPool {
     /// Most connections to the service at once.
@@ -102,7 +102,7 @@ pub struct TcpPool {
 }
 
 /// `connectionPool.http`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpPool {
     /// Most requests waiting for a connection.
@@ -132,7 +132,7 @@ pub struct HttpPool {
 }
 
 /// `outlierDetection`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Consecutive 5xx (and gateway errors) before ejection.
@@ -187,7 +187,7 @@ impl DestinationRuleSpec {
 
 impl TrafficPolicy {
     fn notes(&self, at: &str, notes: &mut Notes) {
-        if let Some(lb) = &self.load_balancer {
+        if let Some(lb) = &self.load_balancer.0 {
             let simple = lb.get("simple").and_then(|v| v.as_str());
             if !matches!(simple, Some("LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED")) {
                 notes.note(

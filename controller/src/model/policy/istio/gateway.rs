@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// Istio's ingress `Gateway.spec`: accepted and reported, since Weft has no ingress gateway.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioGatewaySpec {
     /// Gateway pods.
@@ -13,5 +13,6 @@ pub struct IstioGatewaySpec {
     pub selector: BTreeMap<String, String>,
     /// Servers.
     #[serde(default)]
+    #[schemars(with = "Vec<super::super::common::Unhonoured>")]
     pub servers: Vec<serde_yaml::Value>,
 }

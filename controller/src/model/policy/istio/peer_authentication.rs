@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::model::policy::common::{Notes, Selector};
 
 /// `PeerAuthentication.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     /// Workloads it applies to (absent: the namespace, or the mesh in the root namespace).
@@ -22,7 +22,7 @@ pub struct PeerAuthenticationSpec {
 }
 
 /// `{mode: STRICT}`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MtlsSpec {
     /// The mode.
@@ -31,7 +31,9 @@ pub struct MtlsSpec {
 }
 
 /// PeerAuthentication modes.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherit from the parent scope.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::model::policy::common::{ApiDuration, Notes, StringList, Unhonoured};
 
 /// `VirtualService.spec`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceSpec {
     /// Destination hosts the rules apply to (short names are in the object's namespace).
@@ -31,7 +31,7 @@ pub struct VirtualServiceSpec {
 }
 
 /// One HTTP rule.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
     /// Name (for metrics and status).
@@ -85,7 +85,7 @@ pub struct HttpRoute {
 }
 
 /// `mirrors[]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MirrorPolicy {
     pub destination: Destination,
@@ -95,7 +95,7 @@ pub struct MirrorPolicy {
 }
 
 /// `headers`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Headers {
     #[serde(default)]
@@ -105,7 +105,7 @@ pub struct Headers {
 }
 
 /// `headers.request` / `headers.response`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderOperations {
     #[serde(default)]
@@ -117,7 +117,7 @@ pub struct HeaderOperations {
 }
 
 /// `redirect`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRedirect {
     #[serde(default)]
@@ -136,7 +136,7 @@ pub struct HttpRedirect {
 }
 
 /// `rewrite`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRewrite {
     #[serde(default)]
@@ -149,7 +149,7 @@ pub struct HttpRewrite {
 }
 
 /// `fault`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpFault {
     #[serde(default)]
@@ -159,7 +159,7 @@ pub struct HttpFault {
 }
 
 /// `fault.delay`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     #[serde(default)]
@@ -176,7 +176,7 @@ pub struct FaultDelay {
 }
 
 /// `fault.abort`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     #[serde(default)]
@@ -193,14 +193,14 @@ pub struct FaultAbort {
 }
 
 /// `percentage: {value: 12.5}`.
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Percent {
     pub value: f64,
 }
 
 /// `directResponse`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DirectResponseSpec {
     pub status: u16,
@@ -209,7 +209,7 @@ pub struct DirectResponseSpec {
 }
 
 /// `directResponse.body`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpBody {
     #[serde(default)]
@@ -220,7 +220,7 @@ pub struct HttpBody {
 }
 
 /// A string condition: exactly one of exact, prefix, regex.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StringMatch {
     /// Equal to.
@@ -235,7 +235,7 @@ pub struct StringMatch {
 }
 
 /// One match condition (all of its parts must hold).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMatchRequest {
     /// Name.
@@ -283,7 +283,7 @@ pub struct HttpMatchRequest {
 }
 
 /// A destination and its weight.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteDestination {
     /// Where to.
@@ -297,7 +297,7 @@ pub struct HttpRouteDestination {
 }
 
 /// A service (and optionally a subset and port).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     /// Service host (short or FQDN).
@@ -311,7 +311,7 @@ pub struct Destination {
 }
 
 /// `{number: 9080}`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSelector {
     /// The port.
@@ -319,7 +319,7 @@ pub struct PortSelector {
 }
 
 /// Retry policy.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRetry {
     /// Retries after the first try.
