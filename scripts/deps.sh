@@ -16,6 +16,10 @@ command -v bpftool >/dev/null || need+=(bpftool)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 [ -f "/usr/include/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/asm/types.h" ] || need+=(linux-libc-dev)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
+# Images (scripts/images.sh), rendering deploy/ and the cluster tier's control plane.
+command -v buildah >/dev/null || need+=(buildah)
+command -v kubectl >/dev/null || need+=(kubernetes-client)
+command -v etcd >/dev/null || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq

@@ -10,4 +10,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 python3 scripts/layout.py
 # The end-to-end tests run the workspace's binaries: build them first.
 cargo build --workspace --bins --locked
+# The cluster tier starts a real kube-apiserver from these binaries (../shared/k8s on the
+# project's machines and CI; elsewhere set WEFT_KUBE_ASSETS, or the tier says it did not run).
+if [ -z "${WEFT_KUBE_ASSETS:-}" ] && [ -x ../shared/k8s/bin/kube-apiserver ]; then
+  export WEFT_KUBE_ASSETS=$(cd ../shared/k8s/bin && pwd)
+fi
 cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod install;
+
 /// Default path of the node proxy's CNI socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/weft/cni.sock";
 

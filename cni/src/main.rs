@@ -7,6 +7,12 @@
 //! Network config fields of its own (all optional): `socket` (the node proxy's CNI socket),
 //! `excludeNamespaces` (never sent to the node proxy; default `["kube-system"]`),
 //! `timeoutSeconds` (default 10).
+//!
+//! Run with arguments it installs itself instead (the node proxy's init container does):
+//! `weft-cni install --conf-dir DIR --bin-dir DIR [--socket PATH] [--wait-secs N]` copies the
+//! binary into the bin directory and chains it into the config the runtime reads (waiting up to
+//! N seconds for the primary plugin to write one); `weft-cni uninstall --conf-dir DIR` takes it
+//! out again.
 
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -15,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use weft_cni::{DEFAULT_SOCKET, PodInfo, Request, Response, call, pod_from_cni_args};
+use weft_cni::{DEFAULT_SOCKET, PodInfo, Request, Response, call, install, pod_from_cni_args};
 
 const SUPPORTED: [&str; 6] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "1.1.1"];
 
@@ -39,7 +45,81 @@ fn fail(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Failur
     }
 }
 
+/// `install` / `uninstall`, run by hand or by the init container.
+fn installer(args: &[String]) -> ExitCode {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let Some(conf_dir) = flag("--conf-dir") else {
+        eprintln!("weft-cni {}: --conf-dir is required", args[0]);
+        return ExitCode::from(2);
+    };
+    if args[0] == "uninstall" {
+        return match install::uninstall(&conf_dir) {
+            Ok(changed) => {
+                eprintln!("weft-cni: taken out of {changed:?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weft-cni uninstall: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let socket = flag("--socket").unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let wait = flag("--wait-secs")
+        .and_then(|s| s.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0u64);
+    if let Some(bin_dir) = flag("--bin-dir") {
+        let copied = std::env::current_exe()
+            .map_err(|e| e.to_string())
+            .and_then(|me| install::copy_binary(&me, &bin_dir).map_err(|e| e.to_string()));
+        match copied {
+            Ok(to) => eprintln!("weft-cni: binary at {}", to.display()),
+            Err(e) => {
+                eprintln!("weft-cni install: copying the binary: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        match install::install(&conf_dir, &socket) {
+            Ok((file, changed)) => {
+                let what = if changed {
+                    "chained into"
+                } else {
+                    "already in"
+                };
+                eprintln!("weft-cni: {what} {}", file.display());
+                return ExitCode::SUCCESS;
+            }
+            Err(install::InstallError::NoConfig(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => {
+                eprintln!("weft-cni install: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("install" | "uninstall")
+    ) {
+        return installer(&args);
+    }
+    if args.first().map(String::as_str) == Some("--version") {
+        println!("weft-cni {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
     let mut stdin = String::new();
     let _ = std::io::stdin().read_to_string(&mut stdin);

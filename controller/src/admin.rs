@@ -46,14 +46,29 @@ pub fn handler(
                 .unwrap_or_default(),
             )
         }
-        "/healthz/ready" if ready.load(Ordering::Relaxed) => Reply::text("ready\n"),
-        "/healthz/ready" => Reply::status(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no config published yet\n",
-        ),
+        "/healthz/ready" => ready_reply(&ready),
         _ => Reply::status(
             http::StatusCode::NOT_FOUND,
             "try /debug/proxies, /debug/objects, /debug/policies, /config_dump, /healthz/ready\n",
         ),
     })
+}
+
+/// Serves `/healthz/ready` only: the port the kubelet probes, open to the pod network.
+pub fn readiness(ready: Arc<AtomicBool>) -> weft_core::admin::Handler {
+    Arc::new(move |path| match path {
+        "/healthz/ready" => ready_reply(&ready),
+        _ => weft_core::admin::Reply::status(http::StatusCode::NOT_FOUND, "try /healthz/ready\n"),
+    })
+}
+
+fn ready_reply(ready: &AtomicBool) -> weft_core::admin::Reply {
+    if ready.load(Ordering::Relaxed) {
+        weft_core::admin::Reply::text("ready\n")
+    } else {
+        weft_core::admin::Reply::status(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no config published yet\n",
+        )
+    }
 }

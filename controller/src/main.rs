@@ -82,6 +82,9 @@ struct Args {
     /// Admin address: /debug/proxies, /debug/manifests, /config_dump, /healthz/ready.
     #[arg(long, default_value = "127.0.0.1:15014")]
     admin_addr: SocketAddr,
+    /// Readiness address (`/healthz/ready` only, for the kubelet's probe).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
     /// How often the manifest directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 100)]
     refresh_interval_ms: u64,
@@ -165,6 +168,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("--manifests needs --node-credentials"),
     };
+    if let Some(client) = &client {
+        // Node proxies mount it to trust the controller before their first config.
+        let namespace = split_ref(&args.ca_secret, "--ca-secret")?.0.to_owned();
+        tokio::spawn(ca_secret::publish_root(
+            client.clone(),
+            namespace,
+            ca.root_pem().to_owned(),
+        ));
+    }
     let serving = ca.serving_cert()?;
     let tls = Arc::new(weft_core::tls::control_server_config(&serving)?);
 
@@ -216,10 +228,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let controller_service = split_ref(&args.controller_service, "--controller-service")?;
     let controller_service = model::ObjectKey::new(controller_service.0, controller_service.1);
+    let readiness = tokio::net::TcpListener::bind(args.readiness_addr)
+        .await
+        .with_context(|| format!("binding the readiness address {}", args.readiness_addr))?;
     let (_stop, watch_drain) = weft_core::drain::channel();
     tokio::spawn(weft_core::admin::serve(
         admin,
         admin::handler(proxies, published, errors.clone(), ready.clone(), verdicts),
+        watch_drain.clone(),
+    ));
+    tokio::spawn(weft_core::admin::serve(
+        readiness,
+        admin::readiness(ready.clone()),
         watch_drain,
     ));
     info!(listen = %args.listen, %source, trust_domain = %args.trust_domain, "controller started");

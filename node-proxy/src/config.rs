@@ -22,6 +22,9 @@ pub struct ProxyConfig {
     pub cgroup: Option<PathBuf>,
     /// Unix socket on which weft-cni reports pods.
     pub cni_socket: PathBuf,
+    /// The host's CNI network config directory: on shutdown `weft-cni` is taken out of its
+    /// chain (the init container puts it back when a node proxy starts again).
+    pub cni_conf_dir: Option<PathBuf>,
     /// State that survives a restart (the pods weft-cni reported).
     pub state_dir: PathBuf,
     /// Where the mesh config comes from.

@@ -163,6 +163,12 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
 
     info!(deadline = ?config.drain_deadline, "draining: no new connections, GOAWAY to HBONE peers");
     proxy.ready.store(false, Ordering::Relaxed);
+    if let Some(dir) = &config.cni_conf_dir {
+        match weft_cni::install::uninstall(dir) {
+            Ok(changed) => info!(?changed, "weft-cni taken out of the CNI chain"),
+            Err(e) => warn!(error = %e, "could not take weft-cni out of the CNI chain"),
+        }
+    }
     pods.stop_all();
     drop(watch);
     if !signal_drain.drain(config.drain_deadline).await {

@@ -71,6 +71,10 @@ struct Args {
     /// Unix socket on which weft-cni reports pods.
     #[arg(long, env = "WEFT_CNI_SOCKET", default_value = weft_cni::DEFAULT_SOCKET)]
     cni_socket: PathBuf,
+    /// The host's CNI network config directory; on shutdown `weft-cni` is taken out of its
+    /// chain, so a node without a node proxy creates pods as if Weft were not installed.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
     /// Directory for state that must survive a restart (the pods weft-cni reported).
     /// Default: /var/run/weft/<node>.
     #[arg(long)]
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         bpf_pin_dir,
         cgroup: args.cgroup,
         cni_socket: args.cni_socket,
+        cni_conf_dir: args.cni_conf_dir,
         state_dir,
         trust_bundle: args
             .trust_bundle

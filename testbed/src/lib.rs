@@ -18,6 +18,7 @@
 
 mod bed;
 mod certs;
+pub mod cluster;
 mod cni;
 pub mod fixtures;
 pub mod hostile;

@@ -66,6 +66,8 @@ impl TestBed {
             .arg("--node-credentials")
             .arg(self.dir.join("node-credentials.yaml"))
             .args(["--listen", &self.controller_addr().to_string()])
+            // The node proxy of node 0 holds 15021 in this namespace.
+            .args(["--readiness-addr", "127.0.0.1:15022"])
             .args(["--refresh-interval-ms", "50"])
             .args(&self.extra_controller_args)
             .env("RUST_LOG", "info")

@@ -93,3 +93,42 @@ pub async fn load_or_create(
         }
     }
 }
+
+/// The ConfigMap (in the controller's namespace) holding the root certificate node proxies
+/// trust the controller by, as `root-cert.pem`.
+pub const ROOT_CONFIG_MAP: &str = "weft-root-cert";
+
+/// Publishes `root_pem` as [`ROOT_CONFIG_MAP`] in `namespace` (server-side apply; every
+/// replica applies the same content), retrying until the API server takes it.
+pub async fn publish_root(client: Client, namespace: String, root_pem: String) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": ROOT_CONFIG_MAP,
+            "labels": {"app.kubernetes.io/managed-by": "weft"},
+        },
+        "data": {"root-cert.pem": root_pem},
+    });
+    let params = PatchParams::apply("weft-controller").force();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match api
+            .patch(ROOT_CONFIG_MAP, &params, &Patch::Apply(&object))
+            .await
+        {
+            Ok(_) => {
+                info!(configmap = %format!("{namespace}/{ROOT_CONFIG_MAP}"), "root certificate published");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing the root certificate failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

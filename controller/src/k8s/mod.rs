@@ -3,6 +3,7 @@
 //! [`crate::source::kubernetes`].
 
 pub mod ca_secret;
+pub mod crds;
 pub mod lease;
 pub mod status;
 pub mod token_review;

@@ -1,0 +1,327 @@
+//! The cluster tier: Weft's install (`deploy/`) and controller against a real kube-apiserver
+//! with RBAC enforced, started on loopback for each test (see `weft_testbed::cluster`). Without
+//! the Kubernetes binaries (`WEFT_KUBE_ASSETS`, or `../shared/k8s/bin`) each test says so in
+//! one line and does nothing else.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use weft_testbed::cluster::{ControlPlane, assets};
+
+fn plane(label: &str) -> Result<Option<ControlPlane>> {
+    let Some(assets) = assets() else {
+        eprintln!(
+            "cluster tier did not run: no kube-apiserver in WEFT_KUBE_ASSETS or ../shared/k8s/bin \
+             (set WEFT_KUBE_ASSETS to a directory holding kube-apiserver and kube-controller-manager)"
+        );
+        return Ok(None);
+    };
+    Ok(Some(ControlPlane::start(&assets, label)?))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn deploy(path: &str) -> String {
+    workspace().join("deploy").join(path).display().to_string()
+}
+
+/// Installs the CRDs the cluster lacks (all of them, here).
+fn install_crds(plane: &ControlPlane) -> Result<()> {
+    let out = Command::new(workspace().join("deploy/crds/install-missing.sh"))
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(said.matches("created").count() == 9, "{said}");
+    for crd in [
+        "virtualservices.networking.istio.io",
+        "httproutes.gateway.networking.k8s.io",
+    ] {
+        plane.run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            &format!("crd/{crd}"),
+        ])?;
+    }
+    Ok(())
+}
+
+/// The CRDs and the base install.
+fn install(plane: &ControlPlane) -> Result<()> {
+    install_crds(plane)?;
+    plane.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=weft",
+        "-k",
+        &deploy("base"),
+    ])?;
+    Ok(())
+}
+
+/// Polls `probe` until it is true (`within` at most).
+fn wait_until(what: &str, within: Duration, mut probe: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if probe()? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn every_overlay_passes_server_side_dry_run_and_rbac_grants_only_what_is_needed() -> Result<()> {
+    let Some(plane) = plane("deploy")? else {
+        return Ok(());
+    };
+    install_crds(&plane)?;
+    // Installing again changes nothing, and keeps the CRDs a cluster already has.
+    let again = Command::new(workspace().join("deploy/crds/install-missing.sh"))
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&again.stdout)
+            .matches("kept")
+            .count()
+            == 9
+    );
+    // Each overlay as a first install would apply it (its namespace must exist for the
+    // objects in it to be judged).
+    plane.run(&["create", "namespace", "weft-system"])?;
+    for overlay in ["overlays/small", "overlays/production", "base"] {
+        plane
+            .run(&[
+                "apply",
+                "--server-side",
+                "--field-manager=weft",
+                "--dry-run=server",
+                "-k",
+                &deploy(overlay),
+            ])
+            .with_context(|| format!("dry run of {overlay}"))?;
+    }
+    plane.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=weft",
+        "-k",
+        &deploy("base"),
+    ])?;
+
+    let can = |who: &str, args: &[&str]| -> Result<bool> {
+        let sa = format!("--as=system:serviceaccount:weft-system:{who}");
+        let mut all = vec!["auth", "can-i", sa.as_str()];
+        all.extend_from_slice(args);
+        let out = plane.kubectl(&all)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    };
+    let controller = "weft-controller";
+    for granted in [
+        &["watch", "pods", "--all-namespaces"][..],
+        &[
+            "list",
+            "endpointslices.discovery.k8s.io",
+            "--all-namespaces",
+        ],
+        &[
+            "watch",
+            "virtualservices.networking.istio.io",
+            "--all-namespaces",
+        ],
+        &[
+            "patch",
+            "virtualservices.networking.istio.io",
+            "--subresource=status",
+            "-n",
+            "shop",
+        ],
+        &[
+            "patch",
+            "httproutes.gateway.networking.k8s.io",
+            "--subresource=status",
+            "-n",
+            "shop",
+        ],
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["patch", "deployments.apps", "-n", "shop"],
+        &["get", "secrets/weft-ca", "-n", "weft-system"],
+        &[
+            "update",
+            "leases.coordination.k8s.io/weft-controller",
+            "-n",
+            "weft-system",
+        ],
+    ] {
+        ensure!(
+            can(controller, granted)?,
+            "the controller may not {granted:?}"
+        );
+    }
+    for refused in [
+        &["get", "secrets", "-n", "default"][..],
+        &["list", "secrets", "-n", "weft-system"],
+        &["get", "secrets/other", "-n", "weft-system"],
+        &["create", "pods", "-n", "shop"],
+        &["delete", "pods", "-n", "shop"],
+        &["patch", "virtualservices.networking.istio.io", "-n", "shop"],
+        &[
+            "update",
+            "leases.coordination.k8s.io/other",
+            "-n",
+            "weft-system",
+        ],
+        &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        &["delete", "deployments.apps", "-n", "shop"],
+    ] {
+        ensure!(!can(controller, refused)?, "the controller may {refused:?}");
+    }
+    // The node proxy talks to the controller only.
+    for refused in [
+        &["list", "pods", "--all-namespaces"][..],
+        &["get", "secrets", "-n", "weft-system"],
+        &["create", "tokenreviews.authentication.k8s.io"],
+    ] {
+        ensure!(
+            !can("weft-node-proxy", refused)?,
+            "the node proxy may {refused:?}"
+        );
+    }
+    Ok(())
+}
+
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Result<()> {
+    let Some(plane) = plane("controller")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let token = plane.token("weft-system", "weft-controller", None)?;
+    let kubeconfig = plane.token_kubeconfig("weft-controller", &token)?;
+    let readiness = ControlPlane::free_addr()?;
+    let log_path = plane.dir().join("logs/weft-controller.log");
+    let log = std::fs::File::create(&log_path)?;
+    let _controller = Controller(
+        Command::new(weft_testbed::bin_dir()?.join("weft-controller"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .args(["--identity", "replica-a"])
+            .args(["--listen", &ControlPlane::free_addr()?.to_string()])
+            .args(["--admin-addr", &ControlPlane::free_addr()?.to_string()])
+            .args(["--readiness-addr", &readiness.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log.try_clone()?)
+            .spawn()
+            .context("weft-controller (cargo build --workspace --bins first)")?,
+    );
+    let controller_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ready = || -> Result<bool> {
+        Ok(
+            weft_testbed::http_get_in(Path::new("/proc/self/ns/net"), readiness, "/healthz/ready")
+                .is_ok_and(|(code, _)| code == 200),
+        )
+    };
+    wait_until("the controller ready", Duration::from_secs(30), ready)
+        .with_context(controller_log)?;
+
+    // It leads, keeps the CA in its Secret and publishes the root node proxies trust.
+    let get = |args: &[&str]| plane.run(args).unwrap_or_default();
+    wait_until("the lease", Duration::from_secs(15), || {
+        Ok(get(&[
+            "get",
+            "lease",
+            "weft-controller",
+            "-n",
+            "weft-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]) == "replica-a")
+    })?;
+    ensure!(
+        get(&[
+            "get",
+            "secret",
+            "weft-ca",
+            "-n",
+            "weft-system",
+            "-o",
+            "name"
+        ])
+        .trim()
+            == "secret/weft-ca"
+    );
+    wait_until("the root ConfigMap", Duration::from_secs(15), || {
+        Ok(get(&[
+            "get",
+            "configmap",
+            "weft-root-cert",
+            "-n",
+            "weft-system",
+            "-o",
+            "jsonpath={.data.root-cert\\.pem}",
+        ])
+        .contains("BEGIN CERTIFICATE"))
+    })?;
+
+    // The guide's VirtualService, applied with kubectl as users do, gets its verdict.
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    plane.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+        "-n",
+        "bookinfo",
+    ])?;
+    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
+    plane.run(&[
+        "apply",
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
+    ])?;
+    let name = "reviews";
+    wait_until(
+        "the VirtualService's status",
+        Duration::from_secs(15),
+        || {
+            Ok(!get(&[
+                "get",
+                "virtualservice",
+                name,
+                "-n",
+                "bookinfo",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
+            ])
+            .is_empty())
+        },
+    )
+    .with_context(controller_log)?;
+    let log = controller_log();
+    if log.contains("forbidden") {
+        bail!("the controller was refused something its RBAC should grant:\n{log}");
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! A private Kubernetes control plane on loopback, as controller-runtime's envtest starts one:
+//! etcd, kube-apiserver (RBAC enforced, ServiceAccount tokens signed) and
+//! kube-controller-manager (namespaces' default ServiceAccounts, garbage collection,
+//! Deployments → Pods, EndpointSlices), with the controllers that need kubelets turned off.
+//! Nothing schedules or runs pods; tests play kubelet. The binaries come from
+//! `WEFT_KUBE_ASSETS` (kube-apiserver, kube-controller-manager; etcd from Debian's
+//! etcd-server); certificates are made here with rcgen.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, SanType,
+};
+
+/// Where the Kubernetes binaries are: `WEFT_KUBE_ASSETS`, else `../shared/k8s/bin` beside the
+/// workspace. `None` when neither holds kube-apiserver.
+pub fn assets() -> Option<PathBuf> {
+    let dir = std::env::var_os("WEFT_KUBE_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s/bin")))?;
+    dir.join("kube-apiserver").exists().then_some(dir)
+}
+
+/// A running control plane; stopped (and its directory removed) when dropped.
+pub struct ControlPlane {
+    dir: PathBuf,
+    children: Vec<(&'static str, Child)>,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// An admin kubeconfig (client certificate in `system:masters`).
+    pub kubeconfig: PathBuf,
+    /// The cluster CA (PEM): what clients trust the API server by.
+    pub ca_pem: String,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+struct Pki {
+    ca: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Result<Self> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "weft-test-cluster-ca");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            ca: Issuer::new(params, key),
+            ca_pem: cert.pem(),
+        })
+    }
+
+    /// A certificate and key (PEM) for `cn` (organisation `org`), serving or client.
+    fn issue(&self, cn: &str, org: Option<&str>, serving: bool) -> Result<(String, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        if let Some(org) = org {
+            dn.push(DnType::OrganizationName, org);
+        }
+        params.distinguished_name = dn;
+        if serving {
+            params.subject_alt_names = vec![
+                SanType::IpAddress(Ipv4Addr::LOCALHOST.into()),
+                SanType::IpAddress(Ipv4Addr::new(10, 96, 0, 1).into()),
+                SanType::DnsName("localhost".try_into()?),
+                SanType::DnsName("kubernetes.default.svc".try_into()?),
+            ];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        } else {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = params.signed_by(&key, &self.ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager from `assets` in a fresh
+    /// directory; returns once the API server is ready (`/readyz`).
+    pub fn start(assets: &Path, label: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-k8s-{label}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().subsec_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let pki = Pki::new()?;
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let path = dir.join(name);
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        let ca = write("ca.crt", &pki.ca_pem)?;
+        let (cert, key) = pki.issue("kube-apiserver", None, true)?;
+        let (server_crt, server_key) = (
+            write("apiserver.crt", &cert)?,
+            write("apiserver.key", &key)?,
+        );
+        let sa_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let sa_private = write("sa.key", &sa_key.serialize_pem())?;
+        let sa_public = write("sa.pub", &sa_key.public_key_pem())?;
+        let port = free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let kubeconfig = |user: &str, cn: &str, org: Option<&str>| -> Result<PathBuf> {
+            let (cert, key) = pki.issue(cn, org, false)?;
+            let crt = write(&format!("{user}.crt"), &cert)?;
+            let key = write(&format!("{user}.key"), &key)?;
+            write(
+                &format!("{user}.kubeconfig"),
+                &format!(
+                    "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{server}\", certificate-authority: {}}}}}]\nusers: [{{name: {user}, user: {{client-certificate: {}, client-key: {}}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: {user}}}}}]\ncurrent-context: test\n",
+                    ca.display(),
+                    crt.display(),
+                    key.display()
+                ),
+            )
+        };
+        let admin = kubeconfig("admin", "admin", Some("system:masters"))?;
+        let kcm = kubeconfig("kcm", "system:kube-controller-manager", None)?;
+
+        let mut plane = Self {
+            dir: dir.clone(),
+            children: Vec::new(),
+            server: server.clone(),
+            kubeconfig: admin,
+            ca_pem: pki.ca_pem.clone(),
+        };
+        let (etcd_client, etcd_peer) = (free_port()?, free_port()?);
+        plane.launch(
+            "etcd",
+            Command::new("etcd").args([
+                "--name",
+                "test",
+                "--data-dir",
+                &dir.join("etcd").display().to_string(),
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{etcd_client}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{etcd_client}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+                "--initial-cluster",
+                &format!("test=http://127.0.0.1:{etcd_peer}"),
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", free_port()?),
+            ]),
+        )?;
+        plane.launch(
+            "apiserver",
+            Command::new(assets.join("kube-apiserver")).args([
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={port}"),
+                &format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                &format!("--tls-cert-file={}", server_crt.display()),
+                &format!("--tls-private-key-file={}", server_key.display()),
+                &format!("--client-ca-file={}", ca.display()),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                &format!("--service-account-key-file={}", sa_public.display()),
+                &format!(
+                    "--service-account-signing-key-file={}",
+                    sa_private.display()
+                ),
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ]),
+        )?;
+        plane.wait_ready(Duration::from_secs(90))?;
+        plane.launch(
+            "kcm",
+            Command::new(assets.join("kube-controller-manager")).args([
+                &format!("--kubeconfig={}", kcm.display()),
+                &format!("--authentication-kubeconfig={}", kcm.display()),
+                &format!("--authorization-kubeconfig={}", kcm.display()),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={}", free_port()?),
+                "--leader-elect=false",
+                &format!("--root-ca-file={}", ca.display()),
+                &format!("--service-account-private-key-file={}", sa_private.display()),
+                "--use-service-account-credentials=true",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                // Without kubelets these would mark nodes unready and delete hand-made pods.
+                "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller,-pod-garbage-collector-controller,-node-ipam-controller",
+                "--v=1",
+            ]),
+        )?;
+        Ok(plane)
+    }
+
+    fn launch(&mut self, name: &'static str, command: &mut Command) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// A component's log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(out) = self.kubectl(&["get", "--raw", "/readyz"])
+                && out.status.success()
+            {
+                return Ok(());
+            }
+            let exited = self
+                .children
+                .iter_mut()
+                .find_map(|(name, child)| Some((*name, child.try_wait().ok()??)));
+            if let Some((name, status)) = exited {
+                bail!("{name} exited ({status}):\n{}", self.log(name));
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready after {within:?}:\n{}",
+                self.log("apiserver")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Runs kubectl as cluster admin.
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        self.kubectl_as(&self.kubeconfig, args)
+    }
+
+    /// Runs kubectl with `kubeconfig`.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
+        Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running kubectl")
+    }
+
+    /// Runs kubectl as admin and returns its stdout; fails with its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        ensure!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A kubeconfig that authenticates with `token` (a ServiceAccount's, say).
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\", certificate-authority: {}}}}}]\nusers: [{{name: {name}, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: {name}}}}}]\ncurrent-context: test\n",
+                self.server,
+                self.dir.join("ca.crt").display()
+            ),
+        )?;
+        Ok(path)
+    }
+
+    /// A token of ServiceAccount `namespace/name` (TokenRequest), for `audience` if given.
+    pub fn token(&self, namespace: &str, name: &str, audience: Option<&str>) -> Result<String> {
+        let mut args = vec!["create", "token", name, "-n", namespace, "--duration=1h"];
+        let audience_arg;
+        if let Some(a) = audience {
+            audience_arg = format!("--audience={a}");
+            args.push(&audience_arg);
+        }
+        Ok(self.run(&args)?.trim().to_owned())
+    }
+
+    /// The directory holding its files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A free loopback address for a process a test starts beside it.
+    pub fn free_addr() -> Result<SocketAddr> {
+        Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
+    }
+
+    /// Stops one component (kube-apiserver, to test recovery) and starts nothing in its place.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let (_, child) = self
+            .children
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| anyhow!("no {name}"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os("WEFT_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
