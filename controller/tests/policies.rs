@@ -359,3 +359,35 @@ spec:
     );
     assert!(errors.is_empty() && objects.len() == 1, "{errors:?}");
 }
+
+#[test]
+fn port_level_mtls_keys_arrive_as_numbers_from_yaml_and_as_strings_from_the_api_server() {
+    use weft_controller::model::policy::{PolicyKind, PolicySpec, parse};
+    for keys in ["9090: {mode: DISABLE}", "\"9090\": {mode: DISABLE}"] {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: pa, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  portLevelMtls: {{{keys}}}
+"
+        ))
+        .expect("yaml");
+        let policy = parse(PolicyKind::PeerAuthentication, &doc).expect("accepted");
+        let PolicySpec::PeerAuthentication(pa) = &policy.spec else {
+            panic!("a PeerAuthentication");
+        };
+        assert!(pa.port_level_mtls.contains_key(&9090), "{keys}");
+    }
+    let doc: serde_yaml::Value = serde_yaml::from_str(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: pa, namespace: shop}
+spec: {portLevelMtls: {\"http\": {mode: DISABLE}}}
+",
+    )
+    .expect("yaml");
+    let refused = parse(PolicyKind::PeerAuthentication, &doc).expect_err("not a port");
+    assert!(refused.contains("\"http\" is not a port"), "{refused}");
+}

@@ -1,5 +1,6 @@
 //! What the policies become for the waypoint and the node proxies: HTTPRoute, ServiceProfile
-//! and AuthorizationPolicy for a waypoint-bound service, and PeerAuthentication precedence.
+//! and VirtualService routes for a waypoint-bound service, and PeerAuthentication precedence
+//! (AuthorizationPolicy: `authz.rs`).
 
 use std::path::Path;
 
@@ -7,56 +8,11 @@ use weft_controller::model::policy::istio::MtlsMode;
 use weft_controller::model::{Objects, mesh_config, translate};
 use weft_controller::source::manifests::parse_file;
 use weft_core::mesh::Protocol;
-use weft_core::mesh::{AuthzAction, PathPart, StrMatch};
+use weft_core::mesh::{PathPart, StrMatch};
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: default, labels: {weft.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1}}
-spec: {nodeName: node1, serviceAccountName: reviews, containers: [{name: app, image: x, ports: [{name: http, containerPort: 8080}]}]}
-status: {podIP: 10.10.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: reviews-v2, namespace: default, labels: {app: reviews, version: v2}}
-spec: {nodeName: node2, serviceAccountName: reviews, containers: [{name: app, image: x, ports: [{name: http, containerPort: 8080}]}]}
-status: {podIP: 10.10.2.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: waypoint-abc, namespace: default, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
-spec: {nodeName: node1, serviceAccountName: waypoint, containers: [{name: w, image: x}]}
-status: {podIP: 10.10.1.9}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: default}
-spec: {gatewayClassName: weft-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: reviews, namespace: default, labels: {weft.io/use-waypoint: waypoint}}
-spec: {clusterIP: 10.96.0.30, selector: {app: reviews}, ports: [{port: 9080, targetPort: http}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: reviews-v2, namespace: default}
-spec: {clusterIP: 10.96.0.32, selector: {app: reviews, version: v2}, ports: [{port: 9080, targetPort: 8080}]}
-"#;
+mod common;
 
-fn objects(extra: &str) -> Objects {
-    let (parsed, errors) = parse_file(Path::new("cluster.yaml"), &format!("{CLUSTER}---\n{extra}"));
-    assert!(errors.is_empty(), "{errors:?}");
-    let mut objects = Objects::default();
-    for o in parsed {
-        objects.upsert(o);
-    }
-    objects
-}
+use common::objects;
 
 #[test]
 fn a_gamma_http_route_becomes_routes_with_timeouts_and_retries() {
@@ -149,101 +105,6 @@ fn a_service_profile_becomes_routes_before_the_default_with_its_conditions() {
     );
     assert!(list.retry.is_none(), "not retryable");
     assert_eq!(svc.routes[1].name, "default");
-}
-
-#[test]
-fn authorization_policies_apply_to_the_service_whose_pods_they_select() {
-    let guide = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/guide/istio-security.yaml"),
-    )
-    .expect("guide");
-    let o = objects(&format!(
-        "{guide}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: other, namespace: default}}\nspec: {{selector: {{matchLabels: {{app: ratings}}}}, action: DENY, rules: [{{}}]}}\n"
-    ));
-    let mesh = mesh_config(&o, "cluster.local");
-    let authz = &mesh.waypoints[0].services[0].authz;
-    assert_eq!(
-        authz.len(),
-        1,
-        "only the policy selecting reviews' pods: {authz:?}"
-    );
-    assert_eq!(authz[0].name, "default/allow-get-reviews");
-    assert_eq!(authz[0].rules[0].to[0].methods, vec!["GET".to_owned()]);
-}
-
-#[test]
-fn a_custom_policy_weft_cannot_delegate_denies_and_audit_decides_nothing() {
-    let o = objects(
-        "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: ext-authz, namespace: default}
-spec: {selector: {matchLabels: {app: reviews}}, action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {paths: [/admin*]}}]}]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: audit, namespace: default}
-spec: {selector: {matchLabels: {app: reviews}}, action: AUDIT, rules: [{}]}
-",
-    );
-    let mesh = mesh_config(&o, "cluster.local");
-    let at_waypoint = &mesh.waypoints[0].services[0].authz;
-    assert_eq!(at_waypoint.len(), 1, "{at_waypoint:?}");
-    assert_eq!(at_waypoint[0].name, "default/ext-authz");
-    assert_eq!(at_waypoint[0].action, AuthzAction::Deny, "fails closed");
-    let v1 = mesh
-        .workloads
-        .iter()
-        .find(|w| w.name == "reviews-v1")
-        .expect("reviews-v1");
-    assert!(
-        v1.authz
-            .iter()
-            .any(|p| p.name == "default/ext-authz" && p.action == AuthzAction::Deny),
-        "{:?}",
-        v1.authz
-    );
-    let verdicts = weft_controller::model::status::verdicts(&o, &[]);
-    let custom = verdicts
-        .iter()
-        .find(|v| v.key.name == "ext-authz")
-        .expect("verdict");
-    assert!(
-        custom.message.contains("CUSTOM not honoured"),
-        "{}",
-        custom.message
-    );
-    assert!(custom.message.contains("denied"), "{}", custom.message);
-}
-
-#[test]
-fn a_policy_attached_with_target_refs_is_judged_at_the_waypoint_alone() {
-    let o = objects(
-        "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: get-only, namespace: default}
-spec:
-  targetRefs: [{kind: Service, group: \"\", name: reviews}]
-  action: ALLOW
-  rules: [{to: [{operation: {methods: [GET]}}]}]
-",
-    );
-    let verdicts = weft_controller::model::status::verdicts(&o, &[]);
-    let verdict = verdicts
-        .iter()
-        .find(|v| v.key.name == "get-only")
-        .expect("verdict");
-    assert_eq!(
-        verdict.reason,
-        weft_controller::model::status::Reason::Accepted,
-        "{}",
-        verdict.message
-    );
-    let mesh = mesh_config(&o, "cluster.local");
-    assert!(
-        mesh.workloads.iter().all(|w| w.authz.is_empty()),
-        "no node proxy reads it"
-    );
-    assert_eq!(mesh.waypoints[0].services[0].authz.len(), 1);
 }
 
 #[test]

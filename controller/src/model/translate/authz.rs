@@ -2,7 +2,7 @@
 //! service (selector, or `targetRefs` naming the Service or the waypoint's Gateway); at a node
 //! proxy, the policies selecting the pod.
 
-use weft_core::mesh::{AuthzAction, AuthzPolicy, AuthzRule, AuthzSource};
+use weft_core::mesh::{AuthzAction, AuthzCondition, AuthzPolicy, AuthzRule, AuthzSource};
 
 use super::common::{ROOT_NAMESPACES, labels_match};
 use super::endpoints::Membership;
@@ -71,21 +71,64 @@ fn to_authz(
             .rules
             .iter()
             .flatten()
-            .map(|r| AuthzRule {
-                from: r
-                    .from
-                    .iter()
-                    .map(|f| AuthzSource {
-                        principals: f.source.principals.clone(),
-                        not_principals: f.source.not_principals.clone(),
-                        namespaces: f.source.namespaces.clone(),
-                        not_namespaces: f.source.not_namespaces.clone(),
-                        ip_blocks: f.source.ip_blocks.clone(),
-                        not_ip_blocks: f.source.not_ip_blocks.clone(),
-                    })
-                    .collect(),
-                to: r.to.iter().map(|t| t.operation.clone()).collect(),
-                when: r.when.clone(),
+            .map(|r| {
+                let account = |sa: &String| match sa.split_once('/') {
+                    Some((ns, name)) => format!("*/ns/{ns}/sa/{name}"),
+                    None => format!("*/ns/{}/sa/{sa}", key.namespace),
+                };
+                let mut when = r.when.clone();
+                // Sources Weft cannot verify (a JWT, a forwarded client address) become
+                // conditions it cannot evaluate, which fail closed.
+                for f in &r.from {
+                    for (set, attribute) in [
+                        (
+                            f.source.request_principals.is_set(),
+                            "request.auth.principal",
+                        ),
+                        (
+                            f.source.not_request_principals.is_set(),
+                            "request.auth.principal",
+                        ),
+                        (f.source.remote_ip_blocks.is_set(), "remote.ip"),
+                        (f.source.not_remote_ip_blocks.is_set(), "remote.ip"),
+                    ] {
+                        if set {
+                            when.push(AuthzCondition {
+                                key: attribute.into(),
+                                values: vec!["*".into()],
+                                not_values: Vec::new(),
+                            });
+                        }
+                    }
+                }
+                AuthzRule {
+                    from: r
+                        .from
+                        .iter()
+                        .map(|f| AuthzSource {
+                            principals: f
+                                .source
+                                .principals
+                                .iter()
+                                .cloned()
+                                .chain(f.source.service_accounts.iter().map(account))
+                                .collect(),
+                            not_principals: f
+                                .source
+                                .not_principals
+                                .iter()
+                                .cloned()
+                                .chain(f.source.not_service_accounts.iter().map(account))
+                                .collect(),
+                            namespaces: f.source.namespaces.clone(),
+                            not_namespaces: f.source.not_namespaces.clone(),
+                            ip_blocks: f.source.ip_blocks.clone(),
+                            not_ip_blocks: f.source.not_ip_blocks.clone(),
+                        })
+                        .collect(),
+                    to: r.to.iter().map(|t| t.operation.clone()).collect(),
+                    when,
+                }
             })
             .collect(),
     }

@@ -79,6 +79,13 @@ pub struct Source {
     /// Excluded identities.
     #[serde(default)]
     pub not_principals: Vec<String>,
+    /// Peer ServiceAccounts (`<ns>/<name>`, or `<name>` in the policy's namespace): the
+    /// principals `*/ns/<ns>/sa/<name>` of any trust domain.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    /// Excluded ServiceAccounts.
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
     /// Peer namespaces.
     #[serde(default)]
     pub namespaces: Vec<String>,
@@ -162,25 +169,25 @@ impl AuthorizationPolicySpec {
             }
             for (j, from) in rule.from.iter().enumerate() {
                 let at = |f: &str| format!("spec.rules[{i}].from[{j}].source.{f}");
+                // Read as a condition Weft cannot evaluate: a DENY rule denies, an ALLOW rule
+                // does not allow.
+                let closed = "no JWT authentication; fails closed: in DENY the rule matches, in ALLOW it does not";
                 notes.unhonoured(
                     &at("requestPrincipals"),
                     &from.source.request_principals,
-                    "no JWT authentication",
+                    closed,
                 );
                 notes.unhonoured(
                     &at("notRequestPrincipals"),
                     &from.source.not_request_principals,
-                    "no JWT authentication",
+                    closed,
                 );
-                notes.unhonoured(
-                    &at("remoteIpBlocks"),
-                    &from.source.remote_ip_blocks,
-                    "no X-Forwarded-For trust",
-                );
+                let closed = "no X-Forwarded-For trust; fails closed: in DENY the rule matches, in ALLOW it does not";
+                notes.unhonoured(&at("remoteIpBlocks"), &from.source.remote_ip_blocks, closed);
                 notes.unhonoured(
                     &at("notRemoteIpBlocks"),
                     &from.source.not_remote_ip_blocks,
-                    "no X-Forwarded-For trust",
+                    closed,
                 );
             }
             for (j, c) in rule.when.iter().enumerate() {

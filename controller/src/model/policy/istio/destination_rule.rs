@@ -63,6 +63,9 @@ pub struct TrafficPolicy {
     /// Not honoured.
     #[serde(default)]
     pub tunnel: Unhonoured,
+    /// Not honoured (Istio's newer per-destination retry budget).
+    #[serde(default)]
+    pub retry_budget: Unhonoured,
     /// Not honoured.
     #[serde(default)]
     pub proxy_protocol: Unhonoured,
@@ -207,6 +210,11 @@ impl TrafficPolicy {
             "not implemented",
         );
         notes.unhonoured(&format!("{at}.tunnel"), &self.tunnel, "not implemented");
+        notes.unhonoured(
+            &format!("{at}.retryBudget"),
+            &self.retry_budget,
+            "retries are budgeted per route: 50% of requests + 10/s, or a ServiceProfile's retryBudget",
+        );
         notes.unhonoured(
             &format!("{at}.proxyProtocol"),
             &self.proxy_protocol,

@@ -17,8 +17,32 @@ pub struct PeerAuthenticationSpec {
     #[serde(default)]
     pub mtls: Option<MtlsSpec>,
     /// Modes per workload port (needs a selector).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "port_keys")]
     pub port_level_mtls: BTreeMap<u16, MtlsSpec>,
+}
+
+/// A map keyed by port, as YAML writes it (`9090:`) and as the API server sends it (`"9090":`,
+/// JSON having string keys only).
+fn port_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, MtlsSpec>, D::Error> {
+    #[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+    #[serde(untagged)]
+    enum Key {
+        Number(u16),
+        Text(String),
+    }
+    let raw = BTreeMap::<Key, MtlsSpec>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(key, spec)| {
+            let port = match key {
+                Key::Number(port) => port,
+                Key::Text(text) => text
+                    .trim()
+                    .parse()
+                    .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a port")))?,
+            };
+            Ok((port, spec))
+        })
+        .collect()
 }
 
 /// `{mode: STRICT}`.
