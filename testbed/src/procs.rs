@@ -349,6 +349,18 @@ impl TestBed {
         Ok(())
     }
 
+    /// Stops node `i`'s proxy as the kubelet does (SIGTERM), and waits for it to exit.
+    pub fn stop_proxy(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        let mut child = self.proxies[i]
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no proxy on node {i}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(child.wait()?)
+    }
+
     /// Starts node `i`'s proxy again after [`kill_proxy`](Self::kill_proxy).
     pub fn restart_proxy(&mut self, i: usize) -> Result<()> {
         self.kill_proxy(i)?;
