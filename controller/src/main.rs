@@ -119,7 +119,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?,
         ),
     };
-    let leading = match &client {
+    let (leading, lease) = match &client {
         Some(client) => {
             let (namespace, name) = split_ref(&args.lease, "--lease")?;
             let identity = match &args.identity {
@@ -128,10 +128,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .map(|h| h.trim().to_owned())
                     .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id())),
             };
-            LeaderElection::new(client.clone(), namespace, name, &identity, LEASE_DURATION).spawn()
+            let (leading, release) =
+                LeaderElection::new(client.clone(), namespace, name, &identity, LEASE_DURATION)
+                    .spawn();
+            (leading, Some(release))
         }
         // One controller per manifest directory: it leads.
-        None => watch::channel(true).1,
+        None => (watch::channel(true).1, None),
     };
     let ca = Arc::new(match (&args.ca_dir, &client) {
         (Some(dir), _) => Ca::load_or_generate(dir, &args.trust_domain)
@@ -301,6 +304,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 info!("controller ready: the first config is published");
             }
         }
+    }
+    if let Some(lease) = lease {
+        // The next replica leads at its next round, not after the lease runs out.
+        lease.release(Duration::from_secs(3)).await;
     }
     info!("controller stopped");
     Ok(())

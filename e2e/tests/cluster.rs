@@ -200,13 +200,94 @@ fn every_overlay_passes_server_side_dry_run_and_rbac_grants_only_what_is_needed(
     Ok(())
 }
 
-struct Controller(Child);
+/// A controller replica running in Kubernetes mode with the weft-controller ServiceAccount's
+/// token; killed when dropped.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(plane: &ControlPlane, identity: &str) -> Result<Self> {
+        let token = plane.token("weft-system", "weft-controller", None)?;
+        let kubeconfig = plane.token_kubeconfig(&format!("weft-controller-{identity}"), &token)?;
+        let readiness = ControlPlane::free_addr()?;
+        let log = plane
+            .dir()
+            .join(format!("logs/weft-controller-{identity}.log"));
+        let child = Command::new(weft_testbed::bin_dir()?.join("weft-controller"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .args(["--identity", identity])
+            .args(["--listen", &ControlPlane::free_addr()?.to_string()])
+            .args(["--admin-addr", &ControlPlane::free_addr()?.to_string()])
+            .args(["--readiness-addr", &readiness.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("weft-controller (cargo build --workspace --bins first)")?;
+        let controller = Self { child, log };
+        wait_until("the controller ready", Duration::from_secs(30), || {
+            Ok(weft_testbed::http_get_in(
+                Path::new("/proc/self/ns/net"),
+                readiness,
+                "/healthz/ready",
+            )
+            .is_ok_and(|(code, _)| code == 200))
+        })
+        .with_context(|| controller.log())?;
+        Ok(controller)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as the kubelet stops a pod; waits for the exit.
+    fn stop(mut self) -> Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+fn lease_holder(plane: &ControlPlane) -> String {
+    plane
+        .run(&[
+            "get",
+            "lease",
+            "weft-controller",
+            "-n",
+            "weft-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_default()
+}
+
+/// The reason of a policy's `Accepted` condition ("" while there is none).
+fn accepted_reason(plane: &ControlPlane, kind: &str, name: &str, namespace: &str) -> String {
+    plane
+        .run(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
+        ])
+        .unwrap_or_default()
 }
 
 #[test]
@@ -215,60 +296,24 @@ fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Res
         return Ok(());
     };
     install(&plane)?;
-    let token = plane.token("weft-system", "weft-controller", None)?;
-    let kubeconfig = plane.token_kubeconfig("weft-controller", &token)?;
-    let readiness = ControlPlane::free_addr()?;
-    let log_path = plane.dir().join("logs/weft-controller.log");
-    let log = std::fs::File::create(&log_path)?;
-    let _controller = Controller(
-        Command::new(weft_testbed::bin_dir()?.join("weft-controller"))
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info")
-            .args(["--identity", "replica-a"])
-            .args(["--listen", &ControlPlane::free_addr()?.to_string()])
-            .args(["--admin-addr", &ControlPlane::free_addr()?.to_string()])
-            .args(["--readiness-addr", &readiness.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log.try_clone()?)
-            .spawn()
-            .context("weft-controller (cargo build --workspace --bins first)")?,
-    );
-    let controller_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let ready = || -> Result<bool> {
-        Ok(
-            weft_testbed::http_get_in(Path::new("/proc/self/ns/net"), readiness, "/healthz/ready")
-                .is_ok_and(|(code, _)| code == 200),
-        )
-    };
-    wait_until("the controller ready", Duration::from_secs(30), ready)
-        .with_context(controller_log)?;
+    let controller = Controller::start(&plane, "replica-a")?;
+    let controller_log = || controller.log();
 
     // It leads, keeps the CA in its Secret and publishes the root node proxies trust.
     let get = |args: &[&str]| plane.run(args).unwrap_or_default();
     wait_until("the lease", Duration::from_secs(15), || {
-        Ok(get(&[
-            "get",
-            "lease",
-            "weft-controller",
-            "-n",
-            "weft-system",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]) == "replica-a")
+        Ok(lease_holder(&plane) == "replica-a")
     })?;
-    ensure!(
-        get(&[
-            "get",
-            "secret",
-            "weft-ca",
-            "-n",
-            "weft-system",
-            "-o",
-            "name"
-        ])
-        .trim()
-            == "secret/weft-ca"
-    );
+    let secret = get(&[
+        "get",
+        "secret",
+        "weft-ca",
+        "-n",
+        "weft-system",
+        "-o",
+        "name",
+    ]);
+    ensure!(secret.trim() == "secret/weft-ca", "{secret}");
     wait_until("the root ConfigMap", Duration::from_secs(15), || {
         Ok(get(&[
             "get",
@@ -283,6 +328,7 @@ fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Res
     })?;
 
     // The guide's VirtualService, applied with kubectl as users do, gets its verdict.
+    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
     plane.run(&["create", "namespace", "bookinfo"])?;
     plane.run(&[
         "create",
@@ -293,6 +339,59 @@ fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Res
         "-n",
         "bookinfo",
     ])?;
+    plane.run(&[
+        "apply",
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
+    ])?;
+    wait_until(
+        "the VirtualService's status",
+        Duration::from_secs(15),
+        || Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty()),
+    )
+    .with_context(controller_log)?;
+    let log = controller_log();
+    if log.contains("forbidden") {
+        bail!("the controller was refused something its RBAC should grant:\n{log}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_stopped_leader_hands_the_lease_and_status_writing_to_the_other_replica() -> Result<()> {
+    let Some(plane) = plane("failover")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let a = Controller::start(&plane, "replica-a")?;
+    wait_until("replica-a leads", Duration::from_secs(15), || {
+        Ok(lease_holder(&plane) == "replica-a")
+    })?;
+    let b = Controller::start(&plane, "replica-b")?;
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    plane.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+        "-n",
+        "bookinfo",
+    ])?;
+
+    // Stopped, the leader gives the lease up: replica-b takes it at its next round (every 5 s,
+    // a third of the 15 s lease), not when the lease would have run out.
+    let stopped = Instant::now();
+    a.stop()?;
+    wait_until("replica-b leads", Duration::from_secs(10), || {
+        Ok(lease_holder(&plane) == "replica-b")
+    })
+    .with_context(|| b.log())?;
+    eprintln!("lease handed over {:?} after SIGTERM", stopped.elapsed());
+
+    // And writes the verdicts now.
     let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
     plane.run(&[
         "apply",
@@ -301,27 +400,9 @@ fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Res
         "-f",
         &guide.display().to_string(),
     ])?;
-    let name = "reviews";
-    wait_until(
-        "the VirtualService's status",
-        Duration::from_secs(15),
-        || {
-            Ok(!get(&[
-                "get",
-                "virtualservice",
-                name,
-                "-n",
-                "bookinfo",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
-            ])
-            .is_empty())
-        },
-    )
-    .with_context(controller_log)?;
-    let log = controller_log();
-    if log.contains("forbidden") {
-        bail!("the controller was refused something its RBAC should grant:\n{log}");
-    }
+    wait_until("a verdict from replica-b", Duration::from_secs(15), || {
+        Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty())
+    })
+    .with_context(|| b.log())?;
     Ok(())
 }

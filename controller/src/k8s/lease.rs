@@ -95,14 +95,48 @@ impl LeaderElection {
         }
     }
 
+    /// Gives the lease up if this replica holds it (on shutdown), so another takes over at
+    /// its next round instead of after the lease expires.
+    pub async fn release(&self) -> Result<bool, Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(false);
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        conflict_is_false(
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await,
+        )
+    }
+
     /// Runs rounds every third of the lease duration; the receiver says whether this replica
-    /// leads. An API error ends leadership at once: better no writer than two.
-    pub fn spawn(self) -> watch::Receiver<bool> {
+    /// leads. An API error ends leadership at once: better no writer than two. Dropping or
+    /// firing the returned [`Release`] ends the rounds and gives the lease up.
+    pub fn spawn(self) -> (watch::Receiver<bool>, Release) {
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
+        let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(self.duration / 3);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stop => {
+                        match self.release().await {
+                            Ok(true) => info!(lease = %self.name, identity = %self.identity, "lease released"),
+                            Ok(false) => {}
+                            Err(e) => warn!(lease = %self.name, error = %e, "could not release the lease"),
+                        }
+                        let _ = tx.send(false);
+                        return;
+                    }
+                }
                 let leading = match self.round(SystemTime::now()).await {
                     Ok(leading) => leading,
                     Err(e) => {
@@ -118,7 +152,29 @@ impl LeaderElection {
                 }
             }
         });
-        rx
+        (
+            rx,
+            Release {
+                stop: Some(stop_tx),
+                task,
+            },
+        )
+    }
+}
+
+/// Ends a replica's leader election, giving the lease up.
+pub struct Release {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Release {
+    /// Stops competing and releases the lease (waits up to `within`).
+    pub async fn release(mut self, within: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(within, &mut self.task).await;
     }
 }
 
