@@ -498,7 +498,7 @@ async fn a_waypoint_gateway_becomes_a_service_account_config_map_deployment_and_
     };
     let paths = [
         "/api/v1/namespaces/default/serviceaccounts/reviews-waypoint",
-        "/api/v1/namespaces/default/configmaps/weft-root-cert",
+        "/api/v1/namespaces/default/configmaps/reviews-waypoint-root-cert",
         "/apis/apps/v1/namespaces/default/deployments/reviews-waypoint",
         "/api/v1/namespaces/default/services/reviews-waypoint",
     ];

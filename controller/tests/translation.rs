@@ -434,4 +434,21 @@ fn a_waypoint_gateway_reports_whether_its_waypoint_runs() {
     let body = patch_body(&judged[0], std::time::SystemTime::now());
     assert_eq!(body["status"]["conditions"][1]["status"], "False");
     assert_eq!(body["status"]["conditions"][1]["reason"], "Pending");
+
+    // A waypoint pod being deleted drains: it is not the programmed waypoint any more.
+    let (parsed, _) = parse_file(
+        Path::new("gw.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: old, namespace: default}\nspec: {gatewayClassName: weft-waypoint}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: old-abc, namespace: default, deletionTimestamp: \"2026-11-26T10:00:00Z\", labels: {gateway.networking.k8s.io/gateway-name: old}}\nspec: {nodeName: node1, containers: [{name: w, image: x}]}\nstatus: {podIP: 10.10.1.8}\n",
+    );
+    let mut draining = Objects::default();
+    for o in parsed {
+        draining.upsert(o);
+    }
+    let judged = verdicts(&draining, &[]);
+    let old = judged.iter().find(|v| v.key.name == "old").expect("judged");
+    assert!(
+        matches!(&old.programmed, Some(Err(_))),
+        "{:?}",
+        old.programmed
+    );
 }

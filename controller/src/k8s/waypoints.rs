@@ -16,8 +16,8 @@ use crate::model::translate::GATEWAY_NAME;
 
 /// The field manager of what the controller applies.
 pub const FIELD_MANAGER: &str = "weft-controller";
-/// ConfigMap holding the mesh root in each waypoint's namespace.
-pub const ROOT_CONFIG_MAP: &str = "weft-root-cert";
+/// Suffix of the ConfigMap (`<gateway>-root-cert`) holding the mesh root for one waypoint.
+pub const ROOT_CONFIG_MAP_SUFFIX: &str = "-root-cert";
 
 /// A waypoint Gateway to deploy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub fn manifests(
         m
     };
     let selector = serde_json::json!({ GATEWAY_NAME: name });
+    // Each Gateway owns its own copy: one shared by the waypoints of a namespace would be
+    // collected with the first Gateway deleted.
+    let root_config_map = format!("{name}{ROOT_CONFIG_MAP_SUFFIX}");
     vec![
         (
             resource("", "v1", "ServiceAccount", "serviceaccounts"),
@@ -93,7 +96,7 @@ pub fn manifests(
             resource("", "v1", "ConfigMap", "configmaps"),
             serde_json::json!({
                 "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": metadata(ROOT_CONFIG_MAP),
+                "metadata": metadata(&root_config_map),
                 "data": {"root-cert.pem": settings.root_pem},
             }),
         ),
@@ -134,7 +137,7 @@ pub fn manifests(
                             "volumes": [
                                 {"name": "token", "projected": {"sources": [{"serviceAccountToken": {
                                     "audience": "weft", "expirationSeconds": 3600, "path": "token"}}]}},
-                                {"name": "root", "configMap": {"name": ROOT_CONFIG_MAP}},
+                                {"name": "root", "configMap": {"name": root_config_map}},
                                 {"name": "certs", "emptyDir": {}},
                             ],
                         },

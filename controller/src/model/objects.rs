@@ -38,6 +38,8 @@ pub struct Pod {
     pub ip: Option<IpAddr>,
     /// Container ports.
     pub ports: Vec<PodPort>,
+    /// Being deleted: a waypoint pod in this state drains and takes no new tunnels.
+    pub terminating: bool,
 }
 
 /// A service's target port: a number, or the name of a container port.

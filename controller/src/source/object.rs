@@ -53,6 +53,7 @@ pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String>
                 })?),
             };
             Object::Pod(Pod {
+                terminating: doc.metadata.deletion_timestamp.is_some(),
                 name: doc.metadata.name,
                 namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
                 labels: doc.metadata.labels,

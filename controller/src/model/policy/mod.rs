@@ -227,6 +227,9 @@ pub(crate) struct Meta {
     pub(crate) uid: Option<String>,
     #[serde(default)]
     pub(crate) labels: BTreeMap<String, String>,
+    /// Set once the object is being deleted (a pod terminating).
+    #[serde(default, rename = "deletionTimestamp")]
+    pub(crate) deletion_timestamp: Option<String>,
 }
 
 /// Reads a policy manifest of `kind`. Errors name the field (`spec.http[0].retries.attempts:

@@ -126,6 +126,7 @@ mod tests {
                 name: Some("http".into()),
                 container_port: 8080,
             }],
+            terminating: false,
         }
     }
 

@@ -43,6 +43,8 @@ pub fn running_waypoints(objects: &Objects) -> Vec<RunningWaypoint<'_>> {
             p.namespace == policy.key.namespace
                 && p.labels.get(GATEWAY_NAME) == Some(&policy.key.name)
                 && p.ip.is_some()
+                // A terminating waypoint drains: it takes no new tunnels.
+                && !p.terminating
         });
         if let Some(pod) = pod {
             out.push(RunningWaypoint {
