@@ -243,6 +243,13 @@ impl Controller {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    fn child_running(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}", self.child.id())).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+
     /// SIGTERM, as the kubelet stops a pod; waits for the exit.
     fn stop(mut self) -> Result<()> {
         nix::sys::signal::kill(
@@ -404,5 +411,61 @@ fn a_stopped_leader_hands_the_lease_and_status_writing_to_the_other_replica() ->
         Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty())
     })
     .with_context(|| b.log())?;
+    Ok(())
+}
+
+#[test]
+fn after_the_api_server_comes_back_the_controller_sees_changes_within_seconds() -> Result<()> {
+    let Some(mut plane) = plane("restart")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let controller = Controller::start(&plane, "replica-a")?;
+    wait_until("the lease", Duration::from_secs(15), || {
+        Ok(lease_holder(&plane) == "replica-a")
+    })?;
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    plane.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+        "-n",
+        "bookinfo",
+    ])?;
+
+    // An outage of 10 s: every watch breaks and is retried while the server is away (the
+    // outage's length is the point; nothing is being waited for).
+    plane.kill("apiserver")?;
+    std::thread::sleep(Duration::from_secs(10));
+    plane.start_again("apiserver")?;
+    let back = Instant::now();
+
+    // A change made after the restart arrives: watches resumed, retries did not back off to
+    // half a minute (2 s at most, then a relist).
+    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
+    plane.run(&[
+        "apply",
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
+    ])?;
+    wait_until(
+        "a verdict after the restart",
+        Duration::from_secs(15),
+        || Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty()),
+    )
+    .with_context(|| controller.log())?;
+    eprintln!(
+        "verdict written {:?} after the API server was back",
+        back.elapsed()
+    );
+    ensure!(
+        controller.child_running(),
+        "the controller exited:\n{}",
+        controller.log()
+    );
     Ok(())
 }

@@ -30,6 +30,8 @@ pub fn assets() -> Option<PathBuf> {
 pub struct ControlPlane {
     dir: PathBuf,
     children: Vec<(&'static str, Child)>,
+    /// How each component was started (program, arguments), to start it again.
+    commands: Vec<(&'static str, PathBuf, Vec<String>)>,
     /// `https://127.0.0.1:<port>`.
     pub server: String,
     /// An admin kubeconfig (client certificate in `system:masters`).
@@ -138,6 +140,7 @@ impl ControlPlane {
         let mut plane = Self {
             dir: dir.clone(),
             children: Vec::new(),
+            commands: Vec::new(),
             server: server.clone(),
             kubeconfig: admin,
             ca_pem: pki.ca_pem.clone(),
@@ -210,7 +213,19 @@ impl ControlPlane {
     }
 
     fn launch(&mut self, name: &'static str, command: &mut Command) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        self.commands.retain(|(n, _, _)| *n != name);
+        self.commands.push((
+            name,
+            PathBuf::from(command.get_program()),
+            command
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        ));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("logs").join(format!("{name}.log")))?;
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -312,15 +327,45 @@ impl ControlPlane {
         Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
     }
 
-    /// Stops one component (kube-apiserver, to test recovery) and starts nothing in its place.
+    /// Stops one component (`apiserver`, to test recovery).
     pub fn kill(&mut self, name: &str) -> Result<()> {
-        let (_, child) = self
+        let i = self
             .children
-            .iter_mut()
-            .find(|(n, _)| *n == name)
+            .iter()
+            .position(|(n, _)| *n == name)
             .ok_or_else(|| anyhow!("no {name}"))?;
+        let (_, mut child) = self.children.remove(i);
         child.kill()?;
         child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a component stopped by [`kill`](Self::kill) again, as it was first started;
+    /// for the API server, waits until it is ready.
+    pub fn start_again(&mut self, name: &str) -> Result<()> {
+        let (name, program, args) = self
+            .commands
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .cloned()
+            .ok_or_else(|| anyhow!("{name} was never started"))?;
+        self.launch(name, Command::new(program).args(args))?;
+        if name == "apiserver" {
+            // kube-controller-manager exits when it loses the API server for long: it comes
+            // back after the server, as a kubelet would restart it.
+            let mut exited = Vec::new();
+            self.children.retain_mut(|(n, child)| {
+                let gone = matches!(child.try_wait(), Ok(Some(_)));
+                if gone {
+                    exited.push(*n);
+                }
+                !gone
+            });
+            self.wait_ready(Duration::from_secs(90))?;
+            for component in exited {
+                self.start_again(component)?;
+            }
+        }
         Ok(())
     }
 }

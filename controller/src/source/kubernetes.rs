@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
@@ -123,7 +124,7 @@ enum Change {
 async fn watch_one(client: Client, index: usize, kind: Kind, out: mpsc::Sender<(usize, Change)>) {
     let resource = kind.api_resource();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let stream = watch_kind(api, watcher::Config::default()).default_backoff();
+    let stream = watch_kind(api, watcher::Config::default()).backoff(WatchBackoff::default());
     let mut stream = std::pin::pin!(stream);
     let mut listed = false;
     while let Some(event) = stream.next().await {
@@ -340,5 +341,51 @@ async fn aggregate(
         if out.send(Arc::new(snapshot)).is_err() {
             return;
         }
+    }
+}
+
+/// How a broken watch is retried: 250 ms doubling to 2 s, started over after a success. An API
+/// server back from an outage is watched again within 2 s (kube's default waits up to 30 s).
+#[derive(Debug, Default)]
+pub struct WatchBackoff {
+    last: Option<Duration>,
+}
+
+/// The first retry's wait, and the longest.
+const WATCH_RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let next = self
+            .last
+            .map_or(WATCH_RETRY.0, |d| (d * 2).min(WATCH_RETRY.1));
+        self.last = Some(next);
+        Some(next)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use kube::runtime::utils::Backoff;
+
+    use super::*;
+
+    #[test]
+    fn a_broken_watch_is_retried_within_two_seconds_at_most() {
+        let mut b = WatchBackoff::default();
+        let waits: Vec<u64> = (0..6)
+            .map(|_| b.next().map_or(0, |d| d.as_millis() as u64))
+            .collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(250)));
     }
 }
