@@ -205,6 +205,7 @@ mod tests {
             fs::read_dir(&d).expect("dir").count() == 2,
             "no temporary file left behind"
         );
+        let _ = fs::remove_dir_all(&d);
     }
 
     fn read_json_str(text: &str) -> Value {
@@ -238,5 +239,6 @@ mod tests {
             install(&d, Path::new("/s")),
             Err(InstallError::BadConfig(..))
         ));
+        let _ = fs::remove_dir_all(&d);
     }
 }

@@ -42,6 +42,8 @@ pub struct TestBed {
     pub(crate) service_labels: BTreeMap<(String, String), Vec<(String, String)>>,
     /// Running waypoints' process ids.
     pub(crate) waypoint_pids: BTreeMap<(String, String), u32>,
+    /// Kubernetes mode: a real API server the controller watches (see `kube.rs`).
+    pub(crate) kube: Option<crate::cluster::Kube>,
 }
 
 /// How the node proxies capture pod traffic.
@@ -139,6 +141,7 @@ impl TestBed {
             waypoints: Vec::new(),
             service_labels: BTreeMap::new(),
             waypoint_pids: BTreeMap::new(),
+            kube: None,
         };
         bed.add_netns(&bed.fabric.clone())?;
         let fabric = bed.fabric.clone();
@@ -261,6 +264,10 @@ impl TestBed {
 
     pub(crate) fn teardown(&mut self) {
         let _ = self.kill_controller();
+        // The API server and etcd run in node 1's namespace: stopped before it goes.
+        if let Some(kube) = self.kube.as_mut() {
+            kube.plane = None;
+        }
         for i in 0..self.proxies.len() {
             if let Some(mut child) = self.proxies[i].take() {
                 let _ = child.kill();

@@ -26,9 +26,19 @@ pub fn assets() -> Option<PathBuf> {
     dir.join("kube-apiserver").exists().then_some(dir)
 }
 
+/// A test bed's Kubernetes mode (see `kube.rs`).
+pub(crate) struct Kube {
+    pub(crate) assets: PathBuf,
+    pub(crate) plane: Option<ControlPlane>,
+    /// The controller's kubeconfig (its ServiceAccount's token).
+    pub(crate) controller_kubeconfig: Option<PathBuf>,
+}
+
 /// A running control plane; stopped (and its directory removed) when dropped.
 pub struct ControlPlane {
     dir: PathBuf,
+    /// The network namespace everything runs in (`None`: the test's own).
+    netns: Option<String>,
     children: Vec<(&'static str, Child)>,
     /// How each component was started (program, arguments), to start it again.
     commands: Vec<(&'static str, PathBuf, Vec<String>)>,
@@ -96,6 +106,12 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager from `assets` in a fresh
     /// directory; returns once the API server is ready (`/readyz`).
     pub fn start(assets: &Path, label: &str) -> Result<Self> {
+        Self::start_in(assets, label, None)
+    }
+
+    /// [`start`](Self::start) inside network namespace `netns` (a test bed's node): its
+    /// loopback is the API server's address, for the processes run there.
+    pub fn start_in(assets: &Path, label: &str, netns: Option<&str>) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "weft-k8s-{label}-{}-{}",
             std::process::id(),
@@ -138,6 +154,7 @@ impl ControlPlane {
         let kcm = kubeconfig("kcm", "system:kube-controller-manager", None)?;
 
         let mut plane = Self {
+            netns: netns.map(str::to_owned),
             dir: dir.clone(),
             children: Vec::new(),
             commands: Vec::new(),
@@ -226,7 +243,9 @@ impl ControlPlane {
             .create(true)
             .append(true)
             .open(self.dir.join("logs").join(format!("{name}.log")))?;
-        let child = command
+        let mut wrapped = self.command(command.get_program());
+        wrapped.args(command.get_args());
+        let child = wrapped
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -271,9 +290,21 @@ impl ControlPlane {
         self.kubectl_as(&self.kubeconfig, args)
     }
 
+    /// `program`, run in the control plane's network namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{netns}")).arg(program);
+                c
+            }
+        }
+    }
+
     /// Runs kubectl with `kubeconfig`.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-        Command::new("kubectl")
+        self.command("kubectl")
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
             .stdin(Stdio::null())

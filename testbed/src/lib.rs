@@ -22,6 +22,7 @@ pub mod cluster;
 mod cni;
 pub mod fixtures;
 pub mod hostile;
+mod kube;
 mod manifests;
 mod metrics;
 mod net;

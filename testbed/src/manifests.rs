@@ -232,7 +232,9 @@ spec:
     /// Publishes the current pods and services: the manifests in controller mode, the config
     /// file otherwise.
     pub(crate) fn sync_mesh(&self) -> Result<()> {
-        if self.with_controller {
+        if self.kube.is_some() {
+            self.kube_apply()
+        } else if self.with_controller {
             std::fs::create_dir_all(self.manifests_dir())?;
             self.write_manifest("bed.yaml", &self.manifests())
         } else {

@@ -146,6 +146,21 @@ impl TestBed {
             self.with_controller,
             "label_namespace needs with_controller()"
         );
+        if self.kube.is_some() {
+            // As an operator does it: kubectl label.
+            let label = if ambient {
+                "weft.io/dataplane-mode=ambient".to_owned()
+            } else {
+                "weft.io/dataplane-mode-".to_owned()
+            };
+            self.kubectl(&["label", "namespace", ns, &label, "--overwrite"])?;
+            self.ambient.insert(ns.to_owned(), ambient);
+            for p in self.pods.iter_mut().filter(|p| p.namespace == ns) {
+                p.enrolled = ambient;
+            }
+            // Nothing else changes: the controller watches the label, the CA issues the certs.
+            return Ok(());
+        }
         self.ambient.insert(ns.to_owned(), ambient);
         for p in self.pods.iter_mut().filter(|p| p.namespace == ns) {
             p.enrolled = ambient;

@@ -56,6 +56,27 @@ impl TestBed {
             .create(true)
             .append(true)
             .open(self.controller_log_path())?;
+        if let Some(kubeconfig) = self
+            .kube
+            .as_ref()
+            .and_then(|k| k.controller_kubeconfig.clone())
+        {
+            // Kubernetes mode: the API is its source and its CA's home (the bed's CA, as a
+            // plug-in CA in the Secret); node proxies are checked by TokenReview.
+            return Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.nodes[0].netns))
+                .arg(self.bin_dir.join("weft-controller"))
+                .args(["--identity", "bed-controller"])
+                .args(["--listen", &self.controller_addr().to_string()])
+                .args(["--readiness-addr", "127.0.0.1:15022"])
+                .args(&self.extra_controller_args)
+                .env("KUBECONFIG", kubeconfig)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("starting weft-controller (run `cargo build --workspace --bins` first)");
+        }
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.nodes[0].netns))
             .arg(self.bin_dir.join("weft-controller"))
@@ -154,7 +175,10 @@ impl TestBed {
             }
         }
         self.sync_mesh()?;
-        if self.with_controller {
+        if self.kube.is_some() {
+            self.start_kubernetes()?;
+            self.start_controller()?;
+        } else if self.with_controller {
             let credentials: BTreeMap<String, String> = self
                 .nodes
                 .iter()
