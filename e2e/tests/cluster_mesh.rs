@@ -1,0 +1,134 @@
+//! The mesh on a real API server: the test bed in Kubernetes mode plays kubelet (pods created
+//! through the API, run as network-namespace pods, given their status), the controller
+//! watches with its own ServiceAccount token, and node proxies prove their node with tokens
+//! bound to a node-proxy pod. Without the Kubernetes binaries each test says so and does
+//! nothing else. Needs root.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use weft_testbed::cluster::assets;
+
+fn mtls_from(bed: &weft_testbed::TestBed, node: usize) -> Result<f64> {
+    Ok(weft_testbed::metric_sum(
+        &bed.metrics(node)?,
+        "weft_tcp_connections_opened_total",
+        &[
+            ("reporter", "source"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    ))
+}
+
+#[test]
+fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns_them() -> Result<()>
+{
+    let Some(assets) = assets() else {
+        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+        return Ok(());
+    };
+    // Pods created through the API, run by the bed as a kubelet would; the controller
+    // watches the API with its own token; node proxies prove their node with bound tokens.
+    let mut bed = weft_testbed::TestBed::new("kubelabel", 2)?;
+    bed.with_kubernetes(&assets);
+    let client = bed
+        .pod("client")
+        .namespace("shop")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let web = bed
+        .pod("web")
+        .namespace("shop")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("x", "web")])?;
+    let fetch =
+        |bed: &weft_testbed::TestBed| -> Result<bool> { Ok(bed.fetch(&client, &web, "x")?.0) };
+    ensure!(fetch(&bed)?, "direct request failed");
+    ensure!(mtls_from(&bed, 0)? == 0.0, "captured before the label");
+
+    let (log0, log1) = (bed.proxy_log(0).len(), bed.proxy_log(1).len());
+    let labelled = Instant::now();
+    bed.label_namespace("shop", true)?; // kubectl label namespace shop weft.io/dataplane-mode=ambient
+    bed.wait_log(0, log0, "pod enrolled", Duration::from_secs(2))?;
+    bed.wait_log(1, log1, "pod enrolled", Duration::from_secs(2))?;
+    ensure!(fetch(&bed)?, "request after the label failed");
+    let took = labelled.elapsed();
+    ensure!(
+        mtls_from(&bed, 0)? == 1.0,
+        "the request after the label was not mTLS"
+    );
+    ensure!(
+        took < Duration::from_secs(1),
+        "kubectl label to first mTLS request took {took:?}"
+    );
+    eprintln!("kubectl label -> mTLS request in {took:?}");
+
+    let log0 = bed.proxy_log(0).len();
+    bed.label_namespace("shop", false)?; // kubectl label namespace shop weft.io/dataplane-mode-
+    bed.wait_log(0, log0, "pod released", Duration::from_secs(2))?;
+    ensure!(fetch(&bed)?, "request after removing the label failed");
+    ensure!(
+        mtls_from(&bed, 0)? == 1.0,
+        "still captured after the label was removed"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_ca_refuses_a_token_for_another_node_another_account_or_another_audience() -> Result<()> {
+    let Some(assets) = assets() else {
+        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+        return Ok(());
+    };
+    let mut bed = weft_testbed::TestBed::new("kubetoken", 2)?;
+    bed.with_kubernetes(&assets);
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    bed.start()?;
+    // node1's token is bound to node1's node-proxy pod: TokenReview names node1.
+    let node1 = bed.node_credential(0)?;
+    let own = bed.ask_for_cert(&node1, &client.identity())?;
+    ensure!(
+        own.as_ref()
+            .is_ok_and(|pem| pem.contains("BEGIN CERTIFICATE")),
+        "node1 could not get its own pod's identity: {own:?}"
+    );
+    let other = bed.ask_for_cert(&node1, &web.identity())?;
+    ensure!(
+        matches!(other, Err((tonic::Code::PermissionDenied, _))),
+        "node1's token got a certificate for a pod on node2: {other:?}"
+    );
+    // Another ServiceAccount's token with the right audience is no node proxy's.
+    let controller_token = bed.kubectl(&[
+        "create",
+        "token",
+        "weft-controller",
+        "-n",
+        "weft-system",
+        "--audience=weft",
+    ])?;
+    let as_controller = bed.ask_for_cert(controller_token.trim(), &client.identity())?;
+    ensure!(
+        matches!(
+            as_controller,
+            Err((
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated,
+                _
+            ))
+        ),
+        "the controller's account got a workload certificate: {as_controller:?}"
+    );
+    // The node proxy's own account, but a token for the API server's audience.
+    let wrong_audience =
+        bed.kubectl(&["create", "token", "weft-node-proxy", "-n", "weft-system"])?;
+    let refused = bed.ask_for_cert(wrong_audience.trim(), &client.identity())?;
+    ensure!(
+        matches!(refused, Err((tonic::Code::Unauthenticated, _))),
+        "a token for another audience was accepted: {refused:?}"
+    );
+    Ok(())
+}
