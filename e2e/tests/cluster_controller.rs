@@ -1,0 +1,281 @@
+//! The controller's life on a real API server: leader handover, an API server outage, a CRD
+//! deleted and created again, and a waypoint Gateway's objects from creation to garbage
+//! collection. Without the Kubernetes binaries each test says so and does nothing else.
+
+#[path = "support/cluster.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use support::{Controller, accepted_reason, install, lease_holder, plane, wait_until, workspace};
+
+#[test]
+fn a_stopped_leader_hands_the_lease_and_status_writing_to_the_other_replica() -> Result<()> {
+    let Some(plane) = plane("failover")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let a = Controller::start(&plane, "replica-a")?;
+    wait_until("replica-a leads", Duration::from_secs(15), || {
+        Ok(lease_holder(&plane) == "replica-a")
+    })?;
+    let b = Controller::start(&plane, "replica-b")?;
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    plane.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+        "-n",
+        "bookinfo",
+    ])?;
+
+    // Stopped, the leader gives the lease up: replica-b takes it at its next round (every 5 s,
+    // a third of the 15 s lease), not when the lease would have run out.
+    let stopped = Instant::now();
+    a.stop()?;
+    wait_until("replica-b leads", Duration::from_secs(10), || {
+        Ok(lease_holder(&plane) == "replica-b")
+    })
+    .with_context(|| b.log())?;
+    eprintln!("lease handed over {:?} after SIGTERM", stopped.elapsed());
+
+    // And writes the verdicts now.
+    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
+    plane.run(&[
+        "apply",
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
+    ])?;
+    wait_until("a verdict from replica-b", Duration::from_secs(15), || {
+        Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty())
+    })
+    .with_context(|| b.log())?;
+    Ok(())
+}
+
+#[test]
+fn after_the_api_server_comes_back_the_controller_sees_changes_within_seconds() -> Result<()> {
+    let Some(mut plane) = plane("restart")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let controller = Controller::start(&plane, "replica-a")?;
+    wait_until("the lease", Duration::from_secs(15), || {
+        Ok(lease_holder(&plane) == "replica-a")
+    })?;
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    plane.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+        "-n",
+        "bookinfo",
+    ])?;
+
+    // An outage of 10 s: every watch breaks and is retried while the server is away (the
+    // outage's length is the point; nothing is being waited for).
+    plane.kill("apiserver")?;
+    std::thread::sleep(Duration::from_secs(10));
+    plane.start_again("apiserver")?;
+    let back = Instant::now();
+
+    // A change made after the restart arrives: watches resumed, retries did not back off to
+    // half a minute (2 s at most, then a relist).
+    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
+    plane.run(&[
+        "apply",
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
+    ])?;
+    wait_until(
+        "a verdict after the restart",
+        Duration::from_secs(15),
+        || Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty()),
+    )
+    .with_context(|| controller.log())?;
+    eprintln!(
+        "verdict written {:?} after the API server was back",
+        back.elapsed()
+    );
+    ensure!(
+        controller.child_running(),
+        "the controller exited:\n{}",
+        controller.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_crd_deleted_and_created_again_is_watched_again() -> Result<()> {
+    let Some(plane) = plane("crd")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let controller = Controller::start(&plane, "replica-a")?;
+    wait_until("the lease", Duration::from_secs(15), || {
+        Ok(lease_holder(&plane) == "replica-a")
+    })?;
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    plane.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+        "-n",
+        "bookinfo",
+    ])?;
+    let crd = "virtualservices.networking.istio.io";
+    plane.run(&["delete", "crd", crd, "--wait=true"])?;
+    let installed = plane
+        .command(workspace().join("deploy/crds/install-missing.sh"))
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()?;
+    ensure!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    plane.run(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        &format!("crd/{crd}"),
+    ])?;
+    let again = Instant::now();
+    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
+    plane.run(&[
+        "apply",
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
+    ])?;
+    wait_until("a verdict on the new CRD", Duration::from_secs(15), || {
+        Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty())
+    })
+    .with_context(|| controller.log())?;
+    eprintln!("verdict {:?} after the CRD was back", again.elapsed());
+    Ok(())
+}
+
+#[test]
+fn a_waypoint_gateway_gets_its_objects_and_is_programmed_and_they_go_with_it() -> Result<()> {
+    let Some(plane) = plane("waypoint")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let controller = Controller::start(&plane, "replica-a")?;
+    wait_until("the lease", Duration::from_secs(15), || {
+        Ok(lease_holder(&plane) == "replica-a")
+    })?;
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    let gateway = plane.dir().join("gateway.yaml");
+    std::fs::write(
+        &gateway,
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: reviews-waypoint, namespace: bookinfo}
+spec:
+  gatewayClassName: weft-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+",
+    )?;
+    plane.run(&["apply", "-f", &gateway.display().to_string()])?;
+    // The controller applies the waypoint's objects, each owned by the Gateway.
+    let objects = [
+        "serviceaccount/reviews-waypoint",
+        "configmap/reviews-waypoint-root-cert",
+        "deployment/reviews-waypoint",
+        "service/reviews-waypoint",
+    ];
+    let owner = |object: &str| {
+        plane
+            .run(&[
+                "get",
+                object,
+                "-n",
+                "bookinfo",
+                "-o",
+                "jsonpath={.metadata.ownerReferences[0].kind}",
+            ])
+            .unwrap_or_default()
+    };
+    wait_until("the waypoint's objects", Duration::from_secs(20), || {
+        Ok(objects.iter().all(|o| owner(o) == "Gateway"))
+    })
+    .with_context(|| controller.log())?;
+    let programmed = || {
+        plane
+            .run(&[
+                "get",
+                "gateway.gateway.networking.k8s.io/reviews-waypoint",
+                "-n",
+                "bookinfo",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Programmed\")].status}",
+            ])
+            .unwrap_or_default()
+    };
+    wait_until(
+        "Programmed False while no pod runs",
+        Duration::from_secs(15),
+        || Ok(programmed() == "False"),
+    )?;
+    // kube-controller-manager made the Deployment's pod; the bed plays its kubelet.
+    let pod = || {
+        plane
+            .run(&[
+                "get",
+                "pods",
+                "-n",
+                "bookinfo",
+                "-l",
+                "gateway.networking.k8s.io/gateway-name=reviews-waypoint",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .unwrap_or_default()
+    };
+    wait_until("the waypoint's pod", Duration::from_secs(20), || {
+        Ok(!pod().is_empty())
+    })?;
+    plane.run(&[
+        "patch", "pod", &pod(), "-n", "bookinfo", "--subresource=status", "--type=merge", "-p",
+        "{\"status\":{\"phase\":\"Running\",\"podIP\":\"10.10.1.50\",\"podIPs\":[{\"ip\":\"10.10.1.50\"}],\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}",
+    ])?;
+    wait_until(
+        "Programmed True once the pod runs",
+        Duration::from_secs(15),
+        || Ok(programmed() == "True"),
+    )
+    .with_context(|| controller.log())?;
+
+    // Deleting the Gateway takes its objects with it (garbage collection).
+    plane.run(&[
+        "delete",
+        "-f",
+        &gateway.display().to_string(),
+        "--wait=true",
+    ])?;
+    let gone = |object: &str| {
+        plane
+            .kubectl(&["get", object, "-n", "bookinfo"])
+            .is_ok_and(|out| !out.status.success())
+    };
+    wait_until(
+        "the waypoint's objects gone",
+        Duration::from_secs(30),
+        || Ok(objects.iter().all(|o| gone(o))),
+    )?;
+    Ok(())
+}

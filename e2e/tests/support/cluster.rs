@@ -1,0 +1,186 @@
+//! What the cluster-tier tests share: a control plane per test, Weft installed from
+//! `deploy/`, controller replicas on their own ServiceAccount token, and polling.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use weft_testbed::cluster::{ControlPlane, assets};
+
+pub(crate) fn plane(label: &str) -> Result<Option<ControlPlane>> {
+    let Some(assets) = assets() else {
+        eprintln!(
+            "cluster tier did not run: no kube-apiserver in WEFT_KUBE_ASSETS or ../shared/k8s/bin \
+             (set WEFT_KUBE_ASSETS to a directory holding kube-apiserver and kube-controller-manager)"
+        );
+        return Ok(None);
+    };
+    Ok(Some(ControlPlane::start(&assets, label)?))
+}
+
+pub(crate) fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub(crate) fn deploy(path: &str) -> String {
+    workspace().join("deploy").join(path).display().to_string()
+}
+
+/// Installs the CRDs the cluster lacks (all of them, here).
+pub(crate) fn install_crds(plane: &ControlPlane) -> Result<()> {
+    let out = Command::new(workspace().join("deploy/crds/install-missing.sh"))
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(said.matches("created").count() == 9, "{said}");
+    for crd in [
+        "virtualservices.networking.istio.io",
+        "httproutes.gateway.networking.k8s.io",
+    ] {
+        plane.run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            &format!("crd/{crd}"),
+        ])?;
+    }
+    Ok(())
+}
+
+/// The CRDs and the base install.
+pub(crate) fn install(plane: &ControlPlane) -> Result<()> {
+    install_crds(plane)?;
+    plane.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=weft",
+        "-k",
+        &deploy("base"),
+    ])?;
+    Ok(())
+}
+
+/// Polls `probe` until it is true (`within` at most).
+pub(crate) fn wait_until(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if probe()? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A controller replica running in Kubernetes mode with the weft-controller ServiceAccount's
+/// token; killed when dropped.
+pub(crate) struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    pub(crate) fn start(plane: &ControlPlane, identity: &str) -> Result<Self> {
+        let token = plane.token("weft-system", "weft-controller", None)?;
+        let kubeconfig = plane.token_kubeconfig(&format!("weft-controller-{identity}"), &token)?;
+        let readiness = ControlPlane::free_addr()?;
+        let log = plane
+            .dir()
+            .join(format!("logs/weft-controller-{identity}.log"));
+        let child = Command::new(weft_testbed::bin_dir()?.join("weft-controller"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .args(["--identity", identity])
+            .args(["--listen", &ControlPlane::free_addr()?.to_string()])
+            .args(["--admin-addr", &ControlPlane::free_addr()?.to_string()])
+            .args(["--readiness-addr", &readiness.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("weft-controller (cargo build --workspace --bins first)")?;
+        let controller = Self { child, log };
+        wait_until("the controller ready", Duration::from_secs(30), || {
+            Ok(weft_testbed::http_get_in(
+                Path::new("/proc/self/ns/net"),
+                readiness,
+                "/healthz/ready",
+            )
+            .is_ok_and(|(code, _)| code == 200))
+        })
+        .with_context(|| controller.log())?;
+        Ok(controller)
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn child_running(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}", self.child.id())).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+
+    /// SIGTERM, as the kubelet stops a pod; waits for the exit.
+    pub(crate) fn stop(mut self) -> Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn lease_holder(plane: &ControlPlane) -> String {
+    plane
+        .run(&[
+            "get",
+            "lease",
+            "weft-controller",
+            "-n",
+            "weft-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_default()
+}
+
+/// The reason of a policy's `Accepted` condition ("" while there is none).
+pub(crate) fn accepted_reason(
+    plane: &ControlPlane,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+) -> String {
+    plane
+        .run(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
+        ])
+        .unwrap_or_default()
+}
