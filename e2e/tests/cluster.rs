@@ -198,6 +198,48 @@ fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Res
         || Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty()),
     )
     .with_context(controller_log)?;
+    // A route the controller refuses (the API's own rule: ReplacePrefixMatch needs a
+    // PathPrefix) still gets a per-parent condition saying why and what stays in effect.
+    let route = plane.dir().join("route.yaml");
+    std::fs::write(
+        &route,
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad, namespace: bookinfo}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: reviews}]
+  rules:
+  - matches: [{path: {type: Exact, value: /a}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]
+",
+    )?;
+    plane.run(&["apply", "-f", &route.display().to_string()])?;
+    let condition = |field: &str| {
+        plane
+            .run(&[
+                "get",
+                "httproute",
+                "bad",
+                "-n",
+                "bookinfo",
+                "-o",
+                &format!(
+                    "jsonpath={{.status.parents[?(@.controllerName==\"weft.io/controller\")].conditions[0].{field}}}"
+                ),
+            ])
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the refused route's condition",
+        Duration::from_secs(15),
+        || Ok(condition("reason") == "Invalid"),
+    )
+    .with_context(controller_log)?;
+    let message = condition("message");
+    ensure!(
+        message.contains("ReplacePrefixMatch") && message.contains("nothing of it is applied"),
+        "{message}"
+    );
     let log = controller_log();
     if log.contains("forbidden") {
         bail!("the controller was refused something its RBAC should grant:\n{log}");

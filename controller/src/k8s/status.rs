@@ -59,13 +59,24 @@ impl StatusWriter {
             };
             let objects: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &verdict.key.namespace, &resource);
-            let body = patch_body(verdict, SystemTime::now());
+            let mut body = patch_body(verdict, SystemTime::now());
+            if verdict.kind == PolicyKind::HttpRoute {
+                // `status.parents` is shared with other controllers: keep their entries, and
+                // write only if nobody changed it since it was read.
+                match objects.get_status(&verdict.key.name).await {
+                    Ok(current) => merge_parents(&mut body, &current),
+                    Err(e) => {
+                        warn!(object = %format!("{} {}", verdict.kind.kind(), verdict.key), error = %e, "reading status failed; will retry");
+                        continue;
+                    }
+                }
+            }
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
             match objects
-                .patch_status(
-                    &verdict.key.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&body),
-                )
+                .patch_status(&verdict.key.name, &params, &Patch::Merge(&body))
                 .await
             {
                 Ok(_) => {
@@ -79,6 +90,56 @@ impl StatusWriter {
             }
         }
         count
+    }
+}
+
+/// The field manager of the status Weft writes.
+const FIELD_MANAGER: &str = "weft-controller";
+
+/// Completes an HTTPRoute status patch against the `current` object: other controllers'
+/// `parents` entries are kept; a route refused before its parents were known reports on the
+/// Service parents the object names; the patch carries the resourceVersion it was read at.
+pub fn merge_parents(body: &mut serde_json::Value, current: &DynamicObject) {
+    let status = current.data.get("status");
+    let others: Vec<serde_json::Value> = status
+        .and_then(|s| s.get("parents"))
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|p| p["controllerName"] != CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    let ours = body["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ours = if ours.is_empty() {
+        // Refused before its parents were read: report on what the object names.
+        let template = serde_json::json!({"controllerName": CONTROLLER_NAME});
+        let conditions = body["status"]["conditions"].clone();
+        current
+            .data
+            .get("spec")
+            .and_then(|s| s.get("parentRefs"))
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|p| p["kind"] == "Service" && p.get("group").is_none_or(|g| g == ""))
+            .map(|parent| {
+                let mut entry = template.clone();
+                entry["parentRef"] = parent.clone();
+                entry["conditions"] = conditions.clone();
+                entry
+            })
+            .collect()
+    } else {
+        ours
+    };
+    let mut parents = others;
+    parents.extend(ours);
+    body["status"] = serde_json::json!({ "parents": parents });
+    if let Some(version) = &current.metadata.resource_version {
+        body["metadata"] = serde_json::json!({ "resourceVersion": version });
     }
 }
 
@@ -111,6 +172,15 @@ pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
     );
     match verdict.kind {
         PolicyKind::HttpRoute => {
+            let (resolved, why) = if verdict.accepted() {
+                ("ResolvedRefs", "references resolved")
+            } else {
+                ("Invalid", verdict.message.as_str())
+            };
+            let conditions = serde_json::json!([
+                accepted,
+                condition("ResolvedRefs", verdict.accepted(), resolved, why),
+            ]);
             let parents: Vec<serde_json::Value> = verdict
                 .parents
                 .iter()
@@ -118,14 +188,13 @@ pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
                     serde_json::json!({
                         "parentRef": parent,
                         "controllerName": CONTROLLER_NAME,
-                        "conditions": [
-                            accepted,
-                            condition("ResolvedRefs", verdict.accepted(), if verdict.accepted() { "ResolvedRefs" } else { "Invalid" }, if verdict.accepted() { "references resolved" } else { &verdict.message }),
-                        ],
+                        "conditions": conditions,
                     })
                 })
                 .collect();
-            serde_json::json!({ "status": { "parents": parents } })
+            // Without parents (refused before they were read) the conditions travel beside,
+            // for `merge_parents` to attach to the parents the object names.
+            serde_json::json!({ "status": { "parents": parents, "conditions": conditions } })
         }
         _ => {
             let mut conditions = vec![accepted];

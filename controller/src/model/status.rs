@@ -148,12 +148,22 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
         });
     }
     for r in rejected {
+        // What stays in force says so: a refused change does not undo the last good version.
+        let kept = objects
+            .policies
+            .values()
+            .any(|p| p.kind == r.kind && p.key == r.key);
+        let message = if kept {
+            format!("{}; the last good version stays in effect", r.message)
+        } else {
+            format!("{}; nothing of it is applied", r.message)
+        };
         out.push(Verdict {
             kind: r.kind,
             key: r.key.clone(),
             generation: r.generation,
             reason: Reason::Invalid,
-            message: r.message.clone(),
+            message,
             parents: Vec::new(),
             programmed: None,
         });
