@@ -279,3 +279,34 @@ spec:
     )?;
     Ok(())
 }
+
+#[test]
+fn without_its_namespace_the_controller_says_so_and_starts_once_installed() -> Result<()> {
+    let Some(plane) = plane("nonamespace")? else {
+        return Ok(());
+    };
+    // Weft's CRDs and RBAC are not installed yet: the controller runs as cluster admin here.
+    let (controller, readiness) = Controller::spawn(&plane, "replica-a", &plane.kubeconfig)?;
+    wait_until("a clear message", Duration::from_secs(15), || {
+        Ok(controller
+            .log()
+            .contains("namespace weft-system does not exist"))
+    })
+    .with_context(|| controller.log())?;
+    ensure!(
+        controller.child_running(),
+        "it gave up:\n{}",
+        controller.log()
+    );
+    install(&plane)?;
+    wait_until("ready once installed", Duration::from_secs(30), || {
+        Ok(weft_testbed::http_get_in(
+            std::path::Path::new("/proc/self/ns/net"),
+            readiness,
+            "/healthz/ready",
+        )
+        .is_ok_and(|(code, _)| code == 200))
+    })
+    .with_context(|| controller.log())?;
+    Ok(())
+}

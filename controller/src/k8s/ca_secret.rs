@@ -35,8 +35,10 @@ pub async fn load_or_create(
     trust_domain: &str,
     mut leading: watch::Receiver<bool>,
 ) -> Result<Ca, CaSecretError> {
+    let api_client = client.clone();
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let what = format!("{namespace}/{name}");
+    let mut last_missing = None;
     let origin = Path::new("secret").join(namespace).join(name);
     let mut waiting_logged = false;
     loop {
@@ -85,6 +87,19 @@ pub async fn load_or_create(
         if !waiting_logged {
             info!(secret = %what, "waiting for the leader to create the CA Secret");
             waiting_logged = true;
+        }
+        // Without its namespace no replica can lead (the Lease lives there too): say so
+        // plainly, every half minute, rather than wait in silence.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(api_client.clone());
+        if matches!(namespaces.get_opt(namespace).await, Ok(None))
+            && last_missing
+                .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(30))
+        {
+            tracing::error!(
+                %namespace,
+                "namespace {namespace} does not exist: the controller can neither lead nor keep its CA; install Weft with `kubectl apply --server-side -k deploy/overlays/<overlay>` (it creates the namespace)"
+            );
+            last_missing = Some(std::time::Instant::now());
         }
         let changed = tokio::time::timeout(Duration::from_secs(2), leading.changed()).await;
         if let Ok(Err(_)) = changed {

@@ -91,25 +91,11 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
+    /// A replica on the weft-controller ServiceAccount's token; returns once it is ready.
     pub(crate) fn start(plane: &ControlPlane, identity: &str) -> Result<Self> {
         let token = plane.token("weft-system", "weft-controller", None)?;
         let kubeconfig = plane.token_kubeconfig(&format!("weft-controller-{identity}"), &token)?;
-        let readiness = ControlPlane::free_addr()?;
-        let log = plane
-            .dir()
-            .join(format!("logs/weft-controller-{identity}.log"));
-        let child = Command::new(weft_testbed::bin_dir()?.join("weft-controller"))
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info")
-            .args(["--identity", identity])
-            .args(["--listen", &ControlPlane::free_addr()?.to_string()])
-            .args(["--admin-addr", &ControlPlane::free_addr()?.to_string()])
-            .args(["--readiness-addr", &readiness.to_string()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("weft-controller (cargo build --workspace --bins first)")?;
-        let controller = Self { child, log };
+        let (controller, readiness) = Self::spawn(plane, identity, &kubeconfig)?;
         wait_until("the controller ready", Duration::from_secs(30), || {
             Ok(weft_testbed::http_get_in(
                 Path::new("/proc/self/ns/net"),
@@ -120,6 +106,30 @@ impl Controller {
         })
         .with_context(|| controller.log())?;
         Ok(controller)
+    }
+
+    /// A replica with `kubeconfig`, not waited for; and its readiness address.
+    pub(crate) fn spawn(
+        plane: &ControlPlane,
+        identity: &str,
+        kubeconfig: &Path,
+    ) -> Result<(Self, std::net::SocketAddr)> {
+        let readiness = ControlPlane::free_addr()?;
+        let log = plane
+            .dir()
+            .join(format!("logs/weft-controller-{identity}.log"));
+        let child = Command::new(weft_testbed::bin_dir()?.join("weft-controller"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .args(["--identity", identity])
+            .args(["--listen", &ControlPlane::free_addr()?.to_string()])
+            .args(["--admin-addr", &ControlPlane::free_addr()?.to_string()])
+            .args(["--readiness-addr", &readiness.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("weft-controller (cargo build --workspace --bins first)")?;
+        Ok((Self { child, log }, readiness))
     }
 
     pub(crate) fn log(&self) -> String {
