@@ -146,15 +146,20 @@ impl TestBed {
                 ));
             }
         }
+        if self.pods.is_empty() && self.services.is_empty() {
+            return Ok(());
+        }
         let first = self.dir.join("accounts.yaml");
-        std::fs::write(&first, accounts)?;
-        plane.run(&[
-            "apply",
-            "--server-side",
-            "--field-manager=weft-testbed-accounts",
-            "-f",
-            &first.display().to_string(),
-        ])?;
+        std::fs::write(&first, &accounts)?;
+        if !accounts.is_empty() {
+            plane.run(&[
+                "apply",
+                "--server-side",
+                "--field-manager=weft-testbed-accounts",
+                "-f",
+                &first.display().to_string(),
+            ])?;
+        }
         let file = self.dir.join("cluster.yaml");
         std::fs::write(&file, self.manifests())?;
         plane.run(&[

@@ -115,6 +115,11 @@ impl TestBed {
         }
     }
 
+    /// Process id of the controller.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().map(Child::id)
+    }
+
     /// Stops the controller (SIGKILL).
     pub fn kill_controller(&mut self) -> Result<()> {
         if let Some(mut child) = self.controller.take() {
