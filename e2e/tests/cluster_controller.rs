@@ -8,29 +8,18 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use support::{Controller, accepted_reason, install, lease_holder, plane, wait_until, workspace};
+use support::{
+    Controller, guide_gets_a_verdict, install, leading_with_bookinfo, lease_holder, plane,
+    wait_until,
+};
 
 #[test]
 fn a_stopped_leader_hands_the_lease_and_status_writing_to_the_other_replica() -> Result<()> {
     let Some(plane) = plane("failover")? else {
         return Ok(());
     };
-    install(&plane)?;
-    let a = Controller::start(&plane, "replica-a")?;
-    wait_until("replica-a leads", Duration::from_secs(15), || {
-        Ok(lease_holder(&plane) == "replica-a")
-    })?;
+    let a = leading_with_bookinfo(&plane)?;
     let b = Controller::start(&plane, "replica-b")?;
-    plane.run(&["create", "namespace", "bookinfo"])?;
-    plane.run(&[
-        "create",
-        "service",
-        "clusterip",
-        "reviews",
-        "--tcp=9080:9080",
-        "-n",
-        "bookinfo",
-    ])?;
 
     // Stopped, the leader gives the lease up: replica-b takes it at its next round (every 5 s,
     // a third of the 15 s lease), not when the lease would have run out.
@@ -43,18 +32,7 @@ fn a_stopped_leader_hands_the_lease_and_status_writing_to_the_other_replica() ->
     eprintln!("lease handed over {:?} after SIGTERM", stopped.elapsed());
 
     // And writes the verdicts now.
-    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
-    plane.run(&[
-        "apply",
-        "-n",
-        "bookinfo",
-        "-f",
-        &guide.display().to_string(),
-    ])?;
-    wait_until("a verdict from replica-b", Duration::from_secs(15), || {
-        Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty())
-    })
-    .with_context(|| b.log())?;
+    guide_gets_a_verdict(&plane, Duration::from_secs(15)).with_context(|| b.log())?;
     Ok(())
 }
 
@@ -63,21 +41,7 @@ fn after_the_api_server_comes_back_the_controller_sees_changes_within_seconds() 
     let Some(mut plane) = plane("restart")? else {
         return Ok(());
     };
-    install(&plane)?;
-    let controller = Controller::start(&plane, "replica-a")?;
-    wait_until("the lease", Duration::from_secs(15), || {
-        Ok(lease_holder(&plane) == "replica-a")
-    })?;
-    plane.run(&["create", "namespace", "bookinfo"])?;
-    plane.run(&[
-        "create",
-        "service",
-        "clusterip",
-        "reviews",
-        "--tcp=9080:9080",
-        "-n",
-        "bookinfo",
-    ])?;
+    let controller = leading_with_bookinfo(&plane)?;
 
     // An outage of 10 s: every watch breaks and is retried while the server is away (the
     // outage's length is the point; nothing is being waited for).
@@ -88,20 +52,7 @@ fn after_the_api_server_comes_back_the_controller_sees_changes_within_seconds() 
 
     // A change made after the restart arrives: watches resumed, retries did not back off to
     // half a minute (2 s at most, then a relist).
-    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
-    plane.run(&[
-        "apply",
-        "-n",
-        "bookinfo",
-        "-f",
-        &guide.display().to_string(),
-    ])?;
-    wait_until(
-        "a verdict after the restart",
-        Duration::from_secs(15),
-        || Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty()),
-    )
-    .with_context(|| controller.log())?;
+    guide_gets_a_verdict(&plane, Duration::from_secs(15)).with_context(|| controller.log())?;
     eprintln!(
         "verdict written {:?} after the API server was back",
         back.elapsed()
@@ -119,51 +70,13 @@ fn a_crd_deleted_and_created_again_is_watched_again() -> Result<()> {
     let Some(plane) = plane("crd")? else {
         return Ok(());
     };
-    install(&plane)?;
-    let controller = Controller::start(&plane, "replica-a")?;
-    wait_until("the lease", Duration::from_secs(15), || {
-        Ok(lease_holder(&plane) == "replica-a")
-    })?;
-    plane.run(&["create", "namespace", "bookinfo"])?;
-    plane.run(&[
-        "create",
-        "service",
-        "clusterip",
-        "reviews",
-        "--tcp=9080:9080",
-        "-n",
-        "bookinfo",
-    ])?;
+    let controller = leading_with_bookinfo(&plane)?;
     let crd = "virtualservices.networking.istio.io";
     plane.run(&["delete", "crd", crd, "--wait=true"])?;
-    let installed = plane
-        .command(workspace().join("deploy/crds/install-missing.sh"))
-        .env("KUBECONFIG", &plane.kubeconfig)
-        .output()?;
-    ensure!(
-        installed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    plane.run(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        &format!("crd/{crd}"),
-    ])?;
+    let said = plane.install_crds()?;
+    ensure!(said.contains(&format!("created {crd}")), "{said}");
     let again = Instant::now();
-    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
-    plane.run(&[
-        "apply",
-        "-n",
-        "bookinfo",
-        "-f",
-        &guide.display().to_string(),
-    ])?;
-    wait_until("a verdict on the new CRD", Duration::from_secs(15), || {
-        Ok(!accepted_reason(&plane, "virtualservice", "reviews", "bookinfo").is_empty())
-    })
-    .with_context(|| controller.log())?;
+    guide_gets_a_verdict(&plane, Duration::from_secs(15)).with_context(|| controller.log())?;
     eprintln!("verdict {:?} after the CRD was back", again.elapsed());
     Ok(())
 }

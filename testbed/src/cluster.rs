@@ -348,6 +348,47 @@ impl ControlPlane {
         Ok(self.run(&args)?.trim().to_owned())
     }
 
+    /// Runs `deploy/crds/install-missing.sh` (the CRDs the cluster lacks) and waits until they
+    /// are served; returns what the script said.
+    pub fn install_crds(&self) -> Result<String> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = self
+            .command(workspace.join("deploy/crds/install-missing.sh"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "installing the CRDs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for crd in [
+            "virtualservices.networking.istio.io",
+            "httproutes.gateway.networking.k8s.io",
+        ] {
+            self.run(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                &format!("crd/{crd}"),
+            ])?;
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Applies `deploy/<path>` (a kustomization) server-side, as field manager `weft`.
+    pub fn apply_deploy(&self, path: &str) -> Result<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy")
+            .join(path);
+        self.run(&[
+            "apply",
+            "--server-side",
+            "--field-manager=weft",
+            "-k",
+            &dir.display().to_string(),
+        ])
+    }
+
     /// The directory holding its files.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -6,16 +6,12 @@
 //! proxies present tokens bound to a node-proxy pod on their node (audience `weft`), which
 //! the controller checks with TokenReview.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 
 use crate::bed::TestBed;
 use crate::cluster::{ControlPlane, Kube};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 impl TestBed {
     /// Runs the bed on a real API server from `assets` (see [`crate::cluster::assets`]); the
@@ -55,33 +51,8 @@ impl TestBed {
             .map(|k| k.assets.clone())
             .context("not in Kubernetes mode")?;
         let plane = ControlPlane::start_in(&assets, &self.id, Some(&self.nodes[0].netns))?;
-        let crds = plane
-            .command(workspace().join("deploy/crds/install-missing.sh"))
-            .env("KUBECONFIG", &plane.kubeconfig)
-            .output()?;
-        ensure!(
-            crds.status.success(),
-            "CRDs: {}",
-            String::from_utf8_lossy(&crds.stderr)
-        );
-        for crd in [
-            "virtualservices.networking.istio.io",
-            "httproutes.gateway.networking.k8s.io",
-        ] {
-            plane.run(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                &format!("crd/{crd}"),
-            ])?;
-        }
-        plane.run(&[
-            "apply",
-            "--server-side",
-            "--field-manager=weft",
-            "-k",
-            &workspace().join("deploy/base").display().to_string(),
-        ])?;
+        plane.install_crds()?;
+        plane.apply_deploy("base")?;
         // The bed's CA as a plug-in CA: the controller loads it instead of generating one, so
         // the trust files the bed wrote stay true.
         plane.run(&[

@@ -30,41 +30,53 @@ pub(crate) fn deploy(path: &str) -> String {
 
 /// Installs the CRDs the cluster lacks (all of them, here).
 pub(crate) fn install_crds(plane: &ControlPlane) -> Result<()> {
-    let out = Command::new(workspace().join("deploy/crds/install-missing.sh"))
-        .env("KUBECONFIG", &plane.kubeconfig)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = plane.install_crds()?;
     ensure!(said.matches("created").count() == 9, "{said}");
-    for crd in [
-        "virtualservices.networking.istio.io",
-        "httproutes.gateway.networking.k8s.io",
-    ] {
-        plane.run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            &format!("crd/{crd}"),
-        ])?;
-    }
     Ok(())
 }
 
 /// The CRDs and the base install.
 pub(crate) fn install(plane: &ControlPlane) -> Result<()> {
     install_crds(plane)?;
+    plane.apply_deploy("base")?;
+    Ok(())
+}
+
+/// Weft installed, replica `replica-a` leading, and namespace `bookinfo` with a Service
+/// `reviews`: where most controller tests start.
+pub(crate) fn leading_with_bookinfo(plane: &ControlPlane) -> Result<Controller> {
+    install(plane)?;
+    let controller = Controller::start(plane, "replica-a")?;
+    wait_until("replica-a leads", Duration::from_secs(15), || {
+        Ok(lease_holder(plane) == "replica-a")
+    })?;
+    plane.run(&["create", "namespace", "bookinfo"])?;
+    plane.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "reviews",
+        "--tcp=9080:9080",
+        "-n",
+        "bookinfo",
+    ])?;
+    Ok(controller)
+}
+
+/// Applies the guide's `istio-traffic-management.yaml` in `bookinfo` and waits for the
+/// VirtualService's verdict.
+pub(crate) fn guide_gets_a_verdict(plane: &ControlPlane, within: Duration) -> Result<()> {
+    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
     plane.run(&[
         "apply",
-        "--server-side",
-        "--field-manager=weft",
-        "-k",
-        &deploy("base"),
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
     ])?;
-    Ok(())
+    wait_until("the VirtualService's verdict", within, || {
+        Ok(!accepted_reason(plane, "virtualservice", "reviews", "bookinfo").is_empty())
+    })
 }
 
 /// Polls `probe` until it is true (`within` at most).
