@@ -132,3 +132,72 @@ fn the_ca_refuses_a_token_for_another_node_another_account_or_another_audience()
     );
     Ok(())
 }
+
+#[test]
+fn the_guides_header_route_applied_with_kubectl_steers_traffic_through_the_waypoint() -> Result<()>
+{
+    let Some(assets) = assets() else {
+        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+        return Ok(());
+    };
+    let mut bed = weft_testbed::TestBed::new("kuberoute", 2)?;
+    bed.with_kubernetes(&assets);
+    let client = bed
+        .pod("productpage")
+        .namespace("default")
+        .service_account("bookinfo-productpage")
+        .on_node(0)
+        .add()?;
+    let reviews = weft_testbed::fixtures::reviews_behind_waypoint(&mut bed)?;
+    bed.start()?;
+    bed.serve_testsrv(&reviews.v1, "v1")?;
+    bed.serve_testsrv(&reviews.v2, "v2")?;
+    let url = weft_testbed::fixtures::reviews_url("/reviews/1");
+    let ask = |jason: bool| -> Result<String> {
+        let mut argv = vec!["curl", "-sS", "--max-time", "5"];
+        if jason {
+            argv.extend(["-H", "end-user: jason"]);
+        }
+        argv.push(&url);
+        Ok(String::from_utf8_lossy(&bed.exec(&client, &argv)?.stdout)
+            .trim()
+            .to_owned())
+    };
+    ensure!(
+        ask(false)?.starts_with('v'),
+        "reviews not reachable through the waypoint"
+    );
+
+    // kubectl apply of the guide's YAML, unchanged, in the namespace users apply it to.
+    let guide = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/guide/istio-traffic-management.yaml");
+    let applied = Instant::now();
+    bed.kubectl(&["apply", "-n", "default", "-f", &guide.display().to_string()])?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ask(true)? != "v2" {
+        ensure!(Instant::now() < deadline, "jason never reached v2");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "kubectl apply -> header route in effect: {:?}",
+        applied.elapsed()
+    );
+    for _ in 0..10 {
+        ensure!(ask(true)? == "v2", "jason left v2");
+        ensure!(ask(false)? == "v1", "everyone else must get v1");
+    }
+    let reason = bed.kubectl(&[
+        "get",
+        "virtualservice",
+        "reviews",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
+    ])?;
+    ensure!(
+        reason == "Accepted",
+        "the VirtualService's verdict: {reason:?}"
+    );
+    Ok(())
+}

@@ -4,18 +4,20 @@
 //! is what runs. The bed plays kubelet: its pods are created through the API, bound to their
 //! nodes, run as network-namespace pods and given their status (IP, Running, Ready); node
 //! proxies present tokens bound to a node-proxy pod on their node (audience `weft`), which
-//! the controller checks with TokenReview.
+//! the controller checks with TokenReview. A waypoint's pod stands in for the one its
+//! Deployment would run: it has the Gateway's label, an address and a token of its
+//! ServiceAccount.
 
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 
 use crate::bed::TestBed;
 use crate::cluster::{ControlPlane, Kube};
 
 impl TestBed {
     /// Runs the bed on a real API server from `assets` (see [`crate::cluster::assets`]); the
-    /// controller comes with it. Waypoints are not supported in this mode yet.
+    /// controller comes with it.
     pub fn with_kubernetes(&mut self, assets: &Path) -> &mut Self {
         self.with_controller = true;
         self.kube = Some(Kube {
@@ -41,10 +43,6 @@ impl TestBed {
     /// Starts the control plane, installs Weft, creates the cluster's objects, tokens for the
     /// node proxies and the controller's kubeconfig.
     pub(crate) fn start_kubernetes(&mut self) -> Result<()> {
-        ensure!(
-            self.waypoints.is_empty(),
-            "waypoints are not run in Kubernetes mode yet"
-        );
         let assets = self
             .kube
             .as_ref()
@@ -96,7 +94,29 @@ impl TestBed {
         let kube = self.kube.as_mut().context("not in Kubernetes mode")?;
         kube.plane = Some(plane);
         kube.controller_kubeconfig = Some(kubeconfig);
-        self.kube_apply()
+        self.kube_apply()?;
+        // Each waypoint pod proves its ServiceAccount with a token bound to it (audience weft),
+        // as the projected token in the controller's waypoint Deployment does.
+        let plane = self.control_plane().context("not in Kubernetes mode")?;
+        for w in &self.waypoints {
+            let token = plane.run(&[
+                "create",
+                "token",
+                &w.service_account,
+                "-n",
+                &w.namespace,
+                "--audience=weft",
+                "--duration=2h",
+                "--bound-object-kind=Pod",
+                &format!("--bound-object-name={}", w.name),
+            ])?;
+            std::fs::write(
+                self.dir
+                    .join(format!("waypoint.{}.{}.credential", w.namespace, w.name)),
+                token.trim(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Applies the bed's cluster (namespaces, pods, services) through the API and gives each
