@@ -201,3 +201,81 @@ fn the_guides_header_route_applied_with_kubectl_steers_traffic_through_the_waypo
     );
     Ok(())
 }
+
+#[test]
+fn the_guides_smi_traffic_split_applied_with_kubectl_sends_90_10() -> Result<()> {
+    use weft_testbed::fixtures::{REVIEWS_VIP, reviews_url, tally_count};
+    let Some(assets) = assets() else {
+        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+        return Ok(());
+    };
+    let mut bed = weft_testbed::TestBed::new("kubesplit", 2)?;
+    bed.with_kubernetes(&assets);
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let v1 = bed
+        .pod("reviews-v1")
+        .namespace("default")
+        .label("app", "reviews")
+        .on_node(1)
+        .add()?;
+    let v2 = bed
+        .pod("reviews-v2")
+        .namespace("default")
+        .label("app", "reviews")
+        .on_node(0)
+        .add()?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1, &v2]);
+    bed.service(
+        "reviews-v1",
+        "default",
+        "10.96.0.31".parse()?,
+        9080,
+        8080,
+        &[&v1],
+    );
+    bed.service(
+        "reviews-v2",
+        "default",
+        "10.96.0.32".parse()?,
+        9080,
+        8080,
+        &[&v2],
+    );
+    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    bed.start()?;
+    bed.serve_testsrv(&v1, "v1")?;
+    bed.serve_testsrv(&v2, "v2")?;
+    // Applied, the split reaches the waypoint as one more config update (before it the
+    // apex's two pods share the traffic evenly, so the answers alone cannot tell).
+    let log = bed.waypoint_log_path(&waypoint);
+    let updates = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("config update applied")
+            .count()
+    };
+    let before = updates();
+    let guide = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/guide/linkerd-canary.yaml");
+    bed.kubectl(&["apply", "-f", &guide.display().to_string()])?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while updates() <= before {
+        ensure!(
+            Instant::now() < deadline,
+            "the waypoint never got the TrafficSplit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = reviews_url("/");
+    let tally = bed.load(
+        &client,
+        &["--url", &url, "--requests", "2000", "--concurrency", "4"],
+    )?;
+    let v2_share = tally_count(&tally, "body", "v2") as f64 / 20.0;
+    eprintln!("TrafficSplit 90/10 via kubectl: {v2_share:.1}% to v2");
+    ensure!(tally_count(&tally, "status", "200") == 2000, "{tally}");
+    // Binomial(2000, 0.1): mean 200, sd 13.4 (0.67 points); 7..=13% is 4.5 sd either side.
+    ensure!((7.0..=13.0).contains(&v2_share), "v2 got {v2_share:.1}%");
+    Ok(())
+}
