@@ -18,7 +18,11 @@ command -v bpftool >/dev/null || need+=(bpftool)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 # Images (scripts/images.sh), rendering deploy/ and the cluster tier's control plane.
 command -v buildah >/dev/null || need+=(buildah)
-command -v kubectl >/dev/null || need+=(kubernetes-client)
+# kubectl 1.24 or newer (create token, apply --subresource): the `kubectl` package where an
+# apt source has it, else Debian's kubernetes-client (older: the cluster tier then says so).
+if ! command -v kubectl >/dev/null; then
+  if apt-cache show kubectl >/dev/null 2>&1; then need+=(kubectl); else need+=(kubernetes-client); fi
+fi
 command -v etcd >/dev/null || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -50,6 +50,27 @@ pub struct ControlPlane {
     pub ca_pem: String,
 }
 
+/// The tier drives the cluster with kubectl 1.24 or newer (`create token`, `apply
+/// --subresource`); an older one is named rather than failing somewhere later.
+fn check_kubectl() -> Result<()> {
+    let out = Command::new("kubectl")
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .context("kubectl is missing (scripts/deps.sh installs it)")?;
+    let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let minor: u32 = version["clientVersion"]["minor"]
+        .as_str()
+        .unwrap_or("0")
+        .trim_end_matches('+')
+        .parse()
+        .unwrap_or(0);
+    ensure!(
+        minor >= 24,
+        "kubectl 1.{minor} is too old for the cluster tier: 1.24 or newer is needed"
+    );
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
@@ -112,6 +133,7 @@ impl ControlPlane {
     /// [`start`](Self::start) inside network namespace `netns` (a test bed's node): its
     /// loopback is the API server's address, for the processes run there.
     pub fn start_in(assets: &Path, label: &str, netns: Option<&str>) -> Result<Self> {
+        check_kubectl()?;
         let dir = std::env::temp_dir().join(format!(
             "weft-k8s-{label}-{}-{}",
             std::process::id(),
