@@ -73,21 +73,9 @@ impl TestBed {
                 ),
             )?;
             plane.run(&["apply", "-f", &file.display().to_string()])?;
-            let token = plane.run(&[
-                "create",
-                "token",
-                "weft-node-proxy",
-                "-n",
-                "weft-system",
-                "--audience=weft",
-                "--duration=2h",
-                "--bound-object-kind=Pod",
-                &format!("--bound-object-name=weft-node-proxy-{}", node.name),
-            ])?;
-            std::fs::write(
-                self.dir.join(format!("{}.credential", node.name)),
-                token.trim(),
-            )?;
+            let pod = format!("weft-node-proxy-{}", node.name);
+            let token = bound_token(&plane, "weft-system", "weft-node-proxy", &pod)?;
+            std::fs::write(self.dir.join(format!("{}.credential", node.name)), token)?;
         }
         let token = plane.token("weft-system", "weft-controller", None)?;
         let kubeconfig = plane.token_kubeconfig("weft-controller", &token)?;
@@ -99,21 +87,11 @@ impl TestBed {
         // as the projected token in the controller's waypoint Deployment does.
         let plane = self.control_plane().context("not in Kubernetes mode")?;
         for w in &self.waypoints {
-            let token = plane.run(&[
-                "create",
-                "token",
-                &w.service_account,
-                "-n",
-                &w.namespace,
-                "--audience=weft",
-                "--duration=2h",
-                "--bound-object-kind=Pod",
-                &format!("--bound-object-name={}", w.name),
-            ])?;
+            let token = bound_token(plane, &w.namespace, &w.service_account, &w.name)?;
             std::fs::write(
                 self.dir
                     .join(format!("waypoint.{}.{}.credential", w.namespace, w.name)),
-                token.trim(),
+                token,
             )?;
         }
         Ok(())
@@ -161,23 +139,46 @@ impl TestBed {
             "-f",
             &file.display().to_string(),
         ])?;
-        for p in &self.pods {
-            let status = format!(
-                "{{\"status\":{{\"phase\":\"Running\",\"podIP\":\"{0}\",\"podIPs\":[{{\"ip\":\"{0}\"}}],\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\"}}]}}}}",
-                p.ip
-            );
+        // What a kubelet reports, for every pod in one server-side apply of the status.
+        let status: String = self
+            .pods
+            .iter()
+            .map(|p| {
+                format!(
+                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}}}\nstatus: {{phase: Running, podIP: {2}, podIPs: [{{ip: {2}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n",
+                    p.name, p.namespace, p.ip
+                )
+            })
+            .collect();
+        if !status.is_empty() {
+            let file = self.dir.join("status.yaml");
+            std::fs::write(&file, status)?;
             plane.run(&[
-                "patch",
-                "pod",
-                &p.name,
-                "-n",
-                &p.namespace,
+                "apply",
+                "--server-side",
+                "--field-manager=weft-testbed-kubelet",
                 "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status,
+                "-f",
+                &file.display().to_string(),
             ])?;
         }
         Ok(())
     }
+}
+
+/// A token of ServiceAccount `namespace/account` for audience `weft`, bound to `pod` (so it
+/// names the pod's node, as a projected token does).
+fn bound_token(plane: &ControlPlane, namespace: &str, account: &str, pod: &str) -> Result<String> {
+    let token = plane.run(&[
+        "create",
+        "token",
+        account,
+        "-n",
+        namespace,
+        "--audience=weft",
+        "--duration=2h",
+        "--bound-object-kind=Pod",
+        &format!("--bound-object-name={pod}"),
+    ])?;
+    Ok(token.trim().to_owned())
 }
