@@ -38,7 +38,8 @@ pub async fn load_or_create(
     let api_client = client.clone();
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let what = format!("{namespace}/{name}");
-    let mut last_missing = None;
+    let mut last_missing: Option<std::time::Instant> = None;
+    let mut since = std::time::Instant::now();
     let origin = Path::new("secret").join(namespace).join(name);
     let mut waiting_logged = false;
     loop {
@@ -88,18 +89,21 @@ pub async fn load_or_create(
             info!(secret = %what, "waiting for the leader to create the CA Secret");
             waiting_logged = true;
         }
-        // Without its namespace no replica can lead (the Lease lives there too): say so
-        // plainly, every half minute, rather than wait in silence.
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(api_client.clone());
-        if matches!(namespaces.get_opt(namespace).await, Ok(None))
-            && last_missing
-                .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(30))
-        {
-            tracing::error!(
-                %namespace,
-                "namespace {namespace} does not exist: the controller can neither lead nor keep its CA; install Weft with `kubectl apply --server-side -k deploy/overlays/<overlay>` (it creates the namespace)"
-            );
-            last_missing = Some(std::time::Instant::now());
+        // Without its namespace no replica can lead (the Lease lives there too): after a few
+        // seconds of waiting, look, and say so plainly every half minute.
+        let due = last_missing.map_or(Duration::from_secs(4), |_| Duration::from_secs(30));
+        if since.elapsed() >= due {
+            since = std::time::Instant::now();
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+                Api::all(api_client.clone());
+            let found = tokio::time::timeout(Duration::from_secs(2), namespaces.get_opt(namespace));
+            if let Ok(Ok(None)) = found.await {
+                tracing::error!(
+                    %namespace,
+                    "namespace {namespace} does not exist: the controller can neither lead nor keep its CA; install Weft with `kubectl apply --server-side -k deploy/overlays/<overlay>` (it creates the namespace)"
+                );
+                last_missing = Some(since);
+            }
         }
         let changed = tokio::time::timeout(Duration::from_secs(2), leading.changed()).await;
         if let Ok(Err(_)) = changed {
