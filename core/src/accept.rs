@@ -74,7 +74,9 @@ pub struct ConnectionLimits {
 /// Which limit refused a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
+    /// The listener holds as many connections as it may.
     Total,
+    /// This peer address holds as many as one address may.
     Peer,
 }
 
@@ -86,6 +88,7 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionLimits {
+    /// Limits of `total` open connections, `per_peer` of them from one address.
     pub fn new(total: usize, per_peer: usize) -> Arc<Self> {
         Arc::new(Self {
             total,
