@@ -214,6 +214,10 @@ spec:
   - match: [{uri: {prefix: /delayed}}]
     fault: {delay: {fixedDelay: 500ms, percentage: {value: 100}}}
     route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /reviews.Reviews/}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews}}]
   - fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
     retries: {attempts: 0}
     route: [{destination: {host: reviews}}]
@@ -246,6 +250,23 @@ spec:
     ensure!(count(&tally, "status", "200") + aborted == 400, "{tally}");
     // Binomial(400, 1/2): mean 200, sd 10; 140..=260 is 6 sd either side.
     ensure!((140..=260).contains(&aborted), "{aborted} of 400 aborted");
+
+    // gRPC callers get a gRPC status (trailers-only), not an HTTP error.
+    let grpc = b.bed.load(
+        &b.client,
+        &[
+            "--url",
+            &url("/reviews.Reviews/Get"),
+            "--grpc",
+            "--body-bytes",
+            "16",
+            "--requests",
+            "20",
+        ],
+    )?;
+    ensure!(count(&grpc, "grpc_status", "14") == 20, "{grpc}");
+    ensure!(count(&grpc, "status", "200") == 20, "{grpc}");
+    ensure!(count(&grpc, "flags", "FI") == 20, "{grpc}");
     Ok(())
 }
 

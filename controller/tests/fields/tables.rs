@@ -14,6 +14,7 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
             "spec.hosts",
             "spec.http[].directResponse.body.string",
             "spec.http[].directResponse.status",
+            "spec.http[].fault.abort.grpcStatus",
             "spec.http[].fault.abort.httpStatus",
             "spec.http[].fault.abort.percentage.value",
             "spec.http[].fault.delay.fixedDelay",

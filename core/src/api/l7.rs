@@ -171,7 +171,12 @@ fn route_to(r: &Route) -> v1::Route {
             delay_ms: f.delay.map(|(ms, _)| ms),
             delay_percent: f.delay.map_or(0.0, |(_, p)| p),
             abort_status: f.abort.map(|(s, _)| u32::from(s)),
-            abort_percent: f.abort.map_or(0.0, |(_, p)| p),
+            abort_percent: f
+                .abort
+                .map(|(_, p)| p)
+                .or(f.abort_grpc.map(|(_, p)| p))
+                .unwrap_or(0.0),
+            abort_grpc_status: f.abort_grpc.map(|(code, _)| code),
         }),
     }
 }
@@ -280,6 +285,18 @@ fn route_from(r: &v1::Route) -> Result<Route> {
                             u16::try_from(s).map(|s| (s, f.abort_percent)).map_err(|_| {
                                 FieldError::new("fault.abortStatus", format!("{s} is not a status"))
                             })
+                        })
+                        .transpose()?,
+                    abort_grpc: f
+                        .abort_grpc_status
+                        .map(|code| {
+                            if code > 16 {
+                                return Err(FieldError::new(
+                                    "fault.abortGrpcStatus",
+                                    format!("{code} is not a gRPC status code"),
+                                ));
+                            }
+                            Ok((code, f.abort_percent))
                         })
                         .transpose()?,
                 })
@@ -446,6 +463,9 @@ services:
     backends: [{backend: 0, weight: 1}]
     directResponse: {status: 418, body: short and stout}
     fault: {delay: [100, 50.0], abort: [503, 10.0]}
+  - name: grpc-fault
+    backends: [{backend: 0, weight: 1}]
+    fault: {abortGrpc: [14, 10.0]}
   - name: moved
     backends: [{backend: 0, weight: 1}]
     rewrite: {path: /v2/, authority: reviews.internal, replaces: !prefix /v1}
@@ -497,8 +517,8 @@ services:
         let e = waypoint_from(&wire).expect_err("not a port");
         assert_eq!(e.field, "services[0].ports[0].targetPort");
         let mut wire = v1::WaypointConfig::from(&waypoint());
-        wire.services[0].routes[3].mirrors[0].percent = f64::NAN;
+        wire.services[0].routes[4].mirrors[0].percent = f64::NAN;
         let e = waypoint_from(&wire).expect_err("not a percentage");
-        assert_eq!(e.field, "services[0].routes[3].mirrors[0].percent");
+        assert_eq!(e.field, "services[0].routes[4].mirrors[0].percent");
     }
 }

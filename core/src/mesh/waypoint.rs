@@ -156,6 +156,10 @@ pub struct Fault {
     /// Status answered instead of forwarding, and the percentage of requests aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<(u16, f64)>,
+    /// gRPC status answered instead of forwarding (a trailers-only response), and the
+    /// percentage of requests aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_grpc: Option<(u32, f64)>,
 }
 
 /// Header edits (Istio's `headers.request|response`, Gateway API's header modifiers): `set`

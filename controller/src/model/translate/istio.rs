@@ -240,6 +240,12 @@ pub(crate) fn virtual_service_routes(
                         share(a.percentage.map_or(100.0, |p| p.value)),
                     ))
                 }),
+                abort_grpc: f.abort.as_ref().and_then(|a| {
+                    Some((
+                        a.grpc_code()?,
+                        share(a.percentage.map_or(100.0, |p| p.value)),
+                    ))
+                }),
             }),
             direct_response: http.direct_response.as_ref().map(|d| DirectResponse {
                 status: d.status,

@@ -184,12 +184,45 @@ pub struct FaultAbort {
     /// Share of requests, percent (absent: all).
     #[serde(default)]
     pub percentage: Option<Percent>,
-    /// Not honoured.
+    /// A gRPC status (`UNAVAILABLE`, or its number) answered instead.
     #[serde(default)]
-    pub grpc_status: Unhonoured,
+    pub grpc_status: Option<String>,
     /// Not honoured.
     #[serde(default)]
     pub http2_error: Unhonoured,
+}
+
+impl FaultAbort {
+    /// The gRPC status code `grpc_status` names, if it names one.
+    pub fn grpc_code(&self) -> Option<u32> {
+        const NAMES: [&str; 17] = [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ];
+        let text = self.grpc_status.as_deref()?.trim();
+        match text.parse::<u32>() {
+            Ok(code) => (code <= 16).then_some(code),
+            Err(_) => NAMES
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(text))
+                .map(|i| i as u32),
+        }
+    }
 }
 
 /// `percentage: {value: 12.5}`.
@@ -400,11 +433,14 @@ impl VirtualServiceSpec {
                     );
                 }
                 if let Some(abort) = &fault.abort {
-                    notes.unhonoured(
-                        &at("fault.abort.grpcStatus"),
-                        &abort.grpc_status,
-                        "use httpStatus",
-                    );
+                    if let Some(status) = &abort.grpc_status
+                        && abort.grpc_code().is_none()
+                    {
+                        notes.note(
+                            &at("fault.abort.grpcStatus"),
+                            format!("{status:?} not honoured: not a gRPC status name or code"),
+                        );
+                    }
                     notes.unhonoured(
                         &at("fault.abort.http2Error"),
                         &abort.http2_error,
