@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use weft_testbed::cluster::assets;
 
-fn mtls_from(bed: &weft_testbed::TestBed, node: usize) -> Result<f64> {
-    Ok(weft_testbed::metric_sum(
-        &bed.metrics(node)?,
-        "weft_tcp_connections_opened_total",
-        &[
-            ("reporter", "source"),
-            ("connection_security_policy", "mutual_tls"),
-        ],
-    ))
-}
-
 #[test]
 fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns_them() -> Result<()>
 {
@@ -48,7 +37,10 @@ fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns
     let fetch =
         |bed: &weft_testbed::TestBed| -> Result<bool> { Ok(bed.fetch(&client, &web, "x")?.0) };
     ensure!(fetch(&bed)?, "direct request failed");
-    ensure!(mtls_from(&bed, 0)? == 0.0, "captured before the label");
+    ensure!(
+        bed.mtls_connections_from(0)? == 0.0,
+        "captured before the label"
+    );
 
     let (log0, log1) = (bed.proxy_log(0).len(), bed.proxy_log(1).len());
     let labelled = Instant::now();
@@ -58,7 +50,7 @@ fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns
     ensure!(fetch(&bed)?, "request after the label failed");
     let took = labelled.elapsed();
     ensure!(
-        mtls_from(&bed, 0)? == 1.0,
+        bed.mtls_connections_from(0)? == 1.0,
         "the request after the label was not mTLS"
     );
     ensure!(
@@ -72,7 +64,7 @@ fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns
     bed.wait_log(0, log0, "pod released", Duration::from_secs(2))?;
     ensure!(fetch(&bed)?, "request after removing the label failed");
     ensure!(
-        mtls_from(&bed, 0)? == 1.0,
+        bed.mtls_connections_from(0)? == 1.0,
         "still captured after the label was removed"
     );
     Ok(())
@@ -204,45 +196,14 @@ fn the_guides_header_route_applied_with_kubectl_steers_traffic_through_the_waypo
 
 #[test]
 fn the_guides_smi_traffic_split_applied_with_kubectl_sends_90_10() -> Result<()> {
-    use weft_testbed::fixtures::{REVIEWS_VIP, reviews_url, tally_count};
+    use weft_testbed::fixtures::{reviews_url, tally_count};
     let Some(assets) = assets() else {
         eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
         return Ok(());
     };
     let mut bed = weft_testbed::TestBed::new("kubesplit", 2)?;
     bed.with_kubernetes(&assets);
-    let client = bed.pod("client").namespace("default").on_node(0).add()?;
-    let v1 = bed
-        .pod("reviews-v1")
-        .namespace("default")
-        .label("app", "reviews")
-        .on_node(1)
-        .add()?;
-    let v2 = bed
-        .pod("reviews-v2")
-        .namespace("default")
-        .label("app", "reviews")
-        .on_node(0)
-        .add()?;
-    let waypoint = bed.waypoint("waypoint", "default", 1)?;
-    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1, &v2]);
-    bed.service(
-        "reviews-v1",
-        "default",
-        "10.96.0.31".parse()?,
-        9080,
-        8080,
-        &[&v1],
-    );
-    bed.service(
-        "reviews-v2",
-        "default",
-        "10.96.0.32".parse()?,
-        9080,
-        8080,
-        &[&v2],
-    );
-    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    let (client, v1, v2, waypoint) = weft_testbed::fixtures::smi_reviews(&mut bed)?;
     bed.start()?;
     bed.serve_testsrv(&v1, "v1")?;
     bed.serve_testsrv(&v2, "v2")?;

@@ -5,21 +5,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use weft_testbed::{Pod, TestBed, metric_sum};
+use weft_testbed::{Pod, TestBed};
 
 fn fetch(bed: &TestBed, from: &Pod, to: &Pod) -> Result<bool> {
     Ok(bed.fetch(from, to, "x")?.0)
-}
-
-fn mtls_from(bed: &TestBed, node: usize) -> Result<f64> {
-    Ok(metric_sum(
-        &bed.metrics(node)?,
-        "weft_tcp_connections_opened_total",
-        &[
-            ("reporter", "source"),
-            ("connection_security_policy", "mutual_tls"),
-        ],
-    ))
 }
 
 #[test]
@@ -41,7 +30,10 @@ fn labelling_a_namespace_enrolls_its_running_pods_within_1s() -> Result<()> {
     bed.start()?;
     bed.serve_http(&web, 8080, &[("x", "web")])?;
     ensure!(fetch(&bed, &client, &web)?, "direct request failed");
-    ensure!(mtls_from(&bed, 0)? == 0.0, "captured before the label");
+    ensure!(
+        bed.mtls_connections_from(0)? == 0.0,
+        "captured before the label"
+    );
 
     // kubectl label namespace shop weft.io/dataplane-mode=ambient
     let (log0, log1) = (bed.proxy_log(0).len(), bed.proxy_log(1).len());
@@ -55,7 +47,7 @@ fn labelling_a_namespace_enrolls_its_running_pods_within_1s() -> Result<()> {
     );
     let took = labelled.elapsed();
     ensure!(
-        mtls_from(&bed, 0)? == 1.0,
+        bed.mtls_connections_from(0)? == 1.0,
         "the request after the label did not go over mTLS"
     );
     ensure!(
@@ -72,7 +64,7 @@ fn labelling_a_namespace_enrolls_its_running_pods_within_1s() -> Result<()> {
         "request after removing the label failed"
     );
     ensure!(
-        mtls_from(&bed, 0)? == 1.0,
+        bed.mtls_connections_from(0)? == 1.0,
         "still captured after the label was removed"
     );
     eprintln!("label -> mTLS request in {took:?}");

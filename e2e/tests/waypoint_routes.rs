@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use weft_testbed::fixtures::{
     Bookinfo, REVIEWS_SUBSETS, REVIEWS_VIP, bookinfo, guide, leaf_services, reviews_url as url,
-    tally_count as count,
+    smi_reviews, tally_count as count,
 };
 use weft_testbed::{TestBed, metric_sum};
 
@@ -126,38 +126,7 @@ fn canary_90_10_split_within_3_points_over_2000_requests() -> Result<()> {
 fn smi_traffic_split_from_the_guide_sends_90_10() -> Result<()> {
     let mut bed = TestBed::new("wpsplit", 2)?;
     bed.with_controller();
-    let client = bed.pod("client").namespace("default").on_node(0).add()?;
-    let v1 = bed
-        .pod("reviews-v1")
-        .namespace("default")
-        .label("app", "reviews")
-        .on_node(1)
-        .add()?;
-    let v2 = bed
-        .pod("reviews-v2")
-        .namespace("default")
-        .label("app", "reviews")
-        .on_node(0)
-        .add()?;
-    let waypoint = bed.waypoint("waypoint", "default", 1)?;
-    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1, &v2]);
-    bed.service(
-        "reviews-v1",
-        "default",
-        "10.96.0.31".parse()?,
-        9080,
-        8080,
-        &[&v1],
-    );
-    bed.service(
-        "reviews-v2",
-        "default",
-        "10.96.0.32".parse()?,
-        9080,
-        8080,
-        &[&v2],
-    );
-    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    let (client, v1, v2, waypoint) = smi_reviews(&mut bed)?;
     bed.start()?;
     bed.serve_testsrv(&v1, "v1")?;
     bed.serve_testsrv(&v2, "v2")?;

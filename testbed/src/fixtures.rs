@@ -175,6 +175,33 @@ pub fn leaf_services(label: &str) -> Result<Bookinfo> {
     Bookinfo::start(bed, client, v1, v2, waypoint)
 }
 
+/// The guide's SMI canary: `reviews` (both versions) behind waypoint `waypoint`, and leaf
+/// services `reviews-v1` (10.96.0.31) and `reviews-v2` (10.96.0.32) for a TrafficSplit to
+/// name; a client on node 0. Added to a bed that is not started yet; returns (client, v1, v2,
+/// waypoint).
+pub fn smi_reviews(bed: &mut TestBed) -> Result<(Pod, Pod, Pod, Pod)> {
+    let client = bed.pod("client").namespace("default").on_node(0).add()?;
+    let version = |bed: &mut TestBed, name: &str, node| {
+        bed.pod(name)
+            .namespace("default")
+            .label("app", "reviews")
+            .on_node(node)
+            .add()
+    };
+    let v1 = version(bed, "reviews-v1", 1)?;
+    let v2 = version(bed, "reviews-v2", 0)?;
+    let waypoint = bed.waypoint("waypoint", "default", 1)?;
+    bed.service("reviews", "default", REVIEWS_VIP, 9080, 8080, &[&v1, &v2]);
+    for (name, vip, pod) in [
+        ("reviews-v1", [10, 96, 0, 31], &v1),
+        ("reviews-v2", [10, 96, 0, 32], &v2),
+    ] {
+        bed.service(name, "default", Ipv4Addr::from(vip), 9080, 8080, &[pod]);
+    }
+    bed.use_waypoint("default", "reviews", Some("waypoint"))?;
+    Ok((client, v1, v2, waypoint))
+}
+
 /// `httpbin` with two endpoints behind a waypoint.
 pub fn httpbin(label: &str) -> Result<(Bookinfo, Pod)> {
     let mut bed = TestBed::new(label, 2)?;

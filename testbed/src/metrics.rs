@@ -22,6 +22,18 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 }
 
 impl TestBed {
+    /// Connections node `i`'s proxy opened as a source over mutual TLS (HBONE) so far.
+    pub fn mtls_connections_from(&self, i: usize) -> Result<f64> {
+        Ok(metric_sum(
+            &self.metrics(i)?,
+            "weft_tcp_connections_opened_total",
+            &[
+                ("reporter", "source"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        ))
+    }
+
     /// Node `i`'s metrics, parsed into (series → value).
     pub fn metrics(&self, i: usize) -> Result<BTreeMap<String, f64>> {
         let (status, body) = self.http_get_node(i, 15020, "/metrics")?;
