@@ -159,6 +159,22 @@ fn the_guides_header_route_applied_with_kubectl_steers_traffic_through_the_waypo
         ask(false)?.starts_with('v'),
         "reviews not reachable through the waypoint"
     );
+    // The waypoint answering is the pod of the Deployment the controller applied (its
+    // ReplicaSet made by kube-controller-manager), run by the bed's kubelet on its node.
+    let pod = bed.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "-l",
+        "gateway.networking.k8s.io/gateway-name=reviews-waypoint",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].kind} {.items[0].spec.nodeName} {.items[0].status.conditions[?(@.type==\"Ready\")].status}",
+    ])?;
+    ensure!(
+        pod == "ReplicaSet node2 True",
+        "the waypoint's pod (owner, node, Ready): {pod:?}"
+    );
 
     // kubectl apply of the guide's YAML, unchanged, in the namespace users apply it to.
     let guide = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,9 +4,9 @@
 //! is what runs. The bed plays kubelet: its pods are created through the API, bound to their
 //! nodes, run as network-namespace pods and given their status (IP, Running, Ready); node
 //! proxies present tokens bound to a node-proxy pod on their node (audience `weft`), which
-//! the controller checks with TokenReview. A waypoint's pod stands in for the one its
-//! Deployment would run: it has the Gateway's label, an address and a token of its
-//! ServiceAccount.
+//! the controller checks with TokenReview. Node objects, the node-proxy DaemonSet's pods and
+//! the pods of the waypoint Deployments the controller creates are handled by the bed's
+//! kubelet ([`crate::kubelet`]).
 
 use std::path::Path;
 
@@ -62,18 +62,10 @@ impl TestBed {
             "weft-system",
             &format!("--from-file={}", self.dir.join("ca").display()),
         ])?;
-        // A node-proxy pod per node, as the DaemonSet would create, for tokens to be bound to.
-        for node in &self.nodes {
-            let file = self.dir.join(format!("{}-proxy-pod.yaml", node.name));
-            std::fs::write(
-                &file,
-                format!(
-                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: weft-node-proxy-{0}, namespace: weft-system}}\nspec: {{nodeName: {0}, serviceAccountName: weft-node-proxy, automountServiceAccountToken: false, containers: [{{name: node-proxy, image: weft/node-proxy}}]}}\n",
-                    node.name
-                ),
-            )?;
-            plane.run(&["apply", "-f", &file.display().to_string()])?;
-            let pod = format!("weft-node-proxy-{}", node.name);
+        // The nodes, as their kubelets register them; the DaemonSet controller then makes a
+        // node-proxy pod per node, and each node proxy presents a token bound to its pod.
+        self.register_nodes(&plane)?;
+        for (node, pod) in self.nodes.iter().zip(self.node_proxy_pods(&plane)?) {
             let token = bound_token(&plane, "weft-system", "weft-node-proxy", &pod)?;
             std::fs::write(self.dir.join(format!("{}.credential", node.name)), token)?;
         }
@@ -82,18 +74,9 @@ impl TestBed {
         let kube = self.kube.as_mut().context("not in Kubernetes mode")?;
         kube.plane = Some(plane);
         kube.controller_kubeconfig = Some(kubeconfig);
+        // Waypoints' pods come from the Deployments the controller applies (see
+        // `run_waypoint_pod`), not from the bed.
         self.kube_apply()?;
-        // Each waypoint pod proves its ServiceAccount with a token bound to it (audience weft),
-        // as the projected token in the controller's waypoint Deployment does.
-        let plane = self.control_plane().context("not in Kubernetes mode")?;
-        for w in &self.waypoints {
-            let token = bound_token(plane, &w.namespace, &w.service_account, &w.name)?;
-            std::fs::write(
-                self.dir
-                    .join(format!("waypoint.{}.{}.credential", w.namespace, w.name)),
-                token,
-            )?;
-        }
         Ok(())
     }
 
@@ -108,6 +91,16 @@ impl TestBed {
         let mut accounts = String::new();
         let mut seen = std::collections::BTreeSet::new();
         for p in &self.pods {
+            if self.is_waypoint(p) {
+                // The controller applies the waypoint's account; its namespace is still needed.
+                if seen.insert((p.namespace.clone(), String::new())) {
+                    accounts.push_str(&format!(
+                        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n",
+                        p.namespace
+                    ));
+                }
+                continue;
+            }
             if seen.insert((p.namespace.clone(), p.service_account.clone())) {
                 accounts.push_str(&format!(
                     "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {0}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {1}, namespace: {0}}}\n",
@@ -143,6 +136,7 @@ impl TestBed {
         let status: String = self
             .pods
             .iter()
+            .filter(|p| !self.is_waypoint(p))
             .map(|p| {
                 format!(
                     "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}}}\nstatus: {{phase: Running, podIP: {2}, podIPs: [{{ip: {2}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n",
@@ -163,6 +157,15 @@ impl TestBed {
             ])?;
         }
         Ok(())
+    }
+}
+
+impl TestBed {
+    /// Whether `p` is a waypoint's pod.
+    pub(crate) fn is_waypoint(&self, p: &crate::Pod) -> bool {
+        self.waypoints
+            .iter()
+            .any(|w| w.name == p.name && w.namespace == p.namespace)
     }
 }
 

@@ -23,6 +23,7 @@ mod cni;
 pub mod fixtures;
 pub mod hostile;
 mod kube;
+mod kubelet;
 mod manifests;
 mod metrics;
 mod net;

@@ -79,10 +79,11 @@ metadata:
                     p.name
                 )
             };
-            let is_waypoint = self
-                .waypoints
-                .iter()
-                .any(|w| w.name == p.name && w.namespace == p.namespace);
+            let is_waypoint = self.is_waypoint(p);
+            if is_waypoint && self.kube.is_some() {
+                // On an API server the waypoint's pod comes from its Deployment.
+                continue;
+            }
             if ambient && !p.enrolled && !is_waypoint {
                 labels.push_str(
                     "

@@ -265,6 +265,9 @@ impl TestBed {
     /// Runs `weft-waypoint` in its pod (it gets its certificate from the controller's CA);
     /// returns when it reports ready.
     pub(crate) fn start_waypoint(&mut self, w: &Pod) -> Result<()> {
+        if self.kube.is_some() {
+            return self.run_waypoint_pod(w);
+        }
         let credential = self
             .dir
             .join(format!("waypoint.{}.{}.credential", w.namespace, w.name));
