@@ -67,6 +67,22 @@ fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns
         bed.mtls_connections_from(0)? == 1.0,
         "still captured after the label was removed"
     );
+    // Out of the mesh and backing no service, the pods are no business of any node proxy:
+    // neither holds them in its config any more.
+    for node in 0..2 {
+        let (_, dump) = bed.http_get_node(node, 15000, "/config_dump")?;
+        let dump: serde_json::Value = serde_json::from_str(&dump)?;
+        let held: Vec<&str> = dump["mesh"]["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["name"].as_str())
+            .collect();
+        ensure!(
+            !held.contains(&"client") && !held.contains(&"web"),
+            "node {node} still holds pods outside the mesh: {held:?}"
+        );
+    }
     Ok(())
 }
 

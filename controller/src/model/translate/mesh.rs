@@ -29,12 +29,42 @@ pub fn enrolled(objects: &Objects, pod: &Pod) -> bool {
     namespace_ambient && !opted_out
 }
 
-/// What the proxies act on, from the objects: every scheduled pod with an IP becomes a
-/// workload (HBONE if enrolled, TCP otherwise); every service with a cluster IP gets the pods
-/// that back it as endpoints (`Membership`). Pods whose IP another pod already holds are
-/// skipped (the older object wins: a stale pod does not take over a live one's traffic).
+/// What the proxies act on, from the objects: every service with a cluster IP gets the pods
+/// that back it as endpoints (`Membership`); every scheduled pod with an IP that is in the
+/// mesh becomes an HBONE workload. A pod outside the mesh is published (as TCP) only where a
+/// proxy needs it: as a service's endpoint (the source proxy balances to it) or as a
+/// waypoint. The rest of the cluster, whose traffic no proxy captures or resolves, stays out
+/// of every proxy's config. Pods whose IP another pod already holds are skipped (the older
+/// object wins: a stale pod does not take over a live one's traffic).
 pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
     let members = Membership::new(objects);
+    let running = running_waypoints(objects);
+    let mut services = Vec::new();
+    let mut backing = std::collections::BTreeSet::new();
+    for svc in objects.services.values() {
+        let Some(vip) = svc.cluster_ip else { continue };
+        let endpoints = members.endpoints(svc);
+        let ports = Membership::ports(svc, &endpoints);
+        if ports.is_empty() {
+            continue;
+        }
+        backing.extend(endpoints.iter().map(|p| (&p.namespace, &p.name)));
+        services.push(weft_core::mesh::Service {
+            name: svc.name.clone(),
+            namespace: svc.namespace.clone(),
+            vip,
+            ports,
+            endpoints: endpoints.iter().map(|m| m.name.clone()).collect(),
+            waypoint: waypoint_of(objects, svc).and_then(|key| {
+                let w = running.iter().find(|w| w.key == key)?;
+                Some(WaypointRef {
+                    name: key.to_string(),
+                    ip: w.pod.ip?,
+                    identity: SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account),
+                })
+            }),
+        });
+    }
     let mut workloads = Vec::new();
     for pod in objects.pods.values() {
         if !members.holds_its_ip(pod) {
@@ -46,7 +76,11 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
         // A waypoint speaks HBONE itself and is never captured; PeerAuthentication DISABLE
         // makes a workload plain TCP both ways.
         let (mode, mtls) = peer_authentication(objects, pod);
-        let hbone = enrolled(objects, pod) && !is_waypoint_pod(pod) && mode != MtlsMode::Disable;
+        let waypoint = is_waypoint_pod(pod);
+        let hbone = enrolled(objects, pod) && !waypoint && mode != MtlsMode::Disable;
+        if !hbone && !waypoint && !backing.contains(&(&pod.namespace, &pod.name)) {
+            continue;
+        }
         workloads.push(Workload {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
@@ -65,31 +99,6 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
             } else {
                 Vec::new()
             },
-        });
-    }
-    let running = running_waypoints(objects);
-    let mut services = Vec::new();
-    for svc in objects.services.values() {
-        let Some(vip) = svc.cluster_ip else { continue };
-        let endpoints = members.endpoints(svc);
-        let ports = Membership::ports(svc, &endpoints);
-        if ports.is_empty() {
-            continue;
-        }
-        services.push(weft_core::mesh::Service {
-            name: svc.name.clone(),
-            namespace: svc.namespace.clone(),
-            vip,
-            ports,
-            endpoints: endpoints.iter().map(|m| m.name.clone()).collect(),
-            waypoint: waypoint_of(objects, svc).and_then(|key| {
-                let w = running.iter().find(|w| w.key == key)?;
-                Some(WaypointRef {
-                    name: key.to_string(),
-                    ip: w.pod.ip?,
-                    identity: SpiffeId::new(trust_domain, &w.pod.namespace, &w.pod.service_account),
-                })
-            }),
         });
     }
     let waypoints = running
@@ -165,7 +174,14 @@ mod tests {
 
     #[test]
     fn enrollment_follows_namespace_and_pod_labels() {
-        let mesh = mesh_config(&objects(), "cluster.local");
+        let mut o = objects();
+        o.upsert_pod(pod(
+            "shop",
+            "web-legacy",
+            "10.10.1.5",
+            &[("app", "web"), (DATAPLANE_MODE, OPT_OUT)],
+        ));
+        let mesh = mesh_config(&o, "cluster.local");
         let protocol = |name: &str| {
             mesh.workloads
                 .iter()
@@ -173,11 +189,18 @@ mod tests {
                 .map(|w| w.protocol)
         };
         assert_eq!(protocol("web-1"), Some(Protocol::Hbone));
-        assert_eq!(protocol("debug"), Some(Protocol::Tcp), "opted out");
+        // Outside the mesh, a pod is published only as a service's endpoint: the proxies
+        // balance to it (in plain TCP) but have no other use for it.
+        assert_eq!(
+            protocol("web-legacy"),
+            Some(Protocol::Tcp),
+            "opted out, backs web"
+        );
+        assert_eq!(protocol("debug"), None, "opted out, backs nothing");
         assert_eq!(
             protocol("batch"),
-            Some(Protocol::Tcp),
-            "namespace not enrolled"
+            None,
+            "namespace not enrolled, backs nothing"
         );
         assert_eq!(protocol("pending"), None, "no IP yet");
     }
