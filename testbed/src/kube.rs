@@ -33,6 +33,55 @@ impl TestBed {
         self.kube.as_ref().and_then(|k| k.plane.as_ref())
     }
 
+    /// The control plane, to stop and start its components.
+    pub fn control_plane_mut(&mut self) -> Option<&mut ControlPlane> {
+        self.kube.as_mut().and_then(|k| k.plane.as_mut())
+    }
+
+    /// Starts another controller replica beside the bed's (`--identity bed-controller`), in
+    /// node 1's namespace on the controller's ServiceAccount token; `n` (1, 2...) picks its
+    /// ports. It competes for the Lease; stopped with the bed. Returns its process id.
+    pub fn start_controller_replica(&mut self, identity: &str, n: u16) -> Result<u32> {
+        let plane = self.control_plane().context("not in Kubernetes mode")?;
+        let token = plane.token("weft-system", "weft-controller", None)?;
+        let kubeconfig = plane.token_kubeconfig(&format!("weft-controller-{identity}"), &token)?;
+        let log = std::fs::File::create(self.dir.join(format!("controller-{identity}.log")))?;
+        let node = &self.nodes[0];
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
+            .arg(self.bin_dir.join("weft-controller"))
+            .args(["--identity", identity])
+            .args(["--listen", &format!("{}:{}", node.ip, 15012 + 100 * n)])
+            .args(["--admin-addr", &format!("127.0.0.1:{}", 15014 + 100 * n)])
+            .args([
+                "--readiness-addr",
+                &format!("127.0.0.1:{}", 15022 + 100 * n),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting weft-controller")?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// The Lease's holder (`bed-controller` is the bed's own controller).
+    pub fn lease_holder(&self) -> Result<String> {
+        self.kubectl(&[
+            "get",
+            "lease",
+            "weft-controller",
+            "-n",
+            "weft-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    }
+
     /// Runs kubectl as cluster admin against the bed's API server.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         self.control_plane()

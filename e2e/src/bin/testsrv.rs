@@ -80,6 +80,9 @@ enum Command {
         /// Per-request timeout, milliseconds.
         #[arg(long, default_value_t = 15_000)]
         timeout_ms: u64,
+        /// A new connection for every request (each one crosses the mesh's connection path).
+        #[arg(long)]
+        fresh_connections: bool,
     },
 }
 
@@ -114,6 +117,7 @@ fn main() -> Result<()> {
             grpc,
             rate,
             timeout_ms,
+            fresh_connections,
         } => runtime.block_on(load(LoadSpec {
             url,
             requests,
@@ -124,6 +128,7 @@ fn main() -> Result<()> {
             grpc,
             rate,
             timeout: Duration::from_millis(timeout_ms),
+            fresh_connections,
         })),
     }
 }
@@ -308,6 +313,7 @@ struct LoadSpec {
     grpc: bool,
     rate: u64,
     timeout: Duration,
+    fresh_connections: bool,
 }
 
 #[derive(Default)]
@@ -343,6 +349,9 @@ async fn load(spec: LoadSpec) -> Result<()> {
                 if spec.rate > 0 {
                     let at = started + Duration::from_secs_f64(i as f64 / spec.rate as f64);
                     tokio::time::sleep_until(at.into()).await;
+                }
+                if spec.fresh_connections {
+                    conn = None;
                 }
                 let t = Instant::now();
                 let result =
