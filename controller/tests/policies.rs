@@ -60,6 +60,14 @@ fn every_example_of_the_guide_is_accepted_unchanged() {
                         "a list of conditions"
                     );
                     assert!(p.notes.is_empty(), "{:?}", p.notes);
+                    // Read as meant, and the verdict names what the upstream API has.
+                    assert!(
+                        p.hints.iter().any(
+                            |h| h.starts_with("spec.http[0].retry:") && h.contains("`retries`")
+                        ),
+                        "{:?}",
+                        p.hints
+                    );
                 }
                 ("istio-circuit-breaker.yaml", PolicySpec::DestinationRule(dr)) => {
                     let outlier = dr
@@ -70,6 +78,13 @@ fn every_example_of_the_guide_is_accepted_unchanged() {
                     assert_eq!(outlier.consecutive_gateway_errors, Some(5));
                     assert_eq!(outlier.max_ejection_percent, Some(50));
                     assert!(p.notes.is_empty(), "{:?}", p.notes);
+                    assert!(
+                        p.hints
+                            .iter()
+                            .any(|h| h.contains("`consecutiveGatewayErrors`")),
+                        "{:?}",
+                        p.hints
+                    );
                 }
                 ("istio-traffic-management.yaml", PolicySpec::IstioGateway(_)) => {
                     assert!(
@@ -90,6 +105,14 @@ fn every_example_of_the_guide_is_accepted_unchanged() {
                         p.notes.iter().any(|n| n.contains("percentile")),
                         "{:?}",
                         p.notes
+                    );
+                    assert!(
+                        p.hints
+                            .iter()
+                            .any(|h| h.contains("apiVersion v1")
+                                && h.contains("linkerd.io/v1alpha2")),
+                        "{:?}",
+                        p.hints
                     );
                 }
                 ("linkerd-config.yaml", PolicySpec::ServiceProfile(sp)) => {

@@ -81,6 +81,110 @@ fn a_crd_deleted_and_created_again_is_watched_again() -> Result<()> {
     Ok(())
 }
 
+/// A VirtualService CRD that keeps any field, as a cluster may have it from another mesh's
+/// install: the API server no longer refuses what Weft does not know, so Weft must say it.
+const PERMISSIVE_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: virtualservices.networking.istio.io}
+spec:
+  group: networking.istio.io
+  names: {kind: VirtualService, listKind: VirtualServiceList, plural: virtualservices, singular: virtualservice}
+  scope: Namespaced
+  versions:
+  - name: v1alpha3
+    served: true
+    storage: false
+    subresources: {status: {}}
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+";
+
+#[test]
+fn under_crds_that_keep_any_field_an_unknown_field_is_named_and_guide_shapes_name_the_upstream_one()
+-> Result<()> {
+    let Some(plane) = plane("permissive")? else {
+        return Ok(());
+    };
+    let controller = leading_with_bookinfo(&plane)?;
+    let crd = "virtualservices.networking.istio.io";
+    plane.run(&["delete", "crd", crd, "--wait=true"])?;
+    let file = plane.dir().join("permissive-crd.yaml");
+    std::fs::write(&file, PERMISSIVE_CRD)?;
+    plane.run(&["apply", "-f", &file.display().to_string()])?;
+    plane.run(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        &format!("crd/{crd}"),
+    ])?;
+    let condition = |name: &str, field: &str| {
+        plane
+            .run(&[
+                "get",
+                "virtualservice",
+                name,
+                "-n",
+                "bookinfo",
+                "-o",
+                &format!("jsonpath={{.status.conditions[?(@.type==\"Accepted\")].{field}}}"),
+            ])
+            .unwrap_or_default()
+    };
+
+    // A typo the API server let through: refused, the condition names the field.
+    let typo = plane.dir().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: typo, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    retires: {attempts: 3}
+",
+    )?;
+    plane.run(&["apply", "-f", &typo.display().to_string()])?;
+    wait_until("the typo's condition", Duration::from_secs(15), || {
+        Ok(condition("typo", "reason") == "Invalid")
+    })
+    .with_context(|| controller.log())?;
+    let message = condition("typo", "message");
+    ensure!(message.contains("retires"), "{message}");
+
+    // The guide's `retry:` (not in the upstream API): applied, acted on, and the condition
+    // names the upstream field.
+    let guide = support::workspace().join("examples/guide/istio-retry.yaml");
+    plane.run(&[
+        "apply",
+        "-n",
+        "bookinfo",
+        "-f",
+        &guide.display().to_string(),
+    ])?;
+    wait_until("the guide's condition", Duration::from_secs(15), || {
+        Ok(!condition("reviews", "reason").is_empty())
+    })
+    .with_context(|| controller.log())?;
+    let (reason, message) = (
+        condition("reviews", "reason"),
+        condition("reviews", "message"),
+    );
+    ensure!(
+        reason != "Invalid"
+            && message.contains("spec.http[0].retry:")
+            && message.contains("`retries`"),
+        "{reason}: {message}"
+    );
+    eprintln!("typo: {}\nguide: {message}", condition("typo", "message"));
+    Ok(())
+}
+
 #[test]
 fn a_waypoint_gateway_gets_its_objects_and_is_programmed_and_they_go_with_it() -> Result<()> {
     let Some(plane) = plane("waypoint")? else {

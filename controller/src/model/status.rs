@@ -121,7 +121,7 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             _ => None,
         };
         let findings = super::translate::findings(objects, policy);
-        let (reason, message) = match (policy.notes.is_empty(), findings.is_empty()) {
+        let (reason, mut message) = match (policy.notes.is_empty(), findings.is_empty()) {
             (true, true) => (Reason::Accepted, "accepted by Weft".to_owned()),
             (notes_empty, _) => {
                 let mut parts = Vec::new();
@@ -137,6 +137,12 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
                 )
             }
         };
+        if !policy.hints.is_empty() {
+            message.push_str(&format!(
+                "; written in a shape the upstream API does not have: {}",
+                policy.hints.join("; ")
+            ));
+        }
         out.push(Verdict {
             kind: policy.kind,
             key: policy.key.clone(),

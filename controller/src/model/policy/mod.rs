@@ -7,6 +7,7 @@ pub mod common;
 pub mod gateway;
 pub mod istio;
 pub mod linkerd;
+pub mod shapes;
 
 use std::collections::BTreeMap;
 
@@ -179,6 +180,9 @@ pub struct Policy {
     pub spec: PolicySpec,
     /// What it asks for that Weft does not do, each naming the field.
     pub notes: Vec<String>,
+    /// Shapes not in the upstream API that Weft reads as meant, each naming the upstream
+    /// field ([`shapes`]).
+    pub hints: Vec<String>,
     /// The spec as written (objects compare by it).
     raw: serde_yaml::Value,
 }
@@ -204,6 +208,8 @@ impl Policy {
 
 #[derive(Deserialize)]
 struct Doc<S> {
+    #[serde(default, rename = "apiVersion")]
+    api_version: Option<String>,
     metadata: Meta,
     #[serde(default = "missing_spec")]
     spec: serde_yaml::Value,
@@ -303,6 +309,7 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
         labels: doc.metadata.labels,
         spec,
         notes: notes.0,
+        hints: shapes::hints(kind.kind(), doc.api_version.as_deref(), &doc.spec),
         raw: doc.spec,
     })
 }
