@@ -169,6 +169,21 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
             Err(e) => warn!(error = %e, "could not take weft-cni out of the CNI chain"),
         }
     }
+    // Captured pods stay captured while the node proxy is away (a restart must not open them
+    // up: they fail closed). With none left, the node's capture state goes with it: an
+    // uninstall (namespaces out of the mesh first) leaves no program, map or link behind.
+    let still_captured = pods.enrolled();
+    if still_captured.is_empty() {
+        match proxy.capture.remove_all() {
+            Ok(()) => info!("no pod captured on this node: capture state removed"),
+            Err(e) => warn!(error = %e, "removing the node's capture state"),
+        }
+    } else {
+        info!(
+            pods = still_captured.len(),
+            "pods in the mesh stay captured until this node proxy is back (fail closed); take their namespaces out of the mesh before uninstalling"
+        );
+    }
     pods.stop_all();
     drop(watch);
     if !signal_drain.drain(config.drain_deadline).await {

@@ -113,7 +113,8 @@ impl TestBed {
         self.dir.join(&self.nodes[i].name).join("cni.sock")
     }
 
-    pub(crate) fn pin_dir(&self, i: usize) -> PathBuf {
+    /// The bpffs directory node `i`'s proxy pins its capture in.
+    pub fn pin_dir(&self, i: usize) -> PathBuf {
         Path::new("/sys/fs/bpf/weft").join(format!("{}-{}", self.id, self.nodes[i].name))
     }
 }

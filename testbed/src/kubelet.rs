@@ -202,6 +202,73 @@ impl TestBed {
         ))
     }
 
+    /// What a kubelet does when Weft is deleted: once the node-proxy DaemonSet's pod on a node
+    /// is being deleted (or gone), its node proxy gets SIGTERM and the pod is removed; the
+    /// controller, standing in for its Deployment's pods, is stopped with them. Returns when
+    /// every node proxy has stopped, `within` at most.
+    pub fn stop_deleted_weft_pods(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while self.proxies.iter().any(Option::is_some) {
+            let plane = self.control_plane().context("not in Kubernetes mode")?;
+            let list: Value = serde_json::from_str(&plane.run(&[
+                "get",
+                "pods",
+                "-n",
+                "weft-system",
+                "-l",
+                NODE_PROXY_LABEL,
+                "-o",
+                "json",
+                "--ignore-not-found",
+            ])?)
+            .unwrap_or(Value::Null);
+            let live: Vec<(String, bool)> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let node = daemon_pod_node(p)?.to_owned();
+                    Some((node, p["metadata"]["deletionTimestamp"].is_null()))
+                })
+                .collect();
+            let mut deleted = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                let running = live.iter().any(|(n, alive)| *n == node.name && *alive);
+                if self.proxies[i].is_some() && !running {
+                    deleted.push((i, node.name.clone()));
+                }
+            }
+            for (i, node) in deleted {
+                self.stop_proxy(i)?;
+                let plane = self.control_plane().context("not in Kubernetes mode")?;
+                if let Some(pod) = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| daemon_pod_node(p) == Some(node.as_str()))
+                {
+                    let name = pod_name(pod)?;
+                    plane.run(&[
+                        "delete",
+                        "pod",
+                        &name,
+                        "-n",
+                        "weft-system",
+                        "--grace-period=0",
+                        "--force",
+                        "--ignore-not-found",
+                    ])?;
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the node-proxy pods were not deleted within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill_controller()
+    }
+
     /// Writes `volume`'s files under `host`.
     fn fill_volume(
         &self,

@@ -35,7 +35,8 @@ impl TestBed {
         self
     }
 
-    /// Extra flags for every node proxy (before [`start`](Self::start)).
+    /// Extra flags for every node proxy (before [`start`](Self::start)); `{node}` in one
+    /// becomes the node's name.
     pub fn proxy_args(&mut self, args: &[&str]) -> &mut Self {
         self.extra_proxy_args
             .extend(args.iter().map(|a| (*a).to_owned()));
@@ -359,7 +360,11 @@ impl TestBed {
             .arg(self.cni_socket(i))
             .arg("--state-dir")
             .arg(self.dir.join(&node.name).join("state"))
-            .args(&self.extra_proxy_args)
+            .args(
+                self.extra_proxy_args
+                    .iter()
+                    .map(|a| a.replace("{node}", &node.name)),
+            )
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -138,6 +138,16 @@ impl Capture {
         }
     }
 
+    /// Removes the node's capture state (pinned programs, links and maps): called on the way
+    /// out when no pod is captured, so a node proxy that is uninstalled leaves nothing behind.
+    /// Pod rules are per pod and went when each pod was released.
+    pub(crate) fn remove_all(&self) -> io::Result<()> {
+        match self {
+            Self::Ebpf(capture) => weft_ebpf::remove_pins(capture.pin_dir()),
+            Self::Nftables { stale_pins } => weft_ebpf::remove_pins(stale_pins),
+        }
+    }
+
     /// Drops what earlier runs left for pods that are gone or no longer enrolled; in nftables
     /// mode, removes an earlier eBPF run's programs.
     pub(crate) fn sweep(&self, keep: &BTreeSet<Ipv4Addr>) {
