@@ -1,6 +1,14 @@
-//! `weft`: the Weft command line. `weft lab` runs the local mesh on one Linux machine.
+//! `weft`: the Weft command line. `weft lab` runs the local mesh on one Linux machine;
+//! `weft analyze` judges manifests before they are applied.
+//!
+//! Exit codes: 0 success; 1 the command ran and found a problem (a refused policy, a failed
+//! check); 2 the command could not run (bad flags, unreadable input, no cluster).
 
+mod analyze;
 mod lab;
+mod output;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +24,11 @@ enum Command {
     /// Runs a local mesh in network namespaces: 2 nodes, an ambient namespace with sample
     /// services, traffic across it and a summary; keeps running until Ctrl-C.
     Lab(lab::LabArgs),
+    /// Judges manifests as the controller would, before they are applied: each policy's
+    /// verdict (accepted; partially honoured, naming each field Weft does not act on or that
+    /// has no effect among the other objects; refused, naming the field and why). Exits 1 when
+    /// anything is refused or unreadable.
+    Analyze(analyze::AnalyzeArgs),
     /// Writes the CustomResourceDefinitions of the policy APIs Weft reads (generated from its
     /// own types), one file per kind into DIR, or all to stdout.
     Crds {
@@ -25,11 +38,19 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     weft_core::telemetry::init(weft_core::telemetry::LogFormat::Plain, "warn");
-    match Cli::parse().command {
-        Command::Lab(args) => lab::run(&args),
-        Command::Crds { out } => crds(out.as_deref()),
+    let result = match Cli::parse().command {
+        Command::Lab(args) => lab::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Analyze(args) => analyze::run(&args),
+        Command::Crds { out } => crds(out.as_deref()).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -21,8 +21,19 @@ pub struct Verdict {
     /// Accepted, partially honoured, or refused.
     #[serde(serialize_with = "reason_name")]
     pub reason: Reason,
-    /// Human-readable detail.
+    /// Human-readable detail: what the fields below say, in one line (the condition's
+    /// message).
     pub message: String,
+    /// Fields Weft reads but does not act on, each `field: why`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// What the policy cannot do among the other objects (a host with no service, a subset no
+    /// DestinationRule defines...), each `field: what`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
+    /// Shapes not in the upstream API, read as meant, each naming the upstream field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
     /// For HTTPRoutes: the Service parents the verdict is about.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<ParentRef>,
@@ -82,6 +93,34 @@ pub struct Rejected {
     pub generation: Option<i64>,
     /// Why.
     pub message: String,
+}
+
+impl Rejected {
+    /// The policy a refused manifest (`value`) is, if it is one of Weft's kinds, refused with
+    /// `message`.
+    pub fn of(value: &serde_yaml::Value, message: &str) -> Option<Self> {
+        fn text(v: Option<&serde_yaml::Value>) -> &str {
+            v.and_then(|v| v.as_str()).unwrap_or("")
+        }
+        let kind = PolicyKind::of(text(value.get("kind")), text(value.get("apiVersion")))?;
+        let metadata = value.get("metadata");
+        let namespace = text(metadata.and_then(|m| m.get("namespace")));
+        Some(Self {
+            kind,
+            key: ObjectKey::new(
+                if namespace.is_empty() {
+                    "default"
+                } else {
+                    namespace
+                },
+                text(metadata.and_then(|m| m.get("name"))),
+            ),
+            generation: metadata
+                .and_then(|m| m.get("generation"))
+                .and_then(|g| g.as_i64()),
+            message: message.to_owned(),
+        })
+    }
 }
 
 /// Verdicts on every policy that is Weft's: all Istio, Linkerd and SMI policies, HTTPRoutes
@@ -149,6 +188,9 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             generation: policy.generation,
             reason,
             message,
+            notes: policy.notes.clone(),
+            findings,
+            hints: policy.hints.clone(),
             parents,
             programmed,
         });
@@ -170,6 +212,9 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             generation: r.generation,
             reason: Reason::Invalid,
             message,
+            notes: Vec::new(),
+            findings: Vec::new(),
+            hints: Vec::new(),
             parents: Vec::new(),
             programmed: None,
         });

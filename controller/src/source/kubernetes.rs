@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use super::object::parse_object;
 use crate::model::policy::PolicyKind;
 use crate::model::status::Rejected;
-use crate::model::{Object, ObjectKey, Objects};
+use crate::model::{Object, Objects};
 
 /// A resource kind the controller watches.
 #[derive(Clone, Copy, Debug)]
@@ -237,7 +237,7 @@ impl KindState {
                 if errors.get(&key).map(|f| &f.message) != Some(&message) {
                     error!("{message}");
                 }
-                let rejected = rejected_policy(value, &e);
+                let rejected = Rejected::of(value, &e);
                 errors.insert(key, Failure { message, rejected });
             }
         }
@@ -280,26 +280,6 @@ impl KindState {
             }
         }
     }
-}
-
-/// The policy a refused object is, for its status.
-fn rejected_policy(value: &serde_yaml::Value, message: &str) -> Option<Rejected> {
-    fn text(v: Option<&serde_yaml::Value>) -> &str {
-        v.and_then(|v| v.as_str()).unwrap_or("")
-    }
-    let kind = PolicyKind::of(text(value.get("kind")), text(value.get("apiVersion")))?;
-    let metadata = value.get("metadata");
-    Some(Rejected {
-        kind,
-        key: ObjectKey::new(
-            text(metadata.and_then(|m| m.get("namespace"))),
-            text(metadata.and_then(|m| m.get("name"))),
-        ),
-        generation: metadata
-            .and_then(|m| m.get("generation"))
-            .and_then(|g| g.as_i64()),
-        message: message.to_owned(),
-    })
 }
 
 async fn aggregate(

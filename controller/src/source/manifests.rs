@@ -165,6 +165,8 @@ pub struct Parsed {
     pub errors: Vec<String>,
     /// `Kind namespace/name` of each bad document that says who it is.
     pub refused: Vec<String>,
+    /// The bad documents that are policies, as their verdicts report them.
+    pub rejected: Vec<crate::model::status::Rejected>,
     /// Set when the documents after a syntax error could not be read.
     pub unreadable_rest: bool,
 }
@@ -189,6 +191,9 @@ pub fn parse_documents(path: &Path, text: &str) -> Parsed {
             Ok(None) => {}
             Err(e) => {
                 parsed.errors.push(format!("{at} {e}"));
+                parsed
+                    .rejected
+                    .extend(crate::model::status::Rejected::of(&value, &e));
                 if let Some(identity) = identity_of(&value) {
                     parsed.refused.push(identity);
                 }

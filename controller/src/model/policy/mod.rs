@@ -261,7 +261,7 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
             let s: istio::IstioGatewaySpec = spec(&doc.spec)?;
             notes.note(
                 "spec",
-                "not honoured: Weft has no ingress gateway; route external traffic with your ingress controller",
+                "Weft has no ingress gateway; route external traffic with your ingress controller",
             );
             PolicySpec::IstioGateway(Box::new(s))
         }

@@ -5,7 +5,7 @@
 //! PartiallyHonoured instead of an Accepted that would have no effect.
 
 use super::backends::destination_rule;
-use super::common::{host_is, service_for};
+use super::common::{ROOT_NAMESPACES, host_is, labels_match, service_for};
 use super::waypoints::waypoint_of;
 use crate::model::objects::{Objects, Service};
 use crate::model::policy::{Policy, PolicySpec};
@@ -145,6 +145,57 @@ pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
                             "spec.rules[{i}].backendRefs[{j}].port: {port} is not a port of the parent Service; the backend is reached on the port the request arrived on"
                         ));
                     }
+                }
+            }
+        }
+        PolicySpec::AuthorizationPolicy(ap) => {
+            let root = ROOT_NAMESPACES.contains(&ns);
+            if let Some(selector) = &ap.selector
+                && !selector.match_labels.is_empty()
+                && !objects.pods.values().any(|pod| {
+                    (root || pod.namespace == ns)
+                        && labels_match(&selector.match_labels, &pod.labels)
+                })
+            {
+                out.push(format!(
+                    "spec.selector: no pod {} carries {:?}: it selects nothing (yet)",
+                    if root {
+                        "in the mesh".to_owned()
+                    } else {
+                        format!("in namespace {ns}")
+                    },
+                    selector.match_labels
+                ));
+            }
+            let refs = ap
+                .target_ref
+                .iter()
+                .map(|t| ("spec.targetRef".to_owned(), t))
+                .chain(
+                    ap.target_refs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| (format!("spec.targetRefs[{i}]"), t)),
+                );
+            for (at, target) in refs {
+                let target_ns = target.namespace.as_deref().unwrap_or(ns);
+                let exists = match target.kind.as_str() {
+                    "Service" => objects
+                        .services
+                        .values()
+                        .any(|s| s.namespace == target_ns && s.name == target.name),
+                    "Gateway" => objects.policies.values().any(|p| {
+                        matches!(p.spec, PolicySpec::Gateway(_))
+                            && p.key.namespace == target_ns
+                            && p.key.name == target.name
+                    }),
+                    _ => true,
+                };
+                if !exists {
+                    out.push(format!(
+                        "{at}: no {} {target_ns}/{}: it selects nothing (yet)",
+                        target.kind, target.name
+                    ));
                 }
             }
         }
