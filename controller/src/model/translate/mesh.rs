@@ -31,7 +31,8 @@ pub fn enrolled(objects: &Objects, pod: &Pod) -> bool {
 
 /// What the proxies act on, from the objects: every service with a cluster IP gets the pods
 /// that back it as endpoints (`Membership`); every scheduled pod with an IP that is in the
-/// mesh becomes an HBONE workload. A pod outside the mesh is published (as TCP) only where a
+/// mesh becomes a workload (HBONE, or TCP under PeerAuthentication DISABLE). A pod outside the
+/// mesh is published (as TCP) only where a
 /// proxy needs it: as a service's endpoint (the source proxy balances to it) or as a
 /// waypoint. The rest of the cluster, whose traffic no proxy captures or resolves, stays out
 /// of every proxy's config. Pods whose IP another pod already holds are skipped (the older
@@ -77,8 +78,11 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
         // makes a workload plain TCP both ways.
         let (mode, mtls) = peer_authentication(objects, pod);
         let waypoint = is_waypoint_pod(pod);
-        let hbone = enrolled(objects, pod) && !waypoint && mode != MtlsMode::Disable;
-        if !hbone && !waypoint && !backing.contains(&(&pod.namespace, &pod.name)) {
+        let in_mesh = enrolled(objects, pod);
+        let hbone = in_mesh && !waypoint && mode != MtlsMode::Disable;
+        // In the mesh with DISABLE, a pod is still the proxies' business: sources reach it in
+        // plain TCP knowingly (and report it so).
+        if !in_mesh && !waypoint && !backing.contains(&(&pod.namespace, &pod.name)) {
             continue;
         }
         workloads.push(Workload {
