@@ -5,8 +5,14 @@
 //! check); 2 the command could not run (bad flags, unreadable input, no cluster).
 
 mod analyze;
+mod check;
+mod checks_proxies;
+mod cluster;
 mod lab;
 mod output;
+mod precheck;
+mod proxy_status;
+mod report;
 
 use std::process::ExitCode;
 
@@ -29,6 +35,13 @@ enum Command {
     /// has no effect among the other objects; refused, naming the field and why). Exits 1 when
     /// anything is refused or unreadable.
     Analyze(analyze::AnalyzeArgs),
+    /// Checks an installed Weft (or, with --pre, a cluster before install): a ✓/‼/× list
+    /// with a hint and a docs entry for each problem. Exits 1 when a check failed.
+    Check(check::CheckArgs),
+    /// Every node proxy and waypoint as the controller sees it: connected, config
+    /// acknowledged (or the refusal's reason), capture mode, certificate expiry. Exits 1 when
+    /// one is disconnected or out of sync.
+    ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Writes the CustomResourceDefinitions of the policy APIs Weft reads (generated from its
     /// own types), one file per kind into DIR, or all to stdout.
     Crds {
@@ -43,6 +56,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Lab(args) => lab::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => analyze::run(&args),
+        Command::Check(args) => check::run(&args),
+        Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::Crds { out } => crds(out.as_deref()).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -236,3 +236,38 @@ fn a_missing_file_is_an_error_of_its_own() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weft.yaml: cannot read"));
 }
+
+#[test]
+fn every_docs_entry_a_check_links_to_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("../docs/check.md")).expect("docs/check.md");
+    let headings: Vec<&str> = docs.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+    let mut linked = 0;
+    for file in ["check.rs", "checks_proxies.rs", "precheck.rs"] {
+        let source = std::fs::read_to_string(root.join("src").join(file)).expect("source");
+        // Each failing check ends its `report.push(...)` with the anchor of its entry.
+        let lines: Vec<&str> = source.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let next = lines.get(i + 1).map(|l| l.trim());
+            let in_push = lines[i.saturating_sub(6)..i]
+                .iter()
+                .any(|l| l.contains(".push("));
+            if in_push && next.is_some_and(|n| n.starts_with(')')) {
+                let t = line.trim();
+                if let Some(anchor) = t.strip_prefix('"').and_then(|t| t.strip_suffix("\","))
+                    && anchor.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                {
+                    linked += 1;
+                    assert!(
+                        headings.contains(&anchor),
+                        "docs/check.md has no ## {anchor}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        linked >= 20,
+        "only {linked} anchors found: the scan is broken"
+    );
+}

@@ -24,6 +24,8 @@ pub struct StreamSettings {
     pub node: String,
     /// The trust bundle file the controller's certificate is verified with.
     pub trust_bundle: PathBuf,
+    /// Facts for operators, sent on the stream's first message (`role`, `version`...).
+    pub about: std::collections::HashMap<String, String>,
 }
 
 /// Why a stream ended.
@@ -99,6 +101,7 @@ where
         .send(v1::ConfigRequest {
             node: settings.node.clone(),
             known,
+            about: settings.about.clone(),
             ..Default::default()
         })
         .await;

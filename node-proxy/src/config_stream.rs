@@ -24,6 +24,7 @@ pub(crate) async fn run(
         controller,
         node: proxy.config.node.clone(),
         trust_bundle: proxy.config.trust_bundle.clone(),
+        about: proxy.capture.about(),
     };
     let mut first = Some(first);
     config_client::follow(stream, move |mesh, bundle| {

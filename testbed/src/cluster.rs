@@ -71,10 +71,25 @@ fn check_kubectl() -> Result<()> {
     Ok(())
 }
 
+/// A loopback port free now, for a process started next. Picked below the kernel's ephemeral
+/// range (32768 and up by default): a port the kernel hands out for a port-0 bind or an outgoing
+/// connection can be taken again by anyone before the process binds it, and on a busy machine
+/// it was. Ports here are only taken by picks like this one: start at a place of this process'
+/// own and move on, so parallel test processes rarely meet.
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(7, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (seed + offset) % SPAN)?;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port between {LOW} and {}", LOW + SPAN)
 }
 
 struct Pki {

@@ -1,6 +1,7 @@
 //! The bed as kubelet and scheduler for what the cluster's own controllers create: a Node
 //! object per bed node, the node-proxy DaemonSet's pods (bound to their node and reported
-//! Running; the bed's node proxies present tokens bound to them), and the pods of the waypoint
+//! Running; the bed's node proxies present tokens bound to them), one pod of the controller's
+//! Deployment (Ready while the bed's controller runs in its stead), and the pods of the waypoint
 //! Deployments that Weft's controller applies. A waypoint pod is run from its own spec: the
 //! image names the workspace binary, its volumes become files (a projected ServiceAccount
 //! token from TokenRequest, ConfigMaps, emptyDirs), mount paths in its arguments point at them,
@@ -22,6 +23,8 @@ use crate::traffic::http_get_in;
 
 /// The label the controller gives a waypoint's pods (the Gateway's name).
 const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+/// The controller Deployment's pod label in `deploy/`.
+const CONTROLLER_LABEL: &str = "app.kubernetes.io/name=weft-controller";
 /// The node-proxy DaemonSet's pod label in `deploy/`.
 const NODE_PROXY_LABEL: &str = "app.kubernetes.io/name=weft-node-proxy";
 /// How long the cluster's controllers get to create a pod.
@@ -93,6 +96,31 @@ impl TestBed {
             names.push(name);
         }
         Ok(names)
+    }
+
+    /// One pod of the controller's Deployment, bound to node 1 and reported Running and Ready
+    /// while the bed's controller process (which stands in for its container) is up.
+    pub(crate) fn adopt_controller_pod(&self, plane: &ControlPlane) -> Result<()> {
+        let deadline = Instant::now() + POD_APPEARS_WITHIN;
+        let pod = loop {
+            if let Some(pod) = pods(plane, "weft-system", CONTROLLER_LABEL)?
+                .into_iter()
+                .next()
+            {
+                break pod;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "kube-controller-manager made no controller pod in {POD_APPEARS_WITHIN:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let name = pod_name(&pod)?;
+        let node = &self.nodes[0];
+        if pod["spec"]["nodeName"].as_str().is_none() {
+            bind(plane, &self.dir, "weft-system", &name, &node.name)?;
+        }
+        set_status(plane, &self.dir, "weft-system", &name, node.ip, true)
     }
 
     /// Runs the pod of `w`'s waypoint Deployment (created by the controller, its ReplicaSet by

@@ -184,6 +184,8 @@ impl TestBed {
         if self.kube.is_some() {
             self.start_kubernetes()?;
             self.start_controller()?;
+            let plane = self.control_plane().context("Kubernetes mode")?;
+            self.adopt_controller_pod(plane)?;
         } else if self.with_controller {
             let credentials: BTreeMap<String, String> = self
                 .nodes

@@ -78,6 +78,11 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         controller: controller.clone(),
         node: format!("waypoint.{}.{}", args.namespace, args.name),
         trust_bundle: bundle.clone(),
+        about: [
+            ("role".to_owned(), "waypoint".to_owned()),
+            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        ]
+        .into(),
     };
     // Its own certificate, from the controller's CA, renewed at half-life.
     let ca = weft_core::ca_client::CaSettings {

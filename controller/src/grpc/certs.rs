@@ -24,6 +24,21 @@ impl CertService {
     pub fn new(shared: Shared, ca: Arc<Ca>, ttl: Duration) -> Self {
         Self { shared, ca, ttl }
     }
+
+    /// Notes, for operators, when the certificate just issued to `node` for `identity`
+    /// expires.
+    fn record(&self, node: &str, identity: &SpiffeId) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let issued = super::Issued {
+            issued_unix: now,
+            expires_unix: now + self.ttl.as_secs(),
+        };
+        self.shared.proxies.update(node, |s| {
+            s.certificates.insert(identity.to_string(), issued);
+        });
+    }
 }
 
 #[tonic::async_trait]
@@ -60,6 +75,7 @@ impl v1::certificates_server::Certificates for CertService {
                 .sign_csr(&request.csr_pem, &identity, self.ttl)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             info!(caller = %node, %identity, ttl = ?self.ttl, "waypoint certificate issued");
+            self.record(&node, &identity);
             return Ok(Response::new(v1::SignResponse {
                 chain_pem: issued.chain_pem,
                 trust_bundle_pem: issued.root_pem,
@@ -86,6 +102,7 @@ impl v1::certificates_server::Certificates for CertService {
             .sign_csr(&request.csr_pem, &identity, self.ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         info!(%node, %identity, ttl = ?self.ttl, "certificate issued");
+        self.record(&node, &identity);
         Ok(Response::new(v1::SignResponse {
             chain_pem: issued.chain_pem,
             trust_bundle_pem: issued.root_pem,

@@ -133,7 +133,12 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
         let (tx, rx) = mpsc::channel(4);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            shared.proxies.update(&node, |s| s.connected = true);
+            let about = first.about.clone().into_iter().collect();
+            shared.proxies.update(&node, |s| {
+                s.connected = true;
+                s.in_sync = false;
+                s.about = about;
+            });
             info!(%node, held = first.known.len(), "proxy connected");
             let held = Held::Versions(first.known.into_iter().collect());
             let view = View::of(&first.node);
@@ -212,12 +217,14 @@ async fn session(
                         shared.proxies.update(node, |s| {
                             s.acks += 1;
                             s.acked_resources = count;
+                            s.in_sync = true;
                         });
                     } else {
                         warn!(%node, nonce = %answer.response_nonce, reason = %answer.error, "proxy refused a config update (NACK); it keeps its last good config");
                         shared.proxies.update(node, |s| {
                             s.nacks += 1;
                             s.last_nack = Some(answer.error.clone());
+                            s.in_sync = false;
                         });
                     }
                 }

@@ -130,8 +130,23 @@ pub struct ProxyStatus {
     pub nacks: u64,
     /// The last refusal's reason.
     pub last_nack: Option<String>,
+    /// Whether the proxy's latest answer was an ACK: it holds what was last sent (false after
+    /// a NACK, until an update is acknowledged again).
+    pub in_sync: bool,
+    /// What the proxy said about itself when its stream opened (role, version, capture mode,
+    /// why it fell back to nftables).
+    pub about: BTreeMap<String, String>,
+    /// The certificates the CA issued to this caller, by identity: the latest one's validity.
+    pub certificates: BTreeMap<String, Issued>,
     /// When the stream last changed state (seconds since the epoch).
     pub since_unix: u64,
+}
+
+/// A certificate's validity, in seconds since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Issued {
+    pub issued_unix: u64,
+    pub expires_unix: u64,
 }
 
 /// Status of every proxy that ever connected, by node.

@@ -226,6 +226,19 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, CertError> {
     leaf_identity(cert).map(|(id, ..)| id)
 }
 
+/// When each certificate in `pem` expires (a CA's root, say), in order.
+pub fn expiries(what: &str, pem: &str) -> Result<Vec<SystemTime>, CertError> {
+    parse_certs(what, pem.as_bytes())?
+        .iter()
+        .map(|cert| {
+            let (_, x509) = X509Certificate::from_der(cert.as_ref())
+                .map_err(|e| CertError::Parse(e.to_string()))?;
+            let after = x509.validity().not_after.timestamp();
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(after.max(0) as u64))
+        })
+        .collect()
+}
+
 /// The leaf's SPIFFE ID, validity window and SubjectPublicKeyInfo (DER).
 fn leaf_identity(
     cert: &CertificateDer<'_>,

@@ -8,6 +8,6 @@ mod cert;
 mod csr;
 mod spiffe;
 
-pub use cert::{CertError, TrustBundle, WorkloadCert, peer_identity};
+pub use cert::{CertError, TrustBundle, WorkloadCert, expiries, peer_identity};
 pub use csr::{CsrError, WorkloadCsr};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError, valid_name, valid_trust_domain};

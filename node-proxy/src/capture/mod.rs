@@ -55,7 +55,11 @@ pub(crate) struct PodNet {
 /// The active capture mechanism.
 pub(crate) enum Capture {
     Ebpf(Arc<weft_ebpf::Capture>),
-    Nftables { stale_pins: PathBuf },
+    /// `fallback`: why eBPF was not used, when it was asked for (`auto`) and failed.
+    Nftables {
+        stale_pins: PathBuf,
+        fallback: Option<String>,
+    },
 }
 
 impl Capture {
@@ -65,11 +69,12 @@ impl Capture {
         pin_dir: &Path,
         cgroup: Option<&Path>,
     ) -> Result<Self, weft_ebpf::Error> {
-        let nftables = || Self::Nftables {
+        let nftables = |fallback| Self::Nftables {
             stale_pins: pin_dir.to_path_buf(),
+            fallback,
         };
         if requested == Requested::Nftables {
-            return Ok(nftables());
+            return Ok(nftables(None));
         }
         let loaded = match cgroup {
             Some(cgroup) => weft_ebpf::Capture::load(pin_dir, cgroup),
@@ -81,7 +86,7 @@ impl Capture {
             (Ok(capture), _) => Ok(Self::Ebpf(Arc::new(capture))),
             (Err(e), Requested::Auto) => {
                 warn!(error = %e, "eBPF capture unavailable; falling back to nftables");
-                Ok(nftables())
+                Ok(nftables(Some(e.to_string())))
             }
             (Err(e), _) => Err(e),
         }
@@ -93,6 +98,25 @@ impl Capture {
             Self::Ebpf(_) => "ebpf",
             Self::Nftables { .. } => "nftables",
         }
+    }
+
+    /// What the node proxy tells the controller about itself: role, version, capture mode and,
+    /// after a fallback, why eBPF was not used.
+    pub(crate) fn about(&self) -> std::collections::HashMap<String, String> {
+        let mut about: std::collections::HashMap<String, String> = [
+            ("role".to_owned(), "node-proxy".to_owned()),
+            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ("capture".to_owned(), self.mode().to_owned()),
+        ]
+        .into();
+        if let Self::Nftables {
+            fallback: Some(why),
+            ..
+        } = self
+        {
+            about.insert("capture_fallback".to_owned(), why.clone());
+        }
+        about
     }
 
     /// Starts capturing a pod whose listeners are already open.
@@ -144,7 +168,7 @@ impl Capture {
     pub(crate) fn remove_all(&self) -> io::Result<()> {
         match self {
             Self::Ebpf(capture) => weft_ebpf::remove_pins(capture.pin_dir()),
-            Self::Nftables { stale_pins } => weft_ebpf::remove_pins(stale_pins),
+            Self::Nftables { stale_pins, .. } => weft_ebpf::remove_pins(stale_pins),
         }
     }
 
@@ -157,7 +181,7 @@ impl Capture {
                 Ok(n) => info!(pods = n, "released pods left by an earlier run"),
                 Err(e) => warn!(error = %e, "sweeping eBPF state of departed pods"),
             },
-            Self::Nftables { stale_pins } => {
+            Self::Nftables { stale_pins, .. } => {
                 if stale_pins.exists() {
                     match weft_ebpf::remove_pins(stale_pins) {
                         Ok(()) => {
