@@ -9,6 +9,7 @@ mod check;
 mod checks_proxies;
 mod cluster;
 mod lab;
+mod mesh_cmds;
 mod output;
 mod precheck;
 mod proxy_status;
@@ -42,6 +43,12 @@ enum Command {
     /// acknowledged (or the refusal's reason), capture mode, certificate expiry. Exits 1 when
     /// one is disconnected or out of sync.
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Puts a namespace's pods in the mesh, or takes them out.
+    #[command(subcommand)]
+    Namespace(mesh_cmds::NamespaceCommand),
+    /// Deploys, lists, checks and deletes waypoints.
+    #[command(subcommand)]
+    Waypoint(mesh_cmds::WaypointCommand),
     /// Writes the CustomResourceDefinitions of the policy APIs Weft reads (generated from its
     /// own types), one file per kind into DIR, or all to stdout.
     Crds {
@@ -58,6 +65,8 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args),
         Command::Check(args) => check::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::Namespace(command) => mesh_cmds::namespace(&command),
+        Command::Waypoint(command) => mesh_cmds::waypoint(&command),
         Command::Crds { out } => crds(out.as_deref()).map(|()| ExitCode::SUCCESS),
     };
     match result {

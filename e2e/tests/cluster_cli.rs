@@ -218,3 +218,163 @@ fn weft_check_is_all_green_after_install_and_names_each_break_with_a_hint() -> R
     eprintln!("$ weft check\n{}", String::from_utf8_lossy(&table.stdout));
     Ok(())
 }
+
+/// Runs `weft <args>` and returns its stdout; fails unless it exits 0.
+fn weft_ok(bed: &TestBed, args: &[&str]) -> Result<String> {
+    let out = weft(bed, args)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "weft {args:?} exited {:?}: {text}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("$ weft {}\n{text}", args.join(" "));
+    Ok(text)
+}
+
+#[test]
+fn weft_namespace_and_waypoint_put_a_service_in_the_mesh_and_behind_a_waypoint() -> Result<()> {
+    let Some(assets) = assets() else {
+        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+        return Ok(());
+    };
+    let mut bed = TestBed::new("weftwp", 2)?;
+    bed.with_kubernetes(&assets);
+    let client = bed
+        .pod("client")
+        .namespace("shop")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let v1 = bed
+        .pod("reviews-v1")
+        .namespace("shop")
+        .label("app", "reviews")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    bed.service(
+        "reviews",
+        "shop",
+        std::net::Ipv4Addr::new(10, 96, 0, 77),
+        9080,
+        8080,
+        &[&v1],
+    );
+    bed.start()?;
+    bed.serve_testsrv(&v1, "v1")?;
+    // The service's address is resolved by node proxies (the bed has no kube-proxy): outside
+    // the mesh the client reaches the pod itself.
+    let url = "http://10.96.0.77:9080/reviews/1";
+    let direct = format!("http://{}:8080/reviews/1", v1.ip);
+    let get = |bed: &TestBed, url: &str| -> Result<String> {
+        let out = bed.exec(&client, &["curl", "-sS", "--max-time", "5", url])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let ask = |bed: &TestBed| get(bed, url);
+    ensure!(get(&bed, &direct)? == "v1", "direct request");
+
+    // Into the mesh.
+    let (log0, log1) = (bed.proxy_log(0).len(), bed.proxy_log(1).len());
+    weft_ok(&bed, &["namespace", "enroll", "shop"])?;
+    bed.wait_log(0, log0, "pod enrolled", Duration::from_secs(5))?;
+    bed.wait_log(1, log1, "pod enrolled", Duration::from_secs(5))?;
+    ensure!(ask(&bed)? == "v1", "request in the mesh");
+    ensure!(bed.mtls_connections_from(0)? >= 1.0, "not mTLS");
+
+    // Behind a waypoint: the Gateway and the label come from `weft waypoint apply`; the bed,
+    // as kubelet, runs the pod of the Deployment the controller creates for it.
+    weft_ok(
+        &bed,
+        &[
+            "waypoint", "apply", "--for", "service", "reviews", "-n", "shop",
+        ],
+    )?;
+    let waypoint = bed.run_created_waypoint("waypoint", "shop", 1)?;
+    weft_ok(
+        &bed,
+        &[
+            "waypoint",
+            "apply",
+            "--for",
+            "service",
+            "reviews",
+            "-n",
+            "shop",
+            "--wait-secs",
+            "30",
+        ],
+    )?;
+    let status = weft_ok(&bed, &["waypoint", "status", "waypoint", "-n", "shop"])?;
+    ensure!(status.contains("Programmed"), "{status}");
+    let list = weft_ok(&bed, &["waypoint", "list", "-n", "shop"])?;
+    ensure!(
+        list.lines().any(|l| l.starts_with("shop")
+            && l.contains("waypoint")
+            && l.contains("True")
+            && l.contains("reviews")),
+        "{list}"
+    );
+    let through = |bed: &TestBed| -> Result<f64> {
+        Ok(weft_testbed::metric_sum(
+            &bed.waypoint_metrics(&waypoint)?,
+            "weft_requests_total",
+            &[],
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let before = through(&bed)?;
+        if ask(&bed)? == "v1" && through(&bed)? > before {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "requests never went through the waypoint"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Deleted: the Gateway and the label go; requests go straight to the service again.
+    weft_ok(&bed, &["waypoint", "delete", "waypoint", "-n", "shop"])?;
+    let plane = bed.control_plane().context("Kubernetes mode")?;
+    let labels = plane.run(&[
+        "get",
+        "service",
+        "reviews",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ])?;
+    ensure!(!labels.contains("use-waypoint"), "{labels}");
+    let left = plane.run(&[
+        "get",
+        "gateways.gateway.networking.k8s.io",
+        "-n",
+        "shop",
+        "-o",
+        "name",
+    ])?;
+    ensure!(left.trim().is_empty(), "{left}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let before = through(&bed)?;
+        if ask(&bed)? == "v1" && through(&bed)? == before {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "requests still go through the deleted waypoint"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Out of the mesh.
+    let log0 = bed.proxy_log(0).len();
+    weft_ok(&bed, &["namespace", "unenroll", "shop"])?;
+    bed.wait_log(0, log0, "pod released", Duration::from_secs(5))?;
+    ensure!(get(&bed, &direct)? == "v1", "direct request after unenroll");
+    Ok(())
+}

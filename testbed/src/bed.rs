@@ -38,6 +38,9 @@ pub struct TestBed {
     pub(crate) ambient: BTreeMap<String, bool>,
     /// Waypoints (Gateways of class weft-waypoint) and their pods.
     pub(crate) waypoints: Vec<Pod>,
+    /// Waypoints whose Gateway someone else created (`weft waypoint apply`): the bed applies
+    /// no Gateway for them.
+    pub(crate) external_gateways: std::collections::BTreeSet<(String, String)>,
     /// Labels on services (`weft.io/use-waypoint`), by (namespace, name).
     pub(crate) service_labels: BTreeMap<(String, String), Vec<(String, String)>>,
     /// Running waypoints' process ids.
@@ -139,6 +142,7 @@ impl TestBed {
             extra_controller_args: Vec::new(),
             ambient: BTreeMap::new(),
             waypoints: Vec::new(),
+            external_gateways: Default::default(),
             service_labels: BTreeMap::new(),
             waypoint_pids: BTreeMap::new(),
             kube: None,

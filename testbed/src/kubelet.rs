@@ -123,6 +123,43 @@ impl TestBed {
         set_status(plane, &self.dir, "weft-system", &name, node.ip, true)
     }
 
+    /// Runs the pod of a waypoint whose Gateway someone else created on the running bed (`weft
+    /// waypoint apply`, kubectl): a network namespace on `node`, then the pod of the Deployment
+    /// the controller made for it, from its spec, as for a declared waypoint.
+    pub fn run_created_waypoint(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        node: usize,
+    ) -> Result<Pod> {
+        ensure!(
+            self.kube.is_some() && self.started,
+            "run_created_waypoint needs a started bed in Kubernetes mode"
+        );
+        let node_ref = self.nodes.get(node).context("no such node")?.clone();
+        let netns = format!("{}-p{}", self.id, self.pods.len() + 1);
+        self.add_netns(&netns)?;
+        let result = self.cni(&node_ref, &netns, "ADD")?;
+        let ip = crate::net::parse_cni_ip(&result)?;
+        let pod = Pod {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: name.to_owned(),
+            node,
+            netns,
+            ip,
+            enrolled: false,
+            cni_result: result,
+            labels: vec![(GATEWAY_NAME.to_owned(), name.to_owned())],
+        };
+        self.pods.push(pod.clone());
+        self.waypoints.push(pod.clone());
+        self.external_gateways
+            .insert((namespace.to_owned(), name.to_owned()));
+        self.run_waypoint_pod(&pod)?;
+        Ok(pod)
+    }
+
     /// Runs the pod of `w`'s waypoint Deployment (created by the controller, its ReplicaSet by
     /// kube-controller-manager) in `w`'s network namespace, from the pod's own spec; returns
     /// once it reports ready, and reports it Ready.

@@ -173,6 +173,12 @@ spec:
             );
         }
         for w in &self.waypoints {
+            if self
+                .external_gateways
+                .contains(&(w.namespace.clone(), w.name.clone()))
+            {
+                continue;
+            }
             let _ = write!(
                 out,
                 "---
