@@ -12,6 +12,7 @@ mod lab;
 mod mesh_cmds;
 mod output;
 mod precheck;
+mod proxy_config;
 mod proxy_status;
 mod report;
 
@@ -43,6 +44,9 @@ enum Command {
     /// acknowledged (or the refusal's reason), capture mode, certificate expiry. Exits 1 when
     /// one is disconnected or out of sync.
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// What one node proxy or waypoint holds (workloads, services, policies, certificates),
+    /// from its own config dump.
+    ProxyConfig(proxy_config::ProxyConfigArgs),
     /// Puts a namespace's pods in the mesh, or takes them out.
     #[command(subcommand)]
     Namespace(mesh_cmds::NamespaceCommand),
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args),
         Command::Check(args) => check::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::ProxyConfig(args) => proxy_config::run(&args),
         Command::Namespace(command) => mesh_cmds::namespace(&command),
         Command::Waypoint(command) => mesh_cmds::waypoint(&command),
         Command::Crds { out } => crds(out.as_deref()).map(|()| ExitCode::SUCCESS),

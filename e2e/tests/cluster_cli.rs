@@ -316,6 +316,47 @@ fn weft_namespace_and_waypoint_put_a_service_in_the_mesh_and_behind_a_waypoint()
             && l.contains("reviews")),
         "{list}"
     );
+    // What the proxies hold, from their own config dumps.
+    let workloads = weft_ok(&bed, &["proxy-config", "workloads", "node1"])?;
+    ensure!(
+        workloads
+            .lines()
+            .any(|l| l.starts_with("shop") && l.contains("client") && l.contains("HBONE")),
+        "{workloads}"
+    );
+    let services = weft_ok(&bed, &["proxy-config", "services", "node1"])?;
+    ensure!(
+        services.lines().any(|l| l.contains("reviews")
+            && l.contains("10.96.0.77")
+            && l.contains("shop/waypoint")),
+        "{services}"
+    );
+    let certs = weft_ok(&bed, &["proxy-config", "certs", "node1"])?;
+    ensure!(
+        certs.contains("spiffe://cluster.local/ns/shop/sa/client"),
+        "{certs}"
+    );
+    let wrong = weft(&bed, &["proxy-config", "workloads", "node2"])?;
+    ensure!(
+        wrong.status.code() == Some(2)
+            && String::from_utf8_lossy(&wrong.stderr).contains("is node1, not node2"),
+        "asking node1's proxy as node2 must fail: {wrong:?}"
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", waypoint.netns_path().display()))
+        .arg(weft_testbed::bin_dir()?.join("weft"))
+        .args(["proxy-config", "services", "shop/waypoint"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("$ weft proxy-config services shop/waypoint\n{text}");
+    ensure!(
+        out.status.success()
+            && text
+                .lines()
+                .any(|l| l.contains("reviews") && l.contains("10.96.0.77")),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let through = |bed: &TestBed| -> Result<f64> {
         Ok(weft_testbed::metric_sum(
             &bed.waypoint_metrics(&waypoint)?,

@@ -40,6 +40,9 @@ struct Args {
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_addr: SocketAddr,
+    /// `/config_dump`, on loopback (reach it with `kubectl port-forward`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
     /// Time in-flight requests get to finish on SIGTERM, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_deadline_secs: u64,
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         cert_dir: args.cert_dir,
         listen: args.listen,
         metrics_addr: args.metrics_addr,
+        admin_addr: args.admin_addr,
         drain_deadline: std::time::Duration::from_secs(args.drain_deadline_secs),
     };
     tokio::runtime::Builder::new_multi_thread()

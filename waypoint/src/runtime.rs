@@ -39,6 +39,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`).
     pub metrics_addr: SocketAddr,
+    /// `/config_dump` (loopback: reach it with a port-forward).
+    pub admin_addr: SocketAddr,
     /// Time in-flight requests get to finish on SIGTERM.
     pub drain_deadline: std::time::Duration,
 }
@@ -128,6 +130,30 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
             _ => weft_core::admin::Reply::status(http::StatusCode::NOT_FOUND, "try /metrics\n"),
         })
     };
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding {}", args.admin_addr))?;
+    let dumped = waypoint.clone();
+    let dump: weft_core::admin::Handler = Arc::new(move |path| match path {
+        "/config_dump" => {
+            let snapshot = dumped.snapshot.load();
+            let certificate = dumped.certs.get().map(|c| {
+                serde_json::json!({
+                    "identity": c.id.to_string(),
+                    "expires_in_secs": c.cert.remaining().as_secs(),
+                })
+            });
+            let dump = serde_json::json!({
+                "waypoint": format!("{}/{}", dumped.namespace, dumped.name),
+                "certificates": certificate.into_iter().collect::<Vec<_>>(),
+                "config": snapshot.config,
+            });
+            weft_core::admin::Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())
+        }
+        _ => weft_core::admin::Reply::status(http::StatusCode::NOT_FOUND, "try /config_dump\n"),
+    });
+    let (_admin_stop, admin_drain) = weft_core::drain::channel();
+    tokio::spawn(weft_core::admin::serve(admin_listener, dump, admin_drain));
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;

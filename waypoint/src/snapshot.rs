@@ -42,6 +42,8 @@ impl BoundService {
 #[derive(Default)]
 pub(crate) struct Snapshot {
     pub(crate) mesh: MeshIndex,
+    /// This waypoint's config as received (for `/config_dump`).
+    pub(crate) config: weft_core::mesh::WaypointConfig,
     services: Vec<Arc<BoundService>>,
 }
 
@@ -68,7 +70,7 @@ impl Snapshot {
             .unwrap_or_default();
         let state = MeshIndex::new(mesh);
         let mut services = Vec::new();
-        for policy in config.services {
+        for policy in config.services.clone() {
             let routes = policy
                 .routes
                 .iter()
@@ -137,6 +139,7 @@ impl Snapshot {
         }
         Ok(Self {
             mesh: state,
+            config,
             services,
         })
     }
