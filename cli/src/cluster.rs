@@ -12,6 +12,13 @@ use kube::Api;
 use kube::api::{DynamicObject, ListParams, PostParams};
 use weft_controller::model::policy::PolicyKind;
 
+/// A client from the kubeconfig (`KUBECONFIG`, or `~/.kube/config`).
+pub(crate) async fn client() -> Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("no cluster: the kubeconfig (KUBECONFIG or ~/.kube/config) could not be used")
+}
+
 /// GET `path` on the controller's admin endpoint, as JSON.
 pub(crate) async fn admin_json(admin: SocketAddr, path: &str) -> Result<serde_json::Value> {
     let path = path.to_owned();

@@ -8,6 +8,7 @@ mod analyze;
 mod check;
 mod checks_proxies;
 mod cluster;
+mod install;
 mod lab;
 mod mesh_cmds;
 mod output;
@@ -47,6 +48,12 @@ enum Command {
     /// What one node proxy or waypoint holds (workloads, services, policies, certificates),
     /// from its own config dump.
     ProxyConfig(proxy_config::ProxyConfigArgs),
+    /// Installs Weft: renders deploy/ (an overlay), adds the CRDs the cluster lacks, applies
+    /// everything server-side, and waits for the controller and every node proxy.
+    Install(install::InstallArgs),
+    /// Uninstalls Weft: namespaces out of the mesh and waypoints deleted first, then, once every
+    /// node proxy has released its pods, Weft's objects; waits for the node proxies to go.
+    Uninstall(install::UninstallArgs),
     /// Puts a namespace's pods in the mesh, or takes them out.
     #[command(subcommand)]
     Namespace(mesh_cmds::NamespaceCommand),
@@ -70,6 +77,8 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::ProxyConfig(args) => proxy_config::run(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
         Command::Namespace(command) => mesh_cmds::namespace(&command),
         Command::Waypoint(command) => mesh_cmds::waypoint(&command),
         Command::Crds { out } => crds(out.as_deref()).map(|()| ExitCode::SUCCESS),

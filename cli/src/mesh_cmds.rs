@@ -83,12 +83,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn client() -> Result<kube::Client> {
-    kube::Client::try_default()
-        .await
-        .context("no cluster: the kubeconfig (KUBECONFIG or ~/.kube/config) could not be used")
-}
-
 /// Sets (or removes, with `None`) one label with a merge patch.
 fn label_patch(key: &str, value: Option<&str>) -> Patch<serde_json::Value> {
     Patch::Merge(serde_json::json!({"metadata": {"labels": {key: value}}}))
@@ -97,7 +91,7 @@ fn label_patch(key: &str, value: Option<&str>) -> Patch<serde_json::Value> {
 /// Runs `weft namespace …`.
 pub(crate) fn namespace(command: &NamespaceCommand) -> Result<ExitCode> {
     runtime()?.block_on(async {
-        let api: Api<Namespace> = Api::all(client().await?);
+        let api: Api<Namespace> = Api::all(crate::cluster::client().await?);
         let (ns, value) = match command {
             NamespaceCommand::Enroll { namespace } => (namespace, Some(AMBIENT)),
             NamespaceCommand::Unenroll { namespace } => (namespace, None),
@@ -155,7 +149,7 @@ fn programmed(gw: &DynamicObject) -> (bool, String) {
 /// Runs `weft waypoint …`.
 pub(crate) fn waypoint(command: &WaypointCommand) -> Result<ExitCode> {
     runtime()?.block_on(async {
-        let client = client().await?;
+        let client = crate::cluster::client().await?;
         match command {
             WaypointCommand::Apply {
                 target,
@@ -193,7 +187,9 @@ pub(crate) fn waypoint(command: &WaypointCommand) -> Result<ExitCode> {
                     ExitCode::from(1)
                 })
             }
-            WaypointCommand::Delete { name, namespace } => delete(&client, namespace, name).await,
+            WaypointCommand::Delete { name, namespace } => {
+                delete_gateway(&client, namespace, name).await
+            }
         }
     })
 }
@@ -318,7 +314,12 @@ async fn list(client: &kube::Client, namespace: Option<&str>, output: Format) ->
     Ok(ExitCode::SUCCESS)
 }
 
-async fn delete(client: &kube::Client, namespace: &str, name: &str) -> Result<ExitCode> {
+/// Deletes waypoint `namespace/name` and the labels that pointed at it.
+pub(crate) async fn delete_gateway(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<ExitCode> {
     gateways(client, Some(namespace))
         .delete(name, &DeleteParams::default())
         .await

@@ -115,12 +115,7 @@ fn under_crds_that_keep_any_field_an_unknown_field_is_named_and_guide_shapes_nam
     let file = plane.dir().join("permissive-crd.yaml");
     std::fs::write(&file, PERMISSIVE_CRD)?;
     plane.run(&["apply", "-f", &file.display().to_string()])?;
-    plane.run(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        &format!("crd/{crd}"),
-    ])?;
+    plane.wait_established(crd)?;
     let condition = |name: &str, field: &str| {
         plane
             .run(&[

@@ -402,14 +402,34 @@ impl ControlPlane {
             "virtualservices.networking.istio.io",
             "httproutes.gateway.networking.k8s.io",
         ] {
-            self.run(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                &format!("crd/{crd}"),
-            ])?;
+            self.wait_established(crd)?;
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits (30 s at most) until CRD `name` is served. Polls its condition: `kubectl wait`
+    /// fails at once on a CRD so new it has no conditions yet, which a busy machine hit.
+    pub fn wait_established(&self, name: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self
+                .run(&[
+                    "get",
+                    "crd",
+                    name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                ])
+                .unwrap_or_default();
+            if status == "True" {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "CRD {name} not established within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Applies `deploy/<path>` (a kustomization) server-side, as field manager `weft`.

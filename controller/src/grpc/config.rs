@@ -195,6 +195,10 @@ async fn session(
                 // Once acknowledged, the proxy holds exactly this snapshot: remember it by
                 // reference (shared by every stream), not as a per-stream copy of versions.
                 in_flight = Some((nonce, current));
+            } else {
+                // Nothing in this publication is new to the proxy: it holds the current config
+                // (unless it refused the last one, which stays refused until things change).
+                shared.proxies.update(node, |s| s.current = s.in_sync);
             }
         }
         tokio::select! {
@@ -202,6 +206,7 @@ async fn session(
                 if changed.is_err() {
                     return "controller shutting down".into();
                 }
+                shared.proxies.update(node, |s| s.current = false);
                 dirty = true;
             }
             message = inbound.message() => match message {
@@ -213,11 +218,13 @@ async fn session(
                     }
                     if answer.error.is_empty() {
                         let count = view.count(&after);
+                        let latest = Arc::ptr_eq(&after, &*published.borrow());
                         held = Held::Snapshot(after);
                         shared.proxies.update(node, |s| {
                             s.acks += 1;
                             s.acked_resources = count;
                             s.in_sync = true;
+                            s.current = latest;
                         });
                     } else {
                         warn!(%node, nonce = %answer.response_nonce, reason = %answer.error, "proxy refused a config update (NACK); it keeps its last good config");
@@ -225,6 +232,7 @@ async fn session(
                             s.nacks += 1;
                             s.last_nack = Some(answer.error.clone());
                             s.in_sync = false;
+                            s.current = false;
                         });
                     }
                 }

@@ -133,6 +133,9 @@ pub struct ProxyStatus {
     /// Whether the proxy's latest answer was an ACK: it holds what was last sent (false after
     /// a NACK, until an update is acknowledged again).
     pub in_sync: bool,
+    /// Whether the proxy holds the controller's latest publication (false from the moment a
+    /// new one is published until the proxy acknowledged it, or it had nothing new for it).
+    pub current: bool,
     /// What the proxy said about itself when its stream opened (role, version, capture mode,
     /// why it fell back to nftables).
     pub about: BTreeMap<String, String>,
