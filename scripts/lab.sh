@@ -3,6 +3,27 @@
 # traffic across the mesh, and a summary. Runs until Ctrl-C. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What the lab needs, checked before the build (minutes on a small machine), so a clash
+# fails at once with its fix.
+if [ "$(id -u)" != 0 ]; then
+  echo "the lab needs root (network namespaces, nftables, eBPF): run it with sudo" >&2
+  exit 2
+fi
+port=15120
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    --metrics-port) port="${args[$((i + 1))]:-$port}" ;;
+    --metrics-port=*) port="${args[$i]#*=}" ;;
+  esac
+done
+for p in "$port" "$((port + 1))"; do
+  if command -v ss >/dev/null && ss -Hltn "sport = :$p" | grep -q .; then
+    echo "127.0.0.1:$p is taken (the lab serves each node's metrics there): pass --metrics-port with two free ports" >&2
+    exit 2
+  fi
+done
+mkdir -p /run/netns 2>/dev/null || { echo "cannot create /run/netns: the lab needs it for its namespaces" >&2; exit 2; }
 ./scripts/deps.sh
 cargo build --release --workspace --bins --locked
 exec ./target/release/weft lab "$@"

@@ -27,6 +27,10 @@ pub(crate) struct LabArgs {
     /// How the node proxies capture pod traffic: ebpf or nftables.
     #[arg(long, default_value = "ebpf")]
     capture: String,
+    /// Keep the logs, manifests and certificates after the lab stops (their directory is
+    /// printed).
+    #[arg(long)]
+    keep: bool,
 }
 
 struct Svc {
@@ -60,8 +64,22 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     let stopped = || *stop.borrow();
+    // The metrics ports first: a clash fails now, with the fix, not after the lab is built.
+    let mut listeners = Vec::new();
+    for i in 0..2u16 {
+        let port = args.metrics_port + i;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
+            .with_context(|| {
+                format!("127.0.0.1:{port} is taken: pass --metrics-port with two free ports")
+            })?;
+        listeners.push(listener);
+    }
     println!("Weft lab: building 2 nodes and the ambient namespace \"shop\"...");
     let mut bed = TestBed::new("lab", 2)?;
+    if args.keep {
+        bed.keep_files();
+    }
     // The embedded default: a weft-controller reading Kubernetes YAML from a directory programs
     // the node proxies, as it would from the API server.
     bed.with_controller();
@@ -274,14 +292,11 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
     }
     // Each node's metrics, reachable from this machine's loopback.
     println!("\nMetrics (Prometheus text):");
-    for (i, node) in bed.nodes().iter().enumerate() {
+    for ((i, node), listener) in bed.nodes().iter().enumerate().zip(listeners) {
         let port = args.metrics_port + i as u16;
         let netns = Arc::new(weft_core::netns::Netns::open(
             &PathBuf::from("/run/netns").join(&node.netns),
         )?);
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
-            .with_context(|| format!("binding 127.0.0.1:{port} (use --metrics-port)"))?;
         runtime.spawn(forward(
             listener,
             netns,
@@ -313,8 +328,12 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         }
     }
     println!("Tearing the lab down.");
+    let dir = bed.dir().to_path_buf();
     drop(runtime);
     drop(bed);
+    if args.keep {
+        println!("Logs, manifests and certificates kept in {}", dir.display());
+    }
     Ok(())
 }
 

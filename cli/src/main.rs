@@ -60,6 +60,11 @@ enum Command {
     /// Deploys, lists, checks and deletes waypoints.
     #[command(subcommand)]
     Waypoint(mesh_cmds::WaypointCommand),
+    /// Prints a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Writes the CustomResourceDefinitions of the policy APIs Weft reads (generated from its
     /// own types), one file per kind into DIR, or all to stdout.
     Crds {
@@ -81,6 +86,17 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => install::uninstall(&args),
         Command::Namespace(command) => mesh_cmds::namespace(&command),
         Command::Waypoint(command) => mesh_cmds::waypoint(&command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            use std::io::Write as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "weft", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
         Command::Crds { out } => crds(out.as_deref()).map(|()| ExitCode::SUCCESS),
     };
     match result {

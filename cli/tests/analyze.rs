@@ -271,3 +271,26 @@ fn every_docs_entry_a_check_links_to_exists() {
         "only {linked} anchors found: the scan is broken"
     );
 }
+
+#[test]
+fn completions_name_every_command() {
+    let out = weft(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for command in [
+        "analyze",
+        "check",
+        "proxy-status",
+        "proxy-config",
+        "install",
+        "uninstall",
+        "namespace",
+        "waypoint",
+        "lab",
+    ] {
+        assert!(
+            script.contains(command),
+            "no {command} in the bash completions"
+        );
+    }
+}

@@ -31,6 +31,8 @@ pub struct TestBed {
     pub(crate) capture: CaptureMode,
     pub(crate) extra_proxy_args: Vec<String>,
     pub(crate) started: bool,
+    /// Keep the directory (logs, manifests, certificates) when torn down.
+    pub(crate) keep_files: bool,
     /// Whether the proxies take their config from a `weft-controller` fed with manifests.
     pub(crate) with_controller: bool,
     pub(crate) controller: Option<Child>,
@@ -137,6 +139,7 @@ impl TestBed {
             capture: CaptureMode::Ebpf,
             extra_proxy_args: Vec::new(),
             started: false,
+            keep_files: false,
             with_controller: false,
             controller: None,
             extra_controller_args: Vec::new(),
@@ -293,8 +296,15 @@ impl TestBed {
                 .stderr(Stdio::null())
                 .status();
         }
-        if std::env::var_os("WEFT_E2E_KEEP").is_none() {
+        if !self.keep_files && std::env::var_os("WEFT_E2E_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    /// Keeps the bed's directory (logs, manifests, certificates) after it is torn down, as
+    /// `WEFT_E2E_KEEP` does for tests.
+    pub fn keep_files(&mut self) -> &mut Self {
+        self.keep_files = true;
+        self
     }
 }
