@@ -68,8 +68,8 @@ pub(crate) async fn may(
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
-/// Gateways of class `weft-waypoint`, as dynamic objects.
-pub(crate) async fn waypoint_gateways(client: &kube::Client) -> Result<Vec<DynamicObject>> {
+/// Gateway API Gateways, in `namespace` or all.
+pub(crate) fn gateways(client: &kube::Client, namespace: Option<&str>) -> Api<DynamicObject> {
     let api = PolicyKind::Gateway.api();
     let resource = kube::api::ApiResource {
         group: api.group.into(),
@@ -78,8 +78,15 @@ pub(crate) async fn waypoint_gateways(client: &kube::Client) -> Result<Vec<Dynam
         kind: "Gateway".into(),
         plural: api.plural.into(),
     };
-    let gateways: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    Ok(gateways
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Gateways of class `weft-waypoint`, as dynamic objects.
+pub(crate) async fn waypoint_gateways(client: &kube::Client) -> Result<Vec<DynamicObject>> {
+    Ok(gateways(client, None)
         .list(&ListParams::default())
         .await?
         .items

@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::Api;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use weft_controller::model::policy::PolicyKind;
 use weft_controller::model::translate::{AMBIENT, DATAPLANE_MODE, USE_WAYPOINT};
 
+use crate::cluster::gateways;
 use crate::output::{Format, print_data, table};
 
 /// The field manager of what `weft` applies.
@@ -113,21 +113,6 @@ pub(crate) fn namespace(command: &NamespaceCommand) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn gateways(client: &kube::Client, namespace: Option<&str>) -> Api<DynamicObject> {
-    let api = PolicyKind::Gateway.api();
-    let resource = kube::api::ApiResource {
-        group: api.group.into(),
-        version: api.version.into(),
-        api_version: format!("{}/{}", api.group, api.version),
-        kind: "Gateway".into(),
-        plural: api.plural.into(),
-    };
-    match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    }
 }
 
 /// The `Programmed` condition of a Gateway: (status, message).

@@ -175,16 +175,7 @@ fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Res
 
     // The guide's VirtualService, applied with kubectl as users do, gets its verdict.
     let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
-    plane.run(&["create", "namespace", "bookinfo"])?;
-    plane.run(&[
-        "create",
-        "service",
-        "clusterip",
-        "reviews",
-        "--tcp=9080:9080",
-        "-n",
-        "bookinfo",
-    ])?;
+    support::bookinfo(&plane)?;
     plane.run(&[
         "apply",
         "-n",

@@ -252,18 +252,14 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let deploy = deploy.display().to_string();
     let get = |args: &[&str]| plane.run(args).unwrap_or_default();
+    // `weft install --deploy-dir <workspace>/deploy <args>`.
+    let install = |args: &[&str]| {
+        let mut all = vec!["install", "--deploy-dir", deploy.as_str()];
+        all.extend_from_slice(args);
+        weft_on(&plane, &all)
+    };
 
-    let dry = weft_on(
-        &plane,
-        &[
-            "install",
-            "--overlay",
-            "production",
-            "--dry-run",
-            "--deploy-dir",
-            &deploy,
-        ],
-    )?;
+    let dry = install(&["--overlay", "production", "--dry-run"])?;
     let text = String::from_utf8_lossy(&dry.stdout);
     ensure!(
         dry.status.success(),
@@ -284,18 +280,7 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
         "a dry run created the namespace"
     );
 
-    let out = weft_on(
-        &plane,
-        &[
-            "install",
-            "--overlay",
-            "small",
-            "--wait-secs",
-            "0",
-            "--deploy-dir",
-            &deploy,
-        ],
-    )?;
+    let out = install(&["--overlay", "small", "--wait-secs", "0"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("$ weft install --overlay small --wait-secs 0\n{text}");
     ensure!(
@@ -357,18 +342,7 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
         "-o",
         "jsonpath={.metadata.generation}",
     ]);
-    let again = weft_on(
-        &plane,
-        &[
-            "install",
-            "--overlay",
-            "small",
-            "--wait-secs",
-            "0",
-            "--deploy-dir",
-            &deploy,
-        ],
-    )?;
+    let again = install(&["--overlay", "small", "--wait-secs", "0"])?;
     let text = String::from_utf8_lossy(&again.stdout);
     ensure!(
         again.status.success() && text.matches("kept ").count() == 9,
@@ -388,10 +362,7 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
         "re-installing changed the DaemonSet: {before} -> {after}"
     );
 
-    let bad = weft_on(
-        &plane,
-        &["install", "--overlay", "nonsense", "--deploy-dir", &deploy],
-    )?;
+    let bad = install(&["--overlay", "nonsense"])?;
     ensure!(bad.status.code() == Some(2), "an unknown overlay: {bad:?}");
     ensure!(String::from_utf8_lossy(&bad.stderr).contains("no kustomization"));
     Ok(())

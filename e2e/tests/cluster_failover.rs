@@ -118,16 +118,7 @@ fn a_killed_leader_hands_over_within_the_lease_while_traffic_never_stops() -> Re
 
     // Status writing moved with it: a VirtualService applied now gets its verdict.
     let plane = bed.control_plane().context("Kubernetes mode")?;
-    plane.run(&["create", "namespace", "bookinfo"])?;
-    plane.run(&[
-        "create",
-        "service",
-        "clusterip",
-        "reviews",
-        "--tcp=9080:9080",
-        "-n",
-        "bookinfo",
-    ])?;
+    support::bookinfo(plane)?;
     support::guide_gets_a_verdict(plane, Duration::from_secs(15))?;
     eprintln!("verdict written {:?} after SIGKILL", killed.elapsed());
 

@@ -186,24 +186,10 @@ impl TestBed {
             .pods
             .iter()
             .filter(|p| !self.is_waypoint(p))
-            .map(|p| {
-                format!(
-                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}}}\nstatus: {{phase: Running, podIP: {2}, podIPs: [{{ip: {2}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n",
-                    p.name, p.namespace, p.ip
-                )
-            })
+            .map(|p| crate::kubelet::pod_status(&p.namespace, &p.name, p.ip, true))
             .collect();
         if !status.is_empty() {
-            let file = self.dir.join("status.yaml");
-            std::fs::write(&file, status)?;
-            plane.run(&[
-                "apply",
-                "--server-side",
-                "--field-manager=weft-testbed-kubelet",
-                "--subresource=status",
-                "-f",
-                &file.display().to_string(),
-            ])?;
+            crate::kubelet::kubelet_apply(plane, &self.dir.join("status.yaml"), &status, true)?;
         }
         Ok(())
     }

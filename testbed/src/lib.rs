@@ -29,6 +29,7 @@ mod metrics;
 mod net;
 pub mod pcap;
 mod pod;
+mod pod_runner;
 mod pods;
 mod procs;
 pub mod rogue;

@@ -50,6 +50,12 @@ pub(crate) fn leading_with_bookinfo(plane: &ControlPlane) -> Result<Controller> 
     wait_until("replica-a leads", Duration::from_secs(15), || {
         Ok(lease_holder(plane) == "replica-a")
     })?;
+    bookinfo(plane)?;
+    Ok(controller)
+}
+
+/// Namespace `bookinfo` with a Service `reviews` (9080), for the guide's YAML to land on.
+pub(crate) fn bookinfo(plane: &ControlPlane) -> Result<()> {
     plane.run(&["create", "namespace", "bookinfo"])?;
     plane.run(&[
         "create",
@@ -60,7 +66,7 @@ pub(crate) fn leading_with_bookinfo(plane: &ControlPlane) -> Result<Controller> 
         "-n",
         "bookinfo",
     ])?;
-    Ok(controller)
+    Ok(())
 }
 
 /// Applies the guide's `istio-traffic-management.yaml` in `bookinfo` and waits for the
