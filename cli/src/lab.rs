@@ -308,7 +308,15 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         "\nTry it: ip netns exec {} curl http://{}:9080/",
         productpage.netns, services[1].vip
     );
-    println!("Node proxy logs: {}/node*-proxy.log", bed.dir().display());
+    println!(
+        "Node proxy logs: {}/node*-proxy.log ({})",
+        bed.dir().display(),
+        if args.keep {
+            "kept after the lab stops"
+        } else {
+            "removed when the lab stops; --keep keeps them"
+        }
+    );
     println!(
         "Controller: manifests in {} (edit them: e.g. remove the namespace label \
          weft.io/dataplane-mode: ambient from shop in bed.yaml and its pods leave the mesh), \

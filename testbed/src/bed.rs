@@ -251,18 +251,24 @@ impl TestBed {
                 node.pod_subnet,
                 self.capture.flag()
             );
+            let _ = writeln!(
+                out,
+                "    {:<12} {:<18} {:<15} {:<9} IDENTITY",
+                "NAMESPACE", "POD", "IP", "MESH"
+            );
             for pod in self.pods.iter().filter(|p| p.node == i) {
+                // A waypoint speaks HBONE itself: it is in the mesh, though never captured.
+                let (role, identity) = if self.is_waypoint(pod) {
+                    ("waypoint", pod.identity().to_string())
+                } else if pod.enrolled {
+                    ("ambient", pod.identity().to_string())
+                } else {
+                    ("no mesh", String::new())
+                };
                 let _ = writeln!(
                     out,
-                    "    {:<14} {:<15} {} {}",
-                    pod.name,
-                    pod.ip,
-                    if pod.enrolled { "ambient " } else { "no mesh " },
-                    if pod.enrolled {
-                        pod.identity().to_string()
-                    } else {
-                        String::new()
-                    }
+                    "    {:<12} {:<18} {:<15} {:<9} {}",
+                    pod.namespace, pod.name, pod.ip, role, identity
                 );
             }
         }
