@@ -49,16 +49,22 @@ fn kernel(report: &mut Report) {
             "pre-bpffs",
         );
     }
-    if mounted("cgroup2", "/sys/fs/cgroup") {
-        report.ok("cgroup v2", "mounted at /sys/fs/cgroup".into());
-    } else {
-        report.push(
+    // The unified hierarchy wherever it is mounted (`/sys/fs/cgroup`, or
+    // `/sys/fs/cgroup/unified` on a hybrid host): eBPF capture attaches to its root.
+    let cgroup2 = mounts.lines().find_map(|l| {
+        let mut fields = l.split_whitespace().skip(1);
+        let (at, fs) = (fields.next()?, fields.next()?);
+        (fs == "cgroup2").then(|| at.to_owned())
+    });
+    match cgroup2 {
+        Some(at) => report.ok("cgroup v2", format!("mounted at {at}")),
+        None => report.push(
             "cgroup v2",
             Outcome::Warn,
-            "/sys/fs/cgroup is not cgroup v2".into(),
+            "no cgroup2 filesystem is mounted".into(),
             "eBPF capture attaches to the cgroup v2 root; without it node proxies use nftables",
             "pre-cgroup",
-        );
+        ),
     }
     if Path::new("/sys/kernel/btf/vmlinux").exists() {
         report.ok("kernel BTF", "/sys/kernel/btf/vmlinux present".into());

@@ -367,3 +367,78 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
     ensure!(String::from_utf8_lossy(&bad.stderr).contains("no kustomization"));
     Ok(())
 }
+
+#[test]
+fn weft_check_pre_judges_this_machine_the_cni_config_and_permissions() -> Result<()> {
+    let Some(assets) = assets() else {
+        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+        return Ok(());
+    };
+    let plane = weft_testbed::cluster::ControlPlane::start(&assets, "weftpre")?;
+    let conf = plane.dir().join("net.d");
+    std::fs::create_dir_all(&conf)?;
+    let pre = |bed_conf: &std::path::Path| -> Result<(serde_json::Value, Option<i32>)> {
+        let out = weft_on(
+            &plane,
+            &[
+                "check",
+                "--pre",
+                "--cni-conf-dir",
+                &bed_conf.display().to_string(),
+                "-o",
+                "json",
+            ],
+        )?;
+        Ok((serde_json::from_slice(&out.stdout)?, out.status.code()))
+    };
+    let outcome = |checks: &serde_json::Value, name: &str| -> String {
+        checks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name)
+            .map(|c| c["outcome"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    // No network plugin config yet: install would have nothing to chain into.
+    let (checks, code) = pre(&conf)?;
+    ensure!(
+        code == Some(1) && outcome(&checks, "CNI configuration") == "fail",
+        "{checks}"
+    );
+    // This machine has what eBPF capture needs, and the admin may install.
+    for name in [
+        "kernel",
+        "bpffs",
+        "cgroup v2",
+        "kernel BTF",
+        "permission to install",
+    ] {
+        ensure!(outcome(&checks, name) == "ok", "{name}: {checks}");
+    }
+    std::fs::write(conf.join("10-pods.conflist"), "{}")?;
+    let (checks, code) = pre(&conf)?;
+    ensure!(code == Some(0), "all met, yet: {checks}");
+    // A user without the rights to install is told so.
+    plane.run(&["create", "serviceaccount", "nobody", "-n", "default"])?;
+    let token = plane.token("default", "nobody", None)?;
+    let kubeconfig = plane.token_kubeconfig("nobody", &token)?;
+    let out = plane
+        .command(weft_testbed::bin_dir()?.join("weft"))
+        .args([
+            "check",
+            "--pre",
+            "--cni-conf-dir",
+            &conf.display().to_string(),
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()?;
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        out.status.code() == Some(1) && outcome(&checks, "permission to install") == "fail",
+        "{checks}"
+    );
+    Ok(())
+}
