@@ -174,15 +174,8 @@ fn the_controller_runs_with_its_own_service_account_and_writes_verdicts() -> Res
     })?;
 
     // The guide's VirtualService, applied with kubectl as users do, gets its verdict.
-    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
     support::bookinfo(&plane)?;
-    plane.run(&[
-        "apply",
-        "-n",
-        "bookinfo",
-        "-f",
-        &guide.display().to_string(),
-    ])?;
+    support::apply_guide(&plane, "istio-traffic-management.yaml")?;
     wait_until(
         "the VirtualService's status",
         Duration::from_secs(15),

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use cli::weft;
 use serde_json::Value;
 use weft_testbed::TestBed;
-use weft_testbed::cluster::assets;
+use weft_testbed::cluster::tier_assets;
 
 /// `weft check -o json`: its checks and exit code.
 fn check(bed: &TestBed) -> Result<(Vec<Value>, Option<i32>)> {
@@ -64,8 +64,7 @@ fn until_failing(bed: &TestBed, name: &str, needle: &str, within: Duration) -> R
 
 #[test]
 fn weft_check_is_all_green_after_install_and_names_each_break_with_a_hint() -> Result<()> {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let mut bed = TestBed::new("weftcheck", 2)?;

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use cli::{weft, weft_ok, weft_on};
 use weft_testbed::TestBed;
-use weft_testbed::cluster::assets;
+use weft_testbed::cluster::tier_assets;
 
 #[test]
 fn weft_namespace_and_waypoint_put_a_service_in_the_mesh_and_behind_a_waypoint() -> Result<()> {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let mut bed = TestBed::new("weftwp", 2)?;
@@ -244,8 +243,7 @@ fn weft_namespace_and_waypoint_put_a_service_in_the_mesh_and_behind_a_waypoint()
 
 #[test]
 fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> Result<()> {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let plane = weft_testbed::cluster::ControlPlane::start(&assets, "weftinstall")?;
@@ -370,8 +368,7 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
 
 #[test]
 fn weft_check_pre_judges_this_machine_the_cni_config_and_permissions() -> Result<()> {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let plane = weft_testbed::cluster::ControlPlane::start(&assets, "weftpre")?;

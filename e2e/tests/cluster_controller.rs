@@ -154,14 +154,7 @@ spec:
 
     // The guide's `retry:` (not in the upstream API): applied, acted on, and the condition
     // names the upstream field.
-    let guide = support::workspace().join("examples/guide/istio-retry.yaml");
-    plane.run(&[
-        "apply",
-        "-n",
-        "bookinfo",
-        "-f",
-        &guide.display().to_string(),
-    ])?;
+    support::apply_guide(&plane, "istio-retry.yaml")?;
     wait_until("the guide's condition", Duration::from_secs(15), || {
         Ok(!condition("reviews", "reason").is_empty())
     })

@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use weft_testbed::cluster::assets;
+use weft_testbed::cluster::tier_assets;
 use weft_testbed::{Pod, TestBed};
 
 /// Requests per second of the background traffic.
@@ -18,8 +18,7 @@ const RATE: u64 = 20;
 /// A bed on a real API server: `client` on node 1 and `web` (weft-testsrv) on node 2, both in
 /// the mesh, with traffic checked once.
 fn mesh_under_traffic(label: &str) -> Result<Option<(TestBed, Pod, Pod)>> {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(None);
     };
     let mut bed = TestBed::new(label, 2)?;

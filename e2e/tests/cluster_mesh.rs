@@ -7,13 +7,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use weft_testbed::cluster::assets;
+use weft_testbed::cluster::tier_assets;
 
 #[test]
 fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns_them() -> Result<()>
 {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     // Pods created through the API, run by the bed as a kubelet would; the controller
@@ -88,8 +87,7 @@ fn kubectl_label_namespace_makes_running_pods_mtls_within_1s_and_unlabel_returns
 
 #[test]
 fn the_ca_refuses_a_token_for_another_node_another_account_or_another_audience() -> Result<()> {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let mut bed = weft_testbed::TestBed::new("kubetoken", 2)?;
@@ -144,8 +142,7 @@ fn the_ca_refuses_a_token_for_another_node_another_account_or_another_audience()
 #[test]
 fn the_guides_header_route_applied_with_kubectl_steers_traffic_through_the_waypoint() -> Result<()>
 {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let mut bed = weft_testbed::TestBed::new("kuberoute", 2)?;
@@ -229,8 +226,7 @@ fn the_guides_header_route_applied_with_kubectl_steers_traffic_through_the_waypo
 #[test]
 fn the_guides_smi_traffic_split_applied_with_kubectl_sends_90_10() -> Result<()> {
     use weft_testbed::fixtures::{reviews_url, tally_count};
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let mut bed = weft_testbed::TestBed::new("kubesplit", 2)?;
@@ -241,13 +237,7 @@ fn the_guides_smi_traffic_split_applied_with_kubectl_sends_90_10() -> Result<()>
     bed.serve_testsrv(&v2, "v2")?;
     // Applied, the split reaches the waypoint as one more config update (before it the
     // apex's two pods share the traffic evenly, so the answers alone cannot tell).
-    let log = bed.waypoint_log_path(&waypoint);
-    let updates = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("config update applied")
-            .count()
-    };
+    let updates = || bed.waypoint_updates(&waypoint);
     let before = updates();
     let guide = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/guide/linkerd-canary.yaml");

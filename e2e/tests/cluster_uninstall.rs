@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_testbed::cluster::assets;
+use weft_testbed::cluster::tier_assets;
 use weft_testbed::{CaptureMode, TestBed};
 
 const BRIDGE: &str = r#"{"cniVersion": "1.0.0", "name": "pods", "plugins": [
@@ -68,8 +68,7 @@ fn pinned_programs(pin_dir: &Path) -> Result<Vec<u64>> {
 
 #[test]
 fn uninstalled_as_the_readme_says_each_node_is_left_as_before_weft() -> Result<()> {
-    let Some(assets) = assets() else {
-        eprintln!("cluster tier did not run: no kube-apiserver (set WEFT_KUBE_ASSETS)");
+    let Some(assets) = tier_assets() else {
         return Ok(());
     };
     let mut bed = TestBed::new("uninstall", 2)?;

@@ -26,6 +26,19 @@ pub fn assets() -> Option<PathBuf> {
     dir.join("kube-apiserver").exists().then_some(dir)
 }
 
+/// [`assets`], or `None` after printing the one line that says the cluster tier did not run
+/// and how to enable it (what every cluster-tier test does without the binaries).
+pub fn tier_assets() -> Option<PathBuf> {
+    let found = assets();
+    if found.is_none() {
+        eprintln!(
+            "cluster tier did not run: no kube-apiserver in WEFT_KUBE_ASSETS or ../shared/k8s/bin \
+             (set WEFT_KUBE_ASSETS to a directory holding kube-apiserver and kube-controller-manager)"
+        );
+    }
+    found
+}
+
 /// A test bed's Kubernetes mode (see `kube.rs`).
 pub(crate) struct Kube {
     pub(crate) assets: PathBuf,

@@ -96,13 +96,7 @@ impl Bookinfo {
 
     /// Applies a manifest and waits until the waypoint has the resulting config.
     pub fn apply(&self, file: &str, text: &str) -> Result<()> {
-        let log_path = self.bed.waypoint_log_path(&self.waypoint);
-        let applied = || {
-            std::fs::read_to_string(&log_path)
-                .unwrap_or_default()
-                .matches("config update applied")
-                .count()
-        };
+        let applied = || self.bed.waypoint_updates(&self.waypoint);
         let before = applied();
         self.bed.write_manifest(file, text)?;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -110,7 +104,8 @@ impl Bookinfo {
             ensure!(
                 Instant::now() < deadline,
                 "the waypoint did not get {file}; its log:\n{}\ncontroller log:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default(),
+                std::fs::read_to_string(self.bed.waypoint_log_path(&self.waypoint))
+                    .unwrap_or_default(),
                 self.bed.controller_log()
             );
             std::thread::sleep(Duration::from_millis(50));

@@ -321,6 +321,14 @@ impl TestBed {
             .copied()
     }
 
+    /// How many config updates the waypoint has applied so far (from its log).
+    pub fn waypoint_updates(&self, w: &Pod) -> usize {
+        std::fs::read_to_string(self.waypoint_log_path(w))
+            .unwrap_or_default()
+            .matches("config update applied")
+            .count()
+    }
+
     /// The waypoint's log file.
     pub fn waypoint_log_path(&self, w: &Pod) -> PathBuf {
         self.dir.join(format!("waypoint-{}.log", w.name))

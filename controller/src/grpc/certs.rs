@@ -36,6 +36,10 @@ impl CertService {
             expires_unix: now + self.ttl.as_secs(),
         };
         self.shared.proxies.update(node, |s| {
+            // Identities whose pods left the node stop being renewed: forget them a lifetime
+            // after they expired, so the record does not grow with every pod ever seen.
+            s.certificates
+                .retain(|_, c| c.expires_unix + self.ttl.as_secs() > now);
             s.certificates.insert(identity.to_string(), issued);
         });
     }

@@ -91,6 +91,21 @@ impl View {
     }
 }
 
+/// What a proxy said about itself, as kept for operators: at most 16 entries, keys of 64 and
+/// values of 512 characters (the rest is cut), so a client cannot grow the controller's memory.
+fn about_for_operators(
+    about: &std::collections::HashMap<String, String>,
+) -> BTreeMap<String, String> {
+    let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    let mut kept: BTreeMap<String, String> = BTreeMap::new();
+    let mut keys: Vec<&String> = about.keys().collect();
+    keys.sort();
+    for key in keys.into_iter().take(16) {
+        kept.insert(cut(key, 64), cut(&about[key], 512));
+    }
+    kept
+}
+
 /// The `ConfigDiscovery` service.
 pub struct ConfigService {
     shared: Shared,
@@ -133,7 +148,7 @@ impl v1::config_discovery_server::ConfigDiscovery for ConfigService {
         let (tx, rx) = mpsc::channel(4);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let about = first.about.clone().into_iter().collect();
+            let about = about_for_operators(&first.about);
             shared.proxies.update(&node, |s| {
                 s.connected = true;
                 s.in_sync = false;
@@ -284,5 +299,21 @@ mod tests {
         next.resources.remove("waypoint/shop/w2");
         let (_, removed) = acked.diff(&Arc::new(next), &View::of("waypoint.shop.w1"));
         assert!(removed.is_empty(), "{removed:?}");
+    }
+
+    #[test]
+    fn what_a_proxy_says_about_itself_is_bounded() {
+        let about: std::collections::HashMap<String, String> = (0..100)
+            .map(|i| (format!("{i:03}{}", "k".repeat(100)), "v".repeat(10_000)))
+            .collect();
+        let kept = about_for_operators(&about);
+        assert_eq!(kept.len(), 16);
+        assert!(
+            kept.iter()
+                .all(|(k, v)| k.chars().count() == 64 && v.chars().count() == 512)
+        );
+        let small: std::collections::HashMap<String, String> =
+            [("capture".to_owned(), "ebpf".to_owned())].into();
+        assert_eq!(about_for_operators(&small)["capture"], "ebpf");
     }
 }

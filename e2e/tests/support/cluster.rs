@@ -7,14 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use weft_testbed::cluster::{ControlPlane, assets};
+use weft_testbed::cluster::{ControlPlane, tier_assets};
 
 pub(crate) fn plane(label: &str) -> Result<Option<ControlPlane>> {
-    let Some(assets) = assets() else {
-        eprintln!(
-            "cluster tier did not run: no kube-apiserver in WEFT_KUBE_ASSETS or ../shared/k8s/bin \
-             (set WEFT_KUBE_ASSETS to a directory holding kube-apiserver and kube-controller-manager)"
-        );
+    let Some(assets) = tier_assets() else {
         return Ok(None);
     };
     Ok(Some(ControlPlane::start(&assets, label)?))
@@ -72,7 +68,15 @@ pub(crate) fn bookinfo(plane: &ControlPlane) -> Result<()> {
 /// Applies the guide's `istio-traffic-management.yaml` in `bookinfo` and waits for the
 /// VirtualService's verdict.
 pub(crate) fn guide_gets_a_verdict(plane: &ControlPlane, within: Duration) -> Result<()> {
-    let guide = workspace().join("examples/guide/istio-traffic-management.yaml");
+    apply_guide(plane, "istio-traffic-management.yaml")?;
+    wait_until("the VirtualService's verdict", within, || {
+        Ok(!accepted_reason(plane, "virtualservice", "reviews", "bookinfo").is_empty())
+    })
+}
+
+/// `kubectl apply -n bookinfo -f examples/guide/<file>`, unchanged, as users apply it.
+pub(crate) fn apply_guide(plane: &ControlPlane, file: &str) -> Result<()> {
+    let guide = workspace().join("examples/guide").join(file);
     plane.run(&[
         "apply",
         "-n",
@@ -80,9 +84,7 @@ pub(crate) fn guide_gets_a_verdict(plane: &ControlPlane, within: Duration) -> Re
         "-f",
         &guide.display().to_string(),
     ])?;
-    wait_until("the VirtualService's verdict", within, || {
-        Ok(!accepted_reason(plane, "virtualservice", "reviews", "bookinfo").is_empty())
-    })
+    Ok(())
 }
 
 /// Polls `probe` until it is true (`within` at most).
