@@ -5,6 +5,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::identity::SpiffeId;
+use crate::mesh::Workload;
+
 /// Which side of the connection reported the metric.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -25,25 +28,149 @@ pub enum SecurityPolicy {
     none,
 }
 
-/// Labels of the TCP metrics. `unknown` stands for a side outside the mesh.
+/// The source side of a metric's labels. `unknown` stands for what is outside the mesh or not
+/// proven.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    /// Who reports.
-    pub reporter: Reporter,
-    /// Source pod name.
+pub struct SourceLabels {
+    /// The source's workload (its Deployment, or the pod's name).
     pub source_workload: String,
     /// Source namespace.
     pub source_workload_namespace: String,
-    /// Source SPIFFE ID.
+    /// Source SPIFFE ID, as proven by its certificate.
     pub source_principal: String,
-    /// Destination pod name.
+    /// The source pod's `app` label.
+    pub source_app: String,
+    /// The source pod's `version` label.
+    pub source_version: String,
+    /// Canonical service of the source.
+    pub source_canonical_service: String,
+    /// Canonical revision of the source.
+    pub source_canonical_revision: String,
+}
+
+/// The destination side of a metric's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    /// The destination's workload (its Deployment, or the pod's name).
     pub destination_workload: String,
     /// Destination namespace.
     pub destination_workload_namespace: String,
     /// Destination SPIFFE ID.
     pub destination_principal: String,
-    /// Service the client addressed, if it used a VIP.
+    /// The destination pod's `app` label.
+    pub destination_app: String,
+    /// The destination pod's `version` label.
+    pub destination_version: String,
+    /// Canonical service of the destination.
+    pub destination_canonical_service: String,
+    /// Canonical revision of the destination.
+    pub destination_canonical_revision: String,
+    /// The service the client addressed, as `name.namespace.svc.cluster.local`, at every
+    /// reporter.
     pub destination_service: String,
+    /// The service's name.
+    pub destination_service_name: String,
+    /// The service's namespace.
+    pub destination_service_namespace: String,
+}
+
+/// The value of labels nothing is known for.
+pub const UNKNOWN: &str = "unknown";
+
+fn or_unknown(value: Option<&str>) -> String {
+    match value {
+        Some(v) if !v.is_empty() => v.to_owned(),
+        _ => UNKNOWN.to_owned(),
+    }
+}
+
+/// What a workload contributes to a side's labels: workload, namespace, app, version,
+/// canonical service and revision.
+fn workload_names(w: Option<&Workload>) -> [String; 6] {
+    [
+        or_unknown(w.map(Workload::workload_name)),
+        or_unknown(w.map(|w| w.namespace.as_str())),
+        or_unknown(w.map(|w| w.meta.app.as_str())),
+        or_unknown(w.map(|w| w.meta.version.as_str())),
+        or_unknown(w.map(Workload::canonical_service)),
+        or_unknown(w.map(Workload::canonical_revision)),
+    ]
+}
+
+impl SourceLabels {
+    /// The labels of a source workload (None: outside the mesh) that proved `principal`.
+    pub fn of(workload: Option<&Workload>, principal: Option<&SpiffeId>) -> Self {
+        let [workload, namespace, app, version, service, revision] = workload_names(workload);
+        Self {
+            source_workload: workload,
+            source_workload_namespace: namespace,
+            source_principal: principal.map_or_else(|| UNKNOWN.to_owned(), ToString::to_string),
+            source_app: app,
+            source_version: version,
+            source_canonical_service: service,
+            source_canonical_revision: revision,
+        }
+    }
+}
+
+impl DestinationLabels {
+    /// The labels of a destination workload with `principal`, reached through `service`
+    /// (name, namespace) when the client addressed one.
+    pub fn of(
+        workload: Option<&Workload>,
+        principal: Option<&SpiffeId>,
+        service: Option<(&str, &str)>,
+    ) -> Self {
+        let [workload, namespace, app, version, canonical, revision] = workload_names(workload);
+        Self {
+            destination_workload: workload,
+            destination_workload_namespace: namespace,
+            destination_principal: principal
+                .map_or_else(|| UNKNOWN.to_owned(), ToString::to_string),
+            destination_app: app,
+            destination_version: version,
+            destination_canonical_service: canonical,
+            destination_canonical_revision: revision,
+            destination_service: service
+                .map_or_else(|| UNKNOWN.to_owned(), |(name, ns)| service_fqdn(name, ns)),
+            destination_service_name: or_unknown(service.map(|s| s.0)),
+            destination_service_namespace: or_unknown(service.map(|s| s.1)),
+        }
+    }
+}
+
+impl DestinationLabels {
+    /// Names the workload that answered, keeping the service.
+    pub fn set_workload(&mut self, workload: &Workload, principal: &SpiffeId) {
+        let [name, namespace, app, version, canonical, revision] = workload_names(Some(workload));
+        self.destination_workload = name;
+        self.destination_workload_namespace = namespace;
+        self.destination_principal = principal.to_string();
+        self.destination_app = app;
+        self.destination_version = version;
+        self.destination_canonical_service = canonical;
+        self.destination_canonical_revision = revision;
+    }
+}
+
+/// A service's `destination_service` label: its cluster-local FQDN.
+pub fn service_fqdn(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.svc.cluster.local")
+}
+
+/// Labels of the TCP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// Who reports.
+    pub reporter: Reporter,
+    /// The client.
+    #[prometheus(flatten)]
+    pub source: SourceLabels,
+    /// The server.
+    #[prometheus(flatten)]
+    pub destination: DestinationLabels,
+    /// Always `tcp`.
+    pub request_protocol: &'static str,
     /// mTLS or not.
     pub connection_security_policy: SecurityPolicy,
 }

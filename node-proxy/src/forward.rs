@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 use weft_core::identity::SpiffeId;
 use weft_core::mesh::{Service, Workload};
-use weft_core::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use weft_core::metrics::{DestinationLabels, Reporter, SecurityPolicy, SourceLabels, TcpLabels};
 
 use crate::proxy::Proxy;
 
@@ -62,30 +62,16 @@ pub(crate) struct Connection<'a> {
 
 impl Connection<'_> {
     fn labels(&self) -> TcpLabels {
-        let name = |p: &Peer<'_>| {
-            p.workload
-                .map_or_else(|| "unknown".into(), |w| w.name.clone())
-        };
-        let ns = |p: &Peer<'_>| {
-            p.workload
-                .map_or_else(|| "unknown".into(), |w| w.namespace.clone())
-        };
-        let principal = |p: &Peer<'_>| {
-            p.identity
-                .map_or_else(|| "unknown".into(), ToString::to_string)
-        };
         TcpLabels {
             reporter: self.reporter,
-            source_workload: name(&self.source),
-            source_workload_namespace: ns(&self.source),
-            source_principal: principal(&self.source),
-            destination_workload: name(&self.destination),
-            destination_workload_namespace: ns(&self.destination),
-            destination_principal: principal(&self.destination),
-            destination_service: self.service.map_or_else(
-                || "unknown".into(),
-                |s| format!("{}.{}.svc.cluster.local", s.name, s.namespace),
+            source: SourceLabels::of(self.source.workload, self.source.identity),
+            destination: DestinationLabels::of(
+                self.destination.workload,
+                self.destination.identity,
+                self.service
+                    .map(|s| (s.name.as_str(), s.namespace.as_str())),
             ),
+            request_protocol: "tcp",
             connection_security_policy: self.security,
         }
     }

@@ -221,6 +221,7 @@ spec:
                     netns: None,
                     mtls: Default::default(),
                     authz: Vec::new(),
+                    meta: Default::default(),
                 })
                 .collect(),
             services: self.services.clone(),

@@ -15,8 +15,6 @@ use crate::request::route::CompiledRoute;
 /// One service as the waypoint serves it.
 pub(crate) struct BoundService {
     pub(crate) policy: ServicePolicy,
-    /// `name.namespace`, the `destination_service` label (computed once per config).
-    pub(crate) label: String,
     pub(crate) routes: Vec<CompiledRoute>,
     /// Backends by index, with their port maps.
     pub(crate) backends: Vec<(Arc<Backend>, Vec<ServicePort>)>,
@@ -130,7 +128,6 @@ impl Snapshot {
                 })
                 .collect();
             services.push(Arc::new(BoundService {
-                label: format!("{}.{}", policy.name, policy.namespace),
                 policy,
                 routes,
                 backends,

@@ -40,6 +40,8 @@ pub struct Pod {
     pub ports: Vec<PodPort>,
     /// Being deleted: a waypoint pod in this state drains and takes no new tunnels.
     pub terminating: bool,
+    /// Its controlling owner, as (kind, name): a ReplicaSet, StatefulSet, DaemonSet, Job.
+    pub owner: Option<(String, String)>,
 }
 
 /// A service's target port: a number, or the name of a container port.

@@ -52,8 +52,16 @@ pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String>
                     format!("{label}: status.podIP: {ip:?} is not an IP address: {e}")
                 })?),
             };
+            let owner = doc
+                .metadata
+                .owner_references
+                .iter()
+                .find(|o| o.controller)
+                .or(doc.metadata.owner_references.first())
+                .map(|o| (o.kind.clone(), o.name.clone()));
             Object::Pod(Pod {
                 terminating: doc.metadata.deletion_timestamp.is_some(),
+                owner,
                 name: doc.metadata.name,
                 namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
                 labels: doc.metadata.labels,

@@ -58,6 +58,11 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                 permissive: w.mtls.permissive,
                 mtls_except_ports: w.mtls.except_ports.iter().map(|p| u32::from(*p)).collect(),
                 authz: w.authz.iter().map(v1::AuthzPolicy::from).collect(),
+                workload_name: w.meta.workload.clone(),
+                app: w.meta.app.clone(),
+                version: w.meta.version.clone(),
+                canonical_service: w.meta.canonical_service.clone(),
+                canonical_revision: w.meta.canonical_revision.clone(),
             }),
         );
     }
@@ -189,6 +194,13 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                         })
                     })
                     .collect::<Result<_, _>>()?,
+                meta: crate::mesh::WorkloadMeta {
+                    workload: w.workload_name.clone(),
+                    app: w.app.clone(),
+                    version: w.version.clone(),
+                    canonical_service: w.canonical_service.clone(),
+                    canonical_revision: w.canonical_revision.clone(),
+                },
             }),
             Some(v1::resource::Kind::Service(s)) => {
                 let ports = ports_from(&s.ports).map_err(nested)?;

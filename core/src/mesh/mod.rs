@@ -20,7 +20,7 @@ pub use waypoint::{
     Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy, StrMatch,
     WaypointConfig, WeightedBackend,
 };
-pub use workload::{MtlsPolicy, Protocol, Workload};
+pub use workload::{MtlsPolicy, Protocol, Workload, WorkloadMeta};
 
 /// A small mesh for the tests of this module's files.
 #[cfg(test)]

@@ -45,6 +45,69 @@ pub struct Workload {
     /// Authorization policies its node proxy enforces on connections to it (L4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authz: Vec<AuthzPolicy>,
+    /// What telemetry calls it: its workload, app and version (from the pod's owner and labels).
+    #[serde(default, skip_serializing_if = "WorkloadMeta::is_empty")]
+    pub meta: WorkloadMeta,
+}
+
+/// The names telemetry gives a pod beyond its own: the controller fills them from the pod's
+/// owner and labels; an empty field falls back as each accessor says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadMeta {
+    /// The owning Deployment, StatefulSet, DaemonSet or Job; empty: the pod's own name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workload: String,
+    /// The pod's `app` label.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app: String,
+    /// The pod's `version` label.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// `service.istio.io/canonical-name`, else `app.kubernetes.io/name`, else `app`; empty:
+    /// the workload.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canonical_service: String,
+    /// `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`, else
+    /// `version`; empty: `latest`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canonical_revision: String,
+}
+
+impl WorkloadMeta {
+    /// Nothing known beyond the pod.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Workload {
+    /// The workload name telemetry reports: the owner's, or the pod's own.
+    pub fn workload_name(&self) -> &str {
+        if self.meta.workload.is_empty() {
+            &self.name
+        } else {
+            &self.meta.workload
+        }
+    }
+
+    /// The canonical service telemetry reports.
+    pub fn canonical_service(&self) -> &str {
+        if self.meta.canonical_service.is_empty() {
+            self.workload_name()
+        } else {
+            &self.meta.canonical_service
+        }
+    }
+
+    /// The canonical revision telemetry reports.
+    pub fn canonical_revision(&self) -> &str {
+        if self.meta.canonical_revision.is_empty() {
+            "latest"
+        } else {
+            &self.meta.canonical_revision
+        }
+    }
 }
 
 /// Which inbound connections an enrolled workload accepts (PeerAuthentication).

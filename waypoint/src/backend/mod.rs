@@ -190,6 +190,7 @@ pub(crate) mod test_support {
                     netns: None,
                     mtls: Default::default(),
                     authz: Vec::new(),
+                    meta: Default::default(),
                 };
                 (
                     Arc::new(workload),

@@ -41,7 +41,7 @@ impl Replayable {
 
 /// Reads up to `cap` bytes of `body`. Returns the whole body if it fits, else the body to
 /// stream once (what was read, then the rest).
-pub(crate) async fn buffer(mut body: Incoming, cap: u64) -> Result<Replayable, Body> {
+pub(crate) async fn buffer(mut body: Body, cap: u64) -> Result<Replayable, Body> {
     let mut frames = Vec::new();
     let mut size = 0u64;
     loop {
@@ -65,7 +65,7 @@ pub(crate) async fn buffer(mut body: Incoming, cap: u64) -> Result<Replayable, B
                 frames.push(frame);
                 if size > cap {
                     let head = Replayable(frames).body();
-                    let rest = body.map_err(|e| Box::new(e) as BoxError);
+                    let rest = body;
                     let chained = tokio_stream::StreamExt::chain(
                         http_body_util::BodyStream::new(head),
                         http_body_util::BodyStream::new(rest),

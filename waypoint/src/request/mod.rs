@@ -36,19 +36,21 @@ mod upgrade;
 use std::convert::Infallible;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tracing::info;
 use weft_core::mesh::PathPart;
+use weft_core::metrics::{DestinationLabels, SecurityPolicy, SourceLabels};
 
 pub(crate) use self::mirror::MIRRORS_IN_FLIGHT;
 use self::reply::{Reply, ResponseFlag, local};
 use self::route::RequestView;
 use self::timeout::Deadlines;
 use self::tries::{Tries, TryBody};
-use crate::body::Body;
+use crate::body::{Body, Counted};
 use crate::metrics::RequestLabels;
 use crate::shared::Tunnel;
 use crate::snapshot::BoundService;
@@ -71,23 +73,15 @@ pub(crate) async fn handle(
     let service = snapshot.service_for(tunnel.target).cloned();
     let mut labels = RequestLabels {
         reporter: "waypoint",
-        source_workload: source
-            .as_ref()
-            .map_or_else(|| "unknown".into(), |w| w.name.clone()),
-        source_workload_namespace: source
-            .as_ref()
-            .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),
-        source_principal: tunnel.peer.to_string(),
-        destination_service: service
-            .as_ref()
-            .map_or_else(|| tunnel.target.to_string(), |s| s.label.clone()),
-        destination_service_namespace: service
-            .as_ref()
-            .map_or_else(|| "unknown".into(), |s| s.policy.namespace.clone()),
-        destination_workload: "unknown".into(),
+        source: SourceLabels::of(source.as_deref(), Some(&tunnel.peer)),
+        destination: DestinationLabels::of(
+            None,
+            None,
+            service
+                .as_ref()
+                .map(|s| (s.policy.name.as_str(), s.policy.namespace.as_str())),
+        ),
         route: "none".into(),
-        response_code: 0,
-        response_flags: "-",
         request_protocol: if grpc {
             "grpc"
         } else if http2 {
@@ -95,8 +89,14 @@ pub(crate) async fn handle(
         } else {
             "http"
         },
+        response_code: 0,
         grpc_response_status: String::new(),
+        response_flags: "-",
+        connection_security_policy: SecurityPolicy::mutual_tls,
     };
+    // Body sizes are known once the response body is done; they are recorded then.
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let request = request.map(|b| Counted::new(body::once(b), request_bytes.clone()).boxed());
     let reply = match service {
         None => local(
             StatusCode::NOT_FOUND,
@@ -124,21 +124,29 @@ pub(crate) async fn handle(
         target: "access",
         src = %tunnel.client,
         src_identity = %tunnel.peer,
-        dst_service = %labels.destination_service,
-        dst_workload = %labels.destination_workload,
+        dst_service = %labels.destination.destination_service,
+        dst_workload = %labels.destination.destination_workload,
         route = %labels.route,
         code = labels.response_code,
         flags = labels.response_flags,
         duration_ms = millis as u64,
         "request"
     );
+    let metrics = tunnel.waypoint.metrics.clone();
+    let response = response.map(move |b| {
+        Counted::new(b, Arc::new(AtomicU64::new(0)))
+            .on_drop(move |sent| {
+                metrics.record_bytes(&labels, request_bytes.load(Ordering::Relaxed), sent);
+            })
+            .boxed()
+    });
     Ok(response)
 }
 
 async fn serve(
     tunnel: &Tunnel,
     service: &Arc<BoundService>,
-    mut request: Request<Incoming>,
+    mut request: Request<Body>,
     labels: &mut RequestLabels,
     http2: bool,
 ) -> Reply {
@@ -281,7 +289,7 @@ async fn serve(
             Ok(replay) => TryBody::Replay(replay),
             Err(stream) => TryBody::Once(Some(stream)),
         },
-        None => TryBody::Once(Some(body::once(incoming))),
+        None => TryBody::Once(Some(incoming)),
     };
     let Some(identity) = tunnel.waypoint.certs.get() else {
         return local(

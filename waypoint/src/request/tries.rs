@@ -90,7 +90,9 @@ impl Tries<'_> {
                     );
                 }
             };
-            labels.destination_workload = endpoint.workload.name.clone();
+            labels
+                .destination
+                .set_workload(&endpoint.workload, &endpoint.identity);
             previous = Some(endpoint.workload.ip);
             let request = upstream_request(
                 self.parts,
@@ -121,7 +123,7 @@ impl Tries<'_> {
                         .retries
                         .get_or_create(&vec![(
                             "destination_service".to_owned(),
-                            labels.destination_service.clone(),
+                            labels.destination.destination_service.clone(),
                         )])
                         .inc();
                     if let Some(r) = self.retry {

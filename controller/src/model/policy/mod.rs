@@ -236,6 +236,19 @@ pub(crate) struct Meta {
     /// Set once the object is being deleted (a pod terminating).
     #[serde(default, rename = "deletionTimestamp")]
     pub(crate) deletion_timestamp: Option<String>,
+    /// Who owns the object (a pod's ReplicaSet).
+    #[serde(default, rename = "ownerReferences")]
+    #[schemars(skip)]
+    pub(crate) owner_references: Vec<OwnerReference>,
+}
+
+/// One of `metadata.ownerReferences`.
+#[derive(Deserialize, Debug, Clone)]
+pub(crate) struct OwnerReference {
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) controller: bool,
 }
 
 /// Reads a policy manifest of `kind`. Errors name the field (`spec.http[0].retries.attempts:

@@ -2,7 +2,7 @@
 //! L4 authorization), services with their endpoints and waypoint, and each waypoint's config.
 
 use weft_core::identity::SpiffeId;
-use weft_core::mesh::{MeshConfig, Protocol, WaypointRef, Workload};
+use weft_core::mesh::{MeshConfig, Protocol, WaypointRef, Workload, WorkloadMeta};
 
 use super::authz::workload_authz;
 use super::endpoints::Membership;
@@ -103,6 +103,7 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
             } else {
                 Vec::new()
             },
+            meta: telemetry_names(pod),
         });
     }
     let waypoints = running
@@ -114,6 +115,43 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
         workloads,
         services,
         waypoints,
+    }
+}
+
+/// The names telemetry reports for a pod, as Istio derives them: the workload is the
+/// Deployment behind a ReplicaSet (its name less the pod-template hash) or the owner itself;
+/// the canonical service and revision come from the first label present.
+fn telemetry_names(pod: &Pod) -> WorkloadMeta {
+    let label = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| pod.labels.get(*k).filter(|v| !v.is_empty()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let workload = match &pod.owner {
+        Some((kind, name)) if kind == "ReplicaSet" => pod
+            .labels
+            .get("pod-template-hash")
+            .and_then(|hash| name.strip_suffix(&format!("-{hash}")))
+            .unwrap_or(name)
+            .to_owned(),
+        Some((_, name)) => name.clone(),
+        None => String::new(),
+    };
+    WorkloadMeta {
+        workload,
+        app: label(&["app"]),
+        version: label(&["version"]),
+        canonical_service: label(&[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]),
+        canonical_revision: label(&[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ]),
     }
 }
 
@@ -140,6 +178,7 @@ mod tests {
                 container_port: 8080,
             }],
             terminating: false,
+            owner: None,
         }
     }
 
@@ -238,5 +277,53 @@ mod tests {
             .collect();
         assert_eq!(holders.len(), 1, "one workload per IP");
         assert_eq!(mesh.services[0].endpoints.len(), 1);
+    }
+
+    #[test]
+    fn telemetry_names_the_deployment_behind_a_replicaset_and_the_canonical_labels() {
+        let mut p = pod(
+            "shop",
+            "reviews-v2-5d9f8c7b6-x2x4q",
+            "10.0.0.9",
+            &[
+                ("pod-template-hash", "5d9f8c7b6"),
+                ("app", "reviews"),
+                ("version", "v2"),
+                ("app.kubernetes.io/name", "reviews-api"),
+            ],
+        );
+        p.owner = Some(("ReplicaSet".into(), "reviews-v2-5d9f8c7b6".into()));
+        let meta = telemetry_names(&p);
+        assert_eq!(meta.workload, "reviews-v2");
+        assert_eq!(
+            (meta.app.as_str(), meta.version.as_str()),
+            ("reviews", "v2")
+        );
+        assert_eq!(meta.canonical_service, "reviews-api");
+        assert_eq!(meta.canonical_revision, "v2");
+
+        p.owner = Some(("StatefulSet".into(), "db".into()));
+        assert_eq!(telemetry_names(&p).workload, "db");
+        let bare = pod("shop", "lonely", "10.0.0.10", &[]);
+        let w = Workload {
+            name: bare.name.clone(),
+            namespace: bare.namespace.clone(),
+            service_account: "default".into(),
+            ip: "10.0.0.10".parse().unwrap(),
+            node: "node1".into(),
+            protocol: Protocol::Hbone,
+            netns: None,
+            mtls: Default::default(),
+            authz: Vec::new(),
+            meta: telemetry_names(&bare),
+        };
+        assert_eq!(
+            (
+                w.workload_name(),
+                w.canonical_service(),
+                w.canonical_revision()
+            ),
+            ("lonely", "lonely", "latest")
+        );
     }
 }
