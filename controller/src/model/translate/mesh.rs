@@ -309,7 +309,7 @@ mod tests {
             name: bare.name.clone(),
             namespace: bare.namespace.clone(),
             service_account: "default".into(),
-            ip: "10.0.0.10".parse().unwrap(),
+            ip: "10.0.0.10".parse().expect("an IP"),
             node: "node1".into(),
             protocol: Protocol::Hbone,
             netns: None,
