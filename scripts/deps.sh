@@ -24,6 +24,8 @@ if ! command -v kubectl >/dev/null; then
   if apt-cache show kubectl >/dev/null 2>&1; then need+=(kubectl); else need+=(kubernetes-client); fi
 fi
 command -v etcd >/dev/null || need+=(etcd-server)
+# `weft stat` is tested against a real Prometheus scraping the bed.
+command -v prometheus >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq

@@ -16,6 +16,7 @@ mod precheck;
 mod proxy_config;
 mod proxy_status;
 mod report;
+mod stat;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,10 @@ enum Command {
     /// What one node proxy or waypoint holds (workloads, services, policies, certificates),
     /// from its own config dump.
     ProxyConfig(proxy_config::ProxyConfigArgs),
+    /// Golden metrics from Prometheus, per workload, service or namespace: success rate,
+    /// requests per second and latency percentiles (what waypoints report), open TCP
+    /// connections (what node proxies report).
+    Stat(stat::StatArgs),
     /// Installs Weft: renders deploy/ (an overlay), adds the CRDs the cluster lacks, applies
     /// everything server-side, and waits for the controller and every node proxy.
     Install(install::InstallArgs),
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::ProxyConfig(args) => proxy_config::run(&args),
+        Command::Stat(args) => stat::run(&args),
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
         Command::Namespace(command) => mesh_cmds::namespace(&command),

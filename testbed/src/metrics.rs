@@ -41,6 +41,78 @@ impl TestBed {
         Ok(parse_metrics(&body))
     }
 
+    /// Starts Prometheus (Debian's `prometheus`) in node `i`'s namespace, scraping every node
+    /// proxy and waypoint each second, and waits until it is ready. Returns its address, which
+    /// answers inside that namespace (`ip netns exec <node> ...`). It stops with the bed.
+    pub fn prometheus(&mut self, i: usize) -> Result<SocketAddr> {
+        let dir = self.dir.join("prometheus");
+        std::fs::create_dir_all(&dir)?;
+        let mut targets: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("'{}:15020'", n.ip))
+            .collect();
+        targets.extend(self.waypoints.iter().map(|w| format!("'{}:15020'", w.ip)));
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config)?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9090));
+        let netns = self.nodes[i].netns.clone();
+        self.spawn_in(
+            &netns,
+            &[
+                "prometheus",
+                &format!("--config.file={}", config_path.display()),
+                &format!("--storage.tsdb.path={}", dir.join("data").display()),
+                &format!("--web.listen-address={addr}"),
+                "--log.level=warn",
+            ],
+            "prometheus.log",
+        )?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let netns_path = Path::new("/run/netns").join(&netns);
+        loop {
+            if let Ok((200, _)) = http_get_in(&netns_path, addr, "/-/ready") {
+                return Ok(addr);
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "Prometheus was not ready in 30 s: {}",
+                std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a PromQL instant query on the Prometheus [`TestBed::prometheus`] started in node
+    /// `i`; returns the first sample's value (None: no sample).
+    pub fn promql(&self, i: usize, query: &str) -> Result<Option<f64>> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (status, body) = http_get_in(
+            &Path::new("/run/netns").join(&self.nodes[i].netns),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+            &format!("/api/v1/query?query={encoded}"),
+        )?;
+        ensure!(status == 200, "Prometheus answered {status}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(json["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok()))
+    }
+
     /// The waypoint's metrics.
     pub fn waypoint_metrics(&self, w: &Pod) -> Result<BTreeMap<String, f64>> {
         let (_, text) = http_get_in(

@@ -108,7 +108,15 @@ pub fn manifests(
                 "spec": {
                     "selector": {"matchLabels": selector},
                     "template": {
-                        "metadata": {"labels": {GATEWAY_NAME: name, "weft.io/dataplane-mode": "none"}},
+                        "metadata": {
+                            "labels": {GATEWAY_NAME: name, "weft.io/dataplane-mode": "none"},
+                            // Prometheus' usual pod discovery finds the request metrics.
+                            "annotations": {
+                                "prometheus.io/scrape": "true",
+                                "prometheus.io/port": "15020",
+                                "prometheus.io/path": "/metrics",
+                            },
+                        },
                         "spec": {
                             "serviceAccountName": name,
                             "containers": [{
@@ -152,7 +160,10 @@ pub fn manifests(
                 "metadata": metadata(name),
                 "spec": {
                     "selector": selector,
-                    "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "protocol": "TCP"}],
+                    "ports": [
+                        {"name": "mesh", "port": 15008, "targetPort": 15008, "protocol": "TCP"},
+                        {"name": "http-metrics", "port": 15020, "targetPort": 15020, "protocol": "TCP"},
+                    ],
                 },
             }),
         ),
