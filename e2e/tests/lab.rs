@@ -45,3 +45,73 @@ fn the_lab_runs_its_traffic_and_summarises_it_truthfully() -> Result<()> {
     ensure!(text.contains("Tearing the lab down."), "{text}");
     Ok(())
 }
+
+/// `weft lab --manifests examples/lab`: the user's Deployments, Services and waypoint run, and
+/// the user's policies decide what the traffic gets.
+#[test]
+fn the_lab_runs_your_own_manifests_and_your_policies_decide() -> Result<()> {
+    let port = weft_testbed::cluster::ControlPlane::free_addr()?.port();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab");
+    let out = std::process::Command::new(weft_testbed::bin_dir()?.join("weft"))
+        .args(["lab", "--duration-secs", "1", "--requests", "4"])
+        .args(["--metrics-port", &port.to_string()])
+        .arg("--manifests")
+        .arg(&dir)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "weft lab failed:\n{text}\n{errors}");
+    // Two replicas of api-v1, one of api-v2, the waypoint.
+    for pod in ["api-v1-0", "api-v1-1", "api-v2-0", "frontend-0"] {
+        ensure!(
+            text.lines()
+                .any(|l| l.contains("shop") && l.contains(pod) && l.contains("ambient")),
+            "{pod}: {text}"
+        );
+    }
+    ensure!(
+        text.lines()
+            .any(|l| l.contains("shop-waypoint") && l.contains("waypoint")),
+        "{text}"
+    );
+    ensure!(text.contains("VirtualService shop/api: Accepted"), "{text}");
+    // The VirtualService sends every request to v2 (the Service alone spreads them over three
+    // pods); the AuthorizationPolicy lets only api call the frontend.
+    ensure!(text.contains("4× 200 from api-v2-0"), "{text}");
+    ensure!(
+        text.lines()
+            .any(|l| l.contains("shop/frontend:80") && l.contains("4× no answer")),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// A mistake in the user's YAML fails at once, naming the file and field, before anything is
+/// built.
+#[test]
+fn the_lab_refuses_broken_manifests_before_building_anything() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("weft-lab-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec: {ports: [{port: 99999}]}\n",
+    )?;
+    let out = std::process::Command::new(weft_testbed::bin_dir()?.join("weft"))
+        .args(["lab", "--duration-secs", "1", "--manifests"])
+        .arg(&dir)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{text}");
+    ensure!(
+        errors.contains("broken.yaml") && errors.contains("spec.ports[0].port"),
+        "{errors}"
+    );
+    ensure!(
+        !text.contains("building"),
+        "it built before reading: {text}"
+    );
+    Ok(())
+}

@@ -187,11 +187,26 @@ impl TestBed {
         target_port: u16,
         endpoints: &[&Pod],
     ) {
+        self.service_ports(name, namespace, vip, &[(port, target_port)], endpoints);
+    }
+
+    /// Declares a service with several (port, target port) pairs.
+    pub fn service_ports(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        vip: Ipv4Addr,
+        ports: &[(u16, u16)],
+        endpoints: &[&Pod],
+    ) {
         self.services.push(Service {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             vip: vip.into(),
-            ports: vec![ServicePort { port, target_port }],
+            ports: ports
+                .iter()
+                .map(|&(port, target_port)| ServicePort { port, target_port })
+                .collect(),
             endpoints: endpoints.iter().map(|p| p.name.clone()).collect(),
             waypoint: None,
         });

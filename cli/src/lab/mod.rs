@@ -3,6 +3,11 @@
 //! services behind VIPs, a waypoint applying the guide's VirtualService to `reviews` in
 //! `default`, traffic, and a summary read from the proxies' own metrics.
 
+mod manifests;
+mod sample;
+mod scenario;
+mod user;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -10,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_testbed::fixtures::{REVIEWS_VIP, ReviewsBehindWaypoint, reviews_behind_waypoint};
-use weft_testbed::{CaptureMode, Pod, TestBed, metric_sum};
+
+use weft_testbed::{CaptureMode, TestBed, metric_sum};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct LabArgs {
@@ -31,15 +36,20 @@ pub(crate) struct LabArgs {
     /// printed).
     #[arg(long)]
     keep: bool,
-}
-
-struct Svc {
-    name: &'static str,
-    vip: Ipv4Addr,
-    pod: Pod,
+    /// Run the lab on your own YAML instead of the sample: Namespaces, Pods, Deployments,
+    /// Services and waypoint Gateways in DIR become the lab's; every other object (your
+    /// policies) goes to the lab controller unchanged.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// With --manifests: the pod traffic is sent from (NAMESPACE/NAME); default: the first pod
+    /// in the mesh.
+    #[arg(long, value_name = "NS/POD", requires = "manifests")]
+    from: Option<String>,
 }
 
 pub(crate) fn run(args: &LabArgs) -> Result<()> {
+    // The user's YAML is read first: a mistake in it fails now, not after the build.
+    let user = args.manifests.as_deref().map(manifests::read).transpose()?;
     // Catch Ctrl-C/SIGTERM/SIGHUP before building anything, so an interruption at any point
     // still tears the namespaces down (the TestBed's Drop) instead of leaving them behind.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -75,7 +85,15 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             })?;
         listeners.push(listener);
     }
-    println!("Weft lab: building 2 nodes and the ambient namespace \"shop\"...");
+    match &user {
+        Some(mesh) => println!(
+            "Weft lab: building 2 nodes with your {} pod(s), {} service(s) and {} waypoint(s)...",
+            mesh.pods.len(),
+            mesh.services.len(),
+            mesh.waypoints.len()
+        ),
+        None => println!("Weft lab: building 2 nodes and the ambient namespace \"shop\"..."),
+    }
     let mut bed = TestBed::new("lab", 2)?;
     if args.keep {
         bed.keep_files();
@@ -88,135 +106,10 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         "nftables" => CaptureMode::Nftables,
         other => anyhow::bail!("--capture {other}: expected ebpf or nftables"),
     });
-    let productpage = bed
-        .pod("productpage")
-        .namespace("shop")
-        .service_account("bookinfo-productpage")
-        .on_node(0)
-        .add()?;
-    let details = bed
-        .pod("details-v1")
-        .namespace("shop")
-        .service_account("details")
-        .on_node(0)
-        .add()?;
-    let reviews = bed
-        .pod("reviews-v1")
-        .namespace("shop")
-        .service_account("reviews")
-        .on_node(1)
-        .add()?;
-    let ratings = bed
-        .pod("ratings-v1")
-        .namespace("shop")
-        .service_account("ratings")
-        .on_node(1)
-        .add()?;
-    let legacy = bed
-        .pod("legacy")
-        .namespace("legacy")
-        .on_node(1)
-        .not_enrolled()
-        .add()?;
-    // L7: the guide's bookinfo reviews, v1 and v2, behind a waypoint, in `default` (where the
-    // guide's YAML lands when applied without a namespace).
-    let ReviewsBehindWaypoint {
-        v1: l7_v1,
-        v2: l7_v2,
-        waypoint,
-    } = reviews_behind_waypoint(&mut bed)?;
-    let services = [
-        Svc {
-            name: "details",
-            vip: Ipv4Addr::new(10, 96, 0, 20),
-            pod: details,
-        },
-        Svc {
-            name: "reviews",
-            vip: Ipv4Addr::new(10, 96, 0, 21),
-            pod: reviews,
-        },
-        Svc {
-            name: "ratings",
-            vip: Ipv4Addr::new(10, 96, 0, 22),
-            pod: ratings,
-        },
-    ];
-    for svc in &services {
-        bed.service(svc.name, "shop", svc.vip, 9080, 8080, &[&svc.pod]);
-    }
-    bed.start().context("starting the node proxies")?;
-    bed.serve_testsrv(&l7_v1, "reviews-v1")?;
-    bed.serve_testsrv(&l7_v2, "reviews-v2")?;
-    bed.write_manifest("istio-traffic-management.yaml", GUIDE_TRAFFIC)?;
-    for svc in &services {
-        let body = format!(
-            "{{\"service\":\"{}\",\"pod\":\"{}\"}}\n",
-            svc.name, svc.pod.name
-        );
-        bed.serve_http(&svc.pod, 8080, &[("index.html", &body)])?;
-    }
-    print!("{}", bed.describe());
-
-    println!(
-        "\nTraffic: productpage -> details, reviews, ratings ({} requests each, by service VIP)",
-        args.requests
-    );
-    let mut failures = 0;
-    for svc in &services {
-        for _ in 0..args.requests {
-            let (ok, _, err) = bed.curl(&productpage, &format!("http://{}:9080/", svc.vip))?;
-            if !ok {
-                failures += 1;
-                eprintln!("  request to {} failed: {}", svc.name, err.trim());
-            }
-        }
-    }
-    let (legacy_ok, _, _) = bed.curl(&legacy, &format!("http://{}:8080/", services[1].pod.ip))?;
-    println!(
-        "Traffic: legacy (outside the mesh) -> reviews-v1 in plaintext: {}",
-        if legacy_ok {
-            "ALLOWED (unexpected!)"
-        } else {
-            "refused (STRICT mTLS)"
-        }
-    );
-
-    // L7 through the waypoint: the guide's VirtualService sends end-user: jason to v2.
-    std::thread::sleep(Duration::from_millis(300));
-    let url = format!("http://{REVIEWS_VIP}:9080/reviews/1");
-    let mut answers: BTreeMap<(&str, String), u32> = BTreeMap::new();
-    for (who, header) in [
-        ("jason", "end-user: jason"),
-        ("anyone else", "end-user: alice"),
-    ] {
-        for _ in 0..args.requests {
-            let out = bed.exec(
-                &productpage,
-                &["curl", "-sS", "--max-time", "5", "-H", header, &url],
-            )?;
-            let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            *answers.entry((who, body)).or_default() += 1;
-        }
-    }
-    println!(
-        "\nL7: productpage -> reviews.default through reviews-waypoint, with the guide's \
-         VirtualService (end-user: jason -> v2, the rest -> v1):"
-    );
-    for ((who, body), n) in &answers {
-        println!("  as {who}: {n} answered by {body}");
-    }
-    let l7_ok = answers.get(&("jason", "reviews-v2".to_owned())) == Some(&args.requests)
-        && answers.get(&("anyone else", "reviews-v1".to_owned())) == Some(&args.requests);
-    let waypoint_metrics = bed.waypoint_metrics(&waypoint)?;
-    println!(
-        "  the waypoint counted {} requests (weft_requests_total, reporter=waypoint)",
-        metric_sum(
-            &waypoint_metrics,
-            "weft_requests_total",
-            &[("reporter", "waypoint")]
-        )
-    );
+    let scenario = match &user {
+        Some(mesh) => user::run(&mut bed, mesh, args.requests, args.from.as_deref())?,
+        None => sample::sample(&mut bed, args.requests)?,
+    };
     std::thread::sleep(Duration::from_millis(200));
 
     println!("\nWhat talked to what (reported by the source node proxy):");
@@ -272,17 +165,9 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         println!("      {sp}  ->  {dp}");
     }
     ensure!(
-        failures == 0,
-        "{failures} requests failed; node proxy logs are in {}",
-        bed.dir().display()
-    );
-    ensure!(
-        !legacy_ok,
-        "plaintext from outside the mesh reached an enrolled pod"
-    );
-    ensure!(
-        l7_ok,
-        "the waypoint did not route as the VirtualService says; logs in {}",
+        scenario.problems.is_empty(),
+        "{}; logs in {}",
+        scenario.problems.join("; "),
         bed.dir().display()
     );
 
@@ -304,10 +189,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         ));
         println!("  {}: curl http://127.0.0.1:{port}/metrics", node.name);
     }
-    println!(
-        "\nTry it: ip netns exec {} curl http://{}:9080/",
-        productpage.netns, services[1].vip
-    );
+    println!("\nTry it: {}", scenario.try_it);
     println!(
         "Node proxy logs: {}/node*-proxy.log ({})",
         bed.dir().display(),
@@ -318,10 +200,15 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         }
     );
     println!(
-        "Controller: manifests in {} (edit them: e.g. remove the namespace label \
-         weft.io/dataplane-mode: ambient from shop in bed.yaml and its pods leave the mesh), \
+        "Controller: manifests in {} (edit them and the controller applies the change{}), \
          log {}",
         bed.manifests_dir().display(),
+        if user.is_some() {
+            "; yours are the user-*.yaml files"
+        } else {
+            ": e.g. remove the namespace label weft.io/dataplane-mode: ambient from shop in \
+             bed.yaml and its pods leave the mesh"
+        },
         bed.controller_log_path().display()
     );
     match args.duration_secs {
@@ -344,9 +231,6 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
     }
     Ok(())
 }
-
-/// The guide's traffic-management example, applied unchanged.
-const GUIDE_TRAFFIC: &str = include_str!("../../examples/guide/istio-traffic-management.yaml");
 
 /// Forwards connections from a loopback port of this namespace to `target` inside `netns`.
 async fn forward(
