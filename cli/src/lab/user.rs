@@ -238,12 +238,19 @@ fn answer(bed: &TestBed, client: &Pod, url: &str) -> Result<String> {
         .unwrap_or(("", stdout.trim()));
     Ok(match code {
         "200" => format!("200 from {}", body.trim()),
-        "000" | "" => format!(
-            "no answer ({})",
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .trim_start_matches("curl: ")
-        ),
+        // curl's exit status says how: 52 and 56 are a connection closed without an answer,
+        // which is how a node proxy refuses a connection its policy does not allow.
+        "000" | "" => match out.status.code() {
+            Some(52 | 56) => "no answer (the connection was closed: refused by policy?)".into(),
+            Some(7) => "no answer (connection refused)".into(),
+            Some(28) => "no answer (timed out)".into(),
+            _ => format!(
+                "no answer ({})",
+                String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .trim_start_matches("curl: ")
+            ),
+        },
         code => format!("{code} {}", body.lines().next().unwrap_or("").trim()),
     })
 }
