@@ -459,6 +459,11 @@ impl ControlPlane {
         ])
     }
 
+    /// The network namespace it runs in (`None`: this process's).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
     /// The directory holding its files.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -45,6 +45,18 @@ pub(crate) struct LabArgs {
     /// in the mesh.
     #[arg(long, value_name = "NS/POD", requires = "manifests")]
     from: Option<String>,
+    /// Back the lab with a real Kubernetes control plane (kube-apiserver, etcd,
+    /// kube-controller-manager) so that your own kubectl drives it: label namespaces, apply
+    /// policies, and watch the traffic change. Needs the binaries (--kube-assets).
+    #[arg(long)]
+    kube: bool,
+    /// Directory holding kube-apiserver and kube-controller-manager (default:
+    /// WEFT_KUBE_ASSETS, else ../shared/k8s/bin of the source tree).
+    #[arg(long, value_name = "DIR", requires = "kube")]
+    kube_assets: Option<PathBuf>,
+    /// Seconds between rounds of the watched traffic while the lab runs (0: no watching).
+    #[arg(long, default_value_t = 2)]
+    watch_secs: u64,
 }
 
 pub(crate) fn run(args: &LabArgs) -> Result<()> {
@@ -74,6 +86,12 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     let stopped = || *stop.borrow();
+    // So is a missing control plane.
+    let kube = if args.kube {
+        Some(kube_assets(args.kube_assets.as_deref())?)
+    } else {
+        None
+    };
     // The metrics ports first: a clash fails now, with the fix, not after the lab is built.
     let mut listeners = Vec::new();
     for i in 0..2u16 {
@@ -100,7 +118,11 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
     }
     // The embedded default: a weft-controller reading Kubernetes YAML from a directory programs
     // the node proxies, as it would from the API server.
-    bed.with_controller();
+    match &kube {
+        // Through a real API server: the controller watches it, the bed plays kubelet.
+        Some(assets) => bed.with_kubernetes(assets),
+        None => bed.with_controller(),
+    };
     bed.capture_mode(match args.capture.as_str() {
         "ebpf" => CaptureMode::Ebpf,
         "nftables" => CaptureMode::Nftables,
@@ -189,6 +211,23 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         ));
         println!("  {}: curl http://127.0.0.1:{port}/metrics", node.name);
     }
+    if let Some(plane) = bed.control_plane() {
+        let kubeconfig = expose_api_server(&runtime, plane, bed.dir())?;
+        println!("\nKubernetes (a real API server; the lab's kubelet runs its own pods only):");
+        println!("  export KUBECONFIG={}", kubeconfig.display());
+        println!("  kubectl get pods -A -o wide");
+        println!(
+            "  kubectl label namespace {} weft.io/dataplane-mode-   (its pods leave the mesh)",
+            if user.is_some() {
+                "<namespace>"
+            } else {
+                "shop"
+            }
+        );
+        println!(
+            "  kubectl apply -f <policy.yaml>   (its verdict: kubectl get <kind> <name> -o yaml)"
+        );
+    }
     println!("\nTry it: {}", scenario.try_it);
     println!(
         "Node proxy logs: {}/node*-proxy.log ({})",
@@ -199,28 +238,53 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             "removed when the lab stops; --keep keeps them"
         }
     );
-    println!(
-        "Controller: manifests in {} (edit them and the controller applies the change{}), \
-         log {}",
-        bed.manifests_dir().display(),
-        if user.is_some() {
-            "; yours are the user-*.yaml files"
-        } else {
-            ": e.g. remove the namespace label weft.io/dataplane-mode: ambient from shop in \
-             bed.yaml and its pods leave the mesh"
-        },
-        bed.controller_log_path().display()
-    );
-    match args.duration_secs {
-        Some(secs) => {
-            println!("Running for {secs} s...");
-            std::thread::sleep(Duration::from_secs(secs));
+    if bed.control_plane().is_some() {
+        println!(
+            "Controller log: {} (it reads the API server: change things with kubectl)",
+            bed.controller_log_path().display()
+        );
+    } else {
+        println!(
+            "Controller: manifests in {} (edit them and the controller applies the change{}), \
+             log {}",
+            bed.manifests_dir().display(),
+            if user.is_some() {
+                "; yours are the user-*.yaml files"
+            } else {
+                ": e.g. remove the namespace label weft.io/dataplane-mode: ambient from shop in \
+                 bed.yaml and its pods leave the mesh"
+            },
+            bed.controller_log_path().display()
+        );
+    }
+    let until = args.duration_secs.map(|secs| {
+        println!("Running for {secs} s...");
+        std::time::Instant::now() + Duration::from_secs(secs)
+    });
+    if until.is_none() {
+        println!("Running until Ctrl-C...");
+    }
+    if args.watch_secs > 0 {
+        println!(
+            "Watching the traffic every {} s (a line when what it gets changes):",
+            args.watch_secs
+        );
+    }
+    let mut last = String::new();
+    let mut next_probe = std::time::Instant::now();
+    while !stopped() && until.is_none_or(|t| std::time::Instant::now() < t) {
+        if args.watch_secs > 0 && std::time::Instant::now() >= next_probe {
+            let line = (scenario.probe)(&bed);
+            if line != last {
+                println!("  [{}] {line}", clock());
+                last = line;
+            }
+            next_probe = std::time::Instant::now() + Duration::from_secs(args.watch_secs);
         }
-        None => {
-            println!("Running until Ctrl-C...");
-            let mut stop = stop.clone();
-            runtime.block_on(async move { stop.wait_for(|s| *s).await.map(|_| ()) })?;
-        }
+        let mut stop = stop.clone();
+        runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(200), stop.wait_for(|s| *s)).await;
+        });
     }
     println!("Tearing the lab down.");
     let dir = bed.dir().to_path_buf();
@@ -230,6 +294,74 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
         println!("Logs, manifests and certificates kept in {}", dir.display());
     }
     Ok(())
+}
+
+/// The control plane's binaries: `explicit`, else where the test bed looks for them.
+fn kube_assets(explicit: Option<&std::path::Path>) -> Result<PathBuf> {
+    let dir = match explicit {
+        Some(dir) => dir.to_owned(),
+        None => weft_testbed::cluster::assets().context(
+            "--kube: no kube-apiserver found: pass --kube-assets DIR or set WEFT_KUBE_ASSETS to a \
+             directory holding kube-apiserver and kube-controller-manager",
+        )?,
+    };
+    for binary in ["kube-apiserver", "kube-controller-manager"] {
+        anyhow::ensure!(
+            dir.join(binary).is_file(),
+            "--kube: {} has no {binary}",
+            dir.display()
+        );
+    }
+    anyhow::ensure!(
+        std::process::Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "--kube: kubectl is not installed (scripts/deps.sh installs it)"
+    );
+    Ok(dir)
+}
+
+/// Makes the API server (inside node 1's namespace) reachable from this machine's loopback
+/// and writes an admin kubeconfig that points there; returns its path.
+fn expose_api_server(
+    runtime: &tokio::runtime::Runtime,
+    plane: &weft_testbed::cluster::ControlPlane,
+    dir: &std::path::Path,
+) -> Result<PathBuf> {
+    let target: SocketAddr = plane
+        .server
+        .trim_start_matches("https://")
+        .parse()
+        .context("the API server's address")?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
+    let local = listener.local_addr()?;
+    let netns = plane.netns().context("the control plane runs in a node")?;
+    let netns = Arc::new(weft_core::netns::Netns::open(
+        &PathBuf::from("/run/netns").join(netns),
+    )?);
+    runtime.spawn(forward(listener, netns, target));
+    // The server certificate names 127.0.0.1, whatever the port.
+    let admin = std::fs::read_to_string(&plane.kubeconfig)?;
+    let path = dir.join("lab.kubeconfig");
+    std::fs::write(
+        &path,
+        admin.replace(&plane.server, &format!("https://{local}")),
+    )?;
+    Ok(path)
+}
+
+/// The time of day (UTC) for the watched traffic's lines.
+fn clock() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 /// Forwards connections from a loopback port of this namespace to `target` inside `netns`.

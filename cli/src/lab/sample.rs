@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use weft_testbed::fixtures::{REVIEWS_VIP, ReviewsBehindWaypoint, reviews_behind_waypoint};
 use weft_testbed::{Pod, TestBed, metric_sum};
 
-use super::scenario::Scenario;
+use super::scenario::{Scenario, answer, apply};
 
 struct Svc {
     name: &'static str,
@@ -80,13 +80,20 @@ pub(super) fn sample(bed: &mut TestBed, requests: u32) -> Result<Scenario> {
     bed.start().context("starting the node proxies")?;
     bed.serve_testsrv(&l7_v1, "reviews-v1")?;
     bed.serve_testsrv(&l7_v2, "reviews-v2")?;
-    bed.write_manifest("istio-traffic-management.yaml", GUIDE_TRAFFIC)?;
+    let before = bed.waypoint_updates(&waypoint);
+    apply(bed, "istio-traffic-management.yaml", GUIDE_TRAFFIC)?;
     for svc in &services {
         let body = format!(
             "{{\"service\":\"{}\",\"pod\":\"{}\"}}\n",
             svc.name, svc.pod.name
         );
         bed.serve_http(&svc.pod, 8080, &[("index.html", &body)])?;
+    }
+    // The waypoint says when it has the VirtualService (through an API server, a watch event
+    // later than a file).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bed.waypoint_updates(&waypoint) <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
     print!("{}", bed.describe());
 
@@ -159,12 +166,34 @@ pub(super) fn sample(bed: &mut TestBed, requests: u32) -> Result<Scenario> {
     if !l7_ok {
         problems.push("the waypoint did not route as the VirtualService says".to_owned());
     }
+    let shop: Vec<(&'static str, String)> = services
+        .iter()
+        .map(|s| (s.name, format!("http://{}:9080/", s.vip)))
+        .collect();
+    let client = productpage.clone();
+    let probe = move |bed: &TestBed| {
+        let ask = |url: &str, header: Option<&str>| {
+            answer(bed, &client, url, header).unwrap_or_else(|e| e.to_string())
+        };
+        let code = |a: String| a.split_whitespace().next().unwrap_or("?").to_owned();
+        let shop: Vec<String> = shop
+            .iter()
+            .map(|(name, url)| format!("{name} {}", code(ask(url, None))))
+            .collect();
+        format!(
+            "shop: {} · reviews.default as jason: {}, as others: {}",
+            shop.join(", "),
+            ask(&url, Some("end-user: jason")),
+            ask(&url, Some("end-user: alice"))
+        )
+    };
     Ok(Scenario {
         problems,
         try_it: format!(
             "ip netns exec {} curl http://{}:9080/",
             productpage.netns, services[1].vip
         ),
+        probe: Box::new(probe),
     })
 }
 

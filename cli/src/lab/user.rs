@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use weft_testbed::{Pod, TestBed};
 
 use super::manifests::{DATAPLANE_MODE, UserMesh};
-use super::scenario::Scenario;
+use super::scenario::{Scenario, answer, apply};
 
 /// First address of the VIPs given to Services without a `clusterIP`.
 const VIP_BASE: [u8; 3] = [10, 96, 100];
@@ -107,7 +107,7 @@ pub(crate) fn run(
     // to push them (a waypoint says when it has its update).
     let before: Vec<usize> = waypoints.iter().map(|w| bed.waypoint_updates(w)).collect();
     for (file, text) in &mesh.passed_on {
-        bed.write_manifest(&format!("user-{file}"), text)?;
+        apply(bed, &format!("user-{file}"), text)?;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while !mesh.passed_on.is_empty()
@@ -123,7 +123,10 @@ pub(crate) fn run(
     print!("{}", bed.describe());
     if !mesh.passed_on.is_empty() {
         println!("Your policies, as the controller judges them (weft analyze says the same):");
-        for line in verdicts(&bed.manifests_dir())? {
+        // Judged among the lab's own objects (namespaces, pods, services) and yours.
+        let mut documents = vec![("lab.yaml".to_owned(), bed.manifests())];
+        documents.extend(mesh.passed_on.iter().cloned());
+        for line in verdicts(&documents) {
             println!("  {line}");
         }
     }
@@ -155,7 +158,7 @@ pub(crate) fn run(
             first_url.get_or_insert_with(|| url.clone());
             let mut answers: BTreeMap<String, u32> = BTreeMap::new();
             for _ in 0..requests {
-                *answers.entry(answer(bed, client, &url)?).or_default() += 1;
+                *answers.entry(answer(bed, client, &url, None)?).or_default() += 1;
             }
             let summary: Vec<String> = answers
                 .iter()
@@ -169,6 +172,18 @@ pub(crate) fn run(
             );
         }
     }
+    let targets: Vec<(String, String)> = vips
+        .iter()
+        .flat_map(|(svc, vip, ports)| {
+            ports.iter().map(move |(port, _)| {
+                (
+                    format!("{}/{}:{port}", svc.namespace, svc.name),
+                    format!("http://{vip}:{port}/"),
+                )
+            })
+        })
+        .collect();
+    let prober = client.clone();
     Ok(Scenario {
         problems: Vec::new(),
         try_it: format!(
@@ -176,29 +191,33 @@ pub(crate) fn run(
             client.netns,
             first_url.unwrap_or_else(|| "http://<service VIP>:<port>/".into())
         ),
+        probe: Box::new(move |bed: &TestBed| {
+            let parts: Vec<String> = targets
+                .iter()
+                .map(|(name, url)| {
+                    let got = answer(bed, &prober, url, None).unwrap_or_else(|e| e.to_string());
+                    format!("{name} {got}")
+                })
+                .collect();
+            parts.join(" · ")
+        }),
     })
 }
 
 /// One line per policy in the controller's manifest directory: its verdict and what is not
 /// honoured, from the controller's own parsers and verdicts.
-fn verdicts(dir: &Path) -> Result<Vec<String>> {
+fn verdicts(documents: &[(String, String)]) -> Vec<String> {
     use weft_controller::model::status::{self, Reason};
     let mut objects = weft_controller::model::Objects::default();
     let mut rejected = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        let parsed = weft_controller::source::manifests::parse_documents(&file, &text);
+    for (file, text) in documents {
+        let parsed = weft_controller::source::manifests::parse_documents(Path::new(file), text);
         for object in parsed.objects {
             objects.upsert(object);
         }
         rejected.extend(parsed.rejected);
     }
-    Ok(status::verdicts(&objects, &rejected)
+    status::verdicts(&objects, &rejected)
         .into_iter()
         .map(|v| {
             let mut line = format!("{} {}: {}", v.kind.kind(), v.key, v.reason.as_str());
@@ -210,47 +229,5 @@ fn verdicts(dir: &Path) -> Result<Vec<String>> {
             }
             line
         })
-        .collect())
-}
-
-/// One request's outcome as a user reads it: who answered, or the status and why.
-fn answer(bed: &TestBed, client: &Pod, url: &str) -> Result<String> {
-    let out = bed.exec(
-        client,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "--connect-timeout",
-            "3",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            url,
-        ],
-    )?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let (body, code) = stdout
-        .trim_end()
-        .rsplit_once('\n')
-        .unwrap_or(("", stdout.trim()));
-    Ok(match code {
-        "200" => format!("200 from {}", body.trim()),
-        // curl's exit status says how: 52 and 56 are a connection closed without an answer,
-        // which is how a node proxy refuses a connection its policy does not allow.
-        "000" | "" => match out.status.code() {
-            Some(52 | 56) => "no answer (the connection was closed: refused by policy?)".into(),
-            Some(7) => "no answer (connection refused)".into(),
-            Some(28) => "no answer (timed out)".into(),
-            _ => format!(
-                "no answer ({})",
-                String::from_utf8_lossy(&out.stderr)
-                    .trim()
-                    .trim_start_matches("curl: ")
-            ),
-        },
-        code => format!("{code} {}", body.lines().next().unwrap_or("").trim()),
-    })
+        .collect()
 }
