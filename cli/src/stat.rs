@@ -137,14 +137,21 @@ pub(crate) fn run(args: &StatArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let (header, table_rows) = cells(args.target, &rows);
+    table(&header, &table_rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table of `rows`: a header and one line of cells per row (a namespace's row is named
+/// by its namespace alone).
+fn cells(target: Target, rows: &[Row]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or_else(|| "-".into(), f);
-    // A namespace's row is named by its namespace alone.
-    let per_namespace = queries.target == Target::Ns;
-    let table_rows: Vec<Vec<String>> = rows
+    let named = target != Target::Ns;
+    let lines = rows
         .iter()
         .map(|r| {
             let mut cells = vec![r.namespace.clone()];
-            if !per_namespace {
+            if named {
                 cells.push(r.name.clone());
             }
             cells.extend([
@@ -159,18 +166,20 @@ pub(crate) fn run(args: &StatArgs) -> Result<ExitCode> {
         })
         .collect();
     let mut header = vec!["NAMESPACE"];
-    if !per_namespace {
-        header.push(queries.name_column());
+    match target {
+        Target::Deploy => header.push("WORKLOAD"),
+        Target::Svc => header.push("SERVICE"),
+        Target::Ns => {}
     }
     header.extend([
+        "SUCCESS",
         "RPS",
         "LATENCY_P50",
         "LATENCY_P95",
         "LATENCY_P99",
         "TCP_CONN",
     ]);
-    table(&header, &table_rows);
-    Ok(ExitCode::SUCCESS)
+    (header, lines)
 }
 
 fn millis(v: f64) -> String {
@@ -203,7 +212,6 @@ struct Queries {
     /// Label matchers for TCP series, and the reporter that knows the key.
     tcp: String,
     window: String,
-    target: Target,
     namespace: Option<String>,
 }
 
@@ -249,7 +257,6 @@ impl Queries {
             requests: with("waypoint"),
             tcp: with(tcp_reporter),
             window: args.window.clone(),
-            target: args.target,
             namespace,
         }
     }
@@ -304,13 +311,6 @@ impl Queries {
                 (ns != weft_core::metrics::UNKNOWN).then_some(((ns, name), value))
             })
             .collect()
-    }
-
-    fn name_column(&self) -> &'static str {
-        match self.target {
-            Target::Deploy => "WORKLOAD",
-            Target::Svc | Target::Ns => "SERVICE",
-        }
     }
 
     fn scope(&self) -> String {
@@ -457,6 +457,30 @@ mod tests {
             "{}",
             ns.requests(false)
         );
+    }
+
+    #[test]
+    fn every_table_line_has_a_cell_under_each_heading() {
+        let row = Row {
+            namespace: "shop".into(),
+            name: "web".into(),
+            success_rate: Some(0.75),
+            requests_per_second: Some(20.0),
+            ..Row::default()
+        };
+        for target in [Target::Deploy, Target::Svc, Target::Ns] {
+            let (header, lines) = cells(target, std::slice::from_ref(&row));
+            assert_eq!(
+                header.len(),
+                lines[0].len(),
+                "{target:?}: {header:?} {lines:?}"
+            );
+            let success = header
+                .iter()
+                .position(|h| *h == "SUCCESS")
+                .expect("SUCCESS");
+            assert_eq!(lines[0][success], "75.00%");
+        }
     }
 
     #[test]

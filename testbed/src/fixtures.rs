@@ -67,8 +67,17 @@ pub struct Bookinfo {
 
 /// [`Bookinfo`], its namespaces named after `label`.
 pub fn bookinfo(label: &str) -> Result<Bookinfo> {
+    bookinfo_on(label, None)
+}
+
+/// [`Bookinfo`] on a real API server from `assets` (Kubernetes mode), or from a manifest
+/// directory with `None`.
+pub fn bookinfo_on(label: &str, assets: Option<&Path>) -> Result<Bookinfo> {
     let mut bed = TestBed::new(label, 2)?;
-    bed.with_controller();
+    match assets {
+        Some(assets) => bed.with_kubernetes(assets),
+        None => bed.with_controller(),
+    };
     let client = bed
         .pod("productpage")
         .namespace("default")

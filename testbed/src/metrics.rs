@@ -47,17 +47,62 @@ impl TestBed {
     pub fn prometheus(&mut self, i: usize) -> Result<SocketAddr> {
         let dir = self.dir.join("prometheus");
         std::fs::create_dir_all(&dir)?;
-        let mut targets: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("'{}:15020'", n.ip))
-            .collect();
-        targets.extend(self.waypoints.iter().map(|w| format!("'{}:15020'", w.ip)));
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        );
+        let global = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n";
+        let config = match self.control_plane() {
+            // On an API server, the targets are found as deploy/observability's pod discovery
+            // finds them: pods annotated prometheus.io/scrape, at their IP and annotated port
+            // and path. (Debian's Prometheus is built without Kubernetes discovery, so the bed
+            // does the discovery and hands Prometheus a file.)
+            Some(plane) => {
+                let pods: serde_json::Value =
+                    serde_json::from_str(&plane.run(&["get", "pods", "-A", "-o", "json"])?)?;
+                let mut groups = Vec::new();
+                for pod in pods["items"].as_array().into_iter().flatten() {
+                    let notes = &pod["metadata"]["annotations"];
+                    let (Some("true"), Some(port), Some(ip)) = (
+                        notes["prometheus.io/scrape"].as_str(),
+                        notes["prometheus.io/port"].as_str(),
+                        pod["status"]["podIP"].as_str(),
+                    ) else {
+                        continue;
+                    };
+                    groups.push(serde_json::json!({
+                        "targets": [format!("{ip}:{port}")],
+                        "labels": {
+                            "__metrics_path__": notes["prometheus.io/path"].as_str().unwrap_or("/metrics"),
+                            "namespace": pod["metadata"]["namespace"],
+                            "pod": pod["metadata"]["name"],
+                        },
+                    }));
+                }
+                ensure!(
+                    groups.len() > self.nodes.len(),
+                    "the API server has {} pods annotated for Prometheus: expected every node \
+                     proxy and a waypoint",
+                    groups.len()
+                );
+                let targets = dir.join("targets.json");
+                std::fs::write(&targets, serde_json::to_string(&groups)?)?;
+                format!(
+                    "{global}scrape_configs:\n  - job_name: weft-proxies\n    file_sd_configs:\n      \
+                     - files: ['{}']\n",
+                    targets.display()
+                )
+            }
+            None => {
+                let mut targets: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("'{}:15020'", n.ip))
+                    .collect();
+                targets.extend(self.waypoints.iter().map(|w| format!("'{}:15020'", w.ip)));
+                format!(
+                    "{global}scrape_configs:\n  - job_name: weft\n    static_configs:\n      \
+                     - targets: [{}]\n",
+                    targets.join(", ")
+                )
+            }
+        };
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9090));
