@@ -175,6 +175,43 @@ pub struct TcpLabels {
     pub connection_security_policy: SecurityPolicy,
 }
 
+/// Why a proxy refused an inbound connection.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RefusalReason {
+    /// Not a well-formed tunnel request (the target is not the pod, no CONNECT).
+    bad_request,
+    /// The client's address is not a workload the peer's identity may speak for.
+    unverified_source,
+    /// Plaintext where PeerAuthentication requires mTLS (STRICT).
+    mtls_required,
+    /// A pod behind a waypoint reached other than through it.
+    not_through_waypoint,
+    /// An AuthorizationPolicy denies it.
+    authorization_denied,
+    /// The pod did not accept the connection.
+    upstream_unavailable,
+    /// The pod's identity has no certificate (yet).
+    no_certificate,
+    /// The TLS or HTTP/2 handshake of a tunnel connection failed.
+    handshake_failed,
+}
+
+/// Labels of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Who refused.
+    pub reporter: Reporter,
+    /// Why.
+    pub reason: RefusalReason,
+    /// The identity the client proved (`unknown` for plaintext or a failed handshake).
+    pub source_principal: String,
+    /// The pod it was for.
+    pub destination_workload: String,
+    /// Its namespace.
+    pub destination_workload_namespace: String,
+}
+
 /// TCP telemetry of a proxy.
 #[derive(Clone, Debug, Default)]
 pub struct TcpMetrics {
@@ -182,6 +219,7 @@ pub struct TcpMetrics {
     closed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 impl TcpMetrics {
@@ -208,7 +246,31 @@ impl TcpMetrics {
             "Bytes received by the client from the server",
             metrics.received.clone(),
         );
+        registry.register(
+            "tcp_connections_refused",
+            "Inbound connections refused, by reason",
+            metrics.refused.clone(),
+        );
         metrics
+    }
+
+    /// Counts a refused connection to `pod` (None: not known) from a client that proved
+    /// `principal` (None: nothing proven).
+    pub fn refuse(
+        &self,
+        reason: RefusalReason,
+        principal: Option<&SpiffeId>,
+        pod: Option<&Workload>,
+    ) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                reporter: Reporter::destination,
+                reason,
+                source_principal: principal.map_or_else(|| UNKNOWN.to_owned(), ToString::to_string),
+                destination_workload: or_unknown(pod.map(Workload::workload_name)),
+                destination_workload_namespace: or_unknown(pod.map(|w| w.namespace.as_str())),
+            })
+            .inc();
     }
 
     /// Counts a connection as opened and returns the counters it updates while it lives.

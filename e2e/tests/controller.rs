@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use weft_testbed::{Pod, TestBed};
+use weft_testbed::{Pod, TestBed, metric_sum};
 
 fn fetch(bed: &TestBed, from: &Pod, to: &Pod) -> Result<bool> {
     Ok(bed.fetch(from, to, "x")?.0)
@@ -353,6 +353,20 @@ spec:
     let mark = bed.proxy_log(1).len();
     ensure!(!fetch(&bed, &other, &web)?, "another identity got through");
     bed.wait_log(1, mark, "may not connect to web", Duration::from_secs(2))?;
+    // Counted where it was refused, with the reason and who was refused.
+    let refused = metric_sum(
+        &bed.metrics(1)?,
+        "weft_tcp_connections_refused_total",
+        &[
+            ("reason", "authorization_denied"),
+            (
+                "source_principal",
+                "spiffe://cluster.local/ns/shop/sa/other",
+            ),
+            ("destination_workload", "web"),
+        ],
+    );
+    ensure!(refused >= 1.0, "the refusal was not counted");
     // A policy change is read per connection: the pod stays captured, its listeners up.
     let since = &bed.proxy_log(1)[log1..];
     ensure!(

@@ -174,6 +174,40 @@ fn same_node_non_mesh_and_strict_plaintext(mode: CaptureMode) -> Result<()> {
         "plaintext from outside the mesh reached an enrolled pod"
     );
     bed.wait_log(0, 0, "plaintext connection refused", Duration::from_secs(2))?;
+    let refused = metric_sum(
+        &bed.metrics(0)?,
+        "weft_tcp_connections_refused_total",
+        &[
+            ("reason", "mtls_required"),
+            ("source_principal", "unknown"),
+            ("destination_workload", "local"),
+        ],
+    );
+    ensure!(refused >= 1.0, "the plaintext refusal was not counted");
+    // The node's state as gauges: its two pods captured, their certificates' expiry ahead, the
+    // HBONE connection the client's requests used still pooled.
+    let metrics = bed.metrics(0)?;
+    ensure!(
+        metric_sum(&metrics, "weft_enrolled_pods", &[]) == 2.0,
+        "enrolled pods: {}",
+        metric_sum(&metrics, "weft_enrolled_pods", &[])
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let expiry = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("weft_certificate_expiration_timestamp_seconds{"))
+        .map(|(_, v)| *v)
+        .collect::<Vec<_>>();
+    ensure!(
+        !expiry.is_empty() && expiry.iter().all(|t| *t > now),
+        "certificate expiry gauges: {expiry:?}"
+    );
+    ensure!(
+        metric_sum(&metrics, "weft_hbone_pool_connections", &[]) >= 1.0,
+        "no pooled HBONE connection after the client's request"
+    );
     Ok(())
 }
 

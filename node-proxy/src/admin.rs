@@ -11,10 +11,13 @@ use crate::proxy::Proxy;
 
 pub(crate) fn metrics(proxy: Arc<Proxy>) -> Handler {
     Arc::new(move |path| match path {
-        "/metrics" | "/stats/prometheus" => Reply {
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ..Reply::text(weft_core::metrics::encode(&proxy.registry))
-        },
+        "/metrics" | "/stats/prometheus" => {
+            proxy.refresh_gauges();
+            Reply {
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ..Reply::text(weft_core::metrics::encode(&proxy.registry))
+            }
+        }
         _ => Reply::status(StatusCode::NOT_FOUND, "try /metrics\n"),
     })
 }

@@ -142,6 +142,7 @@ impl Pods {
                 }
             }
         }
+        proxy.gauges.enrolled.set(self.running.len() as i64);
         keep
     }
 

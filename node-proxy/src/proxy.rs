@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use weft_core::hbone::{Pool, PoolConfig};
 use weft_core::mesh::MeshIndex;
@@ -22,6 +24,7 @@ pub(crate) struct Proxy {
     pub(crate) certs: ArcSwap<CertStore>,
     pub(crate) pool: Pool,
     pub(crate) metrics: TcpMetrics,
+    pub(crate) gauges: NodeGauges,
     pub(crate) registry: Registry,
     pub(crate) capture: Capture,
     pub(crate) ready: AtomicBool,
@@ -49,12 +52,14 @@ impl Proxy {
             "Active traffic capture mechanism (1 for the mode in use)",
             mode,
         );
+        let gauges = NodeGauges::register(&mut registry);
         Self {
             config: Arc::new(config),
             index: ArcSwap::from_pointee(index),
             certs: ArcSwap::from_pointee(certs),
             pool: Pool::new(PoolConfig::default()),
             metrics,
+            gauges,
             registry,
             capture,
             ready: AtomicBool::new(false),
@@ -82,6 +87,26 @@ impl Proxy {
         }
     }
 
+    /// Brings the gauges read from live state up to date (before each scrape).
+    pub(crate) fn refresh_gauges(&self) {
+        let certs = self.certs.load();
+        self.gauges.cert_expiry.clear();
+        for (id, identity) in &certs.identities {
+            let expires = identity
+                .cert
+                .not_after()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            self.gauges
+                .cert_expiry
+                .get_or_create(&vec![("identity".to_owned(), id.to_string())])
+                .set(expires);
+        }
+        let pool = self.pool.stats();
+        self.gauges.pool_connections.set(pool.connections as i64);
+        self.gauges.pool_streams.set(pool.streams as i64);
+    }
+
     /// A fresh connection id for log spans.
     pub(crate) fn conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
@@ -90,5 +115,49 @@ impl Proxy {
     /// Round-robin choice among `n` endpoints.
     pub(crate) fn pick(&self, n: usize) -> usize {
         self.next_pick.fetch_add(1, Ordering::Relaxed) % n.max(1)
+    }
+}
+
+/// The node proxy's state, as gauges.
+pub(crate) struct NodeGauges {
+    /// Pods whose traffic is captured now.
+    pub(crate) enrolled: Gauge,
+    /// When each local identity's certificate expires (Unix seconds).
+    pub(crate) cert_expiry: Family<Vec<(String, String)>, Gauge>,
+    /// Outbound HBONE connections open.
+    pub(crate) pool_connections: Gauge,
+    /// CONNECT streams open over them.
+    pub(crate) pool_streams: Gauge,
+}
+
+impl NodeGauges {
+    fn register(registry: &mut Registry) -> Self {
+        let gauges = Self {
+            enrolled: Gauge::default(),
+            cert_expiry: Family::default(),
+            pool_connections: Gauge::default(),
+            pool_streams: Gauge::default(),
+        };
+        registry.register(
+            "enrolled_pods",
+            "Pods whose traffic this node proxy captures",
+            gauges.enrolled.clone(),
+        );
+        registry.register(
+            "certificate_expiration_timestamp_seconds",
+            "When each local workload certificate expires",
+            gauges.cert_expiry.clone(),
+        );
+        registry.register(
+            "hbone_pool_connections",
+            "Outbound HBONE connections open",
+            gauges.pool_connections.clone(),
+        );
+        registry.register(
+            "hbone_pool_streams",
+            "CONNECT streams open over outbound HBONE connections",
+            gauges.pool_streams.clone(),
+        );
+        gauges
     }
 }

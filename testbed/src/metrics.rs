@@ -183,7 +183,7 @@ pub fn metric_sum(metrics: &BTreeMap<String, f64>, name: &str, labels: &[(&str, 
     metrics
         .iter()
         .filter(|(series, _)| {
-            series.starts_with(&format!("{name}{{"))
+            (series.as_str() == name || series.starts_with(&format!("{name}{{")))
                 && labels
                     .iter()
                     .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))

@@ -70,6 +70,19 @@ pub struct Pool {
     slots: Mutex<HashMap<PoolKey, Slot>>,
     /// Checkouts so far: every [`SWEEP_EVERY`]th sweeps peers no longer used.
     checkouts: std::sync::atomic::AtomicUsize,
+    /// Connections open now (a connection's task counts itself out when it ends).
+    open_conns: Arc<AtomicUsize>,
+    /// Streams open now, over all connections.
+    open_streams: Arc<AtomicUsize>,
+}
+
+/// What a pool holds now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// HBONE connections open.
+    pub connections: usize,
+    /// CONNECT streams open over them.
+    pub streams: usize,
 }
 
 /// How often (in checkouts) the pool forgets peers whose connections are all closed or idle
@@ -83,6 +96,16 @@ impl Pool {
             config,
             slots: Mutex::new(HashMap::new()),
             checkouts: std::sync::atomic::AtomicUsize::new(0),
+            open_conns: Arc::new(AtomicUsize::new(0)),
+            open_streams: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Connections and streams open now.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            connections: self.open_conns.load(Ordering::Relaxed),
+            streams: self.open_streams.load(Ordering::Relaxed),
         }
     }
 
@@ -206,7 +229,7 @@ impl Pool {
             None => {
                 let fresh = tokio::time::timeout(
                     self.config.connect_timeout,
-                    handshake(key.proxy, tls()?, dial),
+                    handshake(key.proxy, tls()?, dial, self.open_conns.clone()),
                 )
                 .await
                 .map_err(|_| HboneError::Connect {
@@ -223,7 +246,11 @@ impl Pool {
         };
         conn.last_used = now;
         conn.active.fetch_add(1, Ordering::Relaxed);
-        Ok((conn.sender.clone(), ActiveGuard(conn.active.clone())))
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            conn.sender.clone(),
+            ActiveGuard(conn.active.clone(), Some(self.open_streams.clone())),
+        ))
     }
 }
 
@@ -233,7 +260,12 @@ fn usable(c: &Conn, now: Instant, idle: Duration) -> bool {
     !c.closed.load(Ordering::Relaxed) && !idle_too_long
 }
 
-async fn handshake<D, F>(addr: SocketAddr, tls: ClientConfig, dial: D) -> Result<Conn, HboneError>
+async fn handshake<D, F>(
+    addr: SocketAddr,
+    tls: ClientConfig,
+    dial: D,
+    open_conns: Arc<AtomicUsize>,
+) -> Result<Conn, HboneError>
 where
     D: FnOnce(SocketAddr) -> F,
     F: Future<Output = std::io::Result<TcpStream>>,
@@ -261,6 +293,7 @@ where
         .map_err(|source| HboneError::H2 { addr, source })?;
     let closed = Arc::new(AtomicBool::new(false));
     let done = closed.clone();
+    open_conns.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         if let Err(e) = connection.await
             && !e.is_go_away()
@@ -268,6 +301,7 @@ where
             warn!(peer = %addr, error = %e, "HBONE connection failed");
         }
         done.store(true, Ordering::Relaxed);
+        open_conns.fetch_sub(1, Ordering::Relaxed);
     });
     Ok(Conn {
         sender,

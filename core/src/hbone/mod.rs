@@ -11,7 +11,7 @@ mod protocol;
 mod server;
 mod stream;
 
-pub use client::{Pool, PoolConfig, PoolKey};
+pub use client::{Pool, PoolConfig, PoolKey, PoolStats};
 pub use protocol::{
     ConnectRequest, HboneError, MESH_PORTS, PORT, forwarded_header, parse_forwarded,
 };

@@ -23,11 +23,18 @@ pub struct H2Stream {
 }
 
 /// Decrements a connection's active stream count when its stream ends.
-pub(crate) struct ActiveGuard(pub(crate) Arc<AtomicUsize>);
+/// Counts a stream out of its connection's count (and the pool's) when dropped.
+pub(crate) struct ActiveGuard(
+    pub(crate) Arc<AtomicUsize>,
+    pub(crate) Option<Arc<AtomicUsize>>,
+);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(total) = &self.1 {
+            total.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

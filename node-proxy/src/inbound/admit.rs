@@ -11,7 +11,7 @@ use weft_core::authz::{self, Subject};
 use weft_core::hbone::Rejection;
 use weft_core::identity::SpiffeId;
 use weft_core::mesh::{MeshIndex, Workload};
-use weft_core::metrics::{Reporter, SecurityPolicy};
+use weft_core::metrics::{RefusalReason, Reporter, SecurityPolicy};
 
 use crate::forward::{Connection, Peer, Via};
 
@@ -78,6 +78,17 @@ impl Admitted {
     }
 }
 
+/// A refusal: what the peer is told, and why, for the metrics.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) reason: RefusalReason,
+    pub(crate) rejection: Rejection,
+}
+
+pub(crate) fn refused(reason: RefusalReason, rejection: Rejection) -> Refused {
+    Refused { reason, rejection }
+}
+
 /// Judges a connection to `pod` (the workload as enrolled) under the mesh as of `index`.
 /// Policy fields (mTLS mode, authorization) are read from `index`, so a policy change takes
 /// effect on the next connection.
@@ -85,7 +96,7 @@ pub(crate) fn admit(
     index: &MeshIndex,
     pod: &Workload,
     arrival: Arrival<'_>,
-) -> Result<Admitted, Rejection> {
+) -> Result<Admitted, Refused> {
     let current = index.workload_by_ip(pod.ip);
     let (client, destination, peer) = match arrival {
         Arrival::Hbone {
@@ -94,13 +105,19 @@ pub(crate) fn admit(
             client,
         } => {
             if destination.ip() != pod.ip {
-                return Err(Rejection::BadRequest(format!(
-                    ":authority {destination} is not this pod ({} has {})",
-                    pod.name, pod.ip
-                )));
+                return Err(refused(
+                    RefusalReason::bad_request,
+                    Rejection::BadRequest(format!(
+                        ":authority {destination} is not this pod ({} has {})",
+                        pod.name, pod.ip
+                    )),
+                ));
             }
             let client = client.ok_or_else(|| {
-                Rejection::Denied("no forwarded header: the source workload is unknown".into())
+                refused(
+                    RefusalReason::unverified_source,
+                    Rejection::Denied("no forwarded header: the source workload is unknown".into()),
+                )
             })?;
             (client, destination, Some(peer))
         }
@@ -109,11 +126,14 @@ pub(crate) fn admit(
             destination,
         } => {
             if !current.is_some_and(|w| w.mtls.accepts_plaintext(destination.port())) {
-                return Err(Rejection::Denied(format!(
-                    "plaintext connection refused: {} requires mTLS (STRICT) on port {}; the client must be enrolled in the mesh",
-                    pod.name,
-                    destination.port()
-                )));
+                return Err(refused(
+                    RefusalReason::mtls_required,
+                    Rejection::Denied(format!(
+                        "plaintext connection refused: {} requires mTLS (STRICT) on port {}; the client must be enrolled in the mesh",
+                        pod.name,
+                        destination.port()
+                    )),
+                ));
             }
             (client, destination, None)
         }
@@ -130,34 +150,46 @@ pub(crate) fn admit(
                 source,
                 security: SecurityPolicy::mutual_tls,
             }),
-            Some(peer) => Err(Rejection::Denied(format!(
-                "{} is behind waypoint {}: traffic must come through it, not from {peer}",
-                pod.name, waypoint.name
-            ))),
-            None => Err(Rejection::Denied(format!(
-                "{} is behind waypoint {}: plaintext from {client} cannot have come through it",
-                pod.name, waypoint.name
-            ))),
+            Some(peer) => Err(refused(
+                RefusalReason::not_through_waypoint,
+                Rejection::Denied(format!(
+                    "{} is behind waypoint {}: traffic must come through it, not from {peer}",
+                    pod.name, waypoint.name
+                )),
+            )),
+            None => Err(refused(
+                RefusalReason::not_through_waypoint,
+                Rejection::Denied(format!(
+                    "{} is behind waypoint {}: plaintext from {client} cannot have come through it",
+                    pod.name, waypoint.name
+                )),
+            )),
         };
     }
 
     if let Some(peer) = peer {
         let claimed = source.as_deref().ok_or_else(|| {
-            Rejection::Denied(format!(
-                "source {} is not a workload of this mesh (peer identity {peer})",
-                client.ip()
-            ))
+            refused(
+                RefusalReason::unverified_source,
+                Rejection::Denied(format!(
+                    "source {} is not a workload of this mesh (peer identity {peer})",
+                    client.ip()
+                )),
+            )
         })?;
         // A waypoint forwards for its clients (a split to a service it does not guard, say):
         // it has checked the client's address against the client's identity.
         if !index.has_identity(claimed, peer) && !index.is_waypoint(peer) {
             let expected = index.identity(claimed);
-            return Err(Rejection::Denied(format!(
-                "peer identity {peer} does not match the source {} ({}/{}, identity {expected})",
-                client.ip(),
-                claimed.namespace,
-                claimed.name
-            )));
+            return Err(refused(
+                RefusalReason::unverified_source,
+                Rejection::Denied(format!(
+                    "peer identity {peer} does not match the source {} ({}/{}, identity {expected})",
+                    client.ip(),
+                    claimed.namespace,
+                    claimed.name
+                )),
+            ));
         }
     }
 
@@ -175,12 +207,15 @@ pub(crate) fn admit(
         };
         authz::check(&workload.authz, &subject).map_err(|denied| {
             let who = peer.map_or_else(|| format!("plaintext from {client}"), |p| p.to_string());
-            Rejection::Denied(format!(
-                "{who} may not connect to {} port {}: {}",
-                pod.name,
-                destination.port(),
-                denied.policy
-            ))
+            refused(
+                RefusalReason::authorization_denied,
+                Rejection::Denied(format!(
+                    "{who} may not connect to {} port {}: {}",
+                    pod.name,
+                    destination.port(),
+                    denied.policy
+                )),
+            )
         })?;
     }
     Ok(Admitted {
@@ -271,10 +306,20 @@ services:
         }
     }
 
-    fn denied(result: Result<Admitted, Rejection>) -> String {
+    fn denied(result: Result<Admitted, Refused>) -> String {
         match result {
-            Err(Rejection::Denied(why)) => why,
+            Err(Refused {
+                rejection: Rejection::Denied(why),
+                ..
+            }) => why,
             other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    fn reason(result: Result<Admitted, Refused>) -> RefusalReason {
+        match result {
+            Err(no) => no.reason,
+            Ok(admitted) => panic!("expected a refusal, got {admitted:?}"),
         }
     }
 
@@ -305,7 +350,13 @@ services:
             hbone(&client, "10.0.1.2:4000", "10.0.2.3:8080"),
         );
         assert!(
-            matches!(other_pod, Err(Rejection::BadRequest(_))),
+            matches!(
+                other_pod,
+                Err(Refused {
+                    reason: RefusalReason::bad_request,
+                    rejection: Rejection::BadRequest(_)
+                })
+            ),
             "{other_pod:?}"
         );
         let no_forwarded = Arrival::Hbone {
@@ -340,6 +391,14 @@ services:
             hbone(&other, "10.0.1.3:4000", "10.0.2.2:8080"),
         ));
         assert!(why.contains("no ALLOW policy matched"), "{why}");
+        assert_eq!(
+            reason(admit(
+                &index,
+                web,
+                hbone(&other, "10.0.1.3:4000", "10.0.2.2:8080")
+            )),
+            RefusalReason::authorization_denied
+        );
     }
 
     #[test]
@@ -405,6 +464,14 @@ services:
             plaintext("10.0.1.2:4000", "10.0.2.2:8080"),
         ));
         assert!(why.contains("plaintext connection refused"), "{why}");
+        assert_eq!(
+            reason(admit(
+                &index,
+                web,
+                plaintext("10.0.1.2:4000", "10.0.2.2:8080")
+            )),
+            RefusalReason::mtls_required
+        );
         let open = workload(&index, "10.0.2.4");
         let strict_port = denied(admit(
             &index,

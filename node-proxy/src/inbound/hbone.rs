@@ -10,8 +10,9 @@ use tracing::{Instrument, warn};
 use weft_core::drain;
 use weft_core::hbone::{self, PendingTunnel, Rejection};
 use weft_core::identity::SpiffeId;
+use weft_core::metrics::RefusalReason;
 
-use super::admit::{Arrival, admit};
+use super::admit::{Arrival, admit, refused};
 use crate::capture::PROXY_MARK;
 use crate::forward::forward;
 use crate::pod::Pod;
@@ -30,6 +31,9 @@ pub(super) async fn serve_connection(
         .and_then(|c| c.get(&local_id).cloned())
     else {
         warn!(identity = %local_id, "early deny: no certificate for this pod's identity");
+        proxy
+            .metrics
+            .refuse(RefusalReason::no_certificate, None, Some(&pod.workload));
         return;
     };
     // Small frames (a response's HEADERS, a WINDOW_UPDATE) must not wait for Nagle.
@@ -44,6 +48,9 @@ pub(super) async fn serve_connection(
         Ok(incoming) => incoming,
         Err(e) => {
             warn!(error = %e, "HBONE connection refused");
+            proxy
+                .metrics
+                .refuse(RefusalReason::handshake_failed, None, Some(&pod.workload));
             return;
         }
     };
@@ -68,22 +75,28 @@ pub(super) async fn serve_connection(
 async fn tunnel_to_pod(proxy: &Proxy, pod: &Pod, peer_id: &SpiffeId, tunnel: PendingTunnel) {
     let started = Instant::now();
     let index = proxy.index.load();
-    let admitted = tunnel.target().and_then(|target| {
-        admit(
-            &index,
-            &pod.workload,
-            Arrival::Hbone {
-                peer: peer_id,
-                destination: target.destination,
-                client: target.client,
-            },
-        )
-    });
+    let admitted = tunnel
+        .target()
+        .map_err(|r| refused(RefusalReason::bad_request, r))
+        .and_then(|target| {
+            admit(
+                &index,
+                &pod.workload,
+                Arrival::Hbone {
+                    peer: peer_id,
+                    destination: target.destination,
+                    client: target.client,
+                },
+            )
+        });
     let admitted = match admitted {
         Ok(admitted) => admitted,
-        Err(rejection) => {
-            warn!(peer = %peer_id, "tunnel refused: {rejection}");
-            tunnel.reject(&rejection);
+        Err(no) => {
+            warn!(peer = %peer_id, "tunnel refused: {}", no.rejection);
+            proxy
+                .metrics
+                .refuse(no.reason, Some(peer_id), Some(&pod.workload));
+            tunnel.reject(&no.rejection);
             return;
         }
     };
@@ -96,6 +109,11 @@ async fn tunnel_to_pod(proxy: &Proxy, pod: &Pod, peer_id: &SpiffeId, tunnel: Pen
         Err(e) => {
             let rejection = Rejection::Unavailable(format!("{}: {e}", admitted.destination));
             warn!(peer = %peer_id, "tunnel refused: {rejection}");
+            proxy.metrics.refuse(
+                RefusalReason::upstream_unavailable,
+                Some(peer_id),
+                Some(&pod.workload),
+            );
             tunnel.reject(&rejection);
             return;
         }

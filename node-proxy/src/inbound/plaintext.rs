@@ -36,9 +36,10 @@ pub(super) async fn serve_connection(
         },
     ) {
         Ok(admitted) => admitted,
-        Err(rejection) => {
+        Err(no) => {
             // Dropping the stream closes it.
-            warn!(pod = %pod.workload.name, peer = %client, dst = %destination, "{rejection}");
+            warn!(pod = %pod.workload.name, peer = %client, dst = %destination, "{}", no.rejection);
+            proxy.metrics.refuse(no.reason, None, Some(&pod.workload));
             return;
         }
     };
