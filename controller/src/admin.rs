@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use crate::grpc::{Proxies, Published};
 use crate::model::status::Verdict;
 
-/// Serves `/debug/proxies`, `/debug/policies`, `/debug/objects`, `/config_dump` and
-/// `/healthz/ready`.
+/// Serves `/debug/proxies`, `/debug/policies`, `/debug/objects`, `/config_dump`, `/metrics`
+/// and `/healthz/ready`.
 pub fn handler(
     proxies: Proxies,
     published: watch::Receiver<Arc<Published>>,
@@ -47,11 +47,31 @@ pub fn handler(
             )
         }
         "/healthz/ready" => ready_reply(&ready),
+        "/metrics" => metrics_reply(&proxies, &verdicts.borrow()),
         _ => Reply::status(
             http::StatusCode::NOT_FOUND,
-            "try /debug/proxies, /debug/objects, /debug/policies, /config_dump, /healthz/ready\n",
+            "try /debug/proxies, /debug/objects, /debug/policies, /config_dump, /metrics, \
+             /healthz/ready\n",
         ),
     })
+}
+
+/// Serves `/metrics` only: the port Prometheus scrapes, open to the pod network.
+pub fn metrics(
+    proxies: Proxies,
+    verdicts: watch::Receiver<Vec<Verdict>>,
+) -> weft_core::admin::Handler {
+    Arc::new(move |path| match path {
+        "/metrics" | "/stats/prometheus" => metrics_reply(&proxies, &verdicts.borrow()),
+        _ => weft_core::admin::Reply::status(http::StatusCode::NOT_FOUND, "try /metrics\n"),
+    })
+}
+
+fn metrics_reply(proxies: &Proxies, verdicts: &[Verdict]) -> weft_core::admin::Reply {
+    weft_core::admin::Reply {
+        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ..weft_core::admin::Reply::text(crate::metrics::render(proxies, verdicts))
+    }
 }
 
 /// Serves `/healthz/ready` only: the port the kubelet probes, open to the pod network.

@@ -7,5 +7,6 @@ pub mod admin;
 pub mod ca;
 pub mod grpc;
 pub mod k8s;
+pub mod metrics;
 pub mod model;
 pub mod source;

@@ -85,6 +85,9 @@ struct Args {
     /// Readiness address (`/healthz/ready` only, for the kubelet's probe).
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,
+    /// Metrics address (`/metrics` only, for Prometheus).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
     /// How often the manifest directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 100)]
     refresh_interval_ms: u64,
@@ -234,7 +237,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let readiness = tokio::net::TcpListener::bind(args.readiness_addr)
         .await
         .with_context(|| format!("binding the readiness address {}", args.readiness_addr))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
     let (_stop, watch_drain) = weft_core::drain::channel();
+    tokio::spawn(weft_core::admin::serve(
+        metrics_listener,
+        admin::metrics(proxies.clone(), verdicts.clone()),
+        watch_drain.clone(),
+    ));
     tokio::spawn(weft_core::admin::serve(
         admin,
         admin::handler(proxies, published, errors.clone(), ready.clone(), verdicts),

@@ -57,6 +57,7 @@ impl TestBed {
                 "--readiness-addr",
                 &format!("127.0.0.1:{}", 15022 + 100 * n),
             ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", 15019 + 100 * n)])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())

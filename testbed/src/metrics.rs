@@ -10,6 +10,10 @@ use crate::bed::TestBed;
 use crate::pod::Pod;
 use crate::traffic::http_get_in;
 
+/// The bed's controller's metrics (its `--metrics-addr`, in node 0's namespace).
+const CONTROLLER_JOB: &str = "  - job_name: weft-controller\n    static_configs:\n      \
+                              - targets: ['127.0.0.1:15019']\n";
+
 /// Parses the Prometheus text format into `name{labels}` → value.
 pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -59,6 +63,14 @@ impl TestBed {
                 let mut groups = Vec::new();
                 for pod in pods["items"].as_array().into_iter().flatten() {
                     let notes = &pod["metadata"]["annotations"];
+                    // The bed runs the controller as its own process (scraped below), not
+                    // as the pod the API server shows for it.
+                    if pod["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("weft-controller-"))
+                    {
+                        continue;
+                    }
                     let (Some("true"), Some(port), Some(ip)) = (
                         notes["prometheus.io/scrape"].as_str(),
                         notes["prometheus.io/port"].as_str(),
@@ -85,7 +97,7 @@ impl TestBed {
                 std::fs::write(&targets, serde_json::to_string(&groups)?)?;
                 format!(
                     "{global}scrape_configs:\n  - job_name: weft-proxies\n    file_sd_configs:\n      \
-                     - files: ['{}']\n",
+                     - files: ['{}']\n{CONTROLLER_JOB}",
                     targets.display()
                 )
             }
@@ -98,7 +110,7 @@ impl TestBed {
                 targets.extend(self.waypoints.iter().map(|w| format!("'{}:15020'", w.ip)));
                 format!(
                     "{global}scrape_configs:\n  - job_name: weft\n    static_configs:\n      \
-                     - targets: [{}]\n",
+                     - targets: [{}]\n{CONTROLLER_JOB}",
                     targets.join(", ")
                 )
             }

@@ -70,6 +70,7 @@ impl TestBed {
                 .args(["--identity", "bed-controller"])
                 .args(["--listen", &self.controller_addr().to_string()])
                 .args(["--readiness-addr", "127.0.0.1:15022"])
+                .args(["--metrics-addr", "127.0.0.1:15019"])
                 .args(&self.extra_controller_args)
                 .env("KUBECONFIG", kubeconfig)
                 .env("RUST_LOG", "info")
@@ -88,8 +89,9 @@ impl TestBed {
             .arg("--node-credentials")
             .arg(self.dir.join("node-credentials.yaml"))
             .args(["--listen", &self.controller_addr().to_string()])
-            // The node proxy of node 0 holds 15021 in this namespace.
+            // The node proxy of node 0 holds 15020 and 15021 in this namespace.
             .args(["--readiness-addr", "127.0.0.1:15022"])
+            .args(["--metrics-addr", "127.0.0.1:15019"])
             .args(["--refresh-interval-ms", "50"])
             .args(&self.extra_controller_args)
             .env("RUST_LOG", "info")

@@ -88,6 +88,12 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
             .arg(dir.join("nodes.yaml"))
             .args(["--listen", &addr.to_string(), "--admin-addr", "127.0.0.1:0"])
             .args([
+                "--readiness-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
                 "--refresh-interval-ms",
                 &args.refresh_interval_ms.to_string(),
             ])

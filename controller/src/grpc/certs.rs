@@ -51,6 +51,30 @@ impl v1::certificates_server::Certificates for CertService {
         &self,
         request: Request<v1::SignRequest>,
     ) -> Result<Response<v1::SignResponse>, Status> {
+        let result = self.issue(request).await;
+        let outcome = match &result {
+            Ok(_) => "issued",
+            Err(status) => match status.code() {
+                tonic::Code::PermissionDenied => "refused_not_entitled",
+                tonic::Code::Unauthenticated => "refused_unauthenticated",
+                tonic::Code::InvalidArgument => "refused_bad_request",
+                tonic::Code::Unavailable => "refused_not_ready",
+                _ => "refused_other",
+            },
+        };
+        crate::metrics::METRICS
+            .signings
+            .get_or_create(&crate::metrics::labels(&[("result", outcome)]))
+            .inc();
+        result
+    }
+}
+
+impl CertService {
+    async fn issue(
+        &self,
+        request: Request<v1::SignRequest>,
+    ) -> Result<Response<v1::SignResponse>, Status> {
         let node = self.shared.credentials.node_of(request.metadata()).await?;
         let request = request.into_inner();
         let identity: SpiffeId = request.identity.parse().map_err(|e| {

@@ -177,8 +177,10 @@ async fn session(
 ) -> String {
     let mut published = shared.published.clone();
     let mut next_nonce = 0u64;
-    // The update in flight: its nonce and what the proxy holds once it is applied.
-    let mut in_flight: Option<(String, Arc<Published>)> = None;
+    // The update in flight: its nonce, what the proxy holds once it is applied, when it went.
+    let mut in_flight: Option<(String, Arc<Published>, std::time::Instant)> = None;
+    let role = crate::metrics::role(node);
+    let metrics = &*crate::metrics::METRICS;
     // Whether there is something to send (always, at first: the proxy waits for it to be ready).
     let mut dirty = true;
     loop {
@@ -209,7 +211,11 @@ async fn session(
                 }
                 // Once acknowledged, the proxy holds exactly this snapshot: remember it by
                 // reference (shared by every stream), not as a per-stream copy of versions.
-                in_flight = Some((nonce, current));
+                in_flight = Some((nonce, current, std::time::Instant::now()));
+                metrics
+                    .pushes
+                    .get_or_create(&crate::metrics::labels(&[("role", role)]))
+                    .inc();
             } else {
                 // Nothing in this publication is new to the proxy: it holds the current config
                 // (unless it refused the last one, which stays refused until things change).
@@ -226,12 +232,13 @@ async fn session(
             }
             message = inbound.message() => match message {
                 Ok(Some(answer)) => {
-                    let Some((nonce, after)) = in_flight.take() else { continue };
+                    let Some((nonce, after, sent)) = in_flight.take() else { continue };
                     if answer.response_nonce != nonce {
-                        in_flight = Some((nonce, after));
+                        in_flight = Some((nonce, after, sent));
                         continue;
                     }
                     if answer.error.is_empty() {
+                        metrics.push_ack_seconds.observe(sent.elapsed().as_secs_f64());
                         let count = view.count(&after);
                         let latest = Arc::ptr_eq(&after, &*published.borrow());
                         held = Held::Snapshot(after);
@@ -243,6 +250,13 @@ async fn session(
                         });
                     } else {
                         warn!(%node, nonce = %answer.response_nonce, reason = %answer.error, "proxy refused a config update (NACK); it keeps its last good config");
+                        metrics
+                            .nacks
+                            .get_or_create(&crate::metrics::labels(&[
+                                ("role", role),
+                                ("reason", &crate::metrics::reason_label(&answer.error)),
+                            ]))
+                            .inc();
                         shared.proxies.update(node, |s| {
                             s.nacks += 1;
                             s.last_nack = Some(answer.error.clone());

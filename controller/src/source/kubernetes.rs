@@ -163,6 +163,10 @@ async fn watch_one(client: Client, index: usize, kind: Kind, out: mpsc::Sender<(
                 // The watcher relists by itself after 410 Gone and retries other errors with
                 // backoff; the last good objects stay meanwhile.
                 warn!(kind = kind.kind, error = %e, "watch interrupted; retrying");
+                crate::metrics::METRICS
+                    .watch_restarts
+                    .get_or_create(&crate::metrics::labels(&[("kind", kind.kind)]))
+                    .inc();
                 continue;
             }
         };

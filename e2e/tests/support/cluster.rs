@@ -145,6 +145,7 @@ impl Controller {
             .args(["--listen", &ControlPlane::free_addr()?.to_string()])
             .args(["--admin-addr", &ControlPlane::free_addr()?.to_string()])
             .args(["--readiness-addr", &readiness.to_string()])
+            .args(["--metrics-addr", &ControlPlane::free_addr()?.to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()

@@ -74,6 +74,22 @@ pub(crate) fn stat_agrees_with_the_traffic(mut b: Bookinfo) -> Result<()> {
     // reviews-v2 answers after 30 ms and fails exactly every 4th request with a 503.
     b.bed.testsrv_set(&b.v2, "fail=25&status=503&delay_ms=30")?;
     b.bed.prometheus(PROM_NODE)?;
+    // The controller is scraped too: both node proxies and the waypoint stream from it.
+    let connected = |role: &str| {
+        b.bed.promql(
+            PROM_NODE,
+            &format!("sum(weft_controller_proxies_connected{{role=\"{role}\"}})"),
+        )
+    };
+    wait_until("the controller's metrics scraped", Duration::from_secs(30), || {
+        Ok(connected("node-proxy")? == Some(2.0) && connected("waypoint")? == Some(1.0))
+    })?;
+    ensure!(
+        b.bed
+            .promql(PROM_NODE, "sum(weft_controller_config_pushes_total)")?
+            .is_some_and(|n| n >= 3.0),
+        "config pushes not counted"
+    );
     let url = reviews_url("/");
     let served = |b: &Bookinfo| -> Result<(u64, u64)> {
         Ok((b.bed.testsrv_count(&b.v1)?, b.bed.testsrv_count(&b.v2)?))

@@ -1,0 +1,170 @@
+//! The controller's metrics: proxies connected, config pushes and how long a proxy took to
+//! acknowledge one, refusals (NACKs) by reason, certificates signed and refused, policy
+//! verdicts by state, and watch restarts. Counters are process-wide; gauges are read from the
+//! controller's state when scraped.
+
+use std::sync::LazyLock;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::grpc::Proxies;
+use crate::model::status::Verdict;
+
+type Labels = Vec<(String, String)>;
+
+/// Most characters of a NACK's reason kept as a label (the rest would make each refusal a
+/// series of its own).
+const REASON_CHARS: usize = 80;
+
+/// The controller's metric families.
+pub struct ControllerMetrics {
+    /// Config updates sent, by the receiving proxy's role.
+    pub pushes: Family<Labels, Counter>,
+    /// Seconds from sending an update to its acknowledgement.
+    pub push_ack_seconds: Histogram,
+    /// Updates refused, by role and reason.
+    pub nacks: Family<Labels, Counter>,
+    /// Certificate requests, by role and result (`issued`, or why refused).
+    pub signings: Family<Labels, Counter>,
+    /// Kubernetes watches interrupted and resumed, by kind.
+    pub watch_restarts: Family<Labels, Counter>,
+    connected: Family<Labels, Gauge>,
+    verdicts: Family<Labels, Gauge>,
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<ControllerMetrics> = LazyLock::new(|| ControllerMetrics {
+    pushes: Family::default(),
+    push_ack_seconds: Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]),
+    nacks: Family::default(),
+    signings: Family::default(),
+    watch_restarts: Family::default(),
+    connected: Family::default(),
+    verdicts: Family::default(),
+});
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let m = &*METRICS;
+    let mut registry = Registry::with_prefix("weft_controller");
+    registry.register(
+        "config_pushes",
+        "Config updates sent to proxies",
+        m.pushes.clone(),
+    );
+    registry.register(
+        "config_push_ack_seconds",
+        "Time from sending a config update to its acknowledgement",
+        m.push_ack_seconds.clone(),
+    );
+    registry.register(
+        "config_nacks",
+        "Config updates proxies refused, by reason",
+        m.nacks.clone(),
+    );
+    registry.register(
+        "certificate_signings",
+        "Certificate requests, by result",
+        m.signings.clone(),
+    );
+    registry.register(
+        "watch_restarts",
+        "Kubernetes watches interrupted and resumed",
+        m.watch_restarts.clone(),
+    );
+    registry.register(
+        "proxies_connected",
+        "Proxies with an open config stream",
+        m.connected.clone(),
+    );
+    registry.register(
+        "policy_verdicts",
+        "Policies by kind and verdict",
+        m.verdicts.clone(),
+    );
+    registry
+});
+
+/// A proxy's role, from the name it streams as.
+pub fn role(name: &str) -> &'static str {
+    if name.starts_with(crate::grpc::WAYPOINT_PREFIX) || name.starts_with("sa:") {
+        "waypoint"
+    } else {
+        "node-proxy"
+    }
+}
+
+/// Labels of one family member.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A NACK's reason as a label: its first line, cut.
+pub fn reason_label(reason: &str) -> String {
+    reason
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(REASON_CHARS)
+        .collect()
+}
+
+/// The metrics in the Prometheus text format, gauges read from `proxies` and `verdicts` now.
+pub fn render(proxies: &Proxies, verdicts: &[Verdict]) -> String {
+    let m = &*METRICS;
+    m.connected.clear();
+    for role in ["node-proxy", "waypoint"] {
+        m.connected.get_or_create(&labels(&[("role", role)])).set(0);
+    }
+    for (name, status) in proxies.snapshot() {
+        if status.connected {
+            m.connected
+                .get_or_create(&labels(&[("role", role(&name))]))
+                .inc();
+        }
+    }
+    m.verdicts.clear();
+    for v in verdicts {
+        m.verdicts
+            .get_or_create(&labels(&[
+                ("kind", v.kind.kind()),
+                ("state", v.reason.as_str()),
+            ]))
+            .inc();
+    }
+    weft_core::metrics::encode(&REGISTRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::WAYPOINT_PREFIX;
+
+    #[test]
+    fn roles_and_reasons_make_bounded_labels() {
+        assert_eq!(role("node1"), "node-proxy");
+        assert_eq!(role(&format!("{WAYPOINT_PREFIX}shop.wp")), "waypoint");
+        assert_eq!(reason_label(&"x".repeat(500)).len(), REASON_CHARS);
+        assert_eq!(reason_label("first line\nsecond"), "first line");
+    }
+
+    #[test]
+    fn the_text_has_every_family() {
+        let text = render(&Proxies::default(), &[]);
+        for name in [
+            "weft_controller_proxies_connected",
+            "weft_controller_config_push_ack_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+    }
+}
