@@ -81,9 +81,11 @@ pub(crate) fn stat_agrees_with_the_traffic(mut b: Bookinfo) -> Result<()> {
             &format!("sum(weft_controller_proxies_connected{{role=\"{role}\"}})"),
         )
     };
-    wait_until("the controller's metrics scraped", Duration::from_secs(30), || {
-        Ok(connected("node-proxy")? == Some(2.0) && connected("waypoint")? == Some(1.0))
-    })?;
+    wait_until(
+        "the controller's metrics scraped",
+        Duration::from_secs(30),
+        || Ok(connected("node-proxy")? == Some(2.0) && connected("waypoint")? == Some(1.0)),
+    )?;
     ensure!(
         b.bed
             .promql(PROM_NODE, "sum(weft_controller_config_pushes_total)")?
