@@ -8,6 +8,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The layout shows the design: no import loop between a crate's files, no file over 600 lines.
 python3 scripts/layout.py
+# The shipped alert rules are valid Prometheus rules (the e2e suite also loads and evaluates them).
+promtool check rules deploy/observability/alerts.yaml
 # The end-to-end tests run the workspace's binaries: build them first.
 cargo build --workspace --bins --locked
 # The cluster tier starts a real kube-apiserver from these binaries (../shared/k8s on the

@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::grpc::Proxies;
-use crate::model::status::Verdict;
+use crate::model::status::{Reason, Verdict};
 
 type Labels = Vec<(String, String)>;
 
@@ -33,8 +33,19 @@ pub struct ControllerMetrics {
     /// Kubernetes watches interrupted and resumed, by kind.
     pub watch_restarts: Family<Labels, Counter>,
     connected: Family<Labels, Gauge>,
+    nacked: Family<Labels, Gauge>,
     verdicts: Family<Labels, Gauge>,
 }
+
+/// Every result a certificate request can have (each has a series from the start).
+pub const SIGNING_RESULTS: [&str; 6] = [
+    "issued",
+    "refused_not_entitled",
+    "refused_unauthenticated",
+    "refused_bad_request",
+    "refused_not_ready",
+    "refused_other",
+];
 
 /// The process's metrics.
 pub static METRICS: LazyLock<ControllerMetrics> = LazyLock::new(|| ControllerMetrics {
@@ -46,6 +57,7 @@ pub static METRICS: LazyLock<ControllerMetrics> = LazyLock::new(|| ControllerMet
     signings: Family::default(),
     watch_restarts: Family::default(),
     connected: Family::default(),
+    nacked: Family::default(),
     verdicts: Family::default(),
 });
 
@@ -81,6 +93,11 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "proxies_connected",
         "Proxies with an open config stream",
         m.connected.clone(),
+    );
+    registry.register(
+        "proxies_nacked",
+        "Connected proxies whose last answer refused the config (they keep their last good one)",
+        m.nacked.clone(),
     );
     registry.register(
         "policy_verdicts",
@@ -121,18 +138,34 @@ pub fn reason_label(reason: &str) -> String {
 /// The metrics in the Prometheus text format, gauges read from `proxies` and `verdicts` now.
 pub fn render(proxies: &Proxies, verdicts: &[Verdict]) -> String {
     let m = &*METRICS;
+    for result in SIGNING_RESULTS {
+        let _ = m.signings.get_or_create(&labels(&[("result", result)]));
+    }
     m.connected.clear();
+    m.nacked.clear();
     for role in ["node-proxy", "waypoint"] {
         m.connected.get_or_create(&labels(&[("role", role)])).set(0);
+        m.nacked.get_or_create(&labels(&[("role", role)])).set(0);
     }
     for (name, status) in proxies.snapshot() {
+        let role = labels(&[("role", role(&name))]);
         if status.connected {
-            m.connected
-                .get_or_create(&labels(&[("role", role(&name))]))
-                .inc();
+            m.connected.get_or_create(&role).inc();
+            if status.last_nack.is_some() && !status.in_sync {
+                m.nacked.get_or_create(&role).inc();
+            }
         }
     }
+    // Every state of every kind present, so that "none refused" is a 0, not a missing series.
     m.verdicts.clear();
+    for v in verdicts {
+        for state in [Reason::Accepted, Reason::PartiallyHonoured, Reason::Invalid] {
+            let _ = m.verdicts.get_or_create(&labels(&[
+                ("kind", v.kind.kind()),
+                ("state", state.as_str()),
+            ]));
+        }
+    }
     for v in verdicts {
         m.verdicts
             .get_or_create(&labels(&[

@@ -2,18 +2,55 @@
 //! local mesh, sends its traffic, prints a summary that says what happened, and tears down.
 //! Needs root.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 
 #[test]
 fn the_lab_runs_its_traffic_and_summarises_it_truthfully() -> Result<()> {
     let port = weft_testbed::cluster::ControlPlane::free_addr()?.port();
-    let out = std::process::Command::new(weft_testbed::bin_dir()?.join("weft"))
-        .args(["lab", "--duration-secs", "1", "--requests", "3"])
+    let prometheus = weft_testbed::cluster::ControlPlane::free_addr()?.port();
+    let mut lab = std::process::Command::new(weft_testbed::bin_dir()?.join("weft"))
+        .args(["lab", "--duration-secs", "120", "--requests", "3"])
         .args(["--metrics-port", &port.to_string()])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let errors = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "weft lab failed:\n{text}\n{errors}");
+        .args(["--prometheus-port", &prometheus.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // While it runs, its Prometheus answers on this machine's loopback and scrapes both node
+    // proxies, the waypoint and the controller.
+    let stdout = lab.stdout.take().context("stdout")?;
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout));
+    let query = format!("http://127.0.0.1:{prometheus}/api/v1/query?query=sum(up)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let up = loop {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "2", &query])
+            .output()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let up: f64 = json["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if up >= 4.0 || std::time::Instant::now() > deadline || lab.try_wait()?.is_some() {
+            break up;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    // Then Ctrl-C, as a user stops it.
+    std::process::Command::new("kill")
+        .args(["-INT", &lab.id().to_string()])
+        .status()?;
+    let status = lab.wait()?;
+    let text = reader.join().expect("reader")?;
+    let errors = std::io::read_to_string(lab.stderr.take().context("stderr")?)?;
+    ensure!(status.success(), "weft lab failed:\n{text}\n{errors}");
+    ensure!(
+        up >= 4.0,
+        "the lab's Prometheus had {up} targets up:\n{text}"
+    );
+    ensure!(
+        text.contains(&format!("Prometheus: http://127.0.0.1:{prometheus}")),
+        "{text}"
+    );
     // Pods by namespace, the waypoint as a waypoint.
     ensure!(
         text.lines()
@@ -53,7 +90,14 @@ fn the_lab_runs_your_own_manifests_and_your_policies_decide() -> Result<()> {
     let port = weft_testbed::cluster::ControlPlane::free_addr()?.port();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab");
     let out = std::process::Command::new(weft_testbed::bin_dir()?.join("weft"))
-        .args(["lab", "--duration-secs", "1", "--requests", "4"])
+        .args([
+            "lab",
+            "--duration-secs",
+            "1",
+            "--requests",
+            "4",
+            "--no-prometheus",
+        ])
         .args(["--metrics-port", &port.to_string()])
         .arg("--manifests")
         .arg(&dir)

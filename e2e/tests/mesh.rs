@@ -425,3 +425,36 @@ fn proxy_refuses_to_start_on_a_malformed_config() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--metrics-prefix istio`: the same metrics under Istio's names, for dashboards and queries
+/// written for Istio.
+#[test]
+fn metrics_prefix_istio_names_the_metrics_as_istio_does() -> Result<()> {
+    let mut bed = TestBed::new("istiopfx", 2)?;
+    bed.proxy_args(&["--metrics-prefix", "istio"]);
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let web = bed.pod("web").namespace("shop").on_node(1).add()?;
+    bed.start()?;
+    bed.serve_http(&web, 8080, &[("x", "ok")])?;
+    let (ok, _, err) = bed.curl(&client, &format!("http://{}:8080/x", web.ip))?;
+    ensure!(ok, "{err}");
+    let metrics = bed.metrics(0)?;
+    let opened = metric_sum(
+        &metrics,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "source"),
+            ("destination_workload", "web"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    ensure!(
+        opened == 1.0,
+        "istio_tcp_connections_opened_total: {opened}"
+    );
+    ensure!(
+        !metrics.keys().any(|k| k.starts_with("weft_")),
+        "weft_ names beside istio_ ones"
+    );
+    Ok(())
+}

@@ -37,6 +37,8 @@ pub struct ProxyConfig {
     pub admin_addr: SocketAddr,
     /// Prometheus metrics address.
     pub metrics_addr: SocketAddr,
+    /// Metric name prefix: `weft`, or `istio` for dashboards and queries written for Istio.
+    pub metrics_prefix: String,
     /// Readiness address.
     pub readiness_addr: SocketAddr,
     /// How often the config and certificate files are checked for changes.

@@ -47,6 +47,10 @@ struct Args {
     /// Prometheus metrics address.
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_addr: SocketAddr,
+    /// Metric name prefix: `istio` names the metrics as Istio does (istio_requests_total...),
+    /// so existing Istio dashboards and Kiali queries read them unchanged.
+    #[arg(long, default_value = "weft", value_parser = ["weft", "istio"])]
+    metrics_prefix: String,
     /// Readiness address.
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,
@@ -124,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         cert_dir: args.cert_dir,
         admin_addr: args.admin_addr,
         metrics_addr: args.metrics_addr,
+        metrics_prefix: args.metrics_prefix,
         readiness_addr: args.readiness_addr,
         reload_interval: Duration::from_millis(args.reload_interval_ms),
         drain_deadline: Duration::from_secs(args.drain_deadline_secs),

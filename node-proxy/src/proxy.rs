@@ -39,14 +39,17 @@ impl Proxy {
         certs: CertStore,
         capture: Capture,
     ) -> Self {
-        let mut registry = Registry::with_prefix("weft");
+        let mut registry = Registry::with_prefix(&config.metrics_prefix);
         let metrics = TcpMetrics::register(&mut registry);
         let mode = prometheus_client::metrics::family::Family::<
             Vec<(String, String)>,
             prometheus_client::metrics::gauge::Gauge,
         >::default();
-        mode.get_or_create(&vec![("mode".to_owned(), capture.mode().to_owned())])
-            .set(1);
+        // Both mechanisms have a series, 1 for the one in use, so "fell back" is a comparison.
+        for m in ["ebpf", "nftables"] {
+            mode.get_or_create(&vec![("mode".to_owned(), m.to_owned())])
+                .set(i64::from(capture.mode() == m));
+        }
         registry.register(
             "capture_mode",
             "Active traffic capture mechanism (1 for the mode in use)",

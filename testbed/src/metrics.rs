@@ -115,6 +115,13 @@ impl TestBed {
                 )
             }
         };
+        // Weft's alert rules, as shipped.
+        let config = format!(
+            "{config}rule_files:\n  - '{}'\n",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/observability/alerts.yaml")
+                .display()
+        );
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9090));
@@ -148,6 +155,15 @@ impl TestBed {
     /// Runs a PromQL instant query on the Prometheus [`TestBed::prometheus`] started in node
     /// `i`; returns the first sample's value (None: no sample).
     pub fn promql(&self, i: usize, query: &str) -> Result<Option<f64>> {
+        Ok(self.promql_vector(i, query)?.first().map(|(_, v)| *v))
+    }
+
+    /// Runs a PromQL instant query; returns every sample's labels and value (NaN included).
+    pub fn promql_vector(
+        &self,
+        i: usize,
+        query: &str,
+    ) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
         let encoded: String = query
             .bytes()
             .map(|b| {
@@ -158,16 +174,44 @@ impl TestBed {
                 }
             })
             .collect();
+        let json = self.prometheus_api(i, &format!("/api/v1/query?query={encoded}"))?;
+        ensure!(
+            json["status"] == "success",
+            "{query}: {}",
+            json["error"].as_str().unwrap_or("failed")
+        );
+        Ok(json["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|sample| {
+                let labels = sample["metric"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect();
+                let value = sample["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (labels, value)
+            })
+            .collect())
+    }
+
+    /// GET `path` (`/api/v1/...`) from the Prometheus started in node `i`, as JSON.
+    pub fn prometheus_api(&self, i: usize, path: &str) -> Result<serde_json::Value> {
         let (status, body) = http_get_in(
             &Path::new("/run/netns").join(&self.nodes[i].netns),
             SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
-            &format!("/api/v1/query?query={encoded}"),
+            path,
         )?;
-        ensure!(status == 200, "Prometheus answered {status}: {body}");
-        let json: serde_json::Value = serde_json::from_str(&body)?;
-        Ok(json["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|v| v.parse().ok()))
+        ensure!(
+            status == 200 || status == 400 || status == 422,
+            "Prometheus answered {status}: {body}"
+        );
+        Ok(serde_json::from_str(&body)?)
     }
 
     /// The waypoint's metrics.

@@ -40,6 +40,10 @@ struct Args {
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_addr: SocketAddr,
+    /// Metric name prefix: `istio` names the metrics as Istio does (istio_requests_total...),
+    /// so existing Istio dashboards and Kiali queries read them unchanged.
+    #[arg(long, default_value = "weft", value_parser = ["weft", "istio"])]
+    metrics_prefix: String,
     /// `/config_dump`, on loopback (reach it with `kubectl port-forward`).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         cert_dir: args.cert_dir,
         listen: args.listen,
         metrics_addr: args.metrics_addr,
+        metrics_prefix: args.metrics_prefix,
         admin_addr: args.admin_addr,
         drain_deadline: std::time::Duration::from_secs(args.drain_deadline_secs),
     };

@@ -39,6 +39,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Metrics (`/metrics`) and readiness (`/healthz/ready`).
     pub metrics_addr: SocketAddr,
+    /// Metric name prefix (`weft` or `istio`).
+    pub metrics_prefix: String,
     /// `/config_dump` (loopback: reach it with a port-forward).
     pub admin_addr: SocketAddr,
     /// Time in-flight requests get to finish on SIGTERM.
@@ -51,7 +53,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     let bundle = args.trust_bundle.clone();
     let certs = identity::Certs::new(&args.cert_dir, &bundle, id.clone());
     tokio::spawn(certs.clone().watch());
-    let mut registry = prometheus_client::registry::Registry::with_prefix("weft");
+    let mut registry = prometheus_client::registry::Registry::with_prefix(&args.metrics_prefix);
     let metrics = metrics::RequestMetrics::register(&mut registry);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

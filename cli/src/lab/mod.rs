@@ -54,6 +54,12 @@ pub(crate) struct LabArgs {
     /// WEFT_KUBE_ASSETS, else ../shared/k8s/bin of the source tree).
     #[arg(long, value_name = "DIR", requires = "kube")]
     kube_assets: Option<PathBuf>,
+    /// Local port of the lab's Prometheus (started when Debian's `prometheus` is installed).
+    #[arg(long, default_value_t = 9090)]
+    prometheus_port: u16,
+    /// Do not start Prometheus.
+    #[arg(long)]
+    no_prometheus: bool,
     /// Seconds between rounds of the watched traffic while the lab runs (0: no watching).
     #[arg(long, default_value_t = 2)]
     watch_secs: u64,
@@ -103,6 +109,22 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             })?;
         listeners.push(listener);
     }
+    // Prometheus, where it is installed: its port too.
+    let prometheus = if args.no_prometheus || !has_prometheus() {
+        None
+    } else {
+        let port = args.prometheus_port;
+        Some(
+            runtime
+                .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)))
+                .with_context(|| {
+                    format!(
+                        "127.0.0.1:{port} is taken: pass --prometheus-port with a free port, or \
+                         --no-prometheus"
+                    )
+                })?,
+        )
+    };
     match &user {
         Some(mesh) => println!(
             "Weft lab: building 2 nodes with your {} pod(s), {} service(s) and {} waypoint(s)...",
@@ -210,6 +232,34 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             SocketAddr::from((Ipv4Addr::LOCALHOST, 15020)),
         ));
         println!("  {}: curl http://127.0.0.1:{port}/metrics", node.name);
+    }
+    match prometheus {
+        Some(listener) => {
+            bed.prometheus(0).context("starting Prometheus")?;
+            let netns = Arc::new(weft_core::netns::Netns::open(
+                &PathBuf::from("/run/netns").join(&bed.nodes()[0].netns),
+            )?);
+            let url = format!("http://127.0.0.1:{}", args.prometheus_port);
+            runtime.spawn(forward(
+                listener,
+                netns,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+            ));
+            println!(
+                "\nPrometheus: {url} (scrapes both node proxies, the waypoints and the controller \
+                 every second; deploy/observability's alert rules loaded; its dashboards read it)"
+            );
+            println!("  weft stat deploy -A --prometheus {url} -t 30s");
+            println!(
+                "  curl -s {url}/api/v1/query --data-urlencode \
+                 'query=sum by (destination_service, response_code) (rate(weft_requests_total[1m]))'"
+            );
+            println!("  curl -s {url}/api/v1/alerts");
+        }
+        None if !args.no_prometheus => {
+            println!("\nPrometheus: not installed (apt-get install prometheus), so none started")
+        }
+        None => {}
     }
     if let Some(plane) = bed.control_plane() {
         let kubeconfig = expose_api_server(&runtime, plane, bed.dir())?;
@@ -349,6 +399,14 @@ fn expose_api_server(
         admin.replace(&plane.server, &format!("https://{local}")),
     )?;
     Ok(path)
+}
+
+/// Whether Debian's `prometheus` is on this machine.
+fn has_prometheus() -> bool {
+    std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The time of day (UTC) for the watched traffic's lines.

@@ -52,14 +52,15 @@ impl v1::certificates_server::Certificates for CertService {
         request: Request<v1::SignRequest>,
     ) -> Result<Response<v1::SignResponse>, Status> {
         let result = self.issue(request).await;
+        use crate::metrics::SIGNING_RESULTS as R;
         let outcome = match &result {
-            Ok(_) => "issued",
+            Ok(_) => R[0],
             Err(status) => match status.code() {
-                tonic::Code::PermissionDenied => "refused_not_entitled",
-                tonic::Code::Unauthenticated => "refused_unauthenticated",
-                tonic::Code::InvalidArgument => "refused_bad_request",
-                tonic::Code::Unavailable => "refused_not_ready",
-                _ => "refused_other",
+                tonic::Code::PermissionDenied => R[1],
+                tonic::Code::Unauthenticated => R[2],
+                tonic::Code::InvalidArgument => R[3],
+                tonic::Code::Unavailable => R[4],
+                _ => R[5],
             },
         };
         crate::metrics::METRICS

@@ -224,5 +224,188 @@ pub(crate) fn stat_agrees_with_the_traffic(mut b: Bookinfo) -> Result<()> {
         (number(row(&ns, "default")?, "success_rate")? - ok).abs() < 1e-9,
         "{ns:?}"
     );
+    dashboards_agree(&b, &window, ok, sent)?;
+    // A client outside the mesh (node 1's own namespace) tries reviews-v1 in plaintext: refused
+    // (STRICT), and counted so.
+    let out = b.bed.exec_in(
+        &b.bed.nodes()[0].netns,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{}:8080/", b.v1.ip),
+        ],
+    )?;
+    ensure!(
+        !out.status.success(),
+        "plaintext from outside the mesh got an answer"
+    );
+    // Scraped twice, so that a rate over it exists.
+    wait_until("the refusal scraped twice", Duration::from_secs(30), || {
+        Ok(b.bed.promql(
+            PROM_NODE,
+            "sum(count_over_time(weft_tcp_connections_refused_total{reason=\"mtls_required\"}[5m]))",
+        )? >= Some(2.0))
+    })?;
+    alerts_agree(&b, ok)
+}
+
+/// deploy/observability's file `name`.
+fn observability(name: &str) -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/observability")
+        .join(name);
+    std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
+}
+
+/// Every panel query of every shipped dashboard, its variables set to the test's service
+/// (`$__rate_interval` to `window`, the span of the judged load), returns series; the panels
+/// whose value the test knows show it.
+fn dashboards_agree(b: &Bookinfo, window: &str, ok: f64, sent: u64) -> Result<()> {
+    let mut queries = 0;
+    let mut values: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for name in [
+        "mesh-overview",
+        "service",
+        "workload",
+        "node-proxy",
+        "waypoint",
+        "controller",
+    ] {
+        let dashboard: Value =
+            serde_json::from_str(&observability(&format!("dashboards/{name}.json"))?)?;
+        for panel in dashboard["panels"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?");
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().context("a target without expr")?;
+                let query = expr
+                    .replace("$__rate_interval", window)
+                    .replace("$namespace", "default")
+                    .replace("$service", "reviews")
+                    .replace("$workload", "reviews-v2")
+                    .replace("$instance", ".*");
+                ensure!(
+                    !query.contains('$'),
+                    "{name} / {title}: a variable left: {query}"
+                );
+                let samples = b.bed.promql_vector(PROM_NODE, &query)?;
+                ensure!(
+                    !samples.is_empty(),
+                    "{name} / {title}: no series for {query}"
+                );
+                queries += 1;
+                if samples.len() == 1 {
+                    values.insert((name.to_owned(), title.to_owned()), samples[0].1);
+                }
+            }
+        }
+    }
+    eprintln!("{queries} dashboard queries returned series");
+    let value = |dashboard: &str, title: &str| {
+        values
+            .get(&(dashboard.to_owned(), title.to_owned()))
+            .copied()
+            .with_context(|| format!("{dashboard} / {title}: not one series"))
+    };
+    let success = value("service", "Success rate (not 5xx)")?;
+    ensure!(
+        (success - ok).abs() < 1e-9,
+        "service dashboard: success {success}, the client saw {ok}"
+    );
+    let overview = value("mesh-overview", "Success rate (not 5xx)")?;
+    ensure!(
+        (overview - ok).abs() < 1e-9,
+        "overview: success {overview}, the client saw {ok}"
+    );
+    // The window spans the load (its first and last seconds are quiet), so its rate times
+    // the window is the load, within the 10% the quiet edges and extrapolation allow.
+    let secs: f64 = window.trim_end_matches('s').parse()?;
+    let rate = value("mesh-overview", "Requests per second (waypoints)")?;
+    ensure!(
+        (rate * secs - sent as f64).abs() <= 0.10 * sent as f64,
+        "overview: {rate:.2} requests/s over {secs} s against {sent} sent"
+    );
+    let v2 = value("workload", "Inbound success rate (not 5xx)")?;
+    ensure!(
+        (v2 - 0.75).abs() < 0.02,
+        "reviews-v2 fails every 4th request; its dashboard says success {v2}"
+    );
+    // The delay injected on v2 (30 ms) is the service's tail.
+    let p99 = values
+        .iter()
+        .find(|((d, t), _)| d == "workload" && t.starts_with("Inbound latency"))
+        .map(|(_, v)| *v);
+    if let Some(p99) = p99 {
+        ensure!((25.0..=60.0).contains(&p99), "reviews-v2 latency {p99} ms");
+    }
+    let per_connection = value(
+        "service",
+        "Requests per TCP connection (L7 joined with L4 on destination_service)",
+    )?;
+    ensure!(
+        per_connection.is_finite() && per_connection > 0.0,
+        "L7 and L4 series of reviews do not join: {per_connection}"
+    );
     Ok(())
+}
+
+/// The shipped alert rules load into Prometheus and evaluate without error; each one's value
+/// (its expression less the comparison) returns series; the success-rate alert is pending for
+/// reviews, at the success rate the client saw.
+fn alerts_agree(b: &Bookinfo, ok: f64) -> Result<()> {
+    let rules: serde_yaml::Value = serde_yaml::from_str(&observability("alerts.yaml")?)?;
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().into_iter().flatten() {
+        for rule in group["rules"].as_sequence().into_iter().flatten() {
+            let name = rule["alert"].as_str().context("alert name")?;
+            let expr = rule["expr"].as_str().context("expr")?.trim();
+            let (value, comparison) = expr
+                .rsplit_once('\n')
+                .with_context(|| format!("{name}: expected `<value>\\n<comparison>`"))?;
+            ensure!(
+                ["<", ">", "=="]
+                    .iter()
+                    .any(|op| comparison.trim().starts_with(op)),
+                "{name}: the last line is not a comparison: {comparison}"
+            );
+            let samples = b.bed.promql_vector(PROM_NODE, value)?;
+            ensure!(!samples.is_empty(), "{name}: no series for {value}");
+            alerts += 1;
+        }
+    }
+    eprintln!("{alerts} alert values returned series");
+    let success = b.bed.promql_vector(
+        PROM_NODE,
+        "sum by (destination_service_name) (rate(weft_requests_total{reporter=\"waypoint\",response_code!~\"5..\"}[5m])) / sum by (destination_service_name) (rate(weft_requests_total{reporter=\"waypoint\"}[5m]))",
+    )?;
+    ensure!(
+        success.len() == 1 && (success[0].1 - ok).abs() < 0.02,
+        "the success-rate alert's value: {success:?}, the client saw {ok}"
+    );
+    // Prometheus loaded the rules and evaluates them: each is healthy, the success-rate one is
+    // pending (87.5% < 95%, waiting out its `for: 5m`) and nothing else is.
+    wait_until("the rules evaluated", Duration::from_secs(30), || {
+        let api = b.bed.prometheus_api(PROM_NODE, "/api/v1/rules")?;
+        let rules: Vec<&Value> = api["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        ensure!(
+            rules.len() == alerts,
+            "Prometheus loaded {} rules",
+            rules.len()
+        );
+        for r in &rules {
+            ensure!(r["health"] != "err", "{}: {}", r["name"], r["lastError"]);
+        }
+        let active: Vec<&str> = rules
+            .iter()
+            .filter(|r| r["state"] != "inactive")
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        Ok(active == ["WeftServiceSuccessRateLow"])
+    })
 }
