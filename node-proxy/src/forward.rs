@@ -87,16 +87,24 @@ where
     let result = weft_core::copy::proxy(downstream, upstream, &metrics).await;
     let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
     let id_text = |p: Option<&SpiffeId>| p.map(ToString::to_string).unwrap_or_default();
+    let started_at = std::time::SystemTime::now()
+        .checked_sub(conn.started.elapsed())
+        .unwrap_or(std::time::UNIX_EPOCH);
     info!(
         target: "access",
+        start_time = %weft_core::telemetry::rfc3339(started_at),
+        reporter = ?conn.reporter,
         src_addr = %conn.src_addr,
-        src_workload = conn.source.workload.map_or("", |w| w.name.as_str()),
+        src_workload = %conn.source.workload.map_or("-", |w| w.name.as_str()),
         src_identity = %id_text(conn.source.identity),
         dst_addr = %conn.dst_addr,
-        dst_workload = conn.destination.workload.map_or("", |w| w.name.as_str()),
+        dst_workload = %conn.destination.workload.map_or("-", |w| w.name.as_str()),
         dst_identity = %id_text(conn.destination.identity),
-        dst_service = conn.service.map_or("", |s| s.name.as_str()),
-        via = conn.via.as_str(),
+        dst_service = %conn.service.map_or_else(
+            || "-".to_owned(),
+            |s| weft_core::metrics::service_fqdn(&s.name, &s.namespace),
+        ),
+        via = %conn.via.as_str(),
         bytes_sent = sent,
         bytes_received = received,
         duration_ms = conn.started.elapsed().as_millis() as u64,

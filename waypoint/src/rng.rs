@@ -20,6 +20,14 @@ impl Rng {
         (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
     }
 
+    /// 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
     /// Whether one draw falls in a share of `percent` percent (resolution 1e-4 %).
     pub(crate) fn chance(&mut self, percent: f64) -> bool {
         (self.below(1_000_000) as f64) < percent * 10_000.0

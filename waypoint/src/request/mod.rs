@@ -18,6 +18,7 @@
 //!
 //! Every request ends with one metrics sample and one access log line (`handle`).
 
+mod access;
 mod authz;
 mod body;
 mod fault;
@@ -41,7 +42,6 @@ use std::time::Instant;
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tracing::info;
 use weft_core::mesh::PathPart;
 use weft_core::metrics::{DestinationLabels, SecurityPolicy, SourceLabels};
 
@@ -59,9 +59,10 @@ use crate::upstream::Dialer;
 /// Serves one request: the pipeline, then its metrics sample and access log line.
 pub(crate) async fn handle(
     tunnel: Arc<Tunnel>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    let entry = access::Entry::begin(&mut request, &mut tunnel.waypoint.rng());
     let snapshot = tunnel.waypoint.snapshot.load_full();
     let source = snapshot.mesh.workload_by_ip(tunnel.client.ip()).cloned();
     let grpc = request
@@ -120,23 +121,23 @@ pub(crate) async fn handle(
     }
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     tunnel.waypoint.metrics.record(&labels, millis);
-    info!(
-        target: "access",
-        src = %tunnel.client,
-        src_identity = %tunnel.peer,
-        dst_service = %labels.destination.destination_service,
-        dst_workload = %labels.destination.destination_workload,
-        route = %labels.route,
-        code = labels.response_code,
-        flags = labels.response_flags,
-        duration_ms = millis as u64,
-        "request"
-    );
+    // The bytes and the access log line once the response body is done.
     let metrics = tunnel.waypoint.metrics.clone();
+    let upstream = response.extensions().get::<access::Upstream>().cloned();
+    let client = tunnel.client;
     let response = response.map(move |b| {
         Counted::new(b, Arc::new(AtomicU64::new(0)))
             .on_drop(move |sent| {
-                metrics.record_bytes(&labels, request_bytes.load(Ordering::Relaxed), sent);
+                let received = request_bytes.load(Ordering::Relaxed);
+                metrics.record_bytes(&labels, received, sent);
+                entry.write(
+                    &labels,
+                    client,
+                    upstream.as_ref(),
+                    millis as u64,
+                    received,
+                    sent,
+                );
             })
             .boxed()
     });

@@ -134,7 +134,16 @@ impl Tries<'_> {
                 }
                 debug!(backend = %self.backend.name, "retry budget spent; returning the last answer");
             }
-            return self.answer(result, &endpoint.workload.name, attempt);
+            let mut reply = self.answer(result, &endpoint.workload.name, attempt);
+            reply
+                .response
+                .extensions_mut()
+                .insert(super::access::Upstream {
+                    host: endpoint.workload.ip,
+                    cluster: self.backend.name.clone(),
+                    tries: attempt + 1,
+                });
+            return reply;
         }
     }
 
