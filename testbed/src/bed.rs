@@ -30,6 +30,7 @@ pub struct TestBed {
     pub(crate) netns_created: Vec<String>,
     pub(crate) capture: CaptureMode,
     pub(crate) extra_proxy_args: Vec<String>,
+    pub(crate) extra_waypoint_args: Vec<String>,
     pub(crate) started: bool,
     /// Keep the directory (logs, manifests, certificates) when torn down.
     pub(crate) keep_files: bool,
@@ -138,6 +139,7 @@ impl TestBed {
             netns_created: Vec::new(),
             capture: CaptureMode::Ebpf,
             extra_proxy_args: Vec::new(),
+            extra_waypoint_args: Vec::new(),
             started: false,
             keep_files: false,
             with_controller: false,

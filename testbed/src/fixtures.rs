@@ -73,11 +73,21 @@ pub fn bookinfo(label: &str) -> Result<Bookinfo> {
 /// [`Bookinfo`] on a real API server from `assets` (Kubernetes mode), or from a manifest
 /// directory with `None`.
 pub fn bookinfo_on(label: &str, assets: Option<&Path>) -> Result<Bookinfo> {
+    bookinfo_with(label, assets, &[])
+}
+
+/// [`bookinfo_on`], its waypoint run with `waypoint_args` too (manifest-directory mode).
+pub fn bookinfo_with(
+    label: &str,
+    assets: Option<&Path>,
+    waypoint_args: &[&str],
+) -> Result<Bookinfo> {
     let mut bed = TestBed::new(label, 2)?;
     match assets {
         Some(assets) => bed.with_kubernetes(assets),
         None => bed.with_controller(),
     };
+    bed.waypoint_args(waypoint_args);
     let client = bed
         .pod("productpage")
         .namespace("default")

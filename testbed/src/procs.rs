@@ -43,6 +43,14 @@ impl TestBed {
         self
     }
 
+    /// Extra flags for every waypoint the bed runs itself (manifest-directory mode; before
+    /// [`start`](Self::start)).
+    pub fn waypoint_args(&mut self, args: &[&str]) -> &mut Self {
+        self.extra_waypoint_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// The controller's gRPC address.
     pub fn controller_address(&self) -> SocketAddr {
         self.controller_addr()
@@ -287,6 +295,7 @@ impl TestBed {
             .arg(&credential)
             .arg("--cert-dir")
             .arg(self.waypoint_cert_dir(w))
+            .args(&self.extra_waypoint_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -14,6 +14,7 @@ mod rng;
 mod runtime;
 mod shared;
 mod snapshot;
+mod trace;
 mod upstream;
 
 pub use runtime::{Settings, run};

@@ -53,6 +53,13 @@ struct Args {
     /// Log format: plain or json.
     #[arg(long, default_value = "plain")]
     log_format: LogFormat,
+    /// Where spans go: `zipkin:HOST:PORT` (Zipkin v2 JSON, also Jaeger's Zipkin port) or
+    /// `otlp-http:HOST:PORT` (OTLP/HTTP JSON). Without it, nothing is traced.
+    #[arg(long, value_name = "COLLECTOR")]
+    trace_collector: Option<String>,
+    /// Share of new traces sampled, in percent (a request's own sampled flag is kept).
+    #[arg(long, default_value_t = 1.0)]
+    trace_sampling: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +85,8 @@ fn main() -> anyhow::Result<()> {
         metrics_prefix: args.metrics_prefix,
         admin_addr: args.admin_addr,
         drain_deadline: std::time::Duration::from_secs(args.drain_deadline_secs),
+        trace_collector: args.trace_collector,
+        trace_sampling: args.trace_sampling,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

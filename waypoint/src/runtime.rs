@@ -45,6 +45,10 @@ pub struct Settings {
     pub admin_addr: SocketAddr,
     /// Time in-flight requests get to finish on SIGTERM.
     pub drain_deadline: std::time::Duration,
+    /// Where spans go (`zipkin:HOST:PORT` or `otlp-http:HOST:PORT`); none: no tracing.
+    pub trace_collector: Option<String>,
+    /// Share of new traces sampled, in percent (a request's incoming decision is kept).
+    pub trace_sampling: f64,
 }
 
 /// Runs the waypoint until SIGTERM or SIGINT.
@@ -55,6 +59,37 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     tokio::spawn(certs.clone().watch());
     let mut registry = prometheus_client::registry::Registry::with_prefix(&args.metrics_prefix);
     let metrics = metrics::RequestMetrics::register(&mut registry);
+    let tracer = match &args.trace_collector {
+        None => crate::trace::Tracer::off(),
+        Some(text) => {
+            let collector = crate::trace::export::Collector::parse(text)
+                .map_err(|e| anyhow::anyhow!("--trace-collector {e}"))?;
+            let (queue, spans) = tokio::sync::mpsc::channel(crate::trace::QUEUE);
+            let export = crate::trace::export::ExportMetrics::default();
+            registry.register(
+                "trace_spans_exported",
+                "Spans the collector accepted",
+                export.exported.clone(),
+            );
+            registry.register(
+                "trace_spans_failed",
+                "Spans dropped because the collector refused them or could not be reached",
+                export.failed.clone(),
+            );
+            tokio::spawn(crate::trace::export::run(
+                collector,
+                format!("{}.{}", args.name, args.namespace),
+                spans,
+                export,
+            ));
+            crate::trace::Tracer::new(args.trace_sampling, queue)
+        }
+    };
+    registry.register(
+        "trace_spans_dropped",
+        "Spans dropped because the export queue was full",
+        tracer.dropped.clone(),
+    );
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -69,6 +104,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         mirrors: Arc::new(tokio::sync::Semaphore::new(
             crate::request::MIRRORS_IN_FLIGHT,
         )),
+        tracer,
     });
 
     let retained = Arc::new(snapshot::Retained::default());

@@ -26,6 +26,8 @@ pub(crate) struct Waypoint {
     pub(crate) seed: AtomicU64,
     /// Places for mirrored requests in flight.
     pub(crate) mirrors: Arc<Semaphore>,
+    /// Sampling and the export queue.
+    pub(crate) tracer: crate::trace::Tracer,
 }
 
 impl Waypoint {

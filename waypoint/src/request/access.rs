@@ -27,12 +27,12 @@ pub(crate) struct Upstream {
 /// What the line says about the request, taken when it arrives.
 pub(crate) struct Entry {
     start: SystemTime,
-    method: String,
-    path: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
     authority: String,
     protocol: &'static str,
-    request_id: String,
-    trace_id: String,
+    pub(crate) request_id: String,
+    pub(crate) trace_id: String,
 }
 
 /// The `x-request-id` header.

@@ -54,6 +54,7 @@ use crate::body::{Body, Counted};
 use crate::metrics::RequestLabels;
 use crate::shared::Tunnel;
 use crate::snapshot::BoundService;
+use crate::trace;
 use crate::upstream::Dialer;
 
 /// Serves one request: the pipeline, then its metrics sample and access log line.
@@ -62,7 +63,20 @@ pub(crate) async fn handle(
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let entry = access::Entry::begin(&mut request, &mut tunnel.waypoint.rng());
+    let span_start = std::time::SystemTime::now();
+    let mut entry = access::Entry::begin(&mut request, &mut tunnel.waypoint.rng());
+    // The trace this request continues (or starts): its server span, and how tries pass it on.
+    let incoming = trace::extract(request.headers());
+    let incoming_parent = incoming.as_ref().map(|i| i.parent.span_id);
+    let scope = trace::Scope {
+        server: tunnel
+            .waypoint
+            .tracer
+            .server_span(incoming.as_ref(), &mut tunnel.waypoint.rng()),
+        format: incoming.as_ref().map_or(trace::Format::W3c, |i| i.format),
+        tracestate: incoming.and_then(|i| i.tracestate),
+    };
+    entry.trace_id = format!("{:032x}", scope.server.trace_id);
     let snapshot = tunnel.waypoint.snapshot.load_full();
     let source = snapshot.mesh.workload_by_ip(tunnel.client.ip()).cloned();
     let grpc = request
@@ -107,7 +121,7 @@ pub(crate) async fn handle(
                 tunnel.waypoint.namespace, tunnel.waypoint.name, tunnel.target
             ),
         ),
-        Some(service) => serve(&tunnel, &service, request, &mut labels, http2).await,
+        Some(service) => serve(&tunnel, &service, request, &mut labels, http2, &scope).await,
     };
     let response = reply.response;
     labels.response_code = response.status().as_u16();
@@ -121,6 +135,35 @@ pub(crate) async fn handle(
     }
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     tunnel.waypoint.metrics.record(&labels, millis);
+    tunnel.waypoint.tracer.finish(trace::Span {
+        context: scope.server,
+        parent: incoming_parent,
+        name: format!(
+            "{} {}",
+            entry.method, labels.destination.destination_service
+        ),
+        kind: trace::Kind::Server,
+        start: span_start,
+        duration: started.elapsed(),
+        error: labels.response_code >= 500,
+        attributes: vec![
+            ("http.method", entry.method.clone()),
+            ("http.url", entry.path.clone()),
+            ("http.status_code", labels.response_code.to_string()),
+            ("route", labels.route.clone()),
+            ("response_flags", labels.response_flags.to_owned()),
+            (
+                "destination_service",
+                labels.destination.destination_service.clone(),
+            ),
+            (
+                "upstream_workload",
+                labels.destination.destination_workload.clone(),
+            ),
+            ("peer.identity", labels.source.source_principal.clone()),
+            ("request_id", entry.request_id.clone()),
+        ],
+    });
     // The bytes and the access log line once the response body is done.
     let metrics = tunnel.waypoint.metrics.clone();
     let upstream = response.extensions().get::<access::Upstream>().cloned();
@@ -150,6 +193,7 @@ async fn serve(
     mut request: Request<Body>,
     labels: &mut RequestLabels,
     http2: bool,
+    trace: &trace::Scope,
 ) -> Reply {
     // The waypoint opens no arbitrary tunnels: an HTTP CONNECT is answered now, not left to
     // hang.
@@ -340,6 +384,7 @@ async fn serve(
             retry.and_then(|r| r.per_try_timeout_ms),
             Instant::now(),
         ),
+        trace,
     };
     let mut reply = tries.run(body, labels).await;
     headers::apply(&route.response_headers, reply.response.headers_mut());

@@ -19,6 +19,7 @@ use crate::backend::{Backend, Outcome, PickError};
 use crate::body::Body;
 use crate::metrics::RequestLabels;
 use crate::shared::Waypoint;
+use crate::trace;
 use crate::upstream::{self, Dialer, Guarded, UpstreamError};
 
 /// What the tries of one request share.
@@ -38,6 +39,8 @@ pub(crate) struct Tries<'a> {
     pub(crate) retry: Option<&'a Retry>,
     pub(crate) budget: &'a Budget,
     pub(crate) deadlines: Deadlines,
+    /// The request's trace: each try is a client span under its server span.
+    pub(crate) trace: &'a trace::Scope,
 }
 
 /// The body of each try: a replayable one is sent again, a streamed one only once.
@@ -94,13 +97,21 @@ impl Tries<'_> {
                 .destination
                 .set_workload(&endpoint.workload, &endpoint.identity);
             previous = Some(endpoint.workload.ip);
-            let request = upstream_request(
+            let mut request = upstream_request(
                 self.parts,
                 body.next(),
                 &self.authority,
                 self.http2,
                 self.upgrade.as_ref(),
             );
+            let span = self.trace.child(&mut self.waypoint.rng());
+            trace::inject(
+                request.headers_mut(),
+                span,
+                self.trace.format,
+                self.trace.tracestate.as_ref(),
+            );
+            let (span_start, span_clock) = (std::time::SystemTime::now(), Instant::now());
             let send = upstream::send(self.backend, &endpoint, self.dialer, request, self.http2);
             let result = match self.deadlines.try_limit(Instant::now()) {
                 Some(limit) => tokio::time::timeout(limit, send).await.ok(),
@@ -112,6 +123,28 @@ impl Tries<'_> {
                 self.backend.record(&endpoint, outcome);
             }
             let verdict = verdict(&result);
+            let (status, error) = match &verdict {
+                TryResult::Response { status, .. } => (status.to_string(), *status >= 500),
+                TryResult::PerTryTimeout => ("timeout".to_owned(), true),
+                TryResult::Failed(e) => (format!("failed: {e}"), true),
+            };
+            self.waypoint.tracer.finish(trace::Span {
+                context: span,
+                parent: Some(self.trace.server.span_id),
+                name: format!("{} try {}", self.backend.name, attempt + 1),
+                kind: trace::Kind::Client,
+                start: span_start,
+                duration: span_clock.elapsed(),
+                error,
+                attributes: vec![
+                    ("attempt", (attempt + 1).to_string()),
+                    ("upstream_cluster", self.backend.name.clone()),
+                    ("upstream_host", endpoint.workload.ip.to_string()),
+                    ("upstream_workload", endpoint.workload.name.clone()),
+                    ("peer.identity", endpoint.identity.to_string()),
+                    ("http.status_code", status),
+                ],
+            });
             let wants_retry = self
                 .retry
                 .is_some_and(|r| retry::retryable(&r.on, &verdict));

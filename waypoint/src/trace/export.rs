@@ -1,0 +1,266 @@
+//! Span export: batches of up to [`BATCH`] spans, at least once a second, POSTed as Zipkin v2
+//! JSON (`/api/v2/spans`, what Zipkin and Jaeger's Zipkin port take) or as OTLP/HTTP JSON
+//! (`/v1/traces`, what OpenTelemetry collectors take). A collector that is down or slow costs
+//! the request path nothing: the queue in front of this task is bounded, each POST has a
+//! timeout, and a failed batch is dropped and counted.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{Kind, Span};
+
+/// Most spans per POST.
+const BATCH: usize = 256;
+/// The longest a span waits in a partial batch.
+const LINGER: Duration = Duration::from_secs(1);
+/// The longest one POST may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where spans go, and in which encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Collector {
+    /// Zipkin v2 JSON to `http://<authority>/api/v2/spans`.
+    Zipkin { authority: String },
+    /// OTLP/HTTP JSON to `http://<authority>/v1/traces`.
+    OtlpHttp { authority: String },
+}
+
+impl Collector {
+    /// `zipkin:HOST:PORT` or `otlp-http:HOST:PORT` (plain HTTP).
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let (kind, authority) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?}: expected zipkin:HOST:PORT or otlp-http:HOST:PORT"))?;
+        let authority = authority.trim_start_matches("//").trim_end_matches('/');
+        if authority
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(format!("{text:?}: {authority:?} is not HOST:PORT"));
+        }
+        let authority = authority.to_owned();
+        match kind {
+            "zipkin" => Ok(Self::Zipkin { authority }),
+            "otlp-http" => Ok(Self::OtlpHttp { authority }),
+            other => Err(format!(
+                "{other:?}: the collectors spoken are zipkin and otlp-http"
+            )),
+        }
+    }
+
+    fn target(&self) -> (&str, &'static str) {
+        match self {
+            Self::Zipkin { authority } => (authority, "/api/v2/spans"),
+            Self::OtlpHttp { authority } => (authority, "/v1/traces"),
+        }
+    }
+
+    fn encode(&self, service: &str, spans: &[Span]) -> Value {
+        match self {
+            Self::Zipkin { .. } => zipkin(service, spans),
+            Self::OtlpHttp { .. } => otlp(service, spans),
+        }
+    }
+}
+
+/// Export counters.
+#[derive(Clone, Default)]
+pub(crate) struct ExportMetrics {
+    pub(crate) exported: Counter,
+    pub(crate) failed: Counter,
+}
+
+/// Drains `queue` into `collector` until the queue's senders are gone.
+pub(crate) async fn run(
+    collector: Collector,
+    service: String,
+    mut queue: mpsc::Receiver<Span>,
+    metrics: ExportMetrics,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(span)) => batch.push(span),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let body = collector.encode(&service, &batch).to_string();
+        let (authority, path) = collector.target();
+        match tokio::time::timeout(POST_TIMEOUT, post(authority, path, body)).await {
+            Ok(Ok(status)) if status.is_success() => {
+                metrics.exported.inc_by(batch.len() as u64);
+                debug!(spans = batch.len(), %authority, "spans exported");
+            }
+            outcome => {
+                metrics.failed.inc_by(batch.len() as u64);
+                let why = match outcome {
+                    Ok(Ok(status)) => format!("answered {status}"),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".into(),
+                };
+                warn!(spans = batch.len(), %authority, %why, "span export failed; spans dropped");
+            }
+        }
+    }
+}
+
+async fn post(authority: &str, path: &str, body: String) -> anyhow::Result<StatusCode> {
+    let stream = tokio::net::TcpStream::connect(authority).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::post(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    Ok(sender.send_request(request).await?.status())
+}
+
+fn micros(span: &Span) -> (u128, u128) {
+    let start = span
+        .start
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    (start, span.duration.as_micros().max(1))
+}
+
+/// Zipkin v2: a JSON array of spans, ids in lowercase hex, times in microseconds.
+fn zipkin(service: &str, spans: &[Span]) -> Value {
+    Value::Array(
+        spans
+            .iter()
+            .map(|s| {
+                let (timestamp, duration) = micros(s);
+                let mut tags: serde_json::Map<String, Value> = s
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), Value::String(v.clone())))
+                    .collect();
+                if s.error {
+                    tags.insert("error".into(), Value::String("true".into()));
+                }
+                let mut span = json!({
+                    "traceId": format!("{:032x}", s.context.trace_id),
+                    "id": format!("{:016x}", s.context.span_id),
+                    "name": s.name,
+                    "kind": match s.kind { Kind::Server => "SERVER", Kind::Client => "CLIENT" },
+                    "timestamp": timestamp as u64,
+                    "duration": duration as u64,
+                    "localEndpoint": {"serviceName": service},
+                    "tags": tags,
+                });
+                if let Some(parent) = s.parent {
+                    span["parentId"] = Value::String(format!("{parent:016x}"));
+                }
+                span
+            })
+            .collect(),
+    )
+}
+
+/// OTLP/HTTP JSON: one resource (the waypoint), one scope, ids in hex, times in nanoseconds
+/// as strings.
+fn otlp(service: &str, spans: &[Span]) -> Value {
+    let attr = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
+    let spans: Vec<Value> = spans
+        .iter()
+        .map(|s| {
+            let start = s
+                .start
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let end = start + s.duration.as_nanos();
+            json!({
+                "traceId": format!("{:032x}", s.context.trace_id),
+                "spanId": format!("{:016x}", s.context.span_id),
+                "parentSpanId": s.parent.map(|p| format!("{p:016x}")).unwrap_or_default(),
+                "name": s.name,
+                "kind": match s.kind { Kind::Server => 2, Kind::Client => 3 },
+                "startTimeUnixNano": start.to_string(),
+                "endTimeUnixNano": end.to_string(),
+                "attributes": s.attributes.iter().map(|(k, v)| attr(k, v)).collect::<Vec<_>>(),
+                "status": {"code": if s.error { 2 } else { 1 }},
+            })
+        })
+        .collect();
+    json!({
+        "resourceSpans": [{
+            "resource": {"attributes": [attr("service.name", service)]},
+            "scopeSpans": [{"scope": {"name": "weft-waypoint"}, "spans": spans}],
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::SpanContext;
+
+    fn span(parent: Option<u64>) -> Span {
+        Span {
+            context: SpanContext {
+                trace_id: 0xabc,
+                span_id: 0x12,
+                sampled: true,
+            },
+            parent,
+            name: "reviews.default.svc.cluster.local:9080/*".into(),
+            kind: Kind::Client,
+            start: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123),
+            duration: Duration::from_micros(2_500),
+            error: true,
+            attributes: vec![("http.method", "GET".into())],
+        }
+    }
+
+    #[test]
+    fn zipkin_and_otlp_encodings_carry_ids_times_parents_and_tags() {
+        let z = zipkin("reviews-waypoint.default", &[span(Some(0x7))]);
+        assert_eq!(z[0]["traceId"], "00000000000000000000000000000abc");
+        assert_eq!(z[0]["id"], "0000000000000012");
+        assert_eq!(z[0]["parentId"], "0000000000000007");
+        assert_eq!(z[0]["kind"], "CLIENT");
+        assert_eq!(z[0]["timestamp"], 1_700_000_000_000_123u64);
+        assert_eq!(z[0]["duration"], 2_500);
+        assert_eq!(z[0]["tags"]["error"], "true");
+        assert_eq!(
+            z[0]["localEndpoint"]["serviceName"],
+            "reviews-waypoint.default"
+        );
+        let root = zipkin("w", &[span(None)]);
+        assert!(root[0].get("parentId").is_none());
+
+        let o = otlp("w", &[span(Some(0x7))]);
+        let s = &o["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(s["parentSpanId"], "0000000000000007");
+        assert_eq!(s["kind"], 3);
+        assert_eq!(s["startTimeUnixNano"], "1700000000000123000");
+        assert_eq!(s["endTimeUnixNano"], "1700000000002623000");
+        assert_eq!(s["status"]["code"], 2);
+    }
+
+    #[test]
+    fn collectors_are_named_with_their_encoding() {
+        assert_eq!(
+            Collector::parse("zipkin:zipkin.istio-system:9411"),
+            Ok(Collector::Zipkin {
+                authority: "zipkin.istio-system:9411".into()
+            })
+        );
+        assert!(Collector::parse("otlp-http:collector:4318").is_ok());
+        assert!(Collector::parse("jaeger:agent:6831").is_err());
+        assert!(Collector::parse("zipkin:nohost").is_err());
+    }
+}
