@@ -16,6 +16,8 @@ pub enum Reporter {
     source,
     /// The server's node proxy.
     destination,
+    /// A waypoint: L7 for the requests, L4 for the tunnels they came in.
+    waypoint,
 }
 
 /// Whether the connection was protected by mesh mTLS.

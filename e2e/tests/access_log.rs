@@ -101,6 +101,30 @@ fn one_request_is_one_line_at_the_waypoint_with_envoys_fields_and_the_source_nam
         "start_time: {line}"
     );
 
+    // The waypoint counts the tunnel as a TCP connection too, labelled as node proxies do.
+    let metrics = b.bed.waypoint_metrics(&b.waypoint)?;
+    let tcp = |name: &str| {
+        weft_testbed::metric_sum(
+            &metrics,
+            name,
+            &[
+                ("reporter", "waypoint"),
+                ("source_workload", "productpage"),
+                ("destination_service", "reviews.default.svc.cluster.local"),
+            ],
+        )
+    };
+    ensure!(
+        tcp("weft_tcp_connections_opened_total") >= 1.0
+            && tcp("weft_tcp_received_bytes_total") >= body.len() as f64
+            && tcp("weft_tcp_sent_bytes_total") > 0.0,
+        "the waypoint's TCP metrics: {:?}",
+        metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("weft_tcp"))
+            .collect::<Vec<_>>()
+    );
+
     // The client's node proxy names the waypoint it tunnelled to, not an endpoint.
     let node = b.bed.wait_log(
         b.client.node,

@@ -2,17 +2,23 @@
 //! connection, whose `:authority` is the service (VIP:port) or endpoint it was addressed to.
 //! Inside each tunnel the waypoint speaks HTTP/1.1 or HTTP/2 (gRPC), as the client does.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 use weft_core::accept::{ConnectionLimits, RefusalLog};
 use weft_core::drain;
 use weft_core::hbone::{self, PendingTunnel, Rejection};
 use weft_core::identity::SpiffeId;
+use weft_core::metrics::{
+    ConnMetrics, DestinationLabels, Reporter, SecurityPolicy, SourceLabels, TcpLabels,
+};
 
 use crate::request;
 use crate::shared::Tunnel;
@@ -140,6 +146,27 @@ async fn serve_tunnel(
         return;
     }
     let Ok(stream) = pending.open() else { return };
+    // The tunnel as a TCP connection: opened, closed and its bytes both ways, labelled as the
+    // node proxies label theirs.
+    let service = snapshot.service_for(target.destination).map(|s| &s.policy);
+    let labels = TcpLabels {
+        reporter: Reporter::waypoint,
+        source: SourceLabels::of(
+            snapshot.mesh.workload_by_ip(client.ip()).map(|w| &**w),
+            Some(&peer),
+        ),
+        destination: DestinationLabels::of(
+            None,
+            None,
+            service.map(|s| (s.name.as_str(), s.namespace.as_str())),
+        ),
+        request_protocol: "tcp",
+        connection_security_policy: SecurityPolicy::mutual_tls,
+    };
+    let stream = Metered {
+        inner: stream,
+        metrics: waypoint.tcp.open(&labels),
+    };
     let tunnel = Arc::new(Tunnel {
         waypoint,
         peer,
@@ -169,5 +196,48 @@ async fn serve_tunnel(
     };
     if let Err(e) = served {
         debug!(error = %e, "HTTP connection in tunnel ended");
+    }
+}
+
+/// A tunnel's stream that counts its bytes into its connection's counters (client to server:
+/// what is read; server to client: what is written), and the connection closed when dropped.
+struct Metered<S> {
+    inner: S,
+    metrics: ConnMetrics,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.metrics.sent.inc_by(read as u64);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.metrics.received.inc_by(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -59,6 +59,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     tokio::spawn(certs.clone().watch());
     let mut registry = prometheus_client::registry::Registry::with_prefix(&args.metrics_prefix);
     let metrics = metrics::RequestMetrics::register(&mut registry);
+    let tcp = weft_core::metrics::TcpMetrics::register(&mut registry);
     let tracer = match &args.trace_collector {
         None => crate::trace::Tracer::off(),
         Some(text) => {
@@ -100,6 +101,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         certs,
         pool: Arc::new(Pool::new(PoolConfig::default())),
         metrics,
+        tcp,
         seed: AtomicU64::new(seed),
         mirrors: Arc::new(tokio::sync::Semaphore::new(
             crate::request::MIRRORS_IN_FLIGHT,

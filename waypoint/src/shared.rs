@@ -23,6 +23,8 @@ pub(crate) struct Waypoint {
     pub(crate) certs: Arc<Certs>,
     pub(crate) pool: Arc<Pool>,
     pub(crate) metrics: RequestMetrics,
+    /// The tunnels, as TCP connections.
+    pub(crate) tcp: weft_core::metrics::TcpMetrics,
     pub(crate) seed: AtomicU64,
     /// Places for mirrored requests in flight.
     pub(crate) mirrors: Arc<Semaphore>,
