@@ -7,21 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use weft_testbed::fixtures::{Bookinfo, bookinfo_with, reviews_url};
+use weft_testbed::fixtures::{Bookinfo, REVIEWS_SUBSETS, bookinfo_with, reviews_url};
 
-/// Every request to reviews goes to v1, retried once on a 5xx.
+/// Every request to reviews goes to v1 (a subset of `REVIEWS_SUBSETS`), retried once on a
+/// 5xx.
 const RETRY_ONCE_TO_V1: &str = "apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata:
-  name: reviews
-spec:
-  host: reviews
-  subsets:
-  - name: v1
-    labels:
-      version: v1
----
-apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata:
   name: reviews
@@ -135,7 +125,10 @@ fn curl(b: &Bookinfo, headers: &[&str]) -> Result<String> {
 fn a_retried_request_is_one_trace_of_a_server_span_and_two_sibling_tries_continuing_b3()
 -> Result<()> {
     let b = traced("tracez", "zipkin", 9411, "100")?;
-    b.apply("retry.yaml", RETRY_ONCE_TO_V1)?;
+    b.apply(
+        "retry.yaml",
+        &format!("{REVIEWS_SUBSETS}---\n{RETRY_ONCE_TO_V1}"),
+    )?;
     // v1 fails every other request, starting with the next: the first try fails, the retry
     // succeeds.
     b.bed.testsrv_set(&b.v1, "fail=50&status=503")?;
