@@ -31,6 +31,8 @@ pub struct TestBed {
     pub(crate) capture: CaptureMode,
     pub(crate) extra_proxy_args: Vec<String>,
     pub(crate) extra_waypoint_args: Vec<String>,
+    /// Flags for one waypoint only, by name.
+    pub(crate) one_waypoint_args: std::collections::HashMap<String, Vec<String>>,
     pub(crate) started: bool,
     /// Keep the directory (logs, manifests, certificates) when torn down.
     pub(crate) keep_files: bool,
@@ -140,6 +142,7 @@ impl TestBed {
             capture: CaptureMode::Ebpf,
             extra_proxy_args: Vec::new(),
             extra_waypoint_args: Vec::new(),
+            one_waypoint_args: Default::default(),
             started: false,
             keep_files: false,
             with_controller: false,

@@ -51,6 +51,15 @@ impl TestBed {
         self
     }
 
+    /// Extra flags for the waypoint named `name` only.
+    pub fn waypoint_args_for(&mut self, name: &str, args: &[&str]) -> &mut Self {
+        self.one_waypoint_args
+            .entry(name.to_owned())
+            .or_default()
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// The controller's gRPC address.
     pub fn controller_address(&self) -> SocketAddr {
         self.controller_addr()
@@ -296,6 +305,7 @@ impl TestBed {
             .arg("--cert-dir")
             .arg(self.waypoint_cert_dir(w))
             .args(&self.extra_waypoint_args)
+            .args(self.one_waypoint_args.get(&w.name).into_iter().flatten())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -63,12 +63,32 @@ fn main() -> Result<()> {
     let client = bed.pod("client").namespace("bench").on_node(0).add()?;
     let l4 = bed.pod("server-l4").namespace("bench").on_node(1).add()?;
     let l7 = bed.pod("server-l7").namespace("bench").on_node(1).add()?;
+    let l7t = bed.pod("server-l7t").namespace("bench").on_node(1).add()?;
     let waypoint = bed.waypoint("waypoint", "bench", 1)?;
+    // The same waypoint tracing every request to a collector that is down (nothing listens on
+    // port 9 in its pod): what tracing costs the request path when export fails.
+    let traced = bed.waypoint("waypoint-traced", "bench", 1)?;
+    bed.waypoint_args_for(
+        "waypoint-traced",
+        &[
+            "--trace-collector",
+            "zipkin:127.0.0.1:9",
+            "--trace-sampling",
+            "100",
+        ],
+    );
     bed.service("l4", "bench", "10.96.1.4".parse()?, 80, 8080, &[&l4]);
     bed.service("l7", "bench", "10.96.1.7".parse()?, 80, 8080, &[&l7]);
+    bed.service("l7t", "bench", "10.96.1.8".parse()?, 80, 8080, &[&l7t]);
     bed.use_waypoint("bench", "l7", Some("waypoint"))?;
+    bed.use_waypoint("bench", "l7t", Some("waypoint-traced"))?;
     bed.start()?;
-    for (pod, name) in [(&plain_server, "plain"), (&l4, "l4"), (&l7, "l7")] {
+    for (pod, name) in [
+        (&plain_server, "plain"),
+        (&l4, "l4"),
+        (&l7, "l7"),
+        (&l7t, "l7t"),
+    ] {
         bed.serve_testsrv(pod, name)?;
     }
     let requests = (args.rate * args.secs).to_string();
@@ -97,10 +117,9 @@ fn main() -> Result<()> {
         )
     };
     // Warm up connections and the waypoint's pools.
-    let _ = bed.load(
-        &client,
-        &["--url", "http://10.96.1.7:80/", "--requests", "200"],
-    )?;
+    for url in ["http://10.96.1.7:80/", "http://10.96.1.8:80/"] {
+        let _ = bed.load(&client, &["--url", url, "--requests", "200"])?;
+    }
     let waypoint_pid = bed.waypoint_pid(&waypoint).context("waypoint pid")?;
     let rss_idle = proc_stat(waypoint_pid).map_or(0, |s| s.1);
 
@@ -110,6 +129,11 @@ fn main() -> Result<()> {
     let mesh_l7 = run(&client, "http://10.96.1.7:80/")?;
     let after = proc_stat(waypoint_pid).context("waypoint stat")?;
     let cpu = after.0 - before.0;
+    let traced_pid = bed.waypoint_pid(&traced).context("traced waypoint pid")?;
+    let traced_before = proc_stat(traced_pid).context("waypoint stat")?;
+    let mesh_l7t = run(&client, "http://10.96.1.8:80/")?;
+    let traced_after = proc_stat(traced_pid).context("waypoint stat")?;
+    let traced_cpu = traced_after.0 - traced_before.0;
     let secs = mesh_l7["secs"].as_f64().unwrap_or(1.0);
 
     let ok = |v: &serde_json::Value| v["status"]["200"].as_u64().unwrap_or(0);
@@ -124,6 +148,7 @@ fn main() -> Result<()> {
         ("no mesh", &plain),
         ("L4 (node proxies)", &mesh_l4),
         ("L4 + waypoint", &mesh_l7),
+        ("L4 + waypoint, tracing 100%, collector down", &mesh_l7t),
     ] {
         println!(
             "| {name} | {} | {:.0} | {:.0} | {:+.0} µs ({:.2}x) | {:+.0} µs ({:.2}x) |",
@@ -145,10 +170,16 @@ fn main() -> Result<()> {
         after.1 as f64 / 1024.0
     );
     println!(
+        "traced waypoint: {:.3} CPU-seconds per second; RSS {:.1} MiB after the run",
+        traced_cpu / mesh_l7t["secs"].as_f64().unwrap_or(1.0),
+        traced_after.1 as f64 / 1024.0
+    );
+    println!(
         "{}",
         serde_json::json!({
             "rate": args.rate, "body_bytes": args.body_bytes, "secs": args.secs,
             "no_mesh": plain, "l4": mesh_l4, "l4_waypoint": mesh_l7,
+            "l4_waypoint_traced_collector_down": mesh_l7t,
             "waypoint_cpu_s_per_s": cpu / secs, "waypoint_rss_kib": after.1,
         })
     );

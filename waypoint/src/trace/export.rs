@@ -23,6 +23,11 @@ const BATCH: usize = 256;
 const LINGER: Duration = Duration::from_secs(1);
 /// The longest one POST may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed POST, batches are dropped unencoded for this long, doubling per failure up
+/// to [`MAX_BACKOFF`]: a collector that is down costs one connection attempt now and then, not
+/// the encoding of every span.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where spans go, and in which encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +90,8 @@ pub(crate) async fn run(
     mut queue: mpsc::Receiver<Span>,
     metrics: ExportMetrics,
 ) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut down_until: Option<tokio::time::Instant> = None;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + LINGER;
@@ -94,10 +101,15 @@ pub(crate) async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
+        if down_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            metrics.failed.inc_by(batch.len() as u64);
+            continue;
+        }
         let body = collector.encode(&service, &batch).to_string();
         let (authority, path) = collector.target();
         match tokio::time::timeout(POST_TIMEOUT, post(authority, path, body)).await {
             Ok(Ok(status)) if status.is_success() => {
+                (backoff, down_until) = (FIRST_BACKOFF, None);
                 metrics.exported.inc_by(batch.len() as u64);
                 debug!(spans = batch.len(), %authority, "spans exported");
             }
@@ -108,7 +120,9 @@ pub(crate) async fn run(
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".into(),
                 };
-                warn!(spans = batch.len(), %authority, %why, "span export failed; spans dropped");
+                warn!(spans = batch.len(), %authority, %why, backoff_s = backoff.as_secs(), "span export failed; spans dropped until the collector is tried again");
+                down_until = Some(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
