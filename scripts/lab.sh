@@ -10,11 +10,15 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 port=15120
+prometheus=9090
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[$i]}" in
     --metrics-port) port="${args[$((i + 1))]:-$port}" ;;
     --metrics-port=*) port="${args[$i]#*=}" ;;
+    --prometheus-port) prometheus="${args[$((i + 1))]:-$prometheus}" ;;
+    --prometheus-port=*) prometheus="${args[$i]#*=}" ;;
+    --no-prometheus) prometheus="" ;;
   esac
 done
 for p in "$port" "$((port + 1))"; do
@@ -23,6 +27,11 @@ for p in "$port" "$((port + 1))"; do
     exit 2
   fi
 done
+if [ -n "$prometheus" ] && command -v prometheus >/dev/null && command -v ss >/dev/null \
+  && ss -Hltn "sport = :$prometheus" | grep -q .; then
+  echo "127.0.0.1:$prometheus is taken (the lab's Prometheus answers there): pass --prometheus-port with a free port, or --no-prometheus" >&2
+  exit 2
+fi
 mkdir -p /run/netns 2>/dev/null || { echo "cannot create /run/netns: the lab needs it for its namespaces" >&2; exit 2; }
 ./scripts/deps.sh
 cargo build --release --workspace --bins --locked
