@@ -40,7 +40,7 @@ pub use metrics::{metric_sum, parse_metrics};
 pub use net::{CNI_PATH, in_netns};
 pub use pod::{Node, Pod};
 pub use pods::PodBuilder;
-pub use traffic::{LongLived, http_get_in, wait_listening};
+pub use traffic::{LongLived, http_get_in, wait_listening, wait_until};
 
 /// Defines each listed test (a `fn(CaptureMode) -> Result<()>` in the calling module) twice:
 /// `ebpf::<name>` and `nftables::<name>`, so every capture suite runs under both mechanisms.

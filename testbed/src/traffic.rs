@@ -56,6 +56,22 @@ pub fn http_get_in(netns: &Path, addr: SocketAddr, path: &str) -> Result<(u16, S
     })?
 }
 
+/// Polls `probe` every 200 ms until it is true (`within` at most).
+pub fn wait_until(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if probe()? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until something accepts TCP connections on `addr` inside the namespace.
 pub fn wait_listening(netns: &Path, addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use weft_testbed::cluster::{ControlPlane, tier_assets};
@@ -87,21 +87,7 @@ pub(crate) fn apply_guide(plane: &ControlPlane, file: &str) -> Result<()> {
     Ok(())
 }
 
-/// Polls `probe` until it is true (`within` at most).
-pub(crate) fn wait_until(
-    what: &str,
-    within: Duration,
-    mut probe: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        if probe()? {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+pub(crate) use weft_testbed::wait_until;
 
 /// A controller replica running in Kubernetes mode with the weft-controller ServiceAccount's
 /// token; killed when dropped.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use weft_testbed::fixtures::{Bookinfo, reviews_url};
+use weft_testbed::wait_until;
 
 /// Requests per second the load sends.
 const RATE: u64 = 20;
@@ -49,17 +50,6 @@ fn number(row: &Value, field: &str) -> Result<f64> {
     row[field]
         .as_f64()
         .with_context(|| format!("{field} missing in {row}"))
-}
-
-fn wait_until(what: &str, within: Duration, mut probe: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        if probe()? {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn unix_now() -> f64 {
