@@ -140,3 +140,47 @@ fn one_request_is_one_line_at_the_waypoint_with_envoys_fields_and_the_source_nam
     );
     Ok(())
 }
+
+/// `--log-format json`: the same line as one JSON object, numbers as numbers.
+#[test]
+fn with_json_logs_the_waypoints_line_is_one_json_object_with_the_same_fields() -> Result<()> {
+    let b = weft_testbed::fixtures::bookinfo_with("accessjs", None, &["--log-format", "json"])?;
+    let out = b.bed.exec(
+        &b.client,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            "x-request-id: json-log-check",
+            &reviews_url("/reviews/2"),
+        ],
+    )?;
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    let path = b.bed.waypoint_log_path(&b.waypoint);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("json-log-check")) {
+            break line.to_owned();
+        }
+        ensure!(Instant::now() < deadline, "no access line:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
+    ensure!(json["target"] == "access", "{json}");
+    ensure!(json["request_id"] == "json-log-check", "{json}");
+    ensure!(
+        json["method"] == "GET" && json["path"] == "/reviews/2",
+        "{json}"
+    );
+    ensure!(json["code"] == 200, "{json}");
+    ensure!(json["bytes_sent"] == body.len() as u64, "{json} ({body:?})");
+    ensure!(
+        json["src_identity"] == "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        "{json}"
+    );
+    Ok(())
+}
