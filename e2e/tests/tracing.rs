@@ -42,11 +42,11 @@ fn traced(label: &str, collector: &str, port: u16, sampling: &str) -> Result<Boo
         .to_string();
     let listen = format!("127.0.0.1:{port}");
     let netns = b.waypoint.netns.clone();
-    b.bed.spawn_in(
-        &netns,
-        &[&testsrv, "collect", "--listen", &listen],
-        "collector.log",
-    )?;
+    let mut argv = vec![testsrv.as_str(), "collect", "--listen", &listen];
+    if collector == "otlp-grpc" {
+        argv.push("--otlp-grpc");
+    }
+    b.bed.spawn_in(&netns, &argv, "collector.log")?;
     weft_testbed::wait_listening(&b.waypoint.netns_path(), listen.parse()?)?;
     Ok(b)
 }
@@ -235,6 +235,7 @@ fn w3c_is_continued_over_otlp_and_ten_percent_sampling_samples_ten_percent() -> 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = -1.0;
     let count = loop {
+        // Nothing can be polled for here: wait out one export period (1 s) and a half.
         std::thread::sleep(Duration::from_millis(1500));
         let now = exported(&b)?;
         let roots = spans(&b)?
@@ -263,4 +264,42 @@ fn w3c_is_continued_over_otlp_and_ten_percent_sampling_samples_ten_percent() -> 
     );
     eprintln!("{count} of 2000 new traces sampled at 10%");
     Ok(())
+}
+
+#[test]
+fn otlp_over_grpc_reaches_a_grpc_collector_with_the_parent_links() -> Result<()> {
+    let b = traced("traceg", "otlp-grpc", 4317, "0")?;
+    // Sampling 0% for new traces; the caller's sampled flag still decides for its trace.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = curl(
+        &b,
+        &[&format!("traceparent: 00-{trace}-b7ad6b7169203331-01")],
+    )?;
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let spans = trace_spans(&b, trace, 2)?;
+    let server = spans
+        .iter()
+        .find(|s| s["kind"] == "SERVER")
+        .with_context(|| format!("no server span: {spans:#?}"))?;
+    ensure!(server["parentId"] == "b7ad6b7169203331", "{server}");
+    ensure!(
+        spans
+            .iter()
+            .any(|s| s["kind"] == "CLIENT" && s["parentId"] == server["id"]),
+        "{spans:#?}"
+    );
+    // And an unsampled new trace is not exported.
+    let before = spans_of_all(&b)?;
+    let response = curl(&b, &[])?;
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(
+        spans_of_all(&b)? == before,
+        "a 0% rate exported a new trace"
+    );
+    Ok(())
+}
+
+fn spans_of_all(b: &Bookinfo) -> Result<usize> {
+    Ok(spans(b)?.len())
 }

@@ -6,6 +6,7 @@
 mod authz;
 mod field;
 mod l7;
+pub mod otlp;
 mod resources;
 pub mod v1;
 

@@ -1,6 +1,7 @@
 //! Span export: batches of up to [`BATCH`] spans, at least once a second, POSTed as Zipkin v2
 //! JSON (`/api/v2/spans`, what Zipkin and Jaeger's Zipkin port take) or as OTLP/HTTP JSON
-//! (`/v1/traces`, what OpenTelemetry collectors take). A collector that is down or slow costs
+//! (`/v1/traces`), or sent with OTLP's gRPC `TraceService/Export` (what OpenTelemetry
+//! collectors take on 4317). A collector that is down or slow costs
 //! the request path nothing: the queue in front of this task is bounded, each POST has a
 //! timeout, and a failed batch is dropped and counted.
 
@@ -14,6 +15,11 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use weft_core::api::otlp::{
+    self, AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource,
+    ResourceSpans, ScopeSpans, any_value, trace_service_client::TraceServiceClient,
+};
 
 use super::{Kind, Span};
 
@@ -36,14 +42,16 @@ pub(crate) enum Collector {
     Zipkin { authority: String },
     /// OTLP/HTTP JSON to `http://<authority>/v1/traces`.
     OtlpHttp { authority: String },
+    /// OTLP over gRPC (plain HTTP/2) to `<authority>`.
+    OtlpGrpc { authority: String },
 }
 
 impl Collector {
-    /// `zipkin:HOST:PORT` or `otlp-http:HOST:PORT` (plain HTTP).
+    /// `zipkin:HOST:PORT`, `otlp-http:HOST:PORT` or `otlp-grpc:HOST:PORT` (no TLS).
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let (kind, authority) = text
-            .split_once(':')
-            .ok_or_else(|| format!("{text:?}: expected zipkin:HOST:PORT or otlp-http:HOST:PORT"))?;
+        let (kind, authority) = text.split_once(':').ok_or_else(|| {
+            format!("{text:?}: expected zipkin:, otlp-http: or otlp-grpc:HOST:PORT")
+        })?;
         let authority = authority.trim_start_matches("//").trim_end_matches('/');
         if authority
             .rsplit_once(':')
@@ -55,23 +63,64 @@ impl Collector {
         match kind {
             "zipkin" => Ok(Self::Zipkin { authority }),
             "otlp-http" => Ok(Self::OtlpHttp { authority }),
+            "otlp-grpc" => Ok(Self::OtlpGrpc { authority }),
             other => Err(format!(
-                "{other:?}: the collectors spoken are zipkin and otlp-http"
+                "{other:?}: the collectors spoken are zipkin, otlp-http and otlp-grpc"
             )),
         }
     }
 
-    fn target(&self) -> (&str, &'static str) {
+    fn authority(&self) -> &str {
         match self {
-            Self::Zipkin { authority } => (authority, "/api/v2/spans"),
-            Self::OtlpHttp { authority } => (authority, "/v1/traces"),
+            Self::Zipkin { authority }
+            | Self::OtlpHttp { authority }
+            | Self::OtlpGrpc { authority } => authority,
         }
     }
 
-    fn encode(&self, service: &str, spans: &[Span]) -> Value {
-        match self {
-            Self::Zipkin { .. } => zipkin(service, spans),
-            Self::OtlpHttp { .. } => otlp(service, spans),
+    /// Sends one batch: Ok once the collector took it, else why not.
+    async fn send(
+        &self,
+        service: &str,
+        spans: &[Span],
+        grpc: &mut Option<TraceServiceClient<tonic::transport::Channel>>,
+    ) -> Result<(), String> {
+        let (path, body) = match self {
+            Self::Zipkin { .. } => ("/api/v2/spans", zipkin(service, spans)),
+            Self::OtlpHttp { .. } => ("/v1/traces", otlp(service, spans)),
+            Self::OtlpGrpc { authority } => {
+                let client = match grpc {
+                    Some(client) => client,
+                    None => {
+                        let channel =
+                            tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+                                .map_err(|e| e.to_string())?
+                                .connect_timeout(POST_TIMEOUT)
+                                .timeout(POST_TIMEOUT)
+                                .connect_lazy();
+                        grpc.insert(TraceServiceClient::new(channel))
+                    }
+                };
+                return match client.export(otlp_proto(service, spans)).await {
+                    Ok(answer) => match answer.into_inner().partial_success {
+                        Some(p) if p.rejected_spans > 0 => Err(format!(
+                            "rejected {} spans: {}",
+                            p.rejected_spans, p.error_message
+                        )),
+                        _ => Ok(()),
+                    },
+                    Err(status) => {
+                        // A fresh channel for the next batch.
+                        *grpc = None;
+                        Err(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                };
+            }
+        };
+        match post(self.authority(), path, body.to_string()).await {
+            Ok(status) if status.is_success() => Ok(()),
+            Ok(status) => Err(format!("answered {status}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -91,6 +140,7 @@ pub(crate) async fn run(
     metrics: ExportMetrics,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut grpc = None;
     let mut down_until: Option<tokio::time::Instant> = None;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -105,10 +155,10 @@ pub(crate) async fn run(
             metrics.failed.inc_by(batch.len() as u64);
             continue;
         }
-        let body = collector.encode(&service, &batch).to_string();
-        let (authority, path) = collector.target();
-        match tokio::time::timeout(POST_TIMEOUT, post(authority, path, body)).await {
-            Ok(Ok(status)) if status.is_success() => {
+        let authority = collector.authority().to_owned();
+        let sent = collector.send(&service, &batch, &mut grpc);
+        match tokio::time::timeout(POST_TIMEOUT, sent).await {
+            Ok(Ok(())) => {
                 (backoff, down_until) = (FIRST_BACKOFF, None);
                 metrics.exported.inc_by(batch.len() as u64);
                 debug!(spans = batch.len(), %authority, "spans exported");
@@ -116,9 +166,8 @@ pub(crate) async fn run(
             outcome => {
                 metrics.failed.inc_by(batch.len() as u64);
                 let why = match outcome {
-                    Ok(Ok(status)) => format!("answered {status}"),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "timed out".into(),
+                    Ok(Err(e)) => e,
+                    _ => "timed out".into(),
                 };
                 warn!(spans = batch.len(), %authority, %why, backoff_s = backoff.as_secs(), "span export failed; spans dropped until the collector is tried again");
                 down_until = Some(tokio::time::Instant::now() + backoff);
@@ -217,6 +266,65 @@ fn otlp(service: &str, spans: &[Span]) -> Value {
     })
 }
 
+/// The same spans as OTLP's protobuf messages (ids as big-endian bytes).
+fn otlp_proto(service: &str, spans: &[Span]) -> ExportTraceServiceRequest {
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_owned())),
+        }),
+    };
+    let spans = spans
+        .iter()
+        .map(|s| {
+            let start = s
+                .start
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            otlp::Span {
+                trace_id: s.context.trace_id.to_be_bytes().to_vec(),
+                span_id: s.context.span_id.to_be_bytes().to_vec(),
+                trace_state: String::new(),
+                parent_span_id: s
+                    .parent
+                    .map(|p| p.to_be_bytes().to_vec())
+                    .unwrap_or_default(),
+                name: s.name.clone(),
+                kind: match s.kind {
+                    Kind::Server => otlp::span::SpanKind::Server,
+                    Kind::Client => otlp::span::SpanKind::Client,
+                } as i32,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + s.duration.as_nanos() as u64,
+                attributes: s.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+                status: Some(otlp::Status {
+                    message: String::new(),
+                    code: if s.error {
+                        otlp::status::StatusCode::Error
+                    } else {
+                        otlp::status::StatusCode::Ok
+                    } as i32,
+                }),
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "weft-waypoint".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                }),
+                spans,
+            }],
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +382,7 @@ mod tests {
             })
         );
         assert!(Collector::parse("otlp-http:collector:4318").is_ok());
+        assert!(Collector::parse("otlp-grpc:collector:4317").is_ok());
         assert!(Collector::parse("jaeger:agent:6831").is_err());
         assert!(Collector::parse("zipkin:nohost").is_err());
     }

@@ -13,6 +13,8 @@
 //! `load`: sends N requests (HTTP/1.1, or gRPC over h2c) with a concurrency and headers, and
 //! prints one JSON line: counts by status, by body, by `grpc-status`, and response flags.
 
+mod collect;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,11 +39,15 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// A trace collector: print each POSTed body (a Zipkin or OTLP JSON batch) on one line and
-    /// answer 202.
+    /// answer 202; with `--otlp-grpc`, OTLP's gRPC TraceService instead, each export printed
+    /// as OTLP JSON.
     Collect {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:9411")]
         listen: SocketAddr,
+        /// Serve OTLP over gRPC.
+        #[arg(long)]
+        otlp_grpc: bool,
     },
     /// Ask `url` for a `weft-echo` upgrade, send one line, print the answer.
     Upgrade {
@@ -114,7 +120,20 @@ fn main() -> Result<()> {
     match args.command {
         Command::Serve { listen, name } => runtime.block_on(serve(listen, name)),
         Command::Upgrade { url } => runtime.block_on(upgrade(&url)),
-        Command::Collect { listen } => runtime.block_on(collect(listen)),
+        Command::Collect {
+            listen,
+            otlp_grpc: false,
+        } => runtime.block_on(collect::http(listen)),
+        Command::Collect {
+            listen,
+            otlp_grpc: true,
+        } => runtime
+            .block_on(
+                tonic::transport::Server::builder()
+                    .add_service(collect::grpc())
+                    .serve(listen),
+            )
+            .context("the OTLP gRPC collector"),
         Command::Load {
             url,
             requests,
@@ -149,31 +168,6 @@ fn full(text: impl Into<Bytes>) -> Full<Bytes> {
 /// of every ten).
 fn chosen(seq: u64, percent: u64) -> bool {
     percent > 0 && (seq * percent) % 100 < percent
-}
-
-async fn collect(listen: SocketAddr) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                let path = req.uri().path().to_owned();
-                let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                if let Ok(body) = body {
-                    let text = String::from_utf8_lossy(&body).replace('\n', " ");
-                    println!("{path} {text}");
-                }
-                let mut response = Response::new(Full::new(Bytes::new()));
-                *response.status_mut() = StatusCode::ACCEPTED;
-                Ok::<_, Infallible>(response)
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 async fn serve(listen: SocketAddr, name: String) -> Result<()> {
