@@ -184,3 +184,35 @@ fn with_json_logs_the_waypoints_line_is_one_json_object_with_the_same_fields() -
     );
     Ok(())
 }
+
+/// A waypoint that does not trace passes the caller's trace context on exactly as it came (its
+/// sampled flag too), so an application's own tracing is not cut at the waypoint.
+#[test]
+fn without_tracing_the_waypoint_passes_the_callers_trace_context_on_untouched() -> Result<()> {
+    let b = bookinfo("notrace")?;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let out = b.bed.exec(
+        &b.client,
+        &[
+            "curl",
+            "-sS",
+            "-D",
+            "-",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("traceparent: {traceparent}"),
+            "-H",
+            "x-echo-header: traceparent",
+            &reviews_url("/reviews/1"),
+        ],
+    )?;
+    let response = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        response
+            .lines()
+            .any(|l| l.trim() == format!("x-echo: {traceparent}")),
+        "the backend did not get the caller's traceparent unchanged: {response}"
+    );
+    Ok(())
+}

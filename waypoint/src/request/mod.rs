@@ -76,7 +76,11 @@ pub(crate) async fn handle(
         format: incoming.as_ref().map_or(trace::Format::W3c, |i| i.format),
         tracestate: incoming.and_then(|i| i.tracestate),
     };
-    entry.trace_id = format!("{:032x}", scope.server.trace_id);
+    // The access log names the trace the request is part of: the waypoint's when it traces,
+    // else the caller's (if any).
+    if tunnel.waypoint.tracer.enabled() {
+        entry.trace_id = format!("{:032x}", scope.server.trace_id);
+    }
     let snapshot = tunnel.waypoint.snapshot.load_full();
     let source = snapshot.mesh.workload_by_ip(tunnel.client.ip()).cloned();
     let grpc = request

@@ -105,12 +105,16 @@ impl Tries<'_> {
                 self.upgrade.as_ref(),
             );
             let span = self.trace.child(&mut self.waypoint.rng());
-            trace::inject(
-                request.headers_mut(),
-                span,
-                self.trace.format,
-                self.trace.tracestate.as_ref(),
-            );
+            // A waypoint that does not trace passes the caller's context on untouched (its
+            // sampled flag included), rather than a context of spans it never reports.
+            if self.waypoint.tracer.enabled() {
+                trace::inject(
+                    request.headers_mut(),
+                    span,
+                    self.trace.format,
+                    self.trace.tracestate.as_ref(),
+                );
+            }
             let (span_start, span_clock) = (std::time::SystemTime::now(), Instant::now());
             let send = upstream::send(self.backend, &endpoint, self.dialer, request, self.http2);
             let result = match self.deadlines.try_limit(Instant::now()) {

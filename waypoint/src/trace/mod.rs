@@ -240,6 +240,11 @@ impl Tracer {
         }
     }
 
+    /// Whether spans go anywhere (a collector is configured).
+    pub(crate) fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// The server span of a request that arrived with `incoming`: it continues that trace
     /// (and its decision), or starts a new one sampled at the configured rate.
     pub(crate) fn server_span(&self, incoming: Option<&Incoming>, rng: &mut Rng) -> SpanContext {
