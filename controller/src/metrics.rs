@@ -124,15 +124,29 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// A NACK's reason as a label: its first line, cut.
+/// Most distinct NACK reasons given a series of their own; later ones are counted as `other`
+/// (reasons name objects and addresses: each would otherwise be a series kept forever).
+const MAX_REASONS: usize = 64;
+
+static REASONS: LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    LazyLock::new(Default::default);
+
+/// A NACK's reason as a label: its first line, cut; `other` once [`MAX_REASONS`] are in use.
 pub fn reason_label(reason: &str) -> String {
-    reason
+    let label: String = reason
         .lines()
         .next()
         .unwrap_or("")
         .chars()
         .take(REASON_CHARS)
-        .collect()
+        .collect();
+    let mut seen = REASONS.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&label) || seen.len() < MAX_REASONS {
+        seen.insert(label.clone());
+        label
+    } else {
+        "other".to_owned()
+    }
 }
 
 /// The metrics in the Prometheus text format, gauges read from `proxies` and `verdicts` now.
@@ -188,6 +202,15 @@ mod tests {
         assert_eq!(role(&format!("{WAYPOINT_PREFIX}shop.wp")), "waypoint");
         assert_eq!(reason_label(&"x".repeat(500)).len(), REASON_CHARS);
         assert_eq!(reason_label("first line\nsecond"), "first line");
+        for i in 0..2 * MAX_REASONS {
+            let _ = reason_label(&format!("reason {i}"));
+        }
+        assert_eq!(reason_label("yet another reason"), "other");
+        assert_eq!(
+            reason_label("first line"),
+            "first line",
+            "a known reason keeps its series"
+        );
     }
 
     #[test]

@@ -6,6 +6,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use weft_testbed::fixtures::{bookinfo, reviews_url};
 
+/// The waypoint's log line that mentions `needle` (its access line is written when the
+/// response body is done: polled for, 5 s at most).
+fn waypoint_line(b: &weft_testbed::fixtures::Bookinfo, needle: &str) -> Result<String> {
+    let path = b.bed.waypoint_log_path(&b.waypoint);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            return Ok(line.to_owned());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no access line for {needle}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The value of `key=` in a log line (up to the next space).
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
@@ -49,19 +67,7 @@ fn one_request_is_one_line_at_the_waypoint_with_envoys_fields_and_the_source_nam
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
 
     // The waypoint's line, written when the response body is done.
-    let path = b.bed.waypoint_log_path(&b.waypoint);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains(&request_id)) {
-            break line.to_owned();
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no access line for {request_id}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let line = waypoint_line(&b, &request_id)?;
     eprintln!("waypoint: {line}");
     let answered = body.trim();
     let upstream = if answered == "v1" { b.v1.ip } else { b.v2.ip };
@@ -158,16 +164,7 @@ fn with_json_logs_the_waypoints_line_is_one_json_object_with_the_same_fields() -
         ],
     )?;
     let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    let path = b.bed.waypoint_log_path(&b.waypoint);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains("json-log-check")) {
-            break line.to_owned();
-        }
-        ensure!(Instant::now() < deadline, "no access line:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let line = waypoint_line(&b, "json-log-check")?;
     let json: serde_json::Value =
         serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
     ensure!(json["target"] == "access", "{json}");

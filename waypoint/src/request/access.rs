@@ -47,7 +47,8 @@ impl Entry {
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
         {
-            Some(id) if !id.is_empty() => id.to_owned(),
+            // The client's id is kept if it is a plausible one: it goes into every log line.
+            Some(id) if is_request_id(id) => id.to_owned(),
             _ => {
                 let id = uuid_v4(rng.next_u64(), rng.next_u64());
                 if let Ok(value) = HeaderValue::from_str(&id) {
@@ -143,6 +144,16 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
+/// Up to 128 visible ASCII characters without spaces or quotes (a UUID, a hex id...). Another
+/// value is replaced, so a client cannot write arbitrary text into access log lines.
+fn is_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='))
+}
+
 /// A random (version 4) UUID from 128 random bits.
 fn uuid_v4(hi: u64, lo: u64) -> String {
     let hi = (hi & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
@@ -214,5 +225,14 @@ mod tests {
             .body(())
             .expect("request");
         assert_eq!(Entry::begin(&mut given, &mut rng).request_id, "abc-123");
+        for forged in ["a b code=500", &"x".repeat(129), "q\"uote"] {
+            let mut request = Request::builder()
+                .header(REQUEST_ID, forged)
+                .body(())
+                .expect("request");
+            let id = Entry::begin(&mut request, &mut rng).request_id;
+            assert_eq!(id.len(), 36, "{forged:?} kept as {id:?}");
+            assert_eq!(request.headers()[REQUEST_ID], id.as_str());
+        }
     }
 }

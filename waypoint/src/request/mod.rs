@@ -139,35 +139,38 @@ pub(crate) async fn handle(
     }
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     tunnel.waypoint.metrics.record(&labels, millis);
-    tunnel.waypoint.tracer.finish(trace::Span {
-        context: scope.server,
-        parent: incoming_parent,
-        name: format!(
-            "{} {}",
-            entry.method, labels.destination.destination_service
-        ),
-        kind: trace::Kind::Server,
-        start: span_start,
-        duration: started.elapsed(),
-        error: labels.response_code >= 500,
-        attributes: vec![
-            ("http.method", entry.method.clone()),
-            ("http.url", entry.path.clone()),
-            ("http.status_code", labels.response_code.to_string()),
-            ("route", labels.route.clone()),
-            ("response_flags", labels.response_flags.to_owned()),
-            (
-                "destination_service",
-                labels.destination.destination_service.clone(),
+    // The span is built only for a sampled trace: an unsampled request pays nothing for it.
+    if scope.server.sampled {
+        tunnel.waypoint.tracer.finish(trace::Span {
+            context: scope.server,
+            parent: incoming_parent,
+            name: format!(
+                "{} {}",
+                entry.method, labels.destination.destination_service
             ),
-            (
-                "upstream_workload",
-                labels.destination.destination_workload.clone(),
-            ),
-            ("peer.identity", labels.source.source_principal.clone()),
-            ("request_id", entry.request_id.clone()),
-        ],
-    });
+            kind: trace::Kind::Server,
+            start: span_start,
+            duration: started.elapsed(),
+            error: labels.response_code >= 500,
+            attributes: vec![
+                ("http.method", entry.method.clone()),
+                ("http.url", entry.path.clone()),
+                ("http.status_code", labels.response_code.to_string()),
+                ("route", labels.route.clone()),
+                ("response_flags", labels.response_flags.to_owned()),
+                (
+                    "destination_service",
+                    labels.destination.destination_service.clone(),
+                ),
+                (
+                    "upstream_workload",
+                    labels.destination.destination_workload.clone(),
+                ),
+                ("peer.identity", labels.source.source_principal.clone()),
+                ("request_id", entry.request_id.clone()),
+            ],
+        });
+    }
     // The bytes and the access log line once the response body is done.
     let metrics = tunnel.waypoint.metrics.clone();
     let upstream = response.extensions().get::<access::Upstream>().cloned();

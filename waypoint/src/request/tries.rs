@@ -127,28 +127,30 @@ impl Tries<'_> {
                 self.backend.record(&endpoint, outcome);
             }
             let verdict = verdict(&result);
-            let (status, error) = match &verdict {
-                TryResult::Response { status, .. } => (status.to_string(), *status >= 500),
-                TryResult::PerTryTimeout => ("timeout".to_owned(), true),
-                TryResult::Failed(e) => (format!("failed: {e}"), true),
-            };
-            self.waypoint.tracer.finish(trace::Span {
-                context: span,
-                parent: Some(self.trace.server.span_id),
-                name: format!("{} try {}", self.backend.name, attempt + 1),
-                kind: trace::Kind::Client,
-                start: span_start,
-                duration: span_clock.elapsed(),
-                error,
-                attributes: vec![
-                    ("attempt", (attempt + 1).to_string()),
-                    ("upstream_cluster", self.backend.name.clone()),
-                    ("upstream_host", endpoint.workload.ip.to_string()),
-                    ("upstream_workload", endpoint.workload.name.clone()),
-                    ("peer.identity", endpoint.identity.to_string()),
-                    ("http.status_code", status),
-                ],
-            });
+            if span.sampled {
+                let (status, error) = match &verdict {
+                    TryResult::Response { status, .. } => (status.to_string(), *status >= 500),
+                    TryResult::PerTryTimeout => ("timeout".to_owned(), true),
+                    TryResult::Failed(e) => (format!("failed: {e}"), true),
+                };
+                self.waypoint.tracer.finish(trace::Span {
+                    context: span,
+                    parent: Some(self.trace.server.span_id),
+                    name: format!("{} try {}", self.backend.name, attempt + 1),
+                    kind: trace::Kind::Client,
+                    start: span_start,
+                    duration: span_clock.elapsed(),
+                    error,
+                    attributes: vec![
+                        ("attempt", (attempt + 1).to_string()),
+                        ("upstream_cluster", self.backend.name.clone()),
+                        ("upstream_host", endpoint.workload.ip.to_string()),
+                        ("upstream_workload", endpoint.workload.name.clone()),
+                        ("peer.identity", endpoint.identity.to_string()),
+                        ("http.status_code", status),
+                    ],
+                });
+            }
             let wants_retry = self
                 .retry
                 .is_some_and(|r| retry::retryable(&r.on, &verdict));
