@@ -228,12 +228,22 @@ fn names(note: &str, path: &str) -> bool {
 
 fn document(kind: PolicyKind, spec: &Value) -> serde_yaml::Value {
     let api = kind.api();
-    let doc = json!({
-        "apiVersion": format!("{}/{}", api.group, api.version),
-        "kind": kind.kind(),
-        "metadata": {"name": "walk", "namespace": "shop"},
-        "spec": spec,
-    });
+    let doc = if kind == PolicyKind::LinkerdConfig {
+        // A ConfigMap: its `data` is what Weft reads.
+        json!({
+            "apiVersion": api.version,
+            "kind": kind.kind(),
+            "metadata": {"name": "linkerd-config", "namespace": "linkerd"},
+            "data": spec,
+        })
+    } else {
+        json!({
+            "apiVersion": format!("{}/{}", api.group, api.version),
+            "kind": kind.kind(),
+            "metadata": {"name": "walk", "namespace": "shop"},
+            "spec": spec,
+        })
+    };
     serde_yaml::to_value(doc).expect("yaml")
 }
 
@@ -277,7 +287,12 @@ fn every_field_of_every_kind_is_honoured_or_named_in_the_verdict() {
             checked += 1;
             let mut doc = spec.clone();
             let concrete = set(&root, &root, &mut doc, &segments(&field.path), value);
-            let concrete = format!("spec{concrete}");
+            let root_field = if kind == PolicyKind::LinkerdConfig {
+                "data"
+            } else {
+                "spec"
+            };
+            let concrete = format!("{root_field}{concrete}");
             match parse(kind, &document(kind, &doc)) {
                 Err(e) => problems.push(format!("{name} {concrete}: refused when set: {e}")),
                 // A note on the field, or on a field holding it, names it.

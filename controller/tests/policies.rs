@@ -46,7 +46,7 @@ fn policies(objects: &[Object]) -> Vec<&weft_controller::model::policy::Policy> 
 fn every_example_of_the_guide_is_accepted_unchanged() {
     let guide = guide();
     let count: usize = guide.iter().map(|(_, o)| policies(o).len()).sum();
-    assert_eq!(count, 16, "every policy of the guide is read");
+    assert_eq!(count, 19, "every policy of the guide is read");
     for (file, objects) in &guide {
         for p in policies(objects) {
             match (file.as_str(), &p.spec) {
@@ -119,6 +119,46 @@ fn every_example_of_the_guide_is_accepted_unchanged() {
                     assert_eq!(sp.routes[0].response_classes[1].status_codes.len(), 4);
                     assert_eq!(p.key.namespace, "emojivoto");
                 }
+                ("istio-tracing.yaml", PolicySpec::IstioOperator(o)) => {
+                    let c = o.tracing.collector.as_ref().expect("a collector");
+                    assert_eq!(
+                        c.to_string(),
+                        "zipkin:jaeger-collector.istio-system:9411",
+                        "the Jaeger host's Zipkin port"
+                    );
+                    assert_eq!(o.tracing.sampling_percent, Some(10.0));
+                    assert!(
+                        p.notes.iter().any(|n| n.starts_with(
+                            "spec.values.tracing.jaeger.agentPort: 6831 is the Jaeger agent's UDP port"
+                        )),
+                        "the verdict says the agent's transport is not spoken: {:?}",
+                        p.notes
+                    );
+                }
+                ("linkerd-tracing.yaml", PolicySpec::LinkerdConfig(l)) => {
+                    let c = l.tracing.collector.as_ref().expect("a collector");
+                    assert_eq!(c.to_string(), "zipkin:collector.linkerd-jaeger:9411");
+                    assert_eq!(l.tracing.sampling_percent, Some(100.0));
+                    assert!(
+                        p.notes
+                            .iter()
+                            .any(|n| n.starts_with("data[config.yaml].profiler:")),
+                        "{:?}",
+                        p.notes
+                    );
+                }
+                ("linkerd-config.yaml", PolicySpec::LinkerdConfig(l)) => {
+                    assert_eq!(l.tracing.collector, None, "it names no collector");
+                    for field in ["proxy", "identityTrustAnchorsPEM", "profile"] {
+                        assert!(
+                            p.notes
+                                .iter()
+                                .any(|n| n.starts_with(&format!("data[config.yaml].{field}:"))),
+                            "{field} is named: {:?}",
+                            p.notes
+                        );
+                    }
+                }
                 ("linkerd-canary.yaml", PolicySpec::TrafficSplit(ts)) => {
                     assert_eq!(ts.backends[0].weight.0, 90.0);
                 }
@@ -126,12 +166,16 @@ fn every_example_of_the_guide_is_accepted_unchanged() {
             }
         }
     }
-    // The ConfigMap beside the ServiceProfile is not Weft's to read.
+    // The ConfigMap beside the ServiceProfile is read for its tracing.
     let (_, config) = guide
         .iter()
         .find(|(f, _)| f == "linkerd-config.yaml")
         .expect("file");
-    assert_eq!(config.len(), 1);
+    assert!(
+        policies(config)
+            .iter()
+            .any(|p| p.kind == PolicyKind::LinkerdConfig)
+    );
 }
 
 #[test]

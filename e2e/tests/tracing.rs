@@ -1,7 +1,8 @@
 //! Tracing at the waypoint, with a collector listening where the waypoint sends spans (in its
 //! pod, so the bed needs no route to it): a request that is retried once is one trace of a
 //! server span and two sibling tries; B3 and W3C callers' traces are continued, in the form
-//! they came in; a 10% sampling rate samples 10 ± 3% of 2,000 new traces.
+//! they came in; a 10% sampling rate samples 10 ± 3% of 2,000 new traces; without flags, the
+//! users' YAML (linkerd-config, Telemetry) turns tracing on, sets its rate and turns it off.
 
 use std::time::{Duration, Instant};
 
@@ -302,4 +303,122 @@ fn otlp_over_grpc_reaches_a_grpc_collector_with_the_parent_links() -> Result<()>
 
 fn spans_of_all(b: &Bookinfo) -> Result<usize> {
     Ok(spans(b)?.len())
+}
+
+/// The `traceparent` the backend got for a new request (none: the waypoint does not trace).
+fn traceparent_at_backend(b: &Bookinfo) -> Result<Option<String>> {
+    let response = curl(b, &["x-echo-header: traceparent"])?;
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    Ok(response
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("x-echo: "))
+        .map(str::to_owned))
+}
+
+/// Polls new requests until the backend's `traceparent` satisfies `want` (within 10 s).
+fn until_traceparent(
+    b: &Bookinfo,
+    what: &str,
+    want: impl Fn(Option<&str>) -> bool,
+) -> Result<Option<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = traceparent_at_backend(b)?;
+        if want(seen.as_deref()) {
+            return Ok(seen);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{what}: the backend still gets {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The guide's Linkerd form, its collector in the waypoint's pod.
+const LINKERD_TRACING: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: linkerd-config
+  namespace: linkerd
+data:
+  config.yaml: |-
+    profiler:
+      enabled: true
+    traceCollector:
+      host: 127.0.0.1
+      port: 9411
+    sampling: 1.0
+";
+
+#[test]
+fn tracing_follows_the_users_yaml_linkerd_config_then_telemetry_per_namespace() -> Result<()> {
+    // No tracing flags: the waypoint traces only where the YAML says.
+    let mut b = bookinfo_with("tracey", None, &[])?;
+    let testsrv = weft_testbed::bin_dir()?
+        .join("weft-testsrv")
+        .display()
+        .to_string();
+    let netns = b.waypoint.netns.clone();
+    b.bed.spawn_in(
+        &netns,
+        &[&testsrv, "collect", "--listen", "127.0.0.1:9411"],
+        "collector.log",
+    )?;
+    weft_testbed::wait_listening(&b.waypoint.netns_path(), "127.0.0.1:9411".parse()?)?;
+    ensure!(
+        traceparent_at_backend(&b)?.is_none(),
+        "traced with no tracing configured"
+    );
+
+    // linkerd-config: every new trace (sampling 1.0) to the Zipkin collector.
+    b.apply("linkerd-tracing.yaml", LINKERD_TRACING)?;
+    let seen = until_traceparent(&b, "linkerd-config applied", |t| {
+        t.is_some_and(|t| t.ends_with("-01"))
+    })?
+    .unwrap_or_default();
+    let trace = seen.split('-').nth(1).unwrap_or_default().to_owned();
+    let spans = trace_spans(&b, &trace, 2)?;
+    ensure!(
+        spans.iter().any(|s| s["kind"] == "SERVER") && spans.iter().any(|s| s["kind"] == "CLIENT"),
+        "trace {trace} at the collector: {spans:#?}"
+    );
+
+    // A Telemetry in the waypoint's namespace sets the rate to 0: new traces are unsampled.
+    b.apply(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: quiet
+  namespace: default
+spec:
+  tracing:
+  - randomSamplingPercentage: 0
+",
+    )?;
+    until_traceparent(&b, "Telemetry rate 0", |t| {
+        t.is_some_and(|t| t.ends_with("-00"))
+    })?;
+
+    // disableSpanReporting: the waypoint stops tracing; the caller's context passes untouched.
+    b.apply(
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: quiet
+  namespace: default
+spec:
+  tracing:
+  - disableSpanReporting: true
+",
+    )?;
+    until_traceparent(&b, "Telemetry disableSpanReporting", |t| t.is_none())?;
+    let config = b.bed.controller_log();
+    ensure!(
+        config.contains("linkerd-config"),
+        "the controller says nothing of linkerd-config:\n{config}"
+    );
+    Ok(())
 }

@@ -53,13 +53,15 @@ struct Args {
     /// Log format: plain or json.
     #[arg(long, default_value = "plain")]
     log_format: LogFormat,
-    /// Where spans go: `zipkin:HOST:PORT` (Zipkin v2 JSON, also Jaeger's Zipkin port) or
-    /// `otlp-http:HOST:PORT` (OTLP/HTTP JSON). Without it, nothing is traced.
+    /// Where spans go: `zipkin:HOST:PORT` (Zipkin v2 JSON, also Jaeger's Zipkin port),
+    /// `otlp-http:HOST:PORT` (OTLP/HTTP JSON) or `otlp-grpc:HOST:PORT`. Without it, where the
+    /// users' tracing config says (Telemetry, IstioOperator, linkerd-config), if anywhere.
     #[arg(long, value_name = "COLLECTOR")]
     trace_collector: Option<String>,
     /// Share of new traces sampled, in percent (a request's own sampled flag is kept).
-    #[arg(long, default_value_t = 1.0)]
-    trace_sampling: f64,
+    /// Without it, the config's rate, else 1.
+    #[arg(long)]
+    trace_sampling: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -45,10 +45,12 @@ pub struct Settings {
     pub admin_addr: SocketAddr,
     /// Time in-flight requests get to finish on SIGTERM.
     pub drain_deadline: std::time::Duration,
-    /// Where spans go (`zipkin:HOST:PORT` or `otlp-http:HOST:PORT`); none: no tracing.
+    /// Where spans go (`zipkin:`, `otlp-http:` or `otlp-grpc:HOST:PORT`); none: where the
+    /// config's tracing says, if anywhere.
     pub trace_collector: Option<String>,
-    /// Share of new traces sampled, in percent (a request's incoming decision is kept).
-    pub trace_sampling: f64,
+    /// Share of new traces sampled, in percent (a request's incoming decision is kept); none:
+    /// the config's rate, else 1%.
+    pub trace_sampling: Option<f64>,
 }
 
 /// Runs the waypoint until SIGTERM or SIGINT.
@@ -60,36 +62,38 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::with_prefix(&args.metrics_prefix);
     let metrics = metrics::RequestMetrics::register(&mut registry);
     let tcp = weft_core::metrics::TcpMetrics::register(&mut registry);
-    let tracer = match &args.trace_collector {
-        None => crate::trace::Tracer::off(),
-        Some(text) => {
-            let collector = crate::trace::export::Collector::parse(text)
-                .map_err(|e| anyhow::anyhow!("--trace-collector {e}"))?;
-            let (queue, spans) = tokio::sync::mpsc::channel(crate::trace::QUEUE);
-            let export = crate::trace::export::ExportMetrics::default();
-            registry.register(
-                "trace_spans_exported",
-                "Spans the collector accepted",
-                export.exported.clone(),
-            );
-            registry.register(
-                "trace_spans_failed",
-                "Spans dropped because the collector refused them or could not be reached",
-                export.failed.clone(),
-            );
-            tokio::spawn(crate::trace::export::run(
-                collector,
-                format!("{}.{}", args.name, args.namespace),
-                spans,
-                export,
-            ));
-            crate::trace::Tracer::new(args.trace_sampling, queue)
-        }
-    };
+    let collector = args
+        .trace_collector
+        .as_deref()
+        .map(crate::trace::export::Collector::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--trace-collector {e}"))?;
+    if let Some(p) = args.trace_sampling
+        && !(0.0..=100.0).contains(&p)
+    {
+        anyhow::bail!("--trace-sampling {p}: a percentage from 0 to 100");
+    }
+    let tracing = crate::trace::config::Tracing::new(
+        crate::trace::config::Flags {
+            collector,
+            sampling_percent: args.trace_sampling,
+        },
+        format!("{}.{}", args.name, args.namespace),
+    );
+    registry.register(
+        "trace_spans_exported",
+        "Spans the collector accepted",
+        tracing.export.exported.clone(),
+    );
+    registry.register(
+        "trace_spans_failed",
+        "Spans dropped because the collector refused them or could not be reached",
+        tracing.export.failed.clone(),
+    );
     registry.register(
         "trace_spans_dropped",
         "Spans dropped because the export queue was full",
-        tracer.dropped.clone(),
+        tracing.dropped.clone(),
     );
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -106,7 +110,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         mirrors: Arc::new(tokio::sync::Semaphore::new(
             crate::request::MIRRORS_IN_FLIGHT,
         )),
-        tracer,
+        tracing,
     });
 
     let retained = Arc::new(snapshot::Retained::default());
@@ -143,6 +147,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     tokio::spawn(config_client::follow(settings, move |mesh, _bundle| {
         let snapshot =
             snapshot::Snapshot::build(mesh, &applying.namespace, &applying.name, &retained)?;
+        applying.tracing.apply(snapshot.config.tracing.as_ref());
         applying.snapshot.store(Arc::new(snapshot));
         if let Some(first) = first.take() {
             let _ = first.send(());
@@ -186,6 +191,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
             let dump = serde_json::json!({
                 "waypoint": format!("{}/{}", dumped.namespace, dumped.name),
                 "certificates": certificate.into_iter().collect::<Vec<_>>(),
+                "tracing": dumped.tracing.describe(),
                 "config": snapshot.config,
             });
             weft_core::admin::Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default())

@@ -28,8 +28,8 @@ pub(crate) struct Waypoint {
     pub(crate) seed: AtomicU64,
     /// Places for mirrored requests in flight.
     pub(crate) mirrors: Arc<Semaphore>,
-    /// Sampling and the export queue.
-    pub(crate) tracer: crate::trace::Tracer,
+    /// Sampling and the export queue (swapped when the config's tracing changes).
+    pub(crate) tracing: crate::trace::config::Tracing,
 }
 
 impl Waypoint {

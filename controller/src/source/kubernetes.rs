@@ -32,6 +32,8 @@ pub struct Kind {
     pub kind: &'static str,
     /// Plural resource name.
     pub plural: &'static str,
+    /// Only objects this field selector picks (`metadata.name=linkerd-config`).
+    pub fields: Option<&'static str>,
 }
 
 impl Kind {
@@ -51,13 +53,15 @@ impl Kind {
 }
 
 /// The kinds the model is built from, one cluster-wide watch each: namespaces, pods, services,
-/// EndpointSlices (endpoints of services without a selector) and every policy kind.
+/// EndpointSlices (endpoints of services without a selector) and every policy kind (of the
+/// ConfigMaps, only those named `linkerd-config`).
 pub fn watched() -> Vec<Kind> {
     let core = |kind, plural| Kind {
         group: "",
         version: "v1",
         kind,
         plural,
+        fields: None,
     };
     let mut kinds = vec![
         core("Namespace", "namespaces"),
@@ -68,6 +72,7 @@ pub fn watched() -> Vec<Kind> {
             version: "v1",
             kind: "EndpointSlice",
             plural: "endpointslices",
+            fields: None,
         },
     ];
     for policy in PolicyKind::ALL {
@@ -77,6 +82,8 @@ pub fn watched() -> Vec<Kind> {
             version: api.version,
             kind: policy.kind(),
             plural: api.plural,
+            // Of the ConfigMaps, only Linkerd's mesh config.
+            fields: (policy == PolicyKind::LinkerdConfig).then_some("metadata.name=linkerd-config"),
         });
     }
     kinds
@@ -124,7 +131,11 @@ enum Change {
 async fn watch_one(client: Client, index: usize, kind: Kind, out: mpsc::Sender<(usize, Change)>) {
     let resource = kind.api_resource();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let stream = watch_kind(api, watcher::Config::default()).backoff(WatchBackoff::default());
+    let mut config = watcher::Config::default();
+    if let Some(fields) = kind.fields {
+        config = config.fields(fields);
+    }
+    let stream = watch_kind(api, config).backoff(WatchBackoff::default());
     let mut stream = std::pin::pin!(stream);
     let mut listed = false;
     while let Some(event) = stream.next().await {

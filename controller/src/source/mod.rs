@@ -3,7 +3,7 @@
 
 pub mod kubernetes;
 pub mod manifests;
-mod object;
+pub(crate) mod object;
 
 use std::path::PathBuf;
 use std::sync::Arc;

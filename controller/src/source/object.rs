@@ -31,7 +31,7 @@ pub fn parse_object(value: &serde_yaml::Value) -> Result<Option<Object>, String>
         .and_then(|n| n.as_str())
         .unwrap_or("default");
     let label = format!("({kind} {namespace}/{name})");
-    if let Some(policy_kind) = PolicyKind::of(kind, api_version) {
+    if let Some(policy_kind) = PolicyKind::of_object(kind, api_version, name) {
         return policy::parse(policy_kind, value)
             .map(|p| Some(Object::Policy(Box::new(p))))
             .map_err(|e| format!("{label}: {e}"));

@@ -258,6 +258,19 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
             "spec.listeners[].protocol",
         ],
     ),
+    (
+        "Telemetry",
+        &[
+            "spec.tracing[].disableSpanReporting",
+            "spec.tracing[].providers[].name",
+            "spec.tracing[].randomSamplingPercentage",
+        ],
+    ),
+    // Read by hand: the parts that are not tracing are named in the notes (unit tests in
+    // model::policy::telemetry and model::translate::tracing).
+    ("IstioOperator", &["spec.meshConfig", "spec.values"]),
+    // `data["config.yaml"]`, a YAML document read the same way.
+    ("LinkerdConfig", &["spec.config.yaml"]),
 ];
 
 /// Typed fields Weft reads but does not act on: any value set is named in the verdict (the

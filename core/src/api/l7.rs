@@ -8,7 +8,7 @@ use super::v1;
 use crate::mesh::{
     Backend, DirectResponse, Fault, HeaderEdits, Mirror, NamedMatch, Outlier, PathPart, PoolLimits,
     Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy, StrMatch,
-    WaypointConfig, WeightedBackend,
+    Tracing, WaypointConfig, WeightedBackend,
 };
 
 fn str_match_to(m: &StrMatch) -> v1::StrMatch {
@@ -405,6 +405,11 @@ impl From<&WaypointConfig> for v1::WaypointConfig {
                     authz: s.authz.iter().map(v1::AuthzPolicy::from).collect(),
                 })
                 .collect(),
+            tracing: w.tracing.as_ref().map(|t| v1::Tracing {
+                collector: t.collector.clone(),
+                sampling_percent: t.sampling_percent,
+                source: t.source.clone(),
+            }),
         }
     }
 }
@@ -424,6 +429,11 @@ pub(super) fn waypoint_from(w: &v1::WaypointConfig) -> Result<WaypointConfig> {
                 authz: each("authz", &s.authz, authz_from)?,
             })
         })?,
+        tracing: w.tracing.as_ref().map(|t| Tracing {
+            collector: t.collector.clone(),
+            sampling_percent: t.sampling_percent,
+            source: t.source.clone(),
+        }),
     })
 }
 

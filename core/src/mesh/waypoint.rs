@@ -22,7 +22,29 @@ pub struct WaypointConfig {
     /// The services whose traffic it carries.
     #[serde(default)]
     pub services: Vec<ServicePolicy>,
+    /// Where its spans go, from the users' tracing config (none: no tracing unless the
+    /// waypoint's own flags say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
+
+/// Tracing, as the users' config asks for it (Istio's Telemetry API, an IstioOperator,
+/// Linkerd's `linkerd-config`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tracing {
+    /// `zipkin:HOST:PORT`, `otlp-http:HOST:PORT` or `otlp-grpc:HOST:PORT` (the form of the
+    /// waypoint's `--trace-collector`).
+    pub collector: String,
+    /// Share of new traces sampled, in percent (a request's incoming decision is kept).
+    pub sampling_percent: f64,
+    /// The objects it was read from (`Telemetry istio-system/mesh-default`), for
+    /// `/config_dump` and logs.
+    pub source: String,
+}
+
+/// The collector protocols a waypoint exports to.
+pub const COLLECTOR_PROTOCOLS: [&str; 3] = ["zipkin", "otlp-http", "otlp-grpc"];
 
 /// Everything applied to one service's traffic.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -412,6 +434,27 @@ impl WaypointConfig {
     /// Checks what the waypoint relies on: backend indexes in range, weights, regexes that
     /// compile. The message names the field.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(t) = &self.tracing {
+            if !(0.0..=100.0).contains(&t.sampling_percent) {
+                return Err(format!(
+                    "tracing.samplingPercent: {} is not a percentage",
+                    t.sampling_percent
+                ));
+            }
+            let known = t.collector.split_once(':').is_some_and(|(protocol, rest)| {
+                COLLECTOR_PROTOCOLS.contains(&protocol)
+                    && rest
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            });
+            if !known {
+                return Err(format!(
+                    "tracing.collector: {:?} is not PROTOCOL:HOST:PORT ({})",
+                    t.collector,
+                    COLLECTOR_PROTOCOLS.join(", ")
+                ));
+            }
+        }
         for (s, service) in self.services.iter().enumerate() {
             for (r, route) in service.routes.iter().enumerate() {
                 let at = format!("services[{s}].routes[{r}]");

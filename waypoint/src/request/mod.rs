@@ -68,17 +68,16 @@ pub(crate) async fn handle(
     // The trace this request continues (or starts): its server span, and how tries pass it on.
     let incoming = trace::extract(request.headers());
     let incoming_parent = incoming.as_ref().map(|i| i.parent.span_id);
+    let tracer = tunnel.waypoint.tracing.get();
     let scope = trace::Scope {
-        server: tunnel
-            .waypoint
-            .tracer
-            .server_span(incoming.as_ref(), &mut tunnel.waypoint.rng()),
+        server: tracer.server_span(incoming.as_ref(), &mut tunnel.waypoint.rng()),
+        tracer,
         format: incoming.as_ref().map_or(trace::Format::W3c, |i| i.format),
         tracestate: incoming.and_then(|i| i.tracestate),
     };
     // The access log names the trace the request is part of: the waypoint's when it traces,
     // else the caller's (if any).
-    if tunnel.waypoint.tracer.enabled() {
+    if scope.tracer.enabled() {
         entry.trace_id = format!("{:032x}", scope.server.trace_id);
     }
     let snapshot = tunnel.waypoint.snapshot.load_full();
@@ -141,7 +140,7 @@ pub(crate) async fn handle(
     tunnel.waypoint.metrics.record(&labels, millis);
     // The span is built only for a sampled trace: an unsampled request pays nothing for it.
     if scope.server.sampled {
-        tunnel.waypoint.tracer.finish(trace::Span {
+        scope.tracer.finish(trace::Span {
             context: scope.server,
             parent: incoming_parent,
             name: format!(

@@ -107,7 +107,7 @@ impl Tries<'_> {
             let span = self.trace.child(&mut self.waypoint.rng());
             // A waypoint that does not trace passes the caller's context on untouched (its
             // sampled flag included), rather than a context of spans it never reports.
-            if self.waypoint.tracer.enabled() {
+            if self.trace.tracer.enabled() {
                 trace::inject(
                     request.headers_mut(),
                     span,
@@ -133,7 +133,7 @@ impl Tries<'_> {
                     TryResult::PerTryTimeout => ("timeout".to_owned(), true),
                     TryResult::Failed(e) => (format!("failed: {e}"), true),
                 };
-                self.waypoint.tracer.finish(trace::Span {
+                self.trace.tracer.finish(trace::Span {
                     context: span,
                     parent: Some(self.trace.server.span_id),
                     name: format!("{} try {}", self.backend.name, attempt + 1),

@@ -4,6 +4,7 @@
 //! Spans go to a bounded queue that [`export`] drains: the request path never waits for it, and
 //! what does not fit is dropped and counted.
 
+pub(crate) mod config;
 pub(crate) mod export;
 
 use std::time::{Duration, SystemTime};
@@ -171,6 +172,8 @@ pub(crate) fn inject(
 
 /// A request's place in its trace.
 pub(crate) struct Scope {
+    /// The tracer the request started with (kept to its end, across a swap).
+    pub(crate) tracer: std::sync::Arc<Tracer>,
     /// The waypoint's server span.
     pub(crate) server: SpanContext,
     /// How the context came in, and so goes out.
@@ -224,19 +227,24 @@ pub(crate) struct Tracer {
 impl Tracer {
     /// A tracer that exports nothing (no collector configured).
     pub(crate) fn off() -> Self {
+        Self::off_with(Counter::default())
+    }
+
+    /// [`Tracer::off`], sharing the drop counter.
+    pub(crate) fn off_with(dropped: Counter) -> Self {
         Self {
             sampling_percent: 0.0,
             queue: None,
-            dropped: Counter::default(),
+            dropped,
         }
     }
 
-    /// A tracer sampling `percent` of new traces into `queue`.
-    pub(crate) fn new(percent: f64, queue: mpsc::Sender<Span>) -> Self {
+    /// A tracer sampling `percent` of new traces into `queue`; drops count in `dropped`.
+    pub(crate) fn new(percent: f64, queue: mpsc::Sender<Span>, dropped: Counter) -> Self {
         Self {
             sampling_percent: percent.clamp(0.0, 100.0),
             queue: Some(queue),
-            dropped: Counter::default(),
+            dropped,
         }
     }
 
@@ -350,7 +358,7 @@ mod tests {
     #[test]
     fn an_incoming_decision_is_kept_and_new_traces_are_sampled_at_the_rate() {
         let (tx, _rx) = mpsc::channel(1);
-        let tracer = Tracer::new(10.0, tx);
+        let tracer = Tracer::new(10.0, tx, Counter::default());
         let mut rng = Rng::seeded(42);
         let unsampled = extract(&headers(&[(
             "traceparent",
@@ -369,7 +377,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
         let (tx, _rx) = mpsc::channel(1);
-        let tracer = Tracer::new(100.0, tx);
+        let tracer = Tracer::new(100.0, tx, Counter::default());
         let span = |id| Span {
             context: SpanContext {
                 trace_id: 1,

@@ -6,8 +6,12 @@
 pub mod common;
 pub mod gateway;
 pub mod istio;
+pub mod istio_operator;
 pub mod linkerd;
+pub mod linkerd_config;
 pub mod shapes;
+pub mod telemetry;
+pub mod tracing_config;
 
 use std::collections::BTreeMap;
 
@@ -38,6 +42,12 @@ pub enum PolicyKind {
     HttpRoute,
     /// Gateway API Gateway.
     Gateway,
+    /// `telemetry.istio.io` Telemetry (tracing).
+    Telemetry,
+    /// `install.istio.io` IstioOperator (its tracing).
+    IstioOperator,
+    /// Linkerd's `linkerd-config` ConfigMap (its tracing).
+    LinkerdConfig,
 }
 
 /// Where a kind is served from: (group, version, plural).
@@ -51,7 +61,7 @@ pub struct ApiGroup {
 
 impl PolicyKind {
     /// Every kind.
-    pub const ALL: [PolicyKind; 9] = [
+    pub const ALL: [PolicyKind; 12] = [
         Self::VirtualService,
         Self::DestinationRule,
         Self::IstioGateway,
@@ -61,9 +71,18 @@ impl PolicyKind {
         Self::TrafficSplit,
         Self::HttpRoute,
         Self::Gateway,
+        Self::Telemetry,
+        Self::IstioOperator,
+        Self::LinkerdConfig,
     ];
 
+    /// Whether the kind is a custom resource (every kind but `linkerd-config`, a ConfigMap).
+    pub fn is_custom(self) -> bool {
+        self != Self::LinkerdConfig
+    }
+
     /// The kind of a manifest, by `kind` (and the API group, where two APIs share a kind).
+    /// A ConfigMap is one only by its name: see [`PolicyKind::of_object`].
     pub fn of(kind: &str, api_version: &str) -> Option<Self> {
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
         Some(match kind {
@@ -76,8 +95,20 @@ impl PolicyKind {
             "HTTPRoute" => Self::HttpRoute,
             "Gateway" if group == "networking.istio.io" => Self::IstioGateway,
             "Gateway" if group == "gateway.networking.k8s.io" => Self::Gateway,
+            "Telemetry" => Self::Telemetry,
+            "IstioOperator" => Self::IstioOperator,
             _ => return None,
         })
+    }
+
+    /// The kind of a manifest, by [`PolicyKind::of`] or, for a ConfigMap, its name.
+    pub fn of_object(kind: &str, api_version: &str, name: &str) -> Option<Self> {
+        match kind {
+            "ConfigMap" if api_version == "v1" && name == linkerd_config::LINKERD_CONFIG => {
+                Some(Self::LinkerdConfig)
+            }
+            _ => Self::of(kind, api_version),
+        }
     }
 
     /// The Kubernetes kind.
@@ -91,6 +122,9 @@ impl PolicyKind {
             Self::ServiceProfile => "ServiceProfile",
             Self::TrafficSplit => "TrafficSplit",
             Self::HttpRoute => "HTTPRoute",
+            Self::Telemetry => "Telemetry",
+            Self::IstioOperator => "IstioOperator",
+            Self::LinkerdConfig => "ConfigMap",
         }
     }
 
@@ -106,6 +140,9 @@ impl PolicyKind {
             Self::TrafficSplit => ("split.smi-spec.io", "v1alpha2", "trafficsplits"),
             Self::HttpRoute => ("gateway.networking.k8s.io", "v1", "httproutes"),
             Self::Gateway => ("gateway.networking.k8s.io", "v1", "gateways"),
+            Self::Telemetry => ("telemetry.istio.io", "v1", "telemetries"),
+            Self::IstioOperator => ("install.istio.io", "v1alpha1", "istiooperators"),
+            Self::LinkerdConfig => ("", "v1", "configmaps"),
         };
         ApiGroup {
             group,
@@ -116,7 +153,10 @@ impl PolicyKind {
 
     /// Whether the kind has a status the controller writes conditions to.
     pub fn has_status(self) -> bool {
-        !matches!(self, Self::ServiceProfile | Self::TrafficSplit)
+        !matches!(
+            self,
+            Self::ServiceProfile | Self::TrafficSplit | Self::LinkerdConfig
+        )
     }
 
     /// The JSON schema (OpenAPI 3 flavour) of this kind's `spec`, generated from the types
@@ -138,6 +178,13 @@ impl PolicyKind {
             Self::TrafficSplit => generator.into_root_schema_for::<linkerd::TrafficSplitSpec>(),
             Self::HttpRoute => generator.into_root_schema_for::<gateway::HttpRouteSpec>(),
             Self::Gateway => generator.into_root_schema_for::<gateway::GatewaySpec>(),
+            Self::Telemetry => generator.into_root_schema_for::<telemetry::TelemetrySpec>(),
+            Self::IstioOperator => {
+                generator.into_root_schema_for::<istio_operator::IstioOperatorSpec>()
+            }
+            Self::LinkerdConfig => {
+                generator.into_root_schema_for::<linkerd_config::LinkerdConfigSpec>()
+            }
         }
     }
 }
@@ -163,6 +210,12 @@ pub enum PolicySpec {
     HttpRoute(Box<gateway::HttpRouteSpec>),
     /// See [`gateway::GatewaySpec`].
     Gateway(Box<gateway::GatewaySpec>),
+    /// See [`telemetry::TelemetrySpec`].
+    Telemetry(Box<telemetry::TelemetrySpec>),
+    /// See [`istio_operator::IstioOperatorSpec`].
+    IstioOperator(Box<istio_operator::IstioOperatorSpec>),
+    /// See [`linkerd_config::LinkerdConfigSpec`] (a ConfigMap's `data`).
+    LinkerdConfig(Box<linkerd_config::LinkerdConfigSpec>),
 }
 
 /// A policy object.
@@ -213,6 +266,9 @@ struct Doc<S> {
     metadata: Meta,
     #[serde(default = "missing_spec")]
     spec: serde_yaml::Value,
+    /// A ConfigMap's data (read where other kinds have `spec`).
+    #[serde(default)]
+    data: Option<serde_yaml::Value>,
     #[serde(skip)]
     _spec: std::marker::PhantomData<S>,
 }
@@ -254,10 +310,13 @@ pub(crate) struct OwnerReference {
 /// Reads a policy manifest of `kind`. Errors name the field (`spec.http[0].retries.attempts:
 /// invalid type ...`).
 pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, String> {
-    let doc: Doc<()> = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+    let mut doc: Doc<()> = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let path = e.path().to_string();
         format!("{path}: {}", e.into_inner())
     })?;
+    if kind == PolicyKind::LinkerdConfig {
+        doc.spec = doc.data.take().unwrap_or_else(missing_spec);
+    }
     let mut notes = Notes::default();
     let spec = match kind {
         PolicyKind::VirtualService => {
@@ -308,6 +367,21 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
             let s: gateway::GatewaySpec = spec(&doc.spec)?;
             s.notes(&mut notes);
             PolicySpec::Gateway(Box::new(s))
+        }
+        PolicyKind::Telemetry => {
+            let s: telemetry::TelemetrySpec = spec(&doc.spec)?;
+            s.read(&mut notes)?;
+            PolicySpec::Telemetry(Box::new(s))
+        }
+        PolicyKind::IstioOperator => {
+            let mut s: istio_operator::IstioOperatorSpec = spec(&doc.spec)?;
+            s.read(&mut notes)?;
+            PolicySpec::IstioOperator(Box::new(s))
+        }
+        PolicyKind::LinkerdConfig => {
+            let mut s: linkerd_config::LinkerdConfigSpec = spec(&doc.spec)?;
+            s.read(&mut notes)?;
+            PolicySpec::LinkerdConfig(Box::new(s))
         }
     };
     check_regexes(&spec)?;

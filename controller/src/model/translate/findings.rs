@@ -6,6 +6,7 @@
 
 use super::backends::destination_rule;
 use super::common::{ROOT_NAMESPACES, host_is, labels_match, service_for};
+use super::tracing::tracing_findings;
 use super::waypoints::waypoint_of;
 use crate::model::objects::{Objects, Service};
 use crate::model::policy::{Policy, PolicySpec};
@@ -206,6 +207,9 @@ pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
             )),
             Some(svc) => out.extend(unbound(svc).map(|why| format!("metadata.name: {why}"))),
         },
+        PolicySpec::Telemetry(_) | PolicySpec::IstioOperator(_) | PolicySpec::LinkerdConfig(_) => {
+            out.extend(tracing_findings(objects, policy));
+        }
         _ => {}
     }
     out

@@ -137,5 +137,6 @@ pub fn waypoint_config(
         name: waypoint.name.clone(),
         namespace: waypoint.namespace.clone(),
         services,
+        tracing: super::tracing::tracing_for(objects, &waypoint.namespace),
     }
 }

@@ -1,0 +1,343 @@
+//! An IstioOperator, read for its tracing: the guide's `values.tracing` block (a Jaeger
+//! agent's host is read as the same host's Zipkin endpoint, and the note says so),
+//! `values.pilot.traceSampling`, `meshConfig.enableTracing`, `meshConfig.defaultConfig.tracing`,
+//! `meshConfig.defaultProviders.tracing` and the `meshConfig.extensionProviders` that Telemetry
+//! names. The rest installs Istio's own parts and is named in the notes.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::common::{Notes, Unhonoured};
+use super::tracing_config::{
+    Collector, CollectorProtocol, Open, TracingSettings, ZIPKIN_PORT, host_port, percent, typed,
+};
+
+/// `IstioOperator.spec`: what an install asks for. Weft reads its tracing; the rest installs
+/// Istio's own parts and is named in the notes.
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioOperatorSpec {
+    /// Not honoured.
+    #[serde(default)]
+    pub profile: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub hub: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub tag: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub revision: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub namespace: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub install_package_path: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub components: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub unvalidated_values: Unhonoured,
+    /// Read: `enableTracing`, `defaultConfig.tracing`, `defaultProviders.tracing`,
+    /// `extensionProviders`.
+    #[serde(default)]
+    pub mesh_config: Open,
+    /// Read: `tracing` (the guide's block), `pilot.traceSampling`.
+    #[serde(default)]
+    pub values: Open,
+    /// What it says about tracing (read by [`IstioOperatorSpec::read`]).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub tracing: TracingSettings,
+    /// Its `meshConfig.extensionProviders` that Weft can export to, by name.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub providers: BTreeMap<String, Collector>,
+}
+
+/// The guide's `values.tracing` block.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ValuesTracing {
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Percent of new traces.
+    #[serde(default)]
+    sampling: Option<f64>,
+    /// `jaeger` or `zipkin`.
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    jaeger: Option<JaegerValues>,
+    #[serde(default)]
+    zipkin: Option<ZipkinValues>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JaegerValues {
+    /// Deploy an in-cluster Jaeger (Weft deploys none).
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    agent_host: Option<String>,
+    #[serde(default)]
+    agent_port: Option<u16>,
+    #[serde(default)]
+    hub: Option<serde_yaml::Value>,
+    #[serde(default)]
+    tag: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ZipkinValues {
+    #[serde(default)]
+    address: Option<String>,
+}
+
+/// `meshConfig.defaultConfig.tracing`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProxyTracing {
+    #[serde(default)]
+    sampling: Option<f64>,
+    #[serde(default)]
+    zipkin: Option<ZipkinValues>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// One of `meshConfig.extensionProviders`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExtensionProvider {
+    name: String,
+    #[serde(default)]
+    zipkin: Option<ProviderService>,
+    #[serde(default)]
+    opentelemetry: Option<ProviderService>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderService {
+    service: String,
+    port: u16,
+    /// OpenTelemetry: present means OTLP/HTTP (else gRPC).
+    #[serde(default)]
+    http: Option<serde_yaml::Value>,
+    #[serde(default)]
+    grpc: Option<serde_yaml::Value>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml::Value>,
+}
+
+impl IstioOperatorSpec {
+    /// Reads the tracing it asks for into [`Self::tracing`] and [`Self::providers`], noting
+    /// what Weft does not do. A malformed tracing field refuses the object.
+    pub fn read(&mut self, notes: &mut Notes) -> Result<(), String> {
+        let why = "an install setting for Istio's own parts; Weft is installed by `weft install`";
+        notes.unhonoured("spec.profile", &self.profile, why);
+        notes.unhonoured("spec.hub", &self.hub, why);
+        notes.unhonoured("spec.tag", &self.tag, why);
+        notes.unhonoured("spec.revision", &self.revision, why);
+        notes.unhonoured("spec.namespace", &self.namespace, why);
+        notes.unhonoured("spec.installPackagePath", &self.install_package_path, why);
+        notes.unhonoured("spec.components", &self.components, why);
+        notes.unhonoured("spec.unvalidatedValues", &self.unvalidated_values, why);
+        let mut tracing = TracingSettings::default();
+        for (key, value) in self.values.entries("spec.values")? {
+            let at = format!("spec.values.{key}");
+            match key.as_str() {
+                "tracing" => read_values_tracing(&at, value, &mut tracing, notes)?,
+                "pilot" => {
+                    let mut pilot: BTreeMap<String, serde_yaml::Value> = typed(&at, value)?;
+                    if let Some(v) = pilot.remove("traceSampling") {
+                        let v: f64 = typed(&format!("{at}.traceSampling"), v)?;
+                        tracing.sampling_percent =
+                            Some(percent(&format!("{at}.traceSampling"), v)?);
+                    }
+                    for other in pilot.keys() {
+                        notes.note(
+                            &format!("{at}.{other}"),
+                            format!("not honoured by Weft ({why})"),
+                        );
+                    }
+                }
+                _ => notes.note(&at, format!("not honoured by Weft ({why})")),
+            }
+        }
+        for (key, value) in self.mesh_config.entries("spec.meshConfig")? {
+            let at = format!("spec.meshConfig.{key}");
+            match key.as_str() {
+                "enableTracing" => {
+                    let on: bool = typed(&at, value)?;
+                    tracing.disabled |= !on;
+                }
+                "defaultConfig" => {
+                    let mut config: BTreeMap<String, serde_yaml::Value> = typed(&at, value)?;
+                    if let Some(t) = config.remove("tracing") {
+                        let t: ProxyTracing = typed(&format!("{at}.tracing"), t)?;
+                        if let Some(s) = t.sampling {
+                            tracing.sampling_percent =
+                                Some(percent(&format!("{at}.tracing.sampling"), s)?);
+                        }
+                        if let Some(address) = t.zipkin.and_then(|z| z.address) {
+                            let field = format!("{at}.tracing.zipkin.address");
+                            let (host, port) = host_port(&field, &address)?;
+                            tracing.collector = Some(Collector {
+                                protocol: CollectorProtocol::Zipkin,
+                                host,
+                                port,
+                            });
+                        }
+                        for other in t.other.keys() {
+                            notes.note(
+                                &format!("{at}.tracing.{other}"),
+                                "not honoured by Weft (it exports to Zipkin and OTLP collectors)",
+                            );
+                        }
+                    }
+                    for other in config.keys() {
+                        notes.note(
+                            &format!("{at}.{other}"),
+                            "not honoured by Weft (a sidecar setting)",
+                        );
+                    }
+                }
+                "extensionProviders" => {
+                    let list: Vec<ExtensionProvider> = typed(&at, value)?;
+                    for (i, p) in list.into_iter().enumerate() {
+                        let field = format!("{at}[{i}]");
+                        if let Some(c) = provider_collector(&field, &p, notes) {
+                            self.providers.insert(p.name, c);
+                        }
+                    }
+                }
+                "defaultProviders" => {
+                    let mut d: BTreeMap<String, serde_yaml::Value> = typed(&at, value)?;
+                    if let Some(t) = d.remove("tracing") {
+                        tracing.providers = typed(&format!("{at}.tracing"), t)?;
+                    }
+                    for other in d.keys() {
+                        notes.note(
+                            &format!("{at}.{other}"),
+                            "not honoured by Weft (metrics and access logs are always on)",
+                        );
+                    }
+                }
+                _ => notes.note(&at, "not honoured by Weft (a mesh setting it does not use)"),
+            }
+        }
+        self.tracing = tracing;
+        Ok(())
+    }
+}
+
+fn read_values_tracing(
+    at: &str,
+    value: serde_yaml::Value,
+    tracing: &mut TracingSettings,
+    notes: &mut Notes,
+) -> Result<(), String> {
+    let t: ValuesTracing = typed(at, value)?;
+    if t.enabled == Some(false) {
+        tracing.disabled = true;
+    }
+    if let Some(s) = t.sampling {
+        tracing.sampling_percent = Some(percent(&format!("{at}.sampling"), s)?);
+    }
+    let provider = t.provider.as_deref().unwrap_or("jaeger");
+    match provider {
+        "jaeger" => {
+            if let Some(j) = &t.jaeger {
+                if j.enabled == Some(true) {
+                    notes.note(
+                        &format!("{at}.jaeger.enabled"),
+                        "Weft deploys no Jaeger: name your collector's host in agentHost",
+                    );
+                }
+                if j.hub.is_some() || j.tag.is_some() {
+                    notes.note(
+                        &format!("{at}.jaeger"),
+                        "hub and tag are not honoured by Weft (it deploys no Jaeger)",
+                    );
+                }
+            }
+            if let Some(host) = t.jaeger.as_ref().and_then(|j| j.agent_host.clone()) {
+                let agent_port = t.jaeger.as_ref().and_then(|j| j.agent_port).unwrap_or(6831);
+                notes.note(
+                    &format!("{at}.jaeger.agentPort"),
+                    format!(
+                        "{agent_port} is the Jaeger agent's UDP port (Thrift), which Weft does not speak: spans go to {host}:{ZIPKIN_PORT} as Zipkin v2 JSON, which the Jaeger collector takes on its Zipkin port"
+                    ),
+                );
+                tracing.collector = Some(Collector {
+                    protocol: CollectorProtocol::Zipkin,
+                    host,
+                    port: ZIPKIN_PORT,
+                });
+            }
+        }
+        "zipkin" => {
+            if let Some(address) = t.zipkin.and_then(|z| z.address) {
+                let (host, port) = host_port(&format!("{at}.zipkin.address"), &address)?;
+                tracing.collector = Some(Collector {
+                    protocol: CollectorProtocol::Zipkin,
+                    host,
+                    port,
+                });
+            }
+        }
+        other => notes.note(
+            &format!("{at}.provider"),
+            format!("{other:?} is not a collector Weft exports to (jaeger or zipkin here; OTLP through meshConfig.extensionProviders)"),
+        ),
+    }
+    Ok(())
+}
+
+fn provider_collector(field: &str, p: &ExtensionProvider, notes: &mut Notes) -> Option<Collector> {
+    for other in p.other.keys() {
+        notes.note(
+            &format!("{field}.{other}"),
+            format!(
+                "provider {:?}: not a tracer Weft exports to (zipkin and opentelemetry are)",
+                p.name
+            ),
+        );
+    }
+    let (service, protocol) = match (&p.zipkin, &p.opentelemetry) {
+        (Some(z), _) => (z, CollectorProtocol::Zipkin),
+        (None, Some(o)) if o.http.is_some() => (o, CollectorProtocol::OtlpHttp),
+        (None, Some(o)) => (o, CollectorProtocol::OtlpGrpc),
+        (None, None) => return None,
+    };
+    for other in service.other.keys() {
+        notes.note(
+            &format!("{field}.{other}"),
+            "not honoured by Weft (only service and port are read)",
+        );
+    }
+    if protocol == CollectorProtocol::Zipkin && (service.http.is_some() || service.grpc.is_some()) {
+        notes.note(field, "http and grpc are not Zipkin settings: ignored");
+    }
+    // `service` may be `ns/name` in Istio: the host is the name part.
+    let host = service
+        .service
+        .rsplit_once('/')
+        .map_or(service.service.as_str(), |(_, h)| h)
+        .to_owned();
+    Some(Collector {
+        protocol,
+        host,
+        port: service.port,
+    })
+}
