@@ -15,9 +15,11 @@ pub mod identity;
 pub mod mesh;
 pub mod metrics;
 pub mod netns;
+pub mod rng;
 pub mod telemetry;
 pub mod testing;
 pub mod tls;
+pub mod trace;
 
 /// Well-known ports (Istio's numbering, so its NetworkPolicy guidance carries over).
 pub mod ports {

@@ -144,6 +144,8 @@ fn one_request_is_one_line_at_the_waypoint_with_envoys_fields_and_the_source_nam
             == Some("spiffe://cluster.local/ns/default/sa/reviews-waypoint"),
         "{node}"
     );
+    // Connection spans are off by default: no trace on the tunnel.
+    ensure!(field(&node, "trace_id") == Some("-"), "{node}");
     Ok(())
 }
 

@@ -47,6 +47,11 @@ pub struct ProxyConfig {
     pub drain_deadline: Duration,
     /// Time an inbound mTLS handshake may take.
     pub handshake_timeout: Duration,
+    /// Where connection spans go (`zipkin:`, `otlp-http:` or `otlp-grpc:HOST:PORT`); none:
+    /// no spans, and no trace context on the tunnels this proxy opens.
+    pub trace_collector: Option<String>,
+    /// Share of new connections traced, in percent (a tunnel's sampled context is kept).
+    pub trace_sampling: f64,
 }
 
 /// Where the mesh config comes from.

@@ -38,6 +38,16 @@ use crate::proxy::Proxy;
 
 /// Runs the node proxy until SIGTERM or SIGINT, then drains.
 pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    if let Some(c) = &config.trace_collector {
+        weft_core::trace::export::Collector::parse(c)
+            .map_err(|e| anyhow::anyhow!("--trace-collector {e}"))?;
+    }
+    if !(0.0..=100.0).contains(&config.trace_sampling) {
+        anyhow::bail!(
+            "--trace-sampling {}: a percentage from 0 to 100",
+            config.trace_sampling
+        );
+    }
     // From a file: no first config, no proxy (a clear error names the file and field). From
     // the controller: nothing is captured or swept until the first config has arrived.
     let index = match &config.source {

@@ -79,6 +79,14 @@ struct Args {
     /// chain, so a node without a node proxy creates pods as if Weft were not installed.
     #[arg(long, env = "WEFT_CNI_CONF_DIR")]
     cni_conf_dir: Option<PathBuf>,
+    /// A span per connection (off by default), sent to `zipkin:HOST:PORT`,
+    /// `otlp-http:HOST:PORT` or `otlp-grpc:HOST:PORT`; the tunnels this proxy opens then carry
+    /// the trace context (`traceparent` on the CONNECT), and the destination's span joins it.
+    #[arg(long, value_name = "COLLECTOR")]
+    trace_collector: Option<String>,
+    /// Share of new connections traced, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    trace_sampling: f64,
     /// Directory for state that must survive a restart (the pods weft-cni reported).
     /// Default: /var/run/weft/<node>.
     #[arg(long)]
@@ -133,6 +141,8 @@ fn main() -> anyhow::Result<()> {
         reload_interval: Duration::from_millis(args.reload_interval_ms),
         drain_deadline: Duration::from_secs(args.drain_deadline_secs),
         handshake_timeout: Duration::from_secs(10),
+        trace_collector: args.trace_collector,
+        trace_sampling: args.trace_sampling,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

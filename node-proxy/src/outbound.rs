@@ -16,9 +16,10 @@ use weft_core::identity::SpiffeId;
 use weft_core::mesh::{Service, Workload};
 use weft_core::metrics::{Reporter, SecurityPolicy};
 use weft_core::tls;
+use weft_core::trace::{Kind, traceparent};
 
 use crate::capture::PROXY_MARK;
-use crate::forward::{Connection, Peer, Via, forward};
+use crate::forward::{ConnSpan, Connection, Peer, Via, forward};
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 
@@ -123,11 +124,13 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         proxy: hop.proxy_addr,
         destination: hop.identity.clone(),
     };
+    // With connection tracing on, the tunnel carries this connection's span as its context.
+    let span = ConnSpan::start(proxy, None, Kind::Client);
     // The pod's own address: with eBPF capture the listener saw the client on loopback.
     let request = ConnectRequest {
         destination: hop.destination,
         client: SocketAddr::new(pod.ip.into(), client.port()),
-        traceparent: None,
+        traceparent: span.as_ref().map(|s| traceparent(s.context)),
         baggage: None,
     };
     let netns = pod.netns.clone();
@@ -166,6 +169,7 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         },
         service: hop.service.as_deref(),
         started,
+        trace: span,
     };
     forward(proxy, conn, stream, tunnel).await;
 }
@@ -223,6 +227,7 @@ async fn passthrough(proxy: &Proxy, pod: &Pod, stream: TcpStream, plain: Plain<'
         destination: plain.destination,
         service: plain.service,
         started: plain.started,
+        trace: None,
     };
     forward(proxy, conn, stream, upstream).await;
 }

@@ -30,6 +30,9 @@ pub(crate) struct Proxy {
     pub(crate) ready: AtomicBool,
     next_conn: AtomicU64,
     next_pick: AtomicUsize,
+    /// Connection spans (off unless `--trace-collector` is given).
+    pub(crate) tracing: weft_core::trace::config::Tracing,
+    seed: AtomicU64,
 }
 
 impl Proxy {
@@ -56,7 +59,40 @@ impl Proxy {
             mode,
         );
         let gauges = NodeGauges::register(&mut registry);
+        let tracing = weft_core::trace::config::Tracing::new(
+            weft_core::trace::config::Flags {
+                // Checked at startup (`run`).
+                collector: config
+                    .trace_collector
+                    .as_deref()
+                    .and_then(|c| weft_core::trace::export::Collector::parse(c).ok()),
+                sampling_percent: Some(config.trace_sampling),
+            },
+            format!("weft-node-proxy.{}", config.node),
+        );
+        if config.trace_collector.is_some() {
+            registry.register(
+                "trace_spans_exported",
+                "Connection spans the collector accepted",
+                tracing.export.exported.clone(),
+            );
+            registry.register(
+                "trace_spans_failed",
+                "Connection spans dropped because the collector refused them or could not be reached",
+                tracing.export.failed.clone(),
+            );
+            registry.register(
+                "trace_spans_dropped",
+                "Connection spans dropped because the export queue was full",
+                tracing.dropped.clone(),
+            );
+        }
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         Self {
+            tracing,
+            seed: AtomicU64::new(seed),
             config: Arc::new(config),
             index: ArcSwap::from_pointee(index),
             certs: ArcSwap::from_pointee(certs),
@@ -108,6 +144,14 @@ impl Proxy {
         let pool = self.pool.stats();
         self.gauges.pool_connections.set(pool.connections as i64);
         self.gauges.pool_streams.set(pool.streams as i64);
+    }
+
+    /// A random source for one decision (a trace id, a sampling draw).
+    pub(crate) fn rng(&self) -> weft_core::rng::Rng {
+        weft_core::rng::Rng::seeded(
+            self.seed
+                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+        )
     }
 
     /// A fresh connection id for log spans.

@@ -10,11 +10,9 @@ mod identity;
 mod inbound;
 mod metrics;
 mod request;
-mod rng;
 mod runtime;
 mod shared;
 mod snapshot;
-mod trace;
 mod upstream;
 
 pub use runtime::{Settings, run};

@@ -65,7 +65,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     let collector = args
         .trace_collector
         .as_deref()
-        .map(crate::trace::export::Collector::parse)
+        .map(weft_core::trace::export::Collector::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--trace-collector {e}"))?;
     if let Some(p) = args.trace_sampling
@@ -73,8 +73,8 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     {
         anyhow::bail!("--trace-sampling {p}: a percentage from 0 to 100");
     }
-    let tracing = crate::trace::config::Tracing::new(
-        crate::trace::config::Flags {
+    let tracing = weft_core::trace::config::Tracing::new(
+        weft_core::trace::config::Flags {
             collector,
             sampling_percent: args.trace_sampling,
         },

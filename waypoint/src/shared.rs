@@ -12,8 +12,8 @@ use weft_core::identity::SpiffeId;
 
 use crate::identity::Certs;
 use crate::metrics::RequestMetrics;
-use crate::rng::Rng;
 use crate::snapshot::Snapshot;
+use weft_core::rng::Rng;
 
 /// What every request shares.
 pub(crate) struct Waypoint {
@@ -29,7 +29,7 @@ pub(crate) struct Waypoint {
     /// Places for mirrored requests in flight.
     pub(crate) mirrors: Arc<Semaphore>,
     /// Sampling and the export queue (swapped when the config's tracing changes).
-    pub(crate) tracing: crate::trace::config::Tracing,
+    pub(crate) tracing: weft_core::trace::config::Tracing,
 }
 
 impl Waypoint {

@@ -74,6 +74,7 @@ impl Admitted {
             },
             service: None,
             started,
+            trace: None,
         }
     }
 }

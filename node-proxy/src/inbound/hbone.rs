@@ -14,7 +14,7 @@ use weft_core::metrics::RefusalReason;
 
 use super::admit::{Arrival, admit, refused};
 use crate::capture::PROXY_MARK;
-use crate::forward::forward;
+use crate::forward::{ConnSpan, forward};
 use crate::pod::Pod;
 use crate::proxy::Proxy;
 
@@ -75,6 +75,12 @@ pub(super) async fn serve_connection(
 async fn tunnel_to_pod(proxy: &Proxy, pod: &Pod, peer_id: &SpiffeId, tunnel: PendingTunnel) {
     let started = Instant::now();
     let index = proxy.index.load();
+    // The source proxy's connection span, when it traces: this side's span joins its trace.
+    let parent = tunnel
+        .target()
+        .ok()
+        .and_then(|t| t.traceparent)
+        .and_then(|tp| weft_core::trace::parse_traceparent(&tp));
     let admitted = tunnel
         .target()
         .map_err(|r| refused(RefusalReason::bad_request, r))
@@ -122,6 +128,7 @@ async fn tunnel_to_pod(proxy: &Proxy, pod: &Pod, peer_id: &SpiffeId, tunnel: Pen
         return;
     };
     let dst_id = index.identity(&pod.workload);
-    let conn = admitted.connection(&pod.workload, &dst_id, Some(peer_id), started);
+    let mut conn = admitted.connection(&pod.workload, &dst_id, Some(peer_id), started);
+    conn.trace = ConnSpan::start(proxy, parent, weft_core::trace::Kind::Server);
     forward(proxy, conn, stream, upstream).await;
 }

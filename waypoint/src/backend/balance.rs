@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::endpoint::Endpoint;
 use super::pool::RequestSlot;
-use crate::rng::Rng;
+use weft_core::rng::Rng;
 
 /// Why no endpoint was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,7 +62,7 @@ impl Backend {
     /// when another is healthy) and takes a request slot on it (`maxRequests`).
     pub(crate) fn pick(
         &self,
-        rng: &mut crate::rng::Rng,
+        rng: &mut weft_core::rng::Rng,
         avoid: Option<IpAddr>,
         pinned: Option<IpAddr>,
     ) -> Result<(Arc<Endpoint>, RequestSlot), PickError> {

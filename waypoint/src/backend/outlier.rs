@@ -174,7 +174,7 @@ mod tests {
             all.record(&only, Outcome::ConnectFailure);
         }
         assert!(only.health.ejected(Instant::now()));
-        let mut rng = crate::rng::Rng::seeded(1);
+        let mut rng = weft_core::rng::Rng::seeded(1);
         assert_eq!(
             all.pick(&mut rng, None, None).err(),
             Some(super::super::PickError::NoHealthy)

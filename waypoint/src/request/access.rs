@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Request, Version};
 use tracing::info;
 
 use crate::metrics::RequestLabels;
-use crate::rng::Rng;
+use weft_core::rng::Rng;
 
 /// Which endpoint answered a request, and after how many tries: set on the response by the
 /// tries loop (a response extension, never sent).

@@ -9,7 +9,7 @@ use http::StatusCode;
 use weft_core::mesh::Fault;
 
 use super::reply::{Reply, ResponseFlag, local};
-use crate::rng::Rng;
+use weft_core::rng::Rng;
 
 /// Delays the request if it falls in the delayed share; the abort answer if it falls in the
 /// aborted share.

@@ -21,10 +21,10 @@ use super::body::Replayable;
 use super::reply::upstream_request;
 use crate::backend::Outcome;
 use crate::body::Body;
-use crate::rng::Rng;
 use crate::shared::Waypoint;
 use crate::snapshot::BoundService;
 use crate::upstream::{self, Dialer};
+use weft_core::rng::Rng;
 
 /// Mirrored copies in flight per waypoint.
 pub(crate) const MIRRORS_IN_FLIGHT: usize = 256;

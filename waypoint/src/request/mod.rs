@@ -54,8 +54,8 @@ use crate::body::{Body, Counted};
 use crate::metrics::RequestLabels;
 use crate::shared::Tunnel;
 use crate::snapshot::BoundService;
-use crate::trace;
 use crate::upstream::Dialer;
+use weft_core::trace;
 
 /// Serves one request: the pipeline, then its metrics sample and access log line.
 pub(crate) async fn handle(

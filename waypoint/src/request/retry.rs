@@ -114,7 +114,7 @@ pub(crate) fn retryable(on: &RetryOn, result: &TryResult<'_>) -> bool {
 }
 
 /// Exponential backoff with full jitter before retry number `n` (1-based).
-pub(crate) fn backoff(retry: &Retry, n: u32, rng: &mut crate::rng::Rng) -> Duration {
+pub(crate) fn backoff(retry: &Retry, n: u32, rng: &mut weft_core::rng::Rng) -> Duration {
     let base = retry.backoff_base_ms.max(1);
     let ceiling = base
         .saturating_mul(1u64 << (n.saturating_sub(1)).min(16))
@@ -210,7 +210,7 @@ mod tests {
             backoff_max_ms: 100,
             ..Retry::default()
         };
-        let mut rng = crate::rng::Rng::seeded(9);
+        let mut rng = weft_core::rng::Rng::seeded(9);
         for n in 1..=6 {
             let ceiling = (25u64 << (n - 1)).min(100);
             let longest = (0..200)

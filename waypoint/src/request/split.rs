@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use weft_core::mesh::Route;
 
-use crate::rng::Rng;
 use crate::snapshot::BoundService;
+use weft_core::rng::Rng;
 
 /// The index (into the service's backends) of the backend this request goes to.
 pub(crate) fn choose(

@@ -19,8 +19,8 @@ use crate::backend::{Backend, Outcome, PickError};
 use crate::body::Body;
 use crate::metrics::RequestLabels;
 use crate::shared::Waypoint;
-use crate::trace;
 use crate::upstream::{self, Dialer, Guarded, UpstreamError};
+use weft_core::trace;
 
 /// What the tries of one request share.
 pub(crate) struct Tries<'a> {

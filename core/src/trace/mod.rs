@@ -4,8 +4,8 @@
 //! Spans go to a bounded queue that [`export`] drains: the request path never waits for it, and
 //! what does not fit is dropped and counted.
 
-pub(crate) mod config;
-pub(crate) mod export;
+pub mod config;
+pub mod export;
 
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,7 @@ use crate::rng::Rng;
 
 /// Where a request's trace context came from, and so how it is passed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     /// W3C Trace Context (also what a request without a context gets).
     W3c,
     /// B3, one header per field.
@@ -28,19 +28,19 @@ pub(crate) enum Format {
 
 /// One span's identity in its trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SpanContext {
-    pub(crate) trace_id: u128,
-    pub(crate) span_id: u64,
-    pub(crate) sampled: bool,
+pub struct SpanContext {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub sampled: bool,
 }
 
 /// The context a request arrived with.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Incoming {
-    pub(crate) parent: SpanContext,
-    pub(crate) format: Format,
+pub struct Incoming {
+    pub parent: SpanContext,
+    pub format: Format,
     /// W3C `tracestate`, passed on unchanged.
-    pub(crate) tracestate: Option<HeaderValue>,
+    pub tracestate: Option<HeaderValue>,
 }
 
 fn hex_u128(s: &str) -> Option<u128> {
@@ -58,33 +58,49 @@ fn hex_u64(s: &str) -> Option<u64> {
         .filter(|v| *v != 0)
 }
 
+/// A W3C `traceparent` value (`00-<trace>-<span>-<flags>`); `None` if malformed.
+pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
+    let parts: Vec<&str> = tp.trim().split('-').collect();
+    if let [version, trace, span, flags] = parts[..]
+        && version.len() == 2
+        && version != "ff"
+        && trace.len() == 32
+        && flags.len() == 2
+        && let (Some(trace_id), Some(span_id), Ok(flags)) = (
+            hex_u128(trace),
+            hex_u64(span),
+            u8::from_str_radix(flags, 16),
+        )
+    {
+        return Some(SpanContext {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        });
+    }
+    None
+}
+
+/// `ctx` as a W3C `traceparent` value.
+pub fn traceparent(ctx: SpanContext) -> String {
+    format!(
+        "00-{:032x}-{:016x}-{:02x}",
+        ctx.trace_id,
+        ctx.span_id,
+        u8::from(ctx.sampled)
+    )
+}
+
 /// Reads the trace context of a request: W3C first, then B3 (multi, then single). A malformed
 /// context is ignored (the request starts a new trace), never trusted in part.
-pub(crate) fn extract(headers: &HeaderMap) -> Option<Incoming> {
+pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(tp) = header("traceparent") {
-        let parts: Vec<&str> = tp.trim().split('-').collect();
-        if let [version, trace, span, flags] = parts[..]
-            && version.len() == 2
-            && version != "ff"
-            && trace.len() == 32
-            && flags.len() == 2
-            && let (Some(trace_id), Some(span_id), Ok(flags)) = (
-                hex_u128(trace),
-                hex_u64(span),
-                u8::from_str_radix(flags, 16),
-            )
-        {
-            return Some(Incoming {
-                parent: SpanContext {
-                    trace_id,
-                    span_id,
-                    sampled: flags & 1 == 1,
-                },
-                format: Format::W3c,
-                tracestate: headers.get("tracestate").cloned(),
-            });
-        }
+    if let Some(parent) = header("traceparent").and_then(parse_traceparent) {
+        return Some(Incoming {
+            parent,
+            format: Format::W3c,
+            tracestate: headers.get("tracestate").cloned(),
+        });
     }
     if let (Some(trace), Some(span)) = (header("x-b3-traceid"), header("x-b3-spanid"))
         && let (Some(trace_id), Some(span_id)) = (hex_u128(trace.trim()), hex_u64(span.trim()))
@@ -121,7 +137,7 @@ pub(crate) fn extract(headers: &HeaderMap) -> Option<Incoming> {
 }
 
 /// Writes `ctx` into `headers` in `format` (replacing any context there).
-pub(crate) fn inject(
+pub fn inject(
     headers: &mut HeaderMap,
     ctx: SpanContext,
     format: Format,
@@ -147,13 +163,7 @@ pub(crate) fn inject(
     let sampled = u8::from(ctx.sampled);
     match format {
         Format::W3c => {
-            put(
-                "traceparent",
-                format!(
-                    "00-{:032x}-{:016x}-{sampled:02x}",
-                    ctx.trace_id, ctx.span_id
-                ),
-            );
+            put("traceparent", traceparent(ctx));
             if let Some(state) = tracestate {
                 headers.insert("tracestate", state.clone());
             }
@@ -171,20 +181,20 @@ pub(crate) fn inject(
 }
 
 /// A request's place in its trace.
-pub(crate) struct Scope {
+pub struct Scope {
     /// The tracer the request started with (kept to its end, across a swap).
-    pub(crate) tracer: std::sync::Arc<Tracer>,
+    pub tracer: std::sync::Arc<Tracer>,
     /// The waypoint's server span.
-    pub(crate) server: SpanContext,
+    pub server: SpanContext,
     /// How the context came in, and so goes out.
-    pub(crate) format: Format,
+    pub format: Format,
     /// W3C `tracestate`, passed on.
-    pub(crate) tracestate: Option<http::HeaderValue>,
+    pub tracestate: Option<http::HeaderValue>,
 }
 
 impl Scope {
     /// A client span under the server span (one per try).
-    pub(crate) fn child(&self, rng: &mut crate::rng::Rng) -> SpanContext {
+    pub fn child(&self, rng: &mut crate::rng::Rng) -> SpanContext {
         SpanContext {
             span_id: nonzero(rng),
             ..self.server
@@ -194,44 +204,44 @@ impl Scope {
 
 /// Server or client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     Server,
     Client,
 }
 
 /// A finished span, as exported.
 #[derive(Clone, Debug)]
-pub(crate) struct Span {
-    pub(crate) context: SpanContext,
-    pub(crate) parent: Option<u64>,
-    pub(crate) name: String,
-    pub(crate) kind: Kind,
-    pub(crate) start: SystemTime,
-    pub(crate) duration: Duration,
-    pub(crate) error: bool,
-    pub(crate) attributes: Vec<(&'static str, String)>,
+pub struct Span {
+    pub context: SpanContext,
+    pub parent: Option<u64>,
+    pub name: String,
+    pub kind: Kind,
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub error: bool,
+    pub attributes: Vec<(&'static str, String)>,
 }
 
 /// Spans queued for export at most; more are dropped (and counted).
-pub(crate) const QUEUE: usize = 4096;
+pub const QUEUE: usize = 4096;
 
 /// Makes sampling decisions and hands sampled spans to the exporter.
-pub(crate) struct Tracer {
+pub struct Tracer {
     /// Share of new traces sampled, in percent (an incoming decision is kept).
-    pub(crate) sampling_percent: f64,
+    pub sampling_percent: f64,
     queue: Option<mpsc::Sender<Span>>,
     /// Spans dropped because the queue was full.
-    pub(crate) dropped: Counter,
+    pub dropped: Counter,
 }
 
 impl Tracer {
     /// A tracer that exports nothing (no collector configured).
-    pub(crate) fn off() -> Self {
+    pub fn off() -> Self {
         Self::off_with(Counter::default())
     }
 
     /// [`Tracer::off`], sharing the drop counter.
-    pub(crate) fn off_with(dropped: Counter) -> Self {
+    pub fn off_with(dropped: Counter) -> Self {
         Self {
             sampling_percent: 0.0,
             queue: None,
@@ -240,7 +250,7 @@ impl Tracer {
     }
 
     /// A tracer sampling `percent` of new traces into `queue`; drops count in `dropped`.
-    pub(crate) fn new(percent: f64, queue: mpsc::Sender<Span>, dropped: Counter) -> Self {
+    pub fn new(percent: f64, queue: mpsc::Sender<Span>, dropped: Counter) -> Self {
         Self {
             sampling_percent: percent.clamp(0.0, 100.0),
             queue: Some(queue),
@@ -249,13 +259,13 @@ impl Tracer {
     }
 
     /// Whether spans go anywhere (a collector is configured).
-    pub(crate) fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         self.queue.is_some()
     }
 
     /// The server span of a request that arrived with `incoming`: it continues that trace
     /// (and its decision), or starts a new one sampled at the configured rate.
-    pub(crate) fn server_span(&self, incoming: Option<&Incoming>, rng: &mut Rng) -> SpanContext {
+    pub fn server_span(&self, incoming: Option<&Incoming>, rng: &mut Rng) -> SpanContext {
         let span_id = nonzero(rng);
         match incoming {
             Some(i) => SpanContext {
@@ -272,7 +282,7 @@ impl Tracer {
     }
 
     /// Queues a finished span if its trace is sampled; never waits.
-    pub(crate) fn finish(&self, span: Span) {
+    pub fn finish(&self, span: Span) {
         if !span.context.sampled {
             return;
         }
@@ -285,7 +295,7 @@ impl Tracer {
 }
 
 /// A random id that is not 0 (0 means "none" in both formats).
-pub(crate) fn nonzero(rng: &mut Rng) -> u64 {
+pub fn nonzero(rng: &mut Rng) -> u64 {
     loop {
         let v = rng.next_u64();
         if v != 0 {

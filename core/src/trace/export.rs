@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use weft_core::api::otlp::{
+use crate::api::otlp::{
     self, AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource,
     ResourceSpans, ScopeSpans, any_value, trace_service_client::TraceServiceClient,
 };
@@ -37,7 +37,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where spans go, and in which encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Collector {
+pub enum Collector {
     /// Zipkin v2 JSON to `http://<authority>/api/v2/spans`.
     Zipkin { authority: String },
     /// OTLP/HTTP JSON to `http://<authority>/v1/traces`.
@@ -48,7 +48,7 @@ pub(crate) enum Collector {
 
 impl Collector {
     /// `zipkin:HOST:PORT`, `otlp-http:HOST:PORT` or `otlp-grpc:HOST:PORT` (no TLS).
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         let (kind, authority) = text.split_once(':').ok_or_else(|| {
             format!("{text:?}: expected zipkin:, otlp-http: or otlp-grpc:HOST:PORT")
         })?;
@@ -120,20 +120,20 @@ impl Collector {
         match post(self.authority(), path, body.to_string()).await {
             Ok(status) if status.is_success() => Ok(()),
             Ok(status) => Err(format!("answered {status}")),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         }
     }
 }
 
 /// Export counters.
 #[derive(Clone, Default)]
-pub(crate) struct ExportMetrics {
-    pub(crate) exported: Counter,
-    pub(crate) failed: Counter,
+pub struct ExportMetrics {
+    pub exported: Counter,
+    pub failed: Counter,
 }
 
 /// Drains `queue` into `collector` until the queue's senders are gone.
-pub(crate) async fn run(
+pub async fn run(
     collector: Collector,
     service: String,
     mut queue: mpsc::Receiver<Span>,
@@ -177,16 +177,24 @@ pub(crate) async fn run(
     }
 }
 
-async fn post(authority: &str, path: &str, body: String) -> anyhow::Result<StatusCode> {
-    let stream = tokio::net::TcpStream::connect(authority).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+async fn post(authority: &str, path: &str, body: String) -> Result<StatusCode, String> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
     let request = Request::post(path)
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))?;
-    Ok(sender.send_request(request).await?.status())
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    Ok(sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?
+        .status())
 }
 
 fn micros(span: &Span) -> (u128, u128) {

@@ -1,16 +1,16 @@
 //! A random source for load balancing, splits and jitter.
 
 /// xorshift64*: fast, good enough for load balancing and jitter.
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
     /// A generator started from `seed` (tests use fixed seeds to be repeatable).
-    pub(crate) fn seeded(seed: u64) -> Self {
+    pub fn seeded(seed: u64) -> Self {
         Self(seed | 1)
     }
 
     /// Uniform in `0..n` (`0` when `n` is 0).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         if n == 0 {
             return 0;
         }
@@ -21,7 +21,7 @@ impl Rng {
     }
 
     /// 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -29,7 +29,7 @@ impl Rng {
     }
 
     /// Whether one draw falls in a share of `percent` percent (resolution 1e-4 %).
-    pub(crate) fn chance(&mut self, percent: f64) -> bool {
+    pub fn chance(&mut self, percent: f64) -> bool {
         (self.below(1_000_000) as f64) < percent * 10_000.0
     }
 }

@@ -14,17 +14,17 @@ use super::export::{self, Collector, ExportMetrics};
 use super::{QUEUE, Tracer};
 
 /// The share of new traces sampled when neither flags nor config give one (Istio's default).
-pub(crate) const DEFAULT_SAMPLING_PERCENT: f64 = 1.0;
+pub const DEFAULT_SAMPLING_PERCENT: f64 = 1.0;
 
 /// What the flags set.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Flags {
-    pub(crate) collector: Option<Collector>,
-    pub(crate) sampling_percent: Option<f64>,
+pub struct Flags {
+    pub collector: Option<Collector>,
+    pub sampling_percent: Option<f64>,
 }
 
 /// The tracer in use, and what it was built from.
-pub(crate) struct Tracing {
+pub struct Tracing {
     current: ArcSwap<Tracer>,
     flags: Flags,
     /// The (collector, rate) the current tracer runs with.
@@ -32,13 +32,13 @@ pub(crate) struct Tracing {
     /// The service name spans are reported under.
     service: String,
     /// Shared by every tracer built: the counters stay continuous across swaps.
-    pub(crate) dropped: Counter,
-    pub(crate) export: ExportMetrics,
+    pub dropped: Counter,
+    pub export: ExportMetrics,
 }
 
 impl Tracing {
     /// Starts with the flags' tracer (or none until the config names a collector).
-    pub(crate) fn new(flags: Flags, service: String) -> Self {
+    pub fn new(flags: Flags, service: String) -> Self {
         let tracing = Self {
             current: ArcSwap::from_pointee(Tracer::off()),
             flags,
@@ -52,12 +52,12 @@ impl Tracing {
     }
 
     /// The tracer for a request starting now.
-    pub(crate) fn get(&self) -> Arc<Tracer> {
+    pub fn get(&self) -> Arc<Tracer> {
         self.current.load_full()
     }
 
     /// Applies the config's tracing (none: the config asks for none).
-    pub(crate) fn apply(&self, config: Option<&weft_core::mesh::Tracing>) {
+    pub fn apply(&self, config: Option<&crate::mesh::Tracing>) {
         let from_config = config.and_then(|c| match Collector::parse(&c.collector) {
             Ok(collector) => Some((collector, c.sampling_percent, c.source.as_str())),
             Err(e) => {
@@ -107,7 +107,7 @@ impl Tracing {
     }
 
     /// What runs now, for `/config_dump`.
-    pub(crate) fn describe(&self) -> serde_json::Value {
+    pub fn describe(&self) -> serde_json::Value {
         match &*self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
             None => serde_json::Value::Null,
             Some((collector, percent)) => serde_json::json!({
