@@ -315,3 +315,52 @@ fn without_its_namespace_the_controller_says_so_and_starts_once_installed() -> R
     .with_context(|| controller.log())?;
     Ok(())
 }
+
+#[test]
+fn the_guides_tracing_yaml_applies_unchanged_and_its_verdict_names_the_jaeger_agent() -> Result<()>
+{
+    let Some(plane) = plane("tracing")? else {
+        return Ok(());
+    };
+    let controller = leading_with_bookinfo(&plane)?;
+    plane.run(&["create", "namespace", "istio-system"])?;
+    plane.run(&["create", "namespace", "linkerd"])?;
+    // Unchanged: Weft's IstioOperator CRD takes the guide's form, and linkerd-config is a
+    // plain ConfigMap.
+    for file in ["istio-tracing.yaml", "linkerd-tracing.yaml"] {
+        let path = support::workspace().join("examples/guide").join(file);
+        plane.run(&["apply", "-f", &path.display().to_string()])?;
+    }
+    let condition = |field: &str| {
+        plane
+            .run(&[
+                "get",
+                "istiooperator",
+                "istio-operator",
+                "-n",
+                "istio-system",
+                "-o",
+                &format!("jsonpath={{.status.conditions[?(@.type==\"Accepted\")].{field}}}"),
+            ])
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the IstioOperator's condition",
+        Duration::from_secs(15),
+        || Ok(!condition("reason").is_empty()),
+    )
+    .with_context(|| controller.log())?;
+    let (reason, message) = (condition("reason"), condition("message"));
+    ensure!(
+        reason == "PartiallyHonoured"
+            && message.contains("6831 is the Jaeger agent's UDP port")
+            && message.contains("jaeger-collector.istio-system:9411"),
+        "{reason}: {message}"
+    );
+    // The ConfigMap has no status: the controller's log carries its verdict.
+    wait_until("linkerd-config's verdict", Duration::from_secs(15), || {
+        Ok(controller.log().contains("linkerd/linkerd-config"))
+    })?;
+    eprintln!("IstioOperator: {reason}: {message}");
+    Ok(())
+}

@@ -71,21 +71,7 @@ impl Proxy {
             format!("weft-node-proxy.{}", config.node),
         );
         if config.trace_collector.is_some() {
-            registry.register(
-                "trace_spans_exported",
-                "Connection spans the collector accepted",
-                tracing.export.exported.clone(),
-            );
-            registry.register(
-                "trace_spans_failed",
-                "Connection spans dropped because the collector refused them or could not be reached",
-                tracing.export.failed.clone(),
-            );
-            registry.register(
-                "trace_spans_dropped",
-                "Connection spans dropped because the export queue was full",
-                tracing.dropped.clone(),
-            );
+            tracing.register(&mut registry);
         }
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -80,21 +80,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         },
         format!("{}.{}", args.name, args.namespace),
     );
-    registry.register(
-        "trace_spans_exported",
-        "Spans the collector accepted",
-        tracing.export.exported.clone(),
-    );
-    registry.register(
-        "trace_spans_failed",
-        "Spans dropped because the collector refused them or could not be reached",
-        tracing.export.failed.clone(),
-    );
-    registry.register(
-        "trace_spans_dropped",
-        "Spans dropped because the export queue was full",
-        tracing.dropped.clone(),
-    );
+    tracing.register(&mut registry);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);

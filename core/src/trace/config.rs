@@ -51,6 +51,25 @@ impl Tracing {
         tracing
     }
 
+    /// Registers the export counters (`trace_spans_exported`, `_failed`, `_dropped`).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "trace_spans_exported",
+            "Spans the collector accepted",
+            self.export.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_failed",
+            "Spans dropped because the collector refused them or could not be reached",
+            self.export.failed.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full",
+            self.dropped.clone(),
+        );
+    }
+
     /// The tracer for a request starting now.
     pub fn get(&self) -> Arc<Tracer> {
         self.current.load_full()
