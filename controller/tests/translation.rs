@@ -452,3 +452,42 @@ fn a_waypoint_gateway_reports_whether_its_waypoint_runs() {
         old.programmed
     );
 }
+
+#[test]
+fn a_virtual_service_bound_only_to_an_ingress_gateway_does_not_route_inside_the_mesh() {
+    let vs = |gateways: &str| {
+        objects(&format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  gateways: {gateways}
+  http:
+  - match: [{{uri: {{prefix: /v2}}}}]
+    route: [{{destination: {{host: reviews}}}}]
+  - route: [{{destination: {{host: reviews}}}}]
+"#
+        ))
+    };
+    let routes = |o: &Objects| {
+        let mesh = mesh_config(o, "cluster.local");
+        mesh.waypoints[0].services[0]
+            .routes
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>()
+    };
+    // At the gateway only: the waypoint keeps its default route.
+    assert_eq!(routes(&vs("[bookinfo-gateway]")), ["default"]);
+    // `mesh` among them (or none): the waypoint applies it.
+    assert_eq!(
+        routes(&vs("[bookinfo-gateway, mesh]")),
+        ["reviews.default.0", "reviews.default.1"]
+    );
+    assert_eq!(
+        routes(&vs("[]")),
+        ["reviews.default.0", "reviews.default.1"]
+    );
+}

@@ -235,6 +235,41 @@ impl TestBed {
         Ok(pod)
     }
 
+    /// An ingress gateway's pod (manifest-directory mode), with `labels` for an Istio
+    /// Gateway's `selector` to pick: run as `weft-waypoint` (the gateway role) with its
+    /// service account `name`, and no waypoint Gateway of its own. The Gateway selecting it
+    /// must be in the manifests before [`start`](Self::start) (its certificate is issued
+    /// only to a gateway the controller runs): see
+    /// [`preload_manifest`](Self::preload_manifest).
+    pub fn ingress_gateway(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        node: usize,
+        labels: &[(&str, &str)],
+    ) -> Result<Pod> {
+        ensure!(
+            self.with_controller && !self.started && self.kube.is_none(),
+            "ingress gateways need with_controller() (manifest mode) and are declared before start()"
+        );
+        let labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let pod = self.add_pod(name, namespace, name, node, false, labels)?;
+        self.waypoints.push(pod.clone());
+        self.external_gateways
+            .insert((namespace.to_owned(), name.to_owned()));
+        Ok(pod)
+    }
+
+    /// Writes a manifest for the controller before the bed starts (it reads it from the
+    /// first tick).
+    pub fn preload_manifest(&mut self, file: &str, text: &str) -> Result<()> {
+        std::fs::create_dir_all(self.manifests_dir())?;
+        self.write_manifest(file, text)
+    }
+
     /// Labels a service `weft.io/use-waypoint=<waypoint>` (or removes the label with `None`),
     /// as `kubectl label service` would.
     pub fn use_waypoint(

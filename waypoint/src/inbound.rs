@@ -169,7 +169,7 @@ async fn serve_tunnel(
     };
     let tunnel = Arc::new(Tunnel {
         waypoint,
-        peer,
+        peer: Some(peer),
         client,
         target: target.destination,
     });

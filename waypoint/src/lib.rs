@@ -8,6 +8,7 @@ mod backend;
 mod body;
 mod identity;
 mod inbound;
+mod ingress;
 mod metrics;
 mod request;
 mod runtime;

@@ -98,6 +98,10 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         )),
         tracing,
     });
+    // As an ingress gateway: listeners for clients outside the mesh, as the config names them.
+    let listeners = Arc::new(crate::ingress::Listeners::default());
+    let (signal, serving_drain) = weft_core::drain::channel();
+    listeners.open(serving_drain.clone());
 
     let retained = Arc::new(snapshot::Retained::default());
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
@@ -129,12 +133,15 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         Arc::new(tokio::sync::Notify::new()),
     ));
     let applying = waypoint.clone();
+    let reconciling = listeners.clone();
     let mut first = Some(first_tx);
     tokio::spawn(config_client::follow(settings, move |mesh, _bundle| {
         let snapshot =
             snapshot::Snapshot::build(mesh, &applying.namespace, &applying.name, &retained)?;
         applying.tracing.apply(snapshot.config.tracing.as_ref());
+        let ports = snapshot.listener_ports();
         applying.snapshot.store(Arc::new(snapshot));
+        reconciling.reconcile(&applying, &ports);
         if let Some(first) = first.take() {
             let _ = first.send(());
         }
@@ -203,14 +210,15 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
     info!(listen = %args.listen, "waypoint ready");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let (signal, drain) = weft_core::drain::channel();
-    let serving = tokio::spawn(inbound::run(waypoint, listener, drain));
+    let serving = tokio::spawn(inbound::run(waypoint.clone(), listener, serving_drain));
     tokio::select! {
         _ = sigterm.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     info!(deadline = ?args.drain_deadline, "draining: no new connections, GOAWAY to HBONE peers, in-flight requests finish");
     ready.store(false, Ordering::Relaxed);
+    listeners.close();
+    drop(waypoint);
     let finished = signal.drain(args.drain_deadline).await;
     serving.abort();
     if finished {

@@ -42,13 +42,33 @@ impl Waypoint {
     }
 }
 
-/// The tunnel a request arrived in.
+/// The tunnel a request arrived in, or (as an ingress gateway) the connection of a client
+/// outside the mesh.
 pub(crate) struct Tunnel {
     pub(crate) waypoint: Arc<Waypoint>,
-    /// The client's proven identity (its node proxy presented the source workload's cert).
-    pub(crate) peer: SpiffeId,
-    /// The original client address (`forwarded`).
+    /// The client's proven identity (its node proxy presented the source workload's cert);
+    /// `None`: a client outside the mesh, at an ingress gateway's listener.
+    pub(crate) peer: Option<SpiffeId>,
+    /// The original client address (`forwarded`; the outside client's own address).
     pub(crate) client: SocketAddr,
-    /// The original destination (service VIP:port or endpoint:port).
+    /// The original destination (service VIP:port or endpoint:port; at a gateway, the
+    /// listener's own address and port).
     pub(crate) target: SocketAddr,
+}
+
+impl Tunnel {
+    /// Whether the client is outside the mesh (an ingress gateway's listener).
+    pub(crate) fn outside(&self) -> bool {
+        self.peer.is_none()
+    }
+
+    /// The address the tunnels upstream say they are for (`forwarded`): the mesh client, or
+    /// for an outside client the gateway itself (the workload whose identity it proves).
+    pub(crate) fn forwarded(&self) -> SocketAddr {
+        if self.outside() {
+            SocketAddr::new(self.target.ip(), self.client.port())
+        } else {
+            self.client
+        }
+    }
 }

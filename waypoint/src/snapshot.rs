@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use weft_core::mesh::{MeshConfig, MeshIndex, ServicePort};
-use weft_core::mesh::{RetryBudget, ServicePolicy};
+use weft_core::mesh::{RetryBudget, ServicePolicy, VirtualHost};
 
 use crate::backend::{Backend, Backends, Limits};
 use crate::request::retry::Budget;
@@ -36,6 +36,9 @@ impl BoundService {
     }
 }
 
+/// An ingress listener's virtual hosts, in the order they are tried.
+type HostTable = Vec<(VirtualHost, Arc<BoundService>)>;
+
 /// What the waypoint acts on now.
 #[derive(Default)]
 pub(crate) struct Snapshot {
@@ -43,6 +46,8 @@ pub(crate) struct Snapshot {
     /// This waypoint's config as received (for `/config_dump`).
     pub(crate) config: weft_core::mesh::WaypointConfig,
     services: Vec<Arc<BoundService>>,
+    /// As an ingress gateway: by listener port, the virtual hosts in order.
+    listeners: Vec<(u16, HostTable)>,
 }
 
 /// Runtime kept across snapshots.
@@ -67,78 +72,46 @@ impl Snapshot {
             .cloned()
             .unwrap_or_default();
         let state = MeshIndex::new(mesh);
-        let mut services = Vec::new();
-        for policy in config.services.clone() {
-            let routes = policy
-                .routes
-                .iter()
-                .map(CompiledRoute::new)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("service {}/{}: {e}", policy.namespace, policy.name))?;
-            let backends = policy
-                .backends
-                .iter()
-                .map(|b| {
-                    let endpoints = b
-                        .endpoints
-                        .iter()
-                        .filter_map(|e| {
-                            state
-                                .config()
-                                .workloads
-                                .iter()
-                                .find(|w| &w.name == e && w.namespace == b.namespace)
-                                .and_then(|w| state.workload_by_ip(w.ip).cloned())
-                        })
-                        .map(|w| {
-                            let id = state.identity(&w);
-                            (w, id)
-                        })
-                        .collect();
-                    (
-                        retained.backends.update(
-                            &format!("{}/{}:{}", policy.namespace, policy.name, b.name),
-                            endpoints,
-                            Limits {
-                                pool: b.pool.clone(),
-                                outlier: b.outlier.clone(),
-                            },
-                        ),
-                        b.ports.clone(),
-                    )
-                })
-                .collect();
-            let budgets = policy
-                .routes
-                .iter()
-                .map(|r| {
-                    let key = format!("{}/{}:{}", policy.namespace, policy.name, r.name);
-                    let config = r
-                        .retry
-                        .as_ref()
-                        .and_then(|x| x.budget.clone())
-                        .unwrap_or(RetryBudget::DEFAULT);
-                    let mut budgets = retained.budgets.lock().unwrap_or_else(|e| e.into_inner());
-                    let budget = budgets
-                        .entry(key)
-                        .or_insert_with(|| Arc::new(Budget::new(config.clone())))
-                        .clone();
-                    budget.configure(config);
-                    budget
-                })
-                .collect();
-            services.push(Arc::new(BoundService {
-                policy,
-                routes,
-                backends,
-                budgets,
-            }));
+        let services = config
+            .services
+            .iter()
+            .map(|policy| bind(policy.clone(), &state, retained).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listeners = Vec::new();
+        for listener in &config.listeners {
+            let mut hosts = Vec::new();
+            for host in &listener.hosts {
+                let bound = bind(host.policy.clone(), &state, retained)?;
+                hosts.push((host.clone(), Arc::new(bound)));
+            }
+            listeners.push((listener.port, hosts));
         }
         Ok(Self {
             mesh: state,
             config,
             services,
+            listeners,
         })
+    }
+
+    /// As an ingress gateway: the ports it listens on for clients outside the mesh.
+    pub(crate) fn listener_ports(&self) -> Vec<u16> {
+        self.listeners.iter().map(|(port, _)| *port).collect()
+    }
+
+    /// As an ingress gateway: what serves `host` (port removed) on listener `port`.
+    pub(crate) fn host_for(&self, port: u16, host: &str) -> Option<&Arc<BoundService>> {
+        let name = match host.rsplit_once(':') {
+            Some((name, p)) if !name.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        self.listeners
+            .iter()
+            .find(|(p, _)| *p == port)?
+            .1
+            .iter()
+            .find(|(vhost, _)| vhost.serves(name))
+            .map(|(_, bound)| bound)
     }
 
     /// The service a tunnel to `dst` (its VIP, or one of its endpoints) is for.
@@ -154,4 +127,77 @@ impl Snapshot {
                     .find(|s| s.backends.iter().any(|(b, _)| b.has_endpoint(dst.ip())))
             })
     }
+}
+
+/// One service's routes compiled and its backends bound to live endpoints (kept across
+/// snapshots by name in `retained`).
+fn bind(
+    policy: ServicePolicy,
+    state: &MeshIndex,
+    retained: &Retained,
+) -> Result<BoundService, String> {
+    let routes = policy
+        .routes
+        .iter()
+        .map(CompiledRoute::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("service {}/{}: {e}", policy.namespace, policy.name))?;
+    let backends = policy
+        .backends
+        .iter()
+        .map(|b| {
+            let endpoints = b
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    state
+                        .config()
+                        .workloads
+                        .iter()
+                        .find(|w| &w.name == e && w.namespace == b.namespace)
+                        .and_then(|w| state.workload_by_ip(w.ip).cloned())
+                })
+                .map(|w| {
+                    let id = state.identity(&w);
+                    (w, id)
+                })
+                .collect();
+            (
+                retained.backends.update(
+                    &format!("{}/{}:{}", policy.namespace, policy.name, b.name),
+                    endpoints,
+                    Limits {
+                        pool: b.pool.clone(),
+                        outlier: b.outlier.clone(),
+                    },
+                ),
+                b.ports.clone(),
+            )
+        })
+        .collect();
+    let budgets = policy
+        .routes
+        .iter()
+        .map(|r| {
+            let key = format!("{}/{}:{}", policy.namespace, policy.name, r.name);
+            let config = r
+                .retry
+                .as_ref()
+                .and_then(|x| x.budget.clone())
+                .unwrap_or(RetryBudget::DEFAULT);
+            let mut budgets = retained.budgets.lock().unwrap_or_else(|e| e.into_inner());
+            let budget = budgets
+                .entry(key)
+                .or_insert_with(|| Arc::new(Budget::new(config.clone())))
+                .clone();
+            budget.configure(config);
+            budget
+        })
+        .collect();
+    Ok(BoundService {
+        policy,
+        routes,
+        backends,
+        budgets,
+    })
 }

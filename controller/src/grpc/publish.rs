@@ -12,6 +12,7 @@ pub fn publication(objects: &Objects, trust_domain: &str, root_pem: &str) -> Pub
     let resources = weft_core::api::resources(&mesh, root_pem);
     let waypoints = translate::running_waypoints(objects)
         .into_iter()
+        .chain(translate::running_gateways(objects))
         .map(|w| {
             (
                 format!("{WAYPOINT_PREFIX}{}.{}", w.key.namespace, w.key.name),

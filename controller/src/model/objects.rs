@@ -162,3 +162,13 @@ impl Objects {
         }
     }
 }
+
+impl FromIterator<Object> for Objects {
+    fn from_iter<I: IntoIterator<Item = Object>>(objects: I) -> Self {
+        let mut out = Self::default();
+        for object in objects {
+            out.upsert(object);
+        }
+        out
+    }
+}

@@ -2,7 +2,8 @@
 
 /// Leaf fields the translation acts on, per kind (`[]`: an array's elements, `{}`: a map's
 /// values). Some are honoured for some values and noted for others, which other tests check:
-/// VirtualService `gateways` (only `mesh`), `retries.retryOn` (unknown tokens), HTTPRoute
+/// VirtualService `retries.retryOn` (unknown tokens), Istio Gateway `servers[].port.protocol`
+/// (only HTTP is served), HTTPRoute
 /// `filters[].type` (other filters), `backendRefs[].port` (another port), AuthorizationPolicy
 /// `action` (CUSTOM is enforced as DENY, AUDIT decides nothing), Gateway `listeners` (other
 /// than HBONE on 15008).
@@ -103,7 +104,15 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
             "spec.trafficPolicy.outlierDetection.minHealthPercent",
         ],
     ),
-    ("IstioGateway", &["spec.selector"]),
+    (
+        "IstioGateway",
+        &[
+            "spec.selector",
+            "spec.servers[].hosts",
+            "spec.servers[].port.number",
+            "spec.servers[].port.protocol",
+        ],
+    ),
     (
         "PeerAuthentication",
         &[
@@ -313,5 +322,9 @@ pub(crate) const NOTED: &[(&str, &[&str])] = &[
 /// Names that only label what they sit in (logs, metrics), with no effect on traffic.
 pub(crate) const LABELS: &[(&str, &[&str])] = &[
     ("VirtualService", &["spec.http[].match[].name"]),
+    (
+        "IstioGateway",
+        &["spec.servers[].name", "spec.servers[].port.name"],
+    ),
     ("ServiceProfile", &["spec.routes[].responseClasses[].name"]),
 ];

@@ -6,9 +6,9 @@ use super::authz::authz_from;
 use super::field::{FieldError, Result, each, ip, port, ports_from, ports_to};
 use super::v1;
 use crate::mesh::{
-    Backend, DirectResponse, Fault, HeaderEdits, Mirror, NamedMatch, Outlier, PathPart, PoolLimits,
-    Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy, StrMatch,
-    Tracing, WaypointConfig, WeightedBackend,
+    Backend, DirectResponse, Fault, HeaderEdits, Listener, Mirror, NamedMatch, Outlier, PathPart,
+    PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy,
+    StrMatch, Tracing, VirtualHost, WaypointConfig, WeightedBackend,
 };
 
 fn str_match_to(m: &StrMatch) -> v1::StrMatch {
@@ -392,17 +392,21 @@ impl From<&WaypointConfig> for v1::WaypointConfig {
         Self {
             name: w.name.clone(),
             namespace: w.namespace.clone(),
-            services: w
-                .services
+            services: w.services.iter().map(policy_to).collect(),
+            listeners: w
+                .listeners
                 .iter()
-                .map(|s| v1::ServicePolicy {
-                    name: s.name.clone(),
-                    namespace: s.namespace.clone(),
-                    vip: s.vip.to_string(),
-                    ports: ports_to(&s.ports),
-                    routes: s.routes.iter().map(route_to).collect(),
-                    backends: s.backends.iter().map(backend_to).collect(),
-                    authz: s.authz.iter().map(v1::AuthzPolicy::from).collect(),
+                .map(|l| v1::Listener {
+                    name: l.name.clone(),
+                    port: u32::from(l.port),
+                    hosts: l
+                        .hosts
+                        .iter()
+                        .map(|h| v1::VirtualHost {
+                            hostnames: h.hostnames.clone(),
+                            policy: Some(policy_to(&h.policy)),
+                        })
+                        .collect(),
                 })
                 .collect(),
             tracing: w.tracing.as_ref().map(|t| v1::Tracing {
@@ -414,19 +418,49 @@ impl From<&WaypointConfig> for v1::WaypointConfig {
     }
 }
 
+fn policy_to(s: &ServicePolicy) -> v1::ServicePolicy {
+    v1::ServicePolicy {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        vip: s.vip.to_string(),
+        ports: ports_to(&s.ports),
+        routes: s.routes.iter().map(route_to).collect(),
+        backends: s.backends.iter().map(backend_to).collect(),
+        authz: s.authz.iter().map(v1::AuthzPolicy::from).collect(),
+    }
+}
+
+fn policy_from(s: &v1::ServicePolicy) -> Result<ServicePolicy> {
+    Ok(ServicePolicy {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        vip: ip("vip", &s.vip)?,
+        ports: ports_from(&s.ports)?,
+        routes: each("routes", &s.routes, route_from)?,
+        backends: each("backends", &s.backends, backend_from)?,
+        authz: each("authz", &s.authz, authz_from)?,
+    })
+}
+
 pub(super) fn waypoint_from(w: &v1::WaypointConfig) -> Result<WaypointConfig> {
     Ok(WaypointConfig {
         name: w.name.clone(),
         namespace: w.namespace.clone(),
-        services: each("services", &w.services, |s| {
-            Ok(ServicePolicy {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                vip: ip("vip", &s.vip)?,
-                ports: ports_from(&s.ports)?,
-                routes: each("routes", &s.routes, route_from)?,
-                backends: each("backends", &s.backends, backend_from)?,
-                authz: each("authz", &s.authz, authz_from)?,
+        services: each("services", &w.services, policy_from)?,
+        listeners: each("listeners", &w.listeners, |l| {
+            Ok(Listener {
+                name: l.name.clone(),
+                port: port("port", l.port)?,
+                hosts: each("hosts", &l.hosts, |h| {
+                    Ok(VirtualHost {
+                        hostnames: h.hostnames.clone(),
+                        policy: policy_from(
+                            h.policy
+                                .as_ref()
+                                .ok_or_else(|| FieldError::new("policy", "missing"))?,
+                        )?,
+                    })
+                })?,
             })
         })?,
         tracing: w.tracing.as_ref().map(|t| Tracing {

@@ -209,14 +209,22 @@ impl MeshConfig {
         for (i, w) in self.waypoints.iter().enumerate() {
             w.validate()
                 .map_err(|e| invalid(format!("waypoints[{i}]"), e))?;
-            for (s, service) in w.services.iter().enumerate() {
+            let services = w
+                .services
+                .iter()
+                .enumerate()
+                .map(|(s, service)| (format!("services[{s}]"), service));
+            let hosts = w.listeners.iter().enumerate().flat_map(|(l, listener)| {
+                listener.hosts.iter().enumerate().map(move |(h, host)| {
+                    (format!("listeners[{l}].hosts[{h}].policy"), &host.policy)
+                })
+            });
+            for (at, service) in services.chain(hosts) {
                 for (b, backend) in service.backends.iter().enumerate() {
                     for (e, name) in backend.endpoints.iter().enumerate() {
                         if !by_name.contains_key(&(backend.namespace.as_str(), name.as_str())) {
                             return Err(invalid(
-                                format!(
-                                    "waypoints[{i}].services[{s}].backends[{b}].endpoints[{e}]"
-                                ),
+                                format!("waypoints[{i}].{at}.backends[{b}].endpoints[{e}]"),
                                 format!("no workload {}/{name}", backend.namespace),
                             ));
                         }

@@ -16,9 +16,9 @@ pub use config::{ConfigError, MAX_CONFIG_BYTES, MeshConfig, read_config};
 pub use index::{MeshIndex, Upstream};
 pub use service::{Service, ServicePort, WaypointRef};
 pub use waypoint::{
-    Backend, COLLECTOR_PROTOCOLS, DirectResponse, Fault, HeaderEdits, Mirror, NamedMatch, Outlier,
-    PathPart, PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch,
-    ServicePolicy, StrMatch, Tracing, WaypointConfig, WeightedBackend,
+    Backend, COLLECTOR_PROTOCOLS, DirectResponse, Fault, HeaderEdits, Listener, Mirror, NamedMatch,
+    Outlier, PathPart, PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route,
+    RouteMatch, ServicePolicy, StrMatch, Tracing, VirtualHost, WaypointConfig, WeightedBackend,
 };
 pub use workload::{MtlsPolicy, Protocol, Workload, WorkloadMeta};
 

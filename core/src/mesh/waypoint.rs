@@ -26,6 +26,46 @@ pub struct WaypointConfig {
     /// waypoint's own flags say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// As an ingress gateway: the ports it serves clients outside the mesh on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+}
+
+/// An ingress gateway's port for clients outside the mesh (plain HTTP).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// What it comes from (`Gateway istio-system/bookinfo-gateway`, server 0).
+    pub name: String,
+    pub port: u16,
+    /// By the request's host, the first that matches serves it.
+    #[serde(default)]
+    pub hosts: Vec<VirtualHost>,
+}
+
+/// The routes one VirtualService bound to a gateway gives the hosts it names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualHost {
+    /// `*`, `*.example.com` or a host name, as the VirtualService and the Gateway's server
+    /// both allow.
+    pub hostnames: Vec<String>,
+    /// Its routes and backends (named after the VirtualService; `vip` and `ports` unused).
+    pub policy: ServicePolicy,
+}
+
+impl VirtualHost {
+    /// Whether it serves `host` (a request's host, its port removed).
+    pub fn serves(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.hostnames.iter().any(|h| {
+            h == "*"
+                || h.eq_ignore_ascii_case(&host)
+                || h.strip_prefix("*.").is_some_and(|suffix| {
+                    host.ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+                })
+        })
+    }
 }
 
 /// Tracing, as the users' config asks for it (Istio's Telemetry API, an IstioOperator,
@@ -455,9 +495,20 @@ impl WaypointConfig {
                 ));
             }
         }
-        for (s, service) in self.services.iter().enumerate() {
+        let hosts =
+            self.listeners.iter().enumerate().flat_map(|(l, listener)| {
+                listener.hosts.iter().enumerate().map(move |(h, host)| {
+                    (format!("listeners[{l}].hosts[{h}].policy"), &host.policy)
+                })
+            });
+        let services = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(s, service)| (format!("services[{s}]"), service));
+        for (at_service, service) in services.chain(hosts) {
             for (r, route) in service.routes.iter().enumerate() {
-                let at = format!("services[{s}].routes[{r}]");
+                let at = format!("{at_service}.routes[{r}]");
                 route
                     .request_headers
                     .validate(&format!("{at}.requestHeaders"))?;

@@ -333,8 +333,11 @@ fn dashboards_agree(b: &Bookinfo, window: &str, ok: f64, sent: u64) -> Result<()
         "service",
         "Requests per TCP connection (L7 joined with L4 on destination_service)",
     )?;
+    // The join returned a series (an empty one fails above). Its value is +Inf when every
+    // connection of the load was opened before the window (pooled, then reused throughout),
+    // which a busy machine makes likely; NaN (0/0) would mean no requests either.
     ensure!(
-        per_connection.is_finite() && per_connection > 0.0,
+        per_connection > 0.0,
         "L7 and L4 series of reviews do not join: {per_connection}"
     );
     Ok(())

@@ -16,10 +16,11 @@ pub(crate) fn authorize<B>(
     port: u16,
     host: &str,
 ) -> Option<Reply> {
-    let principal = tunnel.peer.principal();
+    // An outside client has no identity: rules naming principals or namespaces do not match it.
+    let principal = tunnel.peer.as_ref().map(|p| p.principal());
     let subject = Subject {
-        principal: Some(&principal),
-        namespace: Some(tunnel.peer.namespace()),
+        principal: principal.as_deref(),
+        namespace: tunnel.peer.as_ref().map(|p| p.namespace()),
         ip: tunnel.client.ip(),
         port,
         request: Some(authz::Request {
@@ -35,7 +36,10 @@ pub(crate) fn authorize<B>(
         ResponseFlag::Denied,
         format!(
             "RBAC: access denied: {} may not {} {} on {}.{} ({})",
-            tunnel.peer,
+            tunnel
+                .peer
+                .as_ref()
+                .map_or_else(|| tunnel.client.ip().to_string(), ToString::to_string),
             request.method(),
             request.uri().path(),
             service.policy.name,

@@ -88,10 +88,15 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     let http2 = request.version() == Version::HTTP_2;
-    let service = snapshot.service_for(tunnel.target).cloned();
+    let service = if tunnel.outside() {
+        snapshot.host_for(tunnel.target.port(), &host_of(&request, &tunnel))
+    } else {
+        snapshot.service_for(tunnel.target)
+    }
+    .cloned();
     let mut labels = RequestLabels {
         reporter: "waypoint",
-        source: SourceLabels::of(source.as_deref(), Some(&tunnel.peer)),
+        source: SourceLabels::of(source.as_deref(), tunnel.peer.as_ref()),
         destination: DestinationLabels::of(
             None,
             None,
@@ -116,6 +121,16 @@ pub(crate) async fn handle(
     let request_bytes = Arc::new(AtomicU64::new(0));
     let request = request.map(|b| Counted::new(body::once(b), request_bytes.clone()).boxed());
     let reply = match service {
+        None if tunnel.outside() => local(
+            StatusCode::NOT_FOUND,
+            ResponseFlag::NoRoute,
+            format!(
+                "weft gateway {}/{}: no VirtualService bound to it serves this host on port {}",
+                tunnel.waypoint.namespace,
+                tunnel.waypoint.name,
+                tunnel.target.port()
+            ),
+        ),
         None => local(
             StatusCode::NOT_FOUND,
             ResponseFlag::NoRoute,
@@ -223,13 +238,11 @@ async fn serve(
         }
     }
     let port = service.service_port(tunnel.target);
-    let host = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| tunnel.target.to_string());
+    let host = host_of(&request, tunnel);
+    if tunnel.outside() {
+        // The mesh sees the gateway as the client; the outside client is named in the headers.
+        forwarded_headers(request.headers_mut(), tunnel.client);
+    }
 
     // Route.
     let view = RequestView {
@@ -300,7 +313,9 @@ async fn serve(
     // Split.
     let budget = &service.budgets[index];
     budget.deposit();
-    let pinned = (tunnel.target.ip() != service.policy.vip).then(|| tunnel.target.ip());
+    // A tunnel to one endpoint goes to it; a gateway's own address pins nothing.
+    let pinned =
+        (!tunnel.outside() && tunnel.target.ip() != service.policy.vip).then(|| tunnel.target.ip());
     let backend_index = split::choose(route, service, pinned, &mut tunnel.waypoint.rng());
     let Some((backend, ports)) = service.backends.get(backend_index) else {
         return local(
@@ -311,6 +326,13 @@ async fn serve(
     };
     let target_port = match pinned {
         Some(_) => tunnel.target.port(),
+        // From outside, the listener's port says nothing of the service's: its port of the
+        // same number, else its first.
+        None if tunnel.outside() => ports
+            .iter()
+            .find(|p| p.port == port)
+            .or(ports.first())
+            .map_or(port, |p| p.target_port),
         None => ports
             .iter()
             .find(|p| p.port == port)
@@ -352,7 +374,7 @@ async fn serve(
     let dialer = Dialer {
         pool: tunnel.waypoint.pool.clone(),
         identity,
-        client: tunnel.client,
+        client: tunnel.forwarded(),
         port: target_port,
     };
     if !mirrors.is_empty() {
@@ -398,4 +420,27 @@ async fn serve(
         upgrade::join(client, &mut reply.response);
     }
     reply
+}
+
+/// The host a request asks for: `Host`, else the URI's authority, else the address it came to.
+fn host_of<B>(request: &Request<B>, tunnel: &Tunnel) -> String {
+    request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| tunnel.target.to_string())
+}
+
+/// `x-forwarded-for` gains the outside client's address; `x-forwarded-proto` says http.
+fn forwarded_headers(headers: &mut http::HeaderMap, client: std::net::SocketAddr) {
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", client.ip()),
+        None => client.ip().to_string(),
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
 }

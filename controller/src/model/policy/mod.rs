@@ -28,7 +28,7 @@ pub enum PolicyKind {
     VirtualService,
     /// `networking.istio.io` DestinationRule.
     DestinationRule,
-    /// `networking.istio.io` Gateway (ingress; reported, not run).
+    /// `networking.istio.io` Gateway (ingress).
     IstioGateway,
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication,
@@ -331,10 +331,7 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
         }
         PolicyKind::IstioGateway => {
             let s: istio::IstioGatewaySpec = spec(&doc.spec)?;
-            notes.note(
-                "spec",
-                "Weft has no ingress gateway; route external traffic with your ingress controller",
-            );
+            s.notes(&mut notes);
             PolicySpec::IstioGateway(Box::new(s))
         }
         PolicyKind::PeerAuthentication => {

@@ -25,7 +25,25 @@ pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
     };
     match &policy.spec {
         PolicySpec::VirtualService(vs) => {
-            for (i, host) in vs.hosts.iter().enumerate() {
+            for (i, g) in vs.gateways.iter().enumerate() {
+                if g == "mesh" {
+                    continue;
+                }
+                let (gns, gname) = g.split_once('/').unwrap_or((ns, g.as_str()));
+                let exists = objects.policies.values().any(|p| {
+                    matches!(p.spec, PolicySpec::IstioGateway(_))
+                        && p.key.namespace == gns
+                        && p.key.name == gname
+                });
+                if !exists {
+                    out.push(format!(
+                        "spec.gateways[{i}]: no Istio Gateway {gns}/{gname}: no gateway serves these routes"
+                    ));
+                }
+            }
+            // Bound only to gateways: the hosts are what outside clients ask for, not services.
+            let hosts: &[String] = if vs.in_mesh() { &vs.hosts } else { &[] };
+            for (i, host) in hosts.iter().enumerate() {
                 let Some(svc) = service_for(objects, host, ns) else {
                     out.push(format!(
                         "spec.hosts[{i}]: no service {host:?}: nothing applies it"
@@ -35,7 +53,7 @@ pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
                 // The first VirtualService for a host routes it (as the translation reads them).
                 let first = objects.policies.values().find(|p| {
                     matches!(&p.spec, PolicySpec::VirtualService(other)
-                        if other.hosts.iter().any(|h| host_is(h, &p.key.namespace, svc)))
+                        if other.in_mesh() && other.hosts.iter().any(|h| host_is(h, &p.key.namespace, svc)))
                 });
                 if let Some(first) = first
                     && first.key != policy.key
@@ -207,6 +225,27 @@ pub fn findings(objects: &Objects, policy: &Policy) -> Vec<String> {
             )),
             Some(svc) => out.extend(unbound(svc).map(|why| format!("metadata.name: {why}"))),
         },
+        PolicySpec::IstioGateway(g) if !g.selector.is_empty() => {
+            let selected = objects
+                .pods
+                .values()
+                .any(|p| super::common::labels_match(&g.selector, &p.labels));
+            if !selected {
+                out.push(
+                    "spec.selector: no pod has these labels (yet): no gateway serves this Gateway"
+                        .into(),
+                );
+            }
+            let bound = objects.policies.values().any(|p| {
+                matches!(&p.spec, PolicySpec::VirtualService(vs) if vs.binds(&p.key.namespace, &policy.key))
+            });
+            if !bound {
+                out.push(format!(
+                    "metadata.name: no VirtualService names {} in `gateways`: the gateway answers 404",
+                    policy.key
+                ));
+            }
+        }
         PolicySpec::Telemetry(_) | PolicySpec::IstioOperator(_) | PolicySpec::LinkerdConfig(_) => {
             out.extend(tracing_findings(objects, policy));
         }

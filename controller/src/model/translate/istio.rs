@@ -8,6 +8,7 @@ use weft_core::mesh::{
 
 use super::backends::Backends;
 use super::common::{COUNTED_BUDGET, REPLAY_CAP, default_retry, host_is, ms, service_for, share};
+use crate::model::key::ObjectKey;
 use crate::model::objects::{Objects, Service};
 use crate::model::policy::PolicySpec;
 use crate::model::policy::istio;
@@ -86,6 +87,7 @@ fn istio_retry(r: &istio::HttpRetry) -> Option<Retry> {
     })
 }
 
+/// The routes of the first VirtualService that applies inside the mesh to `svc`, if any.
 pub(crate) fn virtual_service_routes(
     objects: &Objects,
     backends: &mut Backends<'_>,
@@ -93,12 +95,25 @@ pub(crate) fn virtual_service_routes(
 ) -> Option<Vec<Route>> {
     let (key, vs) = objects.policies.values().find_map(|p| match &p.spec {
         PolicySpec::VirtualService(vs)
-            if vs.hosts.iter().any(|h| host_is(h, &p.key.namespace, svc)) =>
+            if vs.in_mesh() && vs.hosts.iter().any(|h| host_is(h, &p.key.namespace, svc)) =>
         {
             Some((&p.key, &**vs))
         }
         _ => None,
     })?;
+    Some(vs_routes(objects, backends, key, vs, Some(svc)))
+}
+
+/// The routes of `vs` (`key`). A rule answering by itself (a direct response, a redirect)
+/// with no destination names `fallback` as its backend, never reached; without one the rule
+/// is left out.
+pub(crate) fn vs_routes(
+    objects: &Objects,
+    backends: &mut Backends<'_>,
+    key: &ObjectKey,
+    vs: &istio::VirtualServiceSpec,
+    fallback: Option<&Service>,
+) -> Vec<Route> {
     let mut routes = Vec::new();
     for (i, http) in vs.http.iter().enumerate() {
         let matches = http
@@ -155,7 +170,10 @@ pub(crate) fn virtual_service_routes(
         }
         // A direct response or a redirect needs no destination; the route still names the service as its
         // backend (it is never reached).
-        if weighted.is_empty() && (http.direct_response.is_some() || http.redirect.is_some()) {
+        if weighted.is_empty()
+            && (http.direct_response.is_some() || http.redirect.is_some())
+            && let Some(svc) = fallback
+        {
             weighted.push(WeightedBackend {
                 backend: backends.get(svc, None),
                 weight: 1,
@@ -257,5 +275,5 @@ pub(crate) fn virtual_service_routes(
             }),
         });
     }
-    Some(routes)
+    routes
 }

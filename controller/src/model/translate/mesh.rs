@@ -2,10 +2,12 @@
 //! L4 authorization), services with their endpoints and waypoint, and each waypoint's config.
 
 use weft_core::identity::SpiffeId;
-use weft_core::mesh::{MeshConfig, Protocol, WaypointRef, Workload, WorkloadMeta};
+use weft_core::mesh::{MeshConfig, Protocol, WaypointRef, Workload};
 
 use super::authz::workload_authz;
 use super::endpoints::Membership;
+use super::ingress::{gateway_config, is_ingress_pod, running_gateways};
+use super::names::telemetry_names;
 use super::peer_auth::peer_authentication;
 use super::waypoints::{is_waypoint_pod, running_waypoints, waypoint_config, waypoint_of};
 use crate::model::objects::{Objects, Pod};
@@ -77,7 +79,8 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
         // A waypoint speaks HBONE itself and is never captured; PeerAuthentication DISABLE
         // makes a workload plain TCP both ways.
         let (mode, mtls) = peer_authentication(objects, pod);
-        let waypoint = is_waypoint_pod(pod);
+        // An ingress gateway's pod, like a waypoint's, speaks HBONE itself.
+        let waypoint = is_waypoint_pod(pod) || is_ingress_pod(objects, pod);
         let in_mesh = enrolled(objects, pod);
         let hbone = in_mesh && !waypoint && mode != MtlsMode::Disable;
         // In the mesh with DISABLE, a pod is still the proxies' business: sources reach it in
@@ -109,49 +112,20 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
     let waypoints = running
         .iter()
         .map(|w| waypoint_config(objects, &members, &w.key))
+        .chain(running_gateways(objects).iter().map(|g| {
+            gateway_config(
+                objects,
+                &members,
+                g,
+                super::tracing::tracing_for(objects, &g.key.namespace),
+            )
+        }))
         .collect();
     MeshConfig {
         trust_domain: trust_domain.to_owned(),
         workloads,
         services,
         waypoints,
-    }
-}
-
-/// The names telemetry reports for a pod, as Istio derives them: the workload is the
-/// Deployment behind a ReplicaSet (its name less the pod-template hash) or the owner itself;
-/// the canonical service and revision come from the first label present.
-fn telemetry_names(pod: &Pod) -> WorkloadMeta {
-    let label = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| pod.labels.get(*k).filter(|v| !v.is_empty()))
-            .cloned()
-            .unwrap_or_default()
-    };
-    let workload = match &pod.owner {
-        Some((kind, name)) if kind == "ReplicaSet" => pod
-            .labels
-            .get("pod-template-hash")
-            .and_then(|hash| name.strip_suffix(&format!("-{hash}")))
-            .unwrap_or(name)
-            .to_owned(),
-        Some((_, name)) => name.clone(),
-        None => String::new(),
-    };
-    WorkloadMeta {
-        workload,
-        app: label(&["app"]),
-        version: label(&["version"]),
-        canonical_service: label(&[
-            "service.istio.io/canonical-name",
-            "app.kubernetes.io/name",
-            "app",
-        ]),
-        canonical_revision: label(&[
-            "service.istio.io/canonical-revision",
-            "app.kubernetes.io/version",
-            "version",
-        ]),
     }
 }
 

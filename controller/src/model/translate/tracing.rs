@@ -170,18 +170,11 @@ mod tests {
     use super::*;
 
     fn objects(docs: &str) -> Objects {
-        let mut o = Objects::default();
-        for doc in serde_yaml::Deserializer::from_str(docs) {
-            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
-            let object = crate::source::object::parse_object(&value)
-                .expect("accepted")
-                .expect("a kind Weft reads");
-            o.upsert(object);
-        }
-        o
+        let (objects, errors) =
+            crate::source::manifests::parse_file(std::path::Path::new("t.yaml"), docs);
+        assert!(errors.is_empty(), "{errors:?}");
+        objects.into_iter().collect()
     }
-
-    use serde::Deserialize;
 
     const GUIDE_ISTIO: &str = r#"
 apiVersion: install.istio.io/v1alpha1

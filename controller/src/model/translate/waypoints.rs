@@ -138,5 +138,6 @@ pub fn waypoint_config(
         namespace: waypoint.namespace.clone(),
         services,
         tracing: super::tracing::tracing_for(objects, &waypoint.namespace),
+        listeners: Vec::new(),
     }
 }

@@ -13,7 +13,8 @@ pub struct VirtualServiceSpec {
     /// Destination hosts the rules apply to (short names are in the object's namespace).
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// Gateways (only the mesh itself is honoured).
+    /// Where it applies: `mesh` (the waypoints; also when empty) and ingress Gateways by
+    /// name (`name` in the VirtualService's namespace, or `namespace/name`).
     #[serde(default)]
     pub gateways: Vec<String>,
     /// HTTP rules, first match wins.
@@ -392,16 +393,22 @@ pub const KNOWN_RETRY_ON: [&str; 12] = [
 ];
 
 impl VirtualServiceSpec {
+    /// Whether it applies inside the mesh (at waypoints): no `gateways`, or `mesh` among them.
+    pub fn in_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+
+    /// Whether it is bound to the Istio Gateway `gateway` (`namespace/name`), itself being in
+    /// `namespace`.
+    pub fn binds(&self, namespace: &str, gateway: &crate::model::key::ObjectKey) -> bool {
+        self.gateways.iter().any(|g| match g.split_once('/') {
+            Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
+            None => namespace == gateway.namespace && g == &gateway.name,
+        })
+    }
+
     /// Reports what Weft does not do.
     pub fn notes(&self, notes: &mut Notes) {
-        for (i, g) in self.gateways.iter().enumerate() {
-            if g != "mesh" {
-                notes.note(
-                    &format!("spec.gateways[{i}]"),
-                    format!("{g:?} not honoured: Weft applies VirtualServices inside the mesh (at waypoints), not at ingress gateways"),
-                );
-            }
-        }
         notes.unhonoured("spec.tls", &self.tls, "TLS routing");
         notes.unhonoured("spec.tcp", &self.tcp, "TCP routing");
         notes.unhonoured("spec.exportTo", &self.export_to, "visibility scoping");

@@ -1,0 +1,224 @@
+//! The ingress gateway: an Istio `Gateway` (the guide's `bookinfo-gateway`, applied unchanged)
+//! selects a gateway pod, and VirtualServices naming it in `gateways` route clients outside
+//! the mesh by host. The gateway enters the mesh over HBONE as its own workload: the link
+//! between the nodes carries only TLS, and an AuthorizationPolicy naming the gateway's
+//! identity admits it while refusing a mesh pod that is not the gateway.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use weft_testbed::{TestBed, pcap, wait_until};
+
+const PRODUCTPAGE_VIP: &str = "10.96.0.40";
+const DETAILS_VIP: &str = "10.96.0.41";
+
+/// Routes bound to the guide's Gateway: every host to productpage, except
+/// `details.example.test` to details.
+const BOUND: &str = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: bookinfo
+spec:
+  hosts:
+  - \"*\"
+  gateways:
+  - bookinfo-gateway
+  http:
+  - route:
+    - destination:
+        host: productpage
+        port:
+          number: 9080
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: details-external
+spec:
+  hosts:
+  - details.example.test
+  gateways:
+  - bookinfo-gateway
+  http:
+  - route:
+    - destination:
+        host: details
+";
+
+fn status(bed: &TestBed, pod: &weft_testbed::Pod, args: &[&str]) -> Result<(String, String)> {
+    let mut argv = vec![
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/stderr",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ];
+    argv.extend_from_slice(args);
+    let out = bed.exec(pod, &argv)?;
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn the_guides_gateway_routes_outside_clients_into_the_mesh_by_host_over_mtls() -> Result<()> {
+    let mut bed = TestBed::new("ingr", 2)?;
+    bed.with_controller();
+    // The internet: a client outside the mesh.
+    let outside = bed
+        .pod("internet")
+        .namespace("outside")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let gateway = bed.ingress_gateway(
+        "istio-ingressgateway",
+        "istio-system",
+        0,
+        &[("istio", "ingressgateway")],
+    )?;
+    let productpage = bed
+        .pod("productpage")
+        .namespace("default")
+        .service_account("bookinfo-productpage")
+        .label("app", "productpage")
+        .on_node(1)
+        .add()?;
+    let details = bed
+        .pod("details")
+        .namespace("default")
+        .label("app", "details")
+        .on_node(1)
+        .add()?;
+    let sneaky = bed.pod("sneaky").namespace("default").on_node(0).add()?;
+    bed.service(
+        "productpage",
+        "default",
+        PRODUCTPAGE_VIP.parse()?,
+        9080,
+        8080,
+        &[&productpage],
+    );
+    bed.service(
+        "details",
+        "default",
+        DETAILS_VIP.parse()?,
+        9080,
+        8080,
+        &[&details],
+    );
+    // The guide's traffic-management YAML, its Gateway included, as users apply it.
+    bed.preload_manifest(
+        "guide.yaml",
+        &weft_testbed::fixtures::guide("istio-traffic-management.yaml")?,
+    )?;
+    bed.preload_manifest("bound.yaml", BOUND)?;
+    bed.start()?;
+    let secret = format!(
+        "weft-ingress-secret-{}",
+        bed.dir().display().to_string().len()
+    );
+    bed.serve_http(&productpage, 8080, &[("marker.txt", &secret)])?;
+    bed.serve_testsrv(&details, "details")?;
+    let capture = bed.capture(0, "link.pcap")?;
+
+    let gw = gateway.ip;
+    let url = format!("http://{gw}/marker.txt");
+    let (code, body) = status(&bed, &outside, &[&url])?;
+    ensure!(
+        code == "200" && body == secret,
+        "outside client through the gateway to productpage: {code} {body}\n{}",
+        std::fs::read_to_string(bed.waypoint_log_path(&gateway)).unwrap_or_default()
+    );
+    // By host: details.example.test goes to details, which sees the outside client in
+    // x-forwarded-for.
+    let (code, body) = status(
+        &bed,
+        &outside,
+        &[
+            "-D",
+            "/dev/stdout",
+            "-H",
+            "Host: details.example.test",
+            "-H",
+            "x-echo-header: x-forwarded-for",
+            &format!("http://{gw}/"),
+        ],
+    )?;
+    ensure!(
+        code.ends_with("200") && body.contains("details"),
+        "{code} {body}"
+    );
+    ensure!(
+        code.lines()
+            .any(|l| l.trim() == format!("x-echo: {}", outside.ip)),
+        "x-forwarded-for is not the outside client: {code}"
+    );
+
+    // Only the gateway may reach productpage: it is admitted, a mesh pod is not.
+    bed.write_manifest(
+        "authz.yaml",
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: productpage-from-ingress
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: productpage
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/istio-system/sa/istio-ingressgateway
+",
+    )?;
+    let direct = format!("http://{PRODUCTPAGE_VIP}:9080/marker.txt");
+    wait_until("the policy applies", Duration::from_secs(10), || {
+        Ok(!bed.curl(&sneaky, &direct)?.0)
+    })?;
+    let (code, body) = status(&bed, &outside, &[&url])?;
+    ensure!(
+        code == "200" && body == secret,
+        "the gateway was refused by a policy naming it: {code} {body}"
+    );
+
+    // The link between the nodes carried TLS on 15008 and never the payload.
+    bed.stop_helpers();
+    let bytes = std::fs::read(&capture)?;
+    let segments = pcap::tcp_segments(&bytes)?;
+    ensure!(
+        segments
+            .iter()
+            .any(|s| s.dst.port() == 15008 && s.payload.starts_with(&[0x16, 0x03])),
+        "no TLS to 15008 on the link"
+    );
+    // Besides HBONE, only the proxies' streams to the controller (TLS too) cross the link.
+    let controller = bed.controller_address();
+    let other: Vec<String> = segments
+        .iter()
+        .filter(|s| {
+            !s.payload.is_empty()
+                && ![s.src.port(), s.dst.port()].contains(&15008)
+                && std::net::SocketAddr::V4(s.src) != controller
+                && std::net::SocketAddr::V4(s.dst) != controller
+        })
+        .map(|s| format!("{} -> {}", s.src, s.dst))
+        .collect();
+    ensure!(
+        other.is_empty(),
+        "traffic other than HBONE crossed the link: {other:?}"
+    );
+    ensure!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the payload is visible on the wire"
+    );
+
+    Ok(())
+}
