@@ -491,3 +491,57 @@ spec:
         ["reviews.default.0", "reviews.default.1"]
     );
 }
+
+#[test]
+fn the_outbound_policy_comes_from_the_istio_operator_and_namespace_labels_and_entries_hold_addresses()
+ {
+    let o = objects(
+        r#"
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {name: mesh, namespace: istio-system}
+spec:
+  meshConfig:
+    outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy, labels: {weft.io/outbound-traffic-policy: ALLOW_ANY}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: typo, labels: {weft.io/outbound-traffic-policy: ALLOW-ANY}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: shop}
+spec:
+  hosts: [payments.example.test]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 203.0.113.10}, {address: 203.0.113.11}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partners, namespace: shop}
+spec:
+  hosts: [partners.example.test]
+  addresses: [198.51.100.0/24]
+  resolution: NONE
+"#,
+    );
+    let outbound = mesh_config(&o, "cluster.local").outbound;
+    assert!(outbound.registry_only("shop"));
+    assert!(!outbound.registry_only("legacy"));
+    // A value that is neither mode reads as the stricter one.
+    assert!(outbound.registry_only("typo"));
+    let held = |addr: &str| {
+        outbound
+            .external_for(addr.parse().expect("addr"))
+            .map(|e| e.name.clone())
+    };
+    assert_eq!(held("203.0.113.11:443").as_deref(), Some("payments"));
+    assert_eq!(held("203.0.113.11:80"), None, "only its ports");
+    assert_eq!(held("198.51.100.77:8443").as_deref(), Some("partners"));
+    assert_eq!(held("192.0.2.1:443"), None);
+}

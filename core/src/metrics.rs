@@ -197,6 +197,9 @@ pub enum RefusalReason {
     no_certificate,
     /// The TLS or HTTP/2 handshake of a tunnel connection failed.
     handshake_failed,
+    /// Outbound, under REGISTRY_ONLY: a destination no workload, service or ServiceEntry
+    /// holds.
+    not_in_registry,
 }
 
 /// Labels of refused connections.
@@ -271,6 +274,20 @@ impl TcpMetrics {
                 source_principal: principal.map_or_else(|| UNKNOWN.to_owned(), ToString::to_string),
                 destination_workload: or_unknown(pod.map(Workload::workload_name)),
                 destination_workload_namespace: or_unknown(pod.map(|w| w.namespace.as_str())),
+            })
+            .inc();
+    }
+
+    /// Counts a connection the source's proxy refused to let out of a pod whose identity is
+    /// `principal`: its destination is outside the mesh and not allowed.
+    pub fn refuse_outbound(&self, reason: RefusalReason, principal: &SpiffeId) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                reporter: Reporter::source,
+                reason,
+                source_principal: principal.to_string(),
+                destination_workload: UNKNOWN.to_owned(),
+                destination_workload_namespace: UNKNOWN.to_owned(),
             })
             .inc();
     }

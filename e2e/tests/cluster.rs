@@ -30,7 +30,7 @@ fn every_overlay_passes_server_side_dry_run_and_rbac_grants_only_what_is_needed(
         String::from_utf8_lossy(&again.stdout)
             .matches("kept")
             .count()
-            == 11
+            == 12
     );
     // Each overlay as a first install would apply it (its namespace must exist for the
     // objects in it to be judged).

@@ -287,7 +287,7 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(
-        text.matches("created  customresourcedefinition/").count() == 11,
+        text.matches("created  customresourcedefinition/").count() == 12,
         "{text}"
     );
     let replicas = get(&[
@@ -343,7 +343,7 @@ fn weft_install_dry_runs_then_applies_an_overlay_and_again_changes_nothing() -> 
     let again = install(&["--overlay", "small", "--wait-secs", "0"])?;
     let text = String::from_utf8_lossy(&again.stdout);
     ensure!(
-        again.status.success() && text.matches("kept ").count() == 11,
+        again.status.success() && text.matches("kept ").count() == 12,
         "{text}"
     );
     let after = get(&[

@@ -14,7 +14,7 @@ use weft_core::drain;
 use weft_core::hbone::{ConnectRequest, PoolKey};
 use weft_core::identity::SpiffeId;
 use weft_core::mesh::{Service, Workload};
-use weft_core::metrics::{Reporter, SecurityPolicy};
+use weft_core::metrics::{RefusalReason, Reporter, SecurityPolicy};
 use weft_core::tls;
 use weft_core::trace::{Kind, traceparent};
 
@@ -73,6 +73,17 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         (None, None) => {
             if index.is_service(dst) {
                 warn!(%client, %dst, "early deny: service has no endpoints");
+                return;
+            }
+            // Outside the mesh: under REGISTRY_ONLY, only what a ServiceEntry holds.
+            let outbound = &index.config().outbound;
+            if outbound.registry_only(&pod.workload.namespace)
+                && outbound.external_for(dst).is_none()
+            {
+                warn!(%client, %dst, namespace = %pod.workload.namespace, "refused: the outbound traffic policy is REGISTRY_ONLY and {dst} is not in the registry (no workload, service or ServiceEntry holds it)");
+                proxy
+                    .metrics
+                    .refuse_outbound(RefusalReason::not_in_registry, &src_id);
                 return;
             }
             let plain = Plain {

@@ -226,6 +226,7 @@ spec:
                 .collect(),
             services: self.services.clone(),
             waypoints: Vec::new(),
+            outbound: Default::default(),
         }
     }
 

@@ -20,9 +20,10 @@ pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
 /// The versions a kind's CRD serves; the last is stored.
 fn versions(kind: PolicyKind) -> &'static [&'static str] {
     match kind {
-        PolicyKind::VirtualService | PolicyKind::DestinationRule | PolicyKind::IstioGateway => {
-            &["v1alpha3", "v1beta1", "v1"]
-        }
+        PolicyKind::VirtualService
+        | PolicyKind::DestinationRule
+        | PolicyKind::IstioGateway
+        | PolicyKind::ServiceEntry => &["v1alpha3", "v1beta1", "v1"],
         PolicyKind::PeerAuthentication | PolicyKind::AuthorizationPolicy => &["v1beta1", "v1"],
         PolicyKind::ServiceProfile => &["v1alpha1", "v1alpha2"],
         PolicyKind::TrafficSplit => &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"],

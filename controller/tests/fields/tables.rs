@@ -275,6 +275,16 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
             "spec.tracing[].randomSamplingPercentage",
         ],
     ),
+    (
+        "ServiceEntry",
+        &[
+            "spec.addresses",
+            "spec.endpoints[].address",
+            "spec.hosts",
+            "spec.ports[].number",
+            "spec.resolution",
+        ],
+    ),
     // Read by hand: the parts that are not tracing are named in the notes (unit tests in
     // model::policy::telemetry and model::translate::tracing).
     ("IstioOperator", &["spec.meshConfig", "spec.values"]),
@@ -317,6 +327,7 @@ pub(crate) const NOTED: &[(&str, &[&str])] = &[
         "HttpRoute",
         &["spec.hostnames", "spec.parentRefs[].sectionName"],
     ),
+    ("ServiceEntry", &["spec.endpoints[].ports"]),
 ];
 
 /// Names that only label what they sit in (logs, metrics), with no effect on traffic.
@@ -325,6 +336,14 @@ pub(crate) const LABELS: &[(&str, &[&str])] = &[
     (
         "IstioGateway",
         &["spec.servers[].name", "spec.servers[].port.name"],
+    ),
+    (
+        "ServiceEntry",
+        &[
+            "spec.location",
+            "spec.ports[].name",
+            "spec.ports[].protocol",
+        ],
     ),
     ("ServiceProfile", &["spec.routes[].responseClasses[].name"]),
 ];

@@ -7,7 +7,7 @@ use super::authz::authz_from;
 use super::field::{FieldError, ports_from, ports_to};
 use super::l7::waypoint_from;
 use super::v1;
-use crate::mesh::{MeshConfig, Protocol, Service, Workload};
+use crate::mesh::{External, MeshConfig, Protocol, Service, Workload};
 
 /// Metadata key carrying a node's credential (`Bearer <token>`).
 pub const AUTHORIZATION: &str = "authorization";
@@ -40,8 +40,27 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
         v1::resource::Kind::Mesh(v1::MeshSettings {
             trust_domain: mesh.trust_domain.clone(),
             trust_bundle_pem: trust_bundle_pem.to_owned(),
+            registry_only: mesh.outbound.registry_only,
+            namespace_registry_only: mesh
+                .outbound
+                .namespaces
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }),
     );
+    for e in &mesh.outbound.external {
+        add(
+            format!("external/{}/{}", e.namespace, e.name),
+            v1::resource::Kind::External(v1::External {
+                name: e.name.clone(),
+                namespace: e.namespace.clone(),
+                hosts: e.hosts.clone(),
+                addresses: e.addresses.iter().map(ToString::to_string).collect(),
+                ports: e.ports.iter().map(|p| u32::from(*p)).collect(),
+            }),
+        );
+    }
     for w in &mesh.workloads {
         add(
             format!("workload/{}/{}", w.namespace, w.name),
@@ -152,7 +171,30 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
             Some(v1::resource::Kind::Mesh(m)) => {
                 mesh.trust_domain = m.trust_domain.clone();
                 bundle = Some(m.trust_bundle_pem.clone());
+                mesh.outbound.registry_only = m.registry_only;
+                mesh.outbound.namespaces = m
+                    .namespace_registry_only
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
             }
+            Some(v1::resource::Kind::External(e)) => mesh.outbound.external.push(External {
+                name: e.name.clone(),
+                namespace: e.namespace.clone(),
+                hosts: e.hosts.clone(),
+                addresses: e
+                    .addresses
+                    .iter()
+                    .map(|a| a.parse().map_err(|m| field("addresses", m)))
+                    .collect::<Result<_, _>>()?,
+                ports: e
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        u16::try_from(*p).map_err(|_| field("ports", format!("{p} is not a port")))
+                    })
+                    .collect::<Result<_, _>>()?,
+            }),
             Some(v1::resource::Kind::Workload(w)) => mesh.workloads.push(Workload {
                 name: w.name.clone(),
                 namespace: w.namespace.clone(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::outbound::Outbound;
 use super::service::Service;
 use super::waypoint::WaypointConfig;
 use super::workload::Workload;
@@ -29,6 +30,9 @@ pub struct MeshConfig {
     /// What each waypoint applies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waypoints: Vec<WaypointConfig>,
+    /// Where pods may connect outside the mesh.
+    #[serde(default, skip_serializing_if = "Outbound::is_default")]
+    pub outbound: Outbound,
 }
 
 /// The text of a config file, refused if it is larger than [`MAX_CONFIG_BYTES`].

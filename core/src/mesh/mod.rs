@@ -5,6 +5,7 @@
 mod authz;
 mod config;
 mod index;
+mod outbound;
 mod service;
 mod waypoint;
 mod workload;
@@ -14,6 +15,7 @@ pub use authz::{
 };
 pub use config::{ConfigError, MAX_CONFIG_BYTES, MeshConfig, read_config};
 pub use index::{MeshIndex, Upstream};
+pub use outbound::{Cidr, External, Outbound};
 pub use service::{Service, ServicePort, WaypointRef};
 pub use waypoint::{
     Backend, COLLECTOR_PROTOCOLS, DirectResponse, Fault, HeaderEdits, Listener, Mirror, NamedMatch,

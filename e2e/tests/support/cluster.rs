@@ -27,7 +27,7 @@ pub(crate) fn deploy(path: &str) -> String {
 /// Installs the CRDs the cluster lacks (all of them, here).
 pub(crate) fn install_crds(plane: &ControlPlane) -> Result<()> {
     let said = plane.install_crds()?;
-    ensure!(said.matches("created").count() == 11, "{said}");
+    ensure!(said.matches("created").count() == 12, "{said}");
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! agent's host is read as the same host's Zipkin endpoint, and the note says so),
 //! `values.pilot.traceSampling`, `meshConfig.enableTracing`, `meshConfig.defaultConfig.tracing`,
 //! `meshConfig.defaultProviders.tracing` and the `meshConfig.extensionProviders` that Telemetry
-//! names. The rest installs Istio's own parts and is named in the notes.
+//! names; and `meshConfig.outboundTrafficPolicy.mode` (ALLOW_ANY or REGISTRY_ONLY). The rest
+//! installs Istio's own parts and is named in the notes.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +58,10 @@ pub struct IstioOperatorSpec {
     #[serde(skip)]
     #[schemars(skip)]
     pub providers: BTreeMap<String, Collector>,
+    /// Its `meshConfig.outboundTrafficPolicy.mode`: `REGISTRY_ONLY` (true) or `ALLOW_ANY`.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub registry_only: Option<bool>,
 }
 
 /// The guide's `values.tracing` block.
@@ -219,6 +224,27 @@ impl IstioOperatorSpec {
                         if let Some(c) = provider_collector(&field, &p, notes) {
                             self.providers.insert(p.name, c);
                         }
+                    }
+                }
+                "outboundTrafficPolicy" => {
+                    let mut o: BTreeMap<String, serde_yaml::Value> = typed(&at, value)?;
+                    if let Some(mode) = o.remove("mode") {
+                        let mode: String = typed(&format!("{at}.mode"), mode)?;
+                        self.registry_only = Some(match mode.as_str() {
+                            "REGISTRY_ONLY" => true,
+                            "ALLOW_ANY" => false,
+                            other => {
+                                return Err(format!(
+                                    "{at}.mode: {other:?} is not ALLOW_ANY or REGISTRY_ONLY"
+                                ));
+                            }
+                        });
+                    }
+                    for other in o.keys() {
+                        notes.note(
+                            &format!("{at}.{other}"),
+                            "not honoured by Weft (no egress proxy for unknown destinations yet)",
+                        );
                     }
                 }
                 "defaultProviders" => {

@@ -30,6 +30,8 @@ pub enum PolicyKind {
     DestinationRule,
     /// `networking.istio.io` Gateway (ingress).
     IstioGateway,
+    /// `networking.istio.io` ServiceEntry.
+    ServiceEntry,
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy.
@@ -61,10 +63,11 @@ pub struct ApiGroup {
 
 impl PolicyKind {
     /// Every kind.
-    pub const ALL: [PolicyKind; 12] = [
+    pub const ALL: [PolicyKind; 13] = [
         Self::VirtualService,
         Self::DestinationRule,
         Self::IstioGateway,
+        Self::ServiceEntry,
         Self::PeerAuthentication,
         Self::AuthorizationPolicy,
         Self::ServiceProfile,
@@ -96,6 +99,7 @@ impl PolicyKind {
             "Gateway" if group == "networking.istio.io" => Self::IstioGateway,
             "Gateway" if group == "gateway.networking.k8s.io" => Self::Gateway,
             "Telemetry" => Self::Telemetry,
+            "ServiceEntry" => Self::ServiceEntry,
             "IstioOperator" => Self::IstioOperator,
             _ => return None,
         })
@@ -123,6 +127,7 @@ impl PolicyKind {
             Self::TrafficSplit => "TrafficSplit",
             Self::HttpRoute => "HTTPRoute",
             Self::Telemetry => "Telemetry",
+            Self::ServiceEntry => "ServiceEntry",
             Self::IstioOperator => "IstioOperator",
             Self::LinkerdConfig => "ConfigMap",
         }
@@ -134,6 +139,7 @@ impl PolicyKind {
             Self::VirtualService => ("networking.istio.io", "v1", "virtualservices"),
             Self::DestinationRule => ("networking.istio.io", "v1", "destinationrules"),
             Self::IstioGateway => ("networking.istio.io", "v1", "gateways"),
+            Self::ServiceEntry => ("networking.istio.io", "v1", "serviceentries"),
             Self::PeerAuthentication => ("security.istio.io", "v1", "peerauthentications"),
             Self::AuthorizationPolicy => ("security.istio.io", "v1", "authorizationpolicies"),
             Self::ServiceProfile => ("linkerd.io", "v1alpha2", "serviceprofiles"),
@@ -168,6 +174,7 @@ impl PolicyKind {
             Self::VirtualService => generator.into_root_schema_for::<istio::VirtualServiceSpec>(),
             Self::DestinationRule => generator.into_root_schema_for::<istio::DestinationRuleSpec>(),
             Self::IstioGateway => generator.into_root_schema_for::<istio::IstioGatewaySpec>(),
+            Self::ServiceEntry => generator.into_root_schema_for::<istio::ServiceEntrySpec>(),
             Self::PeerAuthentication => {
                 generator.into_root_schema_for::<istio::PeerAuthenticationSpec>()
             }
@@ -198,6 +205,8 @@ pub enum PolicySpec {
     DestinationRule(Box<istio::DestinationRuleSpec>),
     /// See [`istio::IstioGatewaySpec`].
     IstioGateway(Box<istio::IstioGatewaySpec>),
+    /// See [`istio::ServiceEntrySpec`].
+    ServiceEntry(Box<istio::ServiceEntrySpec>),
     /// See [`istio::PeerAuthenticationSpec`].
     PeerAuthentication(Box<istio::PeerAuthenticationSpec>),
     /// See [`istio::AuthorizationPolicySpec`].
@@ -333,6 +342,11 @@ pub fn parse(kind: PolicyKind, value: &serde_yaml::Value) -> Result<Policy, Stri
             let s: istio::IstioGatewaySpec = spec(&doc.spec)?;
             s.notes(&mut notes);
             PolicySpec::IstioGateway(Box::new(s))
+        }
+        PolicyKind::ServiceEntry => {
+            let s: istio::ServiceEntrySpec = spec(&doc.spec)?;
+            s.read(&mut notes)?;
+            PolicySpec::ServiceEntry(Box::new(s))
         }
         PolicyKind::PeerAuthentication => {
             let s: istio::PeerAuthenticationSpec = spec(&doc.spec)?;

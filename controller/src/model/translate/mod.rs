@@ -15,6 +15,7 @@ mod istio;
 mod linkerd;
 mod mesh;
 mod names;
+mod outbound;
 mod peer_auth;
 mod smi;
 mod tracing;
@@ -26,6 +27,7 @@ pub use endpoints::Membership;
 pub use findings::findings;
 pub use ingress::{is_ingress_pod, running_gateways};
 pub use mesh::{AMBIENT, DATAPLANE_MODE, OPT_OUT, enrolled, mesh_config};
+pub use outbound::{OUTBOUND_POLICY, outbound};
 pub use peer_auth::peer_authentication;
 pub use tracing::{DEFAULT_SAMPLING_PERCENT, tracing_findings, tracing_for};
 pub use waypoints::{

@@ -6,10 +6,12 @@ mod authorization_policy;
 mod destination_rule;
 mod gateway;
 mod peer_authentication;
+mod service_entry;
 mod virtual_service;
 
 pub use authorization_policy::*;
 pub use destination_rule::*;
 pub use gateway::*;
 pub use peer_authentication::*;
+pub use service_entry::*;
 pub use virtual_service::*;

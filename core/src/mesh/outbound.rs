@@ -1,0 +1,190 @@
+//! Where enrolled pods may connect outside the mesh: the outbound traffic policy (`ALLOW_ANY`,
+//! or `REGISTRY_ONLY` mesh-wide and per namespace) and the external services the registry
+//! holds besides the mesh's own (Istio's ServiceEntry): addresses and ports. Under
+//! `REGISTRY_ONLY` a connection to an address that is neither a mesh workload or service nor an
+//! external service's is refused by the source's node proxy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The outbound traffic policy and the external services.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Outbound {
+    /// `REGISTRY_ONLY` mesh-wide (else `ALLOW_ANY`).
+    #[serde(default)]
+    pub registry_only: bool,
+    /// Namespaces whose mode is not the mesh's: namespace → `REGISTRY_ONLY`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, bool>,
+    /// Destinations outside the mesh that the registry holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<External>,
+}
+
+/// An external service (a ServiceEntry): where it is, and on which ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct External {
+    pub name: String,
+    pub namespace: String,
+    /// Its host names (for logs; resolving them is the DNS proxy's).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Its addresses (`10.1.2.3` or `10.1.0.0/16`).
+    #[serde(default)]
+    pub addresses: Vec<Cidr>,
+    /// Its ports (none: every port).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+impl External {
+    /// Whether a connection to `dst` is for it.
+    pub fn holds(&self, dst: SocketAddr) -> bool {
+        self.addresses.iter().any(|a| a.contains(dst.ip()))
+            && (self.ports.is_empty() || self.ports.contains(&dst.port()))
+    }
+}
+
+impl Outbound {
+    /// Whether pods of `namespace` may reach only what the registry holds.
+    pub fn registry_only(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.registry_only)
+    }
+
+    /// The external service a connection to `dst` is for, if any.
+    pub fn external_for(&self, dst: SocketAddr) -> Option<&External> {
+        self.external.iter().find(|e| e.holds(dst))
+    }
+
+    /// Whether nothing is set (the file form leaves it out).
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// An address block: an address and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.ip, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (text, None),
+        };
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|e| format!("{text:?} is not an address or block: {e}"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length is 0 to {max}"))?,
+        };
+        Ok(Self { ip, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_hold_their_addresses_and_a_namespace_overrides_the_mesh() {
+        let block: Cidr = "203.0.113.0/24".parse().expect("cidr");
+        assert!(block.contains("203.0.113.7".parse().expect("ip")));
+        assert!(!block.contains("203.0.114.7".parse().expect("ip")));
+        let one: Cidr = "198.51.100.9".parse().expect("cidr");
+        assert_eq!(one.prefix, 32);
+        assert!(one.contains("198.51.100.9".parse().expect("ip")));
+        assert!(!one.contains("198.51.100.8".parse().expect("ip")));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .expect("all")
+                .contains("8.8.8.8".parse().expect("ip"))
+        );
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("example.com".parse::<Cidr>().is_err());
+        let outbound = Outbound {
+            registry_only: true,
+            namespaces: [("legacy".to_owned(), false)].into(),
+            external: vec![External {
+                name: "api".into(),
+                namespace: "shop".into(),
+                hosts: vec!["api.example.test".into()],
+                addresses: vec![block],
+                ports: vec![443],
+            }],
+        };
+        assert!(outbound.registry_only("shop"));
+        assert!(!outbound.registry_only("legacy"));
+        assert!(
+            outbound
+                .external_for("203.0.113.7:443".parse().expect("addr"))
+                .is_some()
+        );
+        assert!(
+            outbound
+                .external_for("203.0.113.7:80".parse().expect("addr"))
+                .is_none()
+        );
+    }
+}
