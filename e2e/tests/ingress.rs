@@ -222,3 +222,124 @@ spec:
 
     Ok(())
 }
+
+/// HTTPS for two hosts on one port, each with its own certificate, and HTTP redirected.
+const TLS_GATEWAY: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: shop-gateway
+  namespace: istio-system
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 443, name: https-a, protocol: HTTPS}
+    hosts: [a.example.test]
+    tls: {mode: SIMPLE, credentialName: a-cert}
+  - port: {number: 443, name: https-b, protocol: HTTPS}
+    hosts: [b.example.test]
+    tls: {mode: SIMPLE, credentialName: b-cert}
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: shop
+  namespace: default
+spec:
+  hosts: [a.example.test, b.example.test]
+  gateways: [istio-system/shop-gateway]
+  http:
+  - route:
+    - destination:
+        host: productpage
+";
+
+#[test]
+fn https_picks_each_hosts_certificate_by_sni_and_http_is_redirected() -> Result<()> {
+    let mut bed = TestBed::new("ingtls", 2)?;
+    bed.with_controller();
+    let outside = bed
+        .pod("internet")
+        .namespace("outside")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    let gateway = bed.ingress_gateway(
+        "istio-ingressgateway",
+        "istio-system",
+        0,
+        &[("istio", "ingressgateway")],
+    )?;
+    let productpage = bed
+        .pod("productpage")
+        .namespace("default")
+        .label("app", "productpage")
+        .on_node(1)
+        .add()?;
+    bed.service(
+        "productpage",
+        "default",
+        PRODUCTPAGE_VIP.parse()?,
+        9080,
+        8080,
+        &[&productpage],
+    );
+    let credentials = bed.dir().join("gateway-credentials");
+    let a = bed.tls_credential(&credentials, "a-cert", "a.example.test")?;
+    let b = bed.tls_credential(&credentials, "b-cert", "b.example.test")?;
+    std::fs::write(bed.dir().join("a.pem"), a)?;
+    std::fs::write(bed.dir().join("b.pem"), b)?;
+    let dir = credentials.display().to_string();
+    bed.waypoint_args_for("istio-ingressgateway", &["--credential-dir", &dir]);
+    bed.preload_manifest("gateway.yaml", TLS_GATEWAY)?;
+    bed.start()?;
+    bed.serve_http(&productpage, 8080, &[("x", "shop")])?;
+
+    let https = |host: &str, trust: &str| -> Result<(String, String)> {
+        let resolve = format!("{host}:443:{}", gateway.ip);
+        let ca = bed.dir().join(trust).display().to_string();
+        let url = format!("https://{host}/x");
+        status(
+            &bed,
+            &outside,
+            &["--resolve", &resolve, "--cacert", &ca, &url],
+        )
+    };
+    for host in ["a", "b"] {
+        let (code, body) = https(&format!("{host}.example.test"), &format!("{host}.pem"))?;
+        ensure!(
+            code == "200" && body == "shop",
+            "https to {host}.example.test: {code} {body}\n{}",
+            std::fs::read_to_string(bed.waypoint_log_path(&gateway)).unwrap_or_default()
+        );
+    }
+    // b's name is answered with b's certificate: a client trusting only a's refuses it.
+    let (code, _) = https("b.example.test", "a.pem")?;
+    ensure!(
+        code == "000",
+        "b.example.test was served a's certificate: {code}"
+    );
+
+    let (code, headers) = status(
+        &bed,
+        &outside,
+        &[
+            "-D",
+            "/dev/stderr",
+            "-H",
+            "Host: a.example.test",
+            &format!("http://{}/x?y=1", gateway.ip),
+        ],
+    )?;
+    ensure!(
+        code == "301"
+            && headers.lines().any(|l| l
+                .trim()
+                .eq_ignore_ascii_case("location: https://a.example.test/x?y=1")),
+        "{code} {headers}"
+    );
+    Ok(())
+}

@@ -263,6 +263,20 @@ impl TestBed {
         Ok(pod)
     }
 
+    /// A self-signed certificate for `host` and its key, written as a mounted TLS Secret
+    /// would be: `<dir>/<name>/tls.crt` and `tls.key`. Returns the certificate (PEM), for
+    /// clients to trust.
+    pub fn tls_credential(&self, dir: &std::path::Path, name: &str, host: &str) -> Result<String> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = rcgen::CertificateParams::new(vec![host.to_owned()])?;
+        let cert = params.self_signed(&key)?;
+        let at = dir.join(name);
+        std::fs::create_dir_all(&at)?;
+        std::fs::write(at.join("tls.crt"), cert.pem())?;
+        std::fs::write(at.join("tls.key"), key.serialize_pem())?;
+        Ok(cert.pem())
+    }
+
     /// Writes a manifest for the controller before the bed starts (it reads it from the
     /// first tick).
     pub fn preload_manifest(&mut self, file: &str, text: &str) -> Result<()> {

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 use weft_core::accept::{ConnectionLimits, RefusalLog};
 use weft_core::drain;
 
+use crate::ingress_tls::{Credentials, server_config};
 use crate::request;
 use crate::shared::{Tunnel, Waypoint};
 
@@ -29,15 +31,27 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (HTTP/1.1) or header list (HTTP/2).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// How long a client's TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The listeners running, by port, and the drain their connections hold (none once the
 /// gateway drains: nothing more is bound).
-#[derive(Default)]
 pub(crate) struct Listeners {
     running: Mutex<HashMap<u16, JoinHandle<()>>>,
     drain: Mutex<Option<drain::Watch>>,
+    credentials: Arc<Credentials>,
 }
 
 impl Listeners {
+    /// Listeners whose TLS credentials are read from `credential_dir`.
+    pub(crate) fn new(credential_dir: std::path::PathBuf) -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+            drain: Mutex::new(None),
+            credentials: Arc::new(Credentials::new(credential_dir)),
+        }
+    }
+
     /// Lets listeners run, their connections holding `drain`.
     pub(crate) fn open(&self, drain: drain::Watch) {
         *self.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(drain);
@@ -86,16 +100,28 @@ impl Listeners {
                     continue;
                 }
             };
+            let tls = match server_config(waypoint.clone(), port, self.credentials.clone()) {
+                Ok(config) => TlsAcceptor::from(config),
+                Err(e) => {
+                    warn!(%addr, error = %e, "gateway listener not bound: TLS settings refused");
+                    continue;
+                }
+            };
             info!(%addr, "gateway listening for clients outside the mesh");
             running.insert(
                 port,
-                tokio::spawn(accept(waypoint.clone(), listener, drain.clone())),
+                tokio::spawn(accept(waypoint.clone(), listener, tls, drain.clone())),
             );
         }
     }
 }
 
-async fn accept(waypoint: Arc<Waypoint>, listener: TcpListener, drain: drain::Watch) {
+async fn accept(
+    waypoint: Arc<Waypoint>,
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    drain: drain::Watch,
+) {
     let mut backoff = weft_core::accept::Backoff::default();
     let limits = ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT);
     let mut refusals = RefusalLog::default();
@@ -123,23 +149,40 @@ async fn accept(waypoint: Arc<Waypoint>, listener: TcpListener, drain: drain::Wa
         };
         refusals.admitted();
         let _ = stream.set_nodelay(true);
-        let (waypoint, drain) = (waypoint.clone(), drain.clone());
+        let (waypoint, drain, tls) = (waypoint.clone(), drain.clone(), tls.clone());
         tokio::spawn(async move {
-            serve(waypoint, stream, client, drain).await;
+            let Ok(target) = stream.local_addr() else {
+                return;
+            };
+            // TLS if the listener has certificates now (the config may change them).
+            let secure = waypoint
+                .snapshot
+                .load()
+                .listener(target.port())
+                .is_some_and(|l| !l.certificates.is_empty());
+            if secure {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve(waypoint, stream, client, target, drain).await,
+                    Ok(Err(e)) => debug!(%client, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%client, "TLS handshake timed out"),
+                }
+            } else {
+                serve(waypoint, stream, client, target, drain).await;
+            }
             drop(slot);
         });
     }
 }
 
-async fn serve(
+async fn serve<S>(
     waypoint: Arc<Waypoint>,
-    stream: TcpStream,
+    stream: S,
     client: SocketAddr,
+    target: SocketAddr,
     drain: drain::Watch,
-) {
-    let Ok(target) = stream.local_addr() else {
-        return;
-    };
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tunnel = Arc::new(Tunnel {
         waypoint,
         peer: None,

@@ -9,6 +9,7 @@ mod body;
 mod identity;
 mod inbound;
 mod ingress;
+mod ingress_tls;
 mod metrics;
 mod request;
 mod runtime;

@@ -62,6 +62,10 @@ struct Args {
     /// Without it, the config's rate, else 1.
     #[arg(long)]
     trace_sampling: Option<f64>,
+    /// As an ingress gateway: the TLS credentials an HTTPS server's `credentialName` names,
+    /// as `<dir>/<name>/tls.crt` and `tls.key` (a TLS Secret mounted under its name).
+    #[arg(long, default_value = "/etc/weft/credentials")]
+    credential_dir: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         drain_deadline: std::time::Duration::from_secs(args.drain_deadline_secs),
         trace_collector: args.trace_collector,
         trace_sampling: args.trace_sampling,
+        credential_dir: args.credential_dir,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -51,6 +51,8 @@ pub struct Settings {
     /// Share of new traces sampled, in percent (a request's incoming decision is kept); none:
     /// the config's rate, else 1%.
     pub trace_sampling: Option<f64>,
+    /// As an ingress gateway: where TLS credentials are (`<dir>/<name>/tls.crt`, `tls.key`).
+    pub credential_dir: PathBuf,
 }
 
 /// Runs the waypoint until SIGTERM or SIGINT.
@@ -99,7 +101,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         tracing,
     });
     // As an ingress gateway: listeners for clients outside the mesh, as the config names them.
-    let listeners = Arc::new(crate::ingress::Listeners::default());
+    let listeners = Arc::new(crate::ingress::Listeners::new(args.credential_dir.clone()));
     let (signal, serving_drain) = weft_core::drain::channel();
     listeners.open(serving_drain.clone());
 

@@ -99,6 +99,12 @@ impl Snapshot {
         self.listeners.iter().map(|(port, _)| *port).collect()
     }
 
+    /// As an ingress gateway: the listener on `port` as configured (its certificates, whether
+    /// it redirects to https).
+    pub(crate) fn listener(&self, port: u16) -> Option<&weft_core::mesh::Listener> {
+        self.config.listeners.iter().find(|l| l.port == port)
+    }
+
     /// As an ingress gateway: what serves `host` (port removed) on listener `port`.
     pub(crate) fn host_for(&self, port: u16, host: &str) -> Option<&Arc<BoundService>> {
         let name = match host.rsplit_once(':') {

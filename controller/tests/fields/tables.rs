@@ -3,7 +3,7 @@
 /// Leaf fields the translation acts on, per kind (`[]`: an array's elements, `{}`: a map's
 /// values). Some are honoured for some values and noted for others, which other tests check:
 /// VirtualService `retries.retryOn` (unknown tokens), Istio Gateway `servers[].port.protocol`
-/// (only HTTP is served), HTTPRoute
+/// and `tls.mode` (only HTTP, and HTTPS with SIMPLE, are served), HTTPRoute
 /// `filters[].type` (other filters), `backendRefs[].port` (another port), AuthorizationPolicy
 /// `action` (CUSTOM is enforced as DENY, AUDIT decides nothing), Gateway `listeners` (other
 /// than HBONE on 15008).
@@ -111,6 +111,9 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
             "spec.servers[].hosts",
             "spec.servers[].port.number",
             "spec.servers[].port.protocol",
+            "spec.servers[].tls.credentialName",
+            "spec.servers[].tls.httpsRedirect",
+            "spec.servers[].tls.mode",
         ],
     ),
     (

@@ -6,9 +6,9 @@ use super::authz::authz_from;
 use super::field::{FieldError, Result, each, ip, port, ports_from, ports_to};
 use super::v1;
 use crate::mesh::{
-    Backend, DirectResponse, Fault, HeaderEdits, Listener, Mirror, NamedMatch, Outlier, PathPart,
-    PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy,
-    StrMatch, Tracing, VirtualHost, WaypointConfig, WeightedBackend,
+    Backend, DirectResponse, Fault, HeaderEdits, Listener, ListenerCert, Mirror, NamedMatch,
+    Outlier, PathPart, PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route,
+    RouteMatch, ServicePolicy, StrMatch, Tracing, VirtualHost, WaypointConfig, WeightedBackend,
 };
 
 fn str_match_to(m: &StrMatch) -> v1::StrMatch {
@@ -399,6 +399,15 @@ impl From<&WaypointConfig> for v1::WaypointConfig {
                 .map(|l| v1::Listener {
                     name: l.name.clone(),
                     port: u32::from(l.port),
+                    certificates: l
+                        .certificates
+                        .iter()
+                        .map(|c| v1::ListenerCert {
+                            hostnames: c.hostnames.clone(),
+                            credential: c.credential.clone(),
+                        })
+                        .collect(),
+                    https_redirect: l.https_redirect,
                     hosts: l
                         .hosts
                         .iter()
@@ -451,6 +460,15 @@ pub(super) fn waypoint_from(w: &v1::WaypointConfig) -> Result<WaypointConfig> {
             Ok(Listener {
                 name: l.name.clone(),
                 port: port("port", l.port)?,
+                certificates: l
+                    .certificates
+                    .iter()
+                    .map(|c| ListenerCert {
+                        hostnames: c.hostnames.clone(),
+                        credential: c.credential.clone(),
+                    })
+                    .collect(),
+                https_redirect: l.https_redirect,
                 hosts: each("hosts", &l.hosts, |h| {
                     Ok(VirtualHost {
                         hostnames: h.hostnames.clone(),

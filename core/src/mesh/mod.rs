@@ -7,6 +7,7 @@ mod config;
 mod index;
 mod outbound;
 mod service;
+mod tracing;
 mod waypoint;
 mod workload;
 
@@ -17,10 +18,12 @@ pub use config::{ConfigError, MAX_CONFIG_BYTES, MeshConfig, read_config};
 pub use index::{MeshIndex, Upstream};
 pub use outbound::{Cidr, External, Outbound};
 pub use service::{Service, ServicePort, WaypointRef};
+pub use tracing::{COLLECTOR_PROTOCOLS, Tracing};
 pub use waypoint::{
-    Backend, COLLECTOR_PROTOCOLS, DirectResponse, Fault, HeaderEdits, Listener, Mirror, NamedMatch,
+    Backend, DirectResponse, Fault, HeaderEdits, Listener, ListenerCert, Mirror, NamedMatch,
     Outlier, PathPart, PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route,
-    RouteMatch, ServicePolicy, StrMatch, Tracing, VirtualHost, WaypointConfig, WeightedBackend,
+    RouteMatch, ServicePolicy, StrMatch, VirtualHost, WaypointConfig, WeightedBackend,
+    host_matches,
 };
 pub use workload::{MtlsPolicy, Protocol, Workload, WorkloadMeta};
 

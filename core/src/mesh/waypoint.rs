@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::authz::AuthzPolicy;
 use super::service::ServicePort;
+use super::tracing::{COLLECTOR_PROTOCOLS, Tracing};
 
 /// One waypoint's config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -31,7 +32,8 @@ pub struct WaypointConfig {
     pub listeners: Vec<Listener>,
 }
 
-/// An ingress gateway's port for clients outside the mesh (plain HTTP).
+/// An ingress gateway's port for clients outside the mesh: plain HTTP, or TLS (by SNI, the
+/// certificate of the first entry whose host names match) then HTTP.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
@@ -41,6 +43,34 @@ pub struct Listener {
     /// By the request's host, the first that matches serves it.
     #[serde(default)]
     pub hosts: Vec<VirtualHost>,
+    /// Set: the port speaks TLS with these certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<ListenerCert>,
+    /// Every request is answered with a redirect to the same URL over https.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+}
+
+/// A certificate of a TLS listener, named by its credential (the gateway reads
+/// `<credential dir>/<credential>/tls.crt` and `tls.key`: the private key never leaves it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerCert {
+    /// The SNI names it serves (`*`, `*.example.com` or a name).
+    pub hostnames: Vec<String>,
+    pub credential: String,
+}
+
+/// Whether `pattern` (`*`, `*.example.com` or a name) matches `host` (no port).
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    pattern == "*"
+        || pattern.eq_ignore_ascii_case(host)
+        || pattern.strip_prefix("*.").is_some_and(|suffix| {
+            host.len() > suffix.len() + 1
+                && host
+                    .to_ascii_lowercase()
+                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+        })
 }
 
 /// The routes one VirtualService bound to a gateway gives the hosts it names.
@@ -57,34 +87,9 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// Whether it serves `host` (a request's host, its port removed).
     pub fn serves(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.hostnames.iter().any(|h| {
-            h == "*"
-                || h.eq_ignore_ascii_case(&host)
-                || h.strip_prefix("*.").is_some_and(|suffix| {
-                    host.ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
-                })
-        })
+        self.hostnames.iter().any(|h| host_matches(h, host))
     }
 }
-
-/// Tracing, as the users' config asks for it (Istio's Telemetry API, an IstioOperator,
-/// Linkerd's `linkerd-config`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Tracing {
-    /// `zipkin:HOST:PORT`, `otlp-http:HOST:PORT` or `otlp-grpc:HOST:PORT` (the form of the
-    /// waypoint's `--trace-collector`).
-    pub collector: String,
-    /// Share of new traces sampled, in percent (a request's incoming decision is kept).
-    pub sampling_percent: f64,
-    /// The objects it was read from (`Telemetry istio-system/mesh-default`), for
-    /// `/config_dump` and logs.
-    pub source: String,
-}
-
-/// The collector protocols a waypoint exports to.
-pub const COLLECTOR_PROTOCOLS: [&str; 3] = ["zipkin", "otlp-http", "otlp-grpc"];
 
 /// Everything applied to one service's traffic.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

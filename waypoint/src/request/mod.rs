@@ -87,7 +87,13 @@ pub(crate) async fn handle(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
-    let http2 = request.version() == Version::HTTP_2;
+    // Upstream in the client's protocol; from outside the mesh (a browser that chose h2 by
+    // ALPN, say) HTTP/1.1 unless it is gRPC, which is HTTP/2 only.
+    let http2 = if tunnel.outside() {
+        grpc
+    } else {
+        request.version() == Version::HTTP_2
+    };
     let service = if tunnel.outside() {
         snapshot.host_for(tunnel.target.port(), &host_of(&request, &tunnel))
     } else {
@@ -120,7 +126,34 @@ pub(crate) async fn handle(
     // Body sizes are known once the response body is done; they are recorded then.
     let request_bytes = Arc::new(AtomicU64::new(0));
     let request = request.map(|b| Counted::new(body::once(b), request_bytes.clone()).boxed());
+    // An ingress listener that only redirects to https.
+    let redirect = tunnel.outside()
+        && snapshot
+            .listener(tunnel.target.port())
+            .is_some_and(|l| l.https_redirect);
     let reply = match service {
+        _ if redirect => {
+            let location = format!(
+                "https://{}{}",
+                host_of(&request, &tunnel)
+                    .rsplit_once(':')
+                    .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or_else(|| host_of(&request, &tunnel), |(h, _)| h.to_owned()),
+                request.uri().path_and_query().map_or("/", |p| p.as_str())
+            );
+            let mut reply = local(
+                StatusCode::MOVED_PERMANENTLY,
+                ResponseFlag::None,
+                format!("moved to {location}"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&location) {
+                reply
+                    .response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, v);
+            }
+            reply
+        }
         None if tunnel.outside() => local(
             StatusCode::NOT_FOUND,
             ResponseFlag::NoRoute,
@@ -241,7 +274,13 @@ async fn serve(
     let host = host_of(&request, tunnel);
     if tunnel.outside() {
         // The mesh sees the gateway as the client; the outside client is named in the headers.
-        forwarded_headers(request.headers_mut(), tunnel.client);
+        let secure = tunnel
+            .waypoint
+            .snapshot
+            .load()
+            .listener(tunnel.target.port())
+            .is_some_and(|l| !l.certificates.is_empty());
+        forwarded_headers(request.headers_mut(), tunnel.client, secure);
     }
 
     // Route.
@@ -433,8 +472,8 @@ fn host_of<B>(request: &Request<B>, tunnel: &Tunnel) -> String {
         .unwrap_or_else(|| tunnel.target.to_string())
 }
 
-/// `x-forwarded-for` gains the outside client's address; `x-forwarded-proto` says http.
-fn forwarded_headers(headers: &mut http::HeaderMap, client: std::net::SocketAddr) {
+/// `x-forwarded-for` gains the outside client's address; `x-forwarded-proto` says how it came.
+fn forwarded_headers(headers: &mut http::HeaderMap, client: std::net::SocketAddr, secure: bool) {
     let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {}", client.ip()),
         None => client.ip().to_string(),
@@ -442,5 +481,8 @@ fn forwarded_headers(headers: &mut http::HeaderMap, client: std::net::SocketAddr
     if let Ok(v) = http::HeaderValue::from_str(&chain) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    headers.insert(
+        "x-forwarded-proto",
+        http::HeaderValue::from_static(if secure { "https" } else { "http" }),
+    );
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use weft_core::mesh::{Listener, ServicePolicy, VirtualHost, WaypointConfig};
+use weft_core::mesh::{Listener, ListenerCert, ServicePolicy, VirtualHost, WaypointConfig};
 
 use super::authz::workload_authz;
 use super::backends::Backends;
@@ -18,7 +18,7 @@ use super::istio::vs_routes;
 use super::waypoints::RunningWaypoint;
 use crate::model::key::ObjectKey;
 use crate::model::objects::{Objects, Pod};
-use crate::model::policy::istio::{IstioGatewaySpec, Server};
+use crate::model::policy::istio::{IstioGatewaySpec, Server, Serving};
 use crate::model::policy::{Policy, PolicySpec};
 
 /// The Istio Gateways (ingress) and their specs.
@@ -86,6 +86,19 @@ fn hostnames(server: &Server, vs_hosts: &[String]) -> Vec<String> {
     out
 }
 
+/// 0 for a list holding a host name, 1 for `*.suffix` at best, 2 for `*` (or nothing).
+fn specificity(names: &[String]) -> u8 {
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "*" => 2,
+            n if n.starts_with("*.") => 1,
+            _ => 0,
+        })
+        .min()
+        .unwrap_or(2)
+}
+
 /// What the gateway `running` serves: a listener per served port of the Gateways selecting
 /// its pod, each with the bound VirtualServices' routes by host.
 pub(super) fn gateway_config(
@@ -102,16 +115,26 @@ pub(super) fn gateway_config(
             continue;
         }
         for (i, server) in spec.servers.iter().enumerate() {
-            if !server.served() {
+            let Some(serving) = server.serving() else {
                 continue;
-            }
+            };
             let listener = listeners
                 .entry(server.port.number)
                 .or_insert_with(|| Listener {
                     name: format!("{} server {i}", gateway.describe()),
                     port: server.port.number,
                     hosts: Vec::new(),
+                    certificates: Vec::new(),
+                    https_redirect: false,
                 });
+            match serving {
+                Serving::Http => {}
+                Serving::RedirectToHttps => listener.https_redirect = true,
+                Serving::Https { credential } => listener.certificates.push(ListenerCert {
+                    hostnames: server.hostnames().map(str::to_owned).collect(),
+                    credential,
+                }),
+            }
             for p in objects.policies.values() {
                 let PolicySpec::VirtualService(vs) = &p.spec else {
                     continue;
@@ -141,19 +164,13 @@ pub(super) fn gateway_config(
             }
         }
     }
-    // The most specific host first (Istio's order): names, then `*.suffix`, then `*`.
+    // The most specific host first (Istio's order): names, then `*.suffix`, then `*`; the
+    // same for the certificates SNI picks from.
     for listener in listeners.values_mut() {
-        listener.hosts.sort_by_key(|h| {
-            h.hostnames
-                .iter()
-                .map(|n| match n.as_str() {
-                    "*" => 2,
-                    n if n.starts_with("*.") => 1,
-                    _ => 0,
-                })
-                .min()
-                .unwrap_or(2)
-        });
+        listener.hosts.sort_by_key(|h| specificity(&h.hostnames));
+        listener
+            .certificates
+            .sort_by_key(|c| specificity(&c.hostnames));
     }
     WaypointConfig {
         name: running.key.name.clone(),
@@ -244,10 +261,16 @@ spec:
             .expect("the gateway's pod is a workload");
         assert_eq!(workload.protocol, Protocol::Tcp);
         assert_eq!(workload.service_account, "istio-ingressgateway");
-        // Port 80 only: the HTTPS server is not served yet.
-        assert_eq!(gw.listeners.len(), 1, "{:?}", gw.listeners);
+        // Port 80, and 443 with TLS by the Secret's name.
+        assert_eq!(gw.listeners.len(), 2, "{:?}", gw.listeners);
         let listener = &gw.listeners[0];
         assert_eq!(listener.port, 80);
+        assert!(listener.certificates.is_empty());
+        let tls = &gw.listeners[1];
+        assert_eq!(tls.port, 443);
+        assert_eq!(tls.certificates[0].credential, "bookinfo-cert");
+        assert_eq!(tls.certificates[0].hostnames, ["*"]);
+        assert_eq!(tls.hosts.len(), 2, "the same routes over TLS");
         // The exact host first, then `*`.
         let names: Vec<_> = listener
             .hosts
