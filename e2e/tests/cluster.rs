@@ -35,7 +35,12 @@ fn every_overlay_passes_server_side_dry_run_and_rbac_grants_only_what_is_needed(
     // Each overlay as a first install would apply it (its namespace must exist for the
     // objects in it to be judged).
     plane.run(&["create", "namespace", "weft-system"])?;
-    for overlay in ["overlays/small", "overlays/production", "base"] {
+    for overlay in [
+        "overlays/small",
+        "overlays/production",
+        "base",
+        "gateways/ingress",
+    ] {
         plane
             .run(&[
                 "apply",
