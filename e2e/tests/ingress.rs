@@ -343,3 +343,103 @@ fn https_picks_each_hosts_certificate_by_sni_and_http_is_redirected() -> Result<
     );
     Ok(())
 }
+
+/// The Gateway API form: a Gateway of class `weft` with an HTTP listener for
+/// `*.example.test`, and an HTTPRoute attached to it sending `/api` to details and the rest to
+/// productpage.
+const API_GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: shop
+  namespace: default
+spec:
+  gatewayClassName: weft
+  listeners:
+  - name: web
+    port: 8000
+    protocol: HTTP
+    hostname: \"*.example.test\"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: shop
+  namespace: default
+spec:
+  parentRefs:
+  - name: shop
+    sectionName: web
+  hostnames: [shop.example.test]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: details, port: 9080}]
+  - backendRefs: [{name: productpage, port: 9080}]
+";
+
+#[test]
+fn the_gateway_api_form_routes_by_hostname_and_path() -> Result<()> {
+    let mut bed = TestBed::new("ingapi", 2)?;
+    bed.with_controller();
+    let outside = bed
+        .pod("internet")
+        .namespace("outside")
+        .on_node(0)
+        .not_enrolled()
+        .add()?;
+    // Its pod, as a Gateway API implementation labels it.
+    let gateway = bed.ingress_gateway(
+        "shop",
+        "default",
+        0,
+        &[("gateway.networking.k8s.io/gateway-name", "shop")],
+    )?;
+    let productpage = bed
+        .pod("productpage")
+        .namespace("default")
+        .label("app", "productpage")
+        .on_node(1)
+        .add()?;
+    let details = bed
+        .pod("details")
+        .namespace("default")
+        .label("app", "details")
+        .on_node(1)
+        .add()?;
+    bed.service(
+        "productpage",
+        "default",
+        PRODUCTPAGE_VIP.parse()?,
+        9080,
+        8080,
+        &[&productpage],
+    );
+    bed.service(
+        "details",
+        "default",
+        DETAILS_VIP.parse()?,
+        9080,
+        8080,
+        &[&details],
+    );
+    bed.preload_manifest("gateway.yaml", API_GATEWAY)?;
+    bed.start()?;
+    bed.serve_http(&productpage, 8080, &[("x", "productpage")])?;
+    bed.serve_testsrv(&details, "details")?;
+    let get = |host: &str, path: &str| -> Result<(String, String)> {
+        let header = format!("Host: {host}");
+        let url = format!("http://{}:8000{path}", gateway.ip);
+        status(&bed, &outside, &["-H", &header, &url])
+    };
+    let (code, body) = get("shop.example.test", "/x")?;
+    ensure!(
+        code == "200" && body == "productpage",
+        "{code} {body}\n{}",
+        std::fs::read_to_string(bed.waypoint_log_path(&gateway)).unwrap_or_default()
+    );
+    let (code, body) = get("shop.example.test", "/api/items")?;
+    ensure!(code == "200" && body.contains("details"), "{code} {body}");
+    // A host the route does not name is not routed.
+    let (code, _) = get("other.example.test", "/x")?;
+    ensure!(code == "404", "other.example.test: {code}");
+    Ok(())
+}

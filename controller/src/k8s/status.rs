@@ -204,7 +204,39 @@ pub fn patch_body(verdict: &Verdict, now: SystemTime) -> serde_json::Value {
                     Err(message) => condition("Programmed", false, "Pending", message),
                 });
             }
-            serde_json::json!({ "status": { "conditions": conditions } })
+            let mut status = serde_json::json!({ "conditions": conditions });
+            // An ingress Gateway (class weft): its address and each listener's state.
+            if !verdict.addresses.is_empty() {
+                status["addresses"] = verdict
+                    .addresses
+                    .iter()
+                    .map(|a| serde_json::json!({"type": "IPAddress", "value": a}))
+                    .collect();
+            }
+            if !verdict.listeners.is_empty() {
+                status["listeners"] = verdict
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        let why = if l.served {
+                            "served"
+                        } else {
+                            "this protocol or TLS mode is not served by Weft"
+                        };
+                        serde_json::json!({
+                            "name": l.name,
+                            "attachedRoutes": l.attached_routes,
+                            "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+                            "conditions": [
+                                condition("Accepted", l.served, if l.served { "Accepted" } else { "UnsupportedProtocol" }, why),
+                                condition("Programmed", l.served && !verdict.addresses.is_empty(), if l.served { "Programmed" } else { "Invalid" }, why),
+                                condition("ResolvedRefs", true, "ResolvedRefs", "references resolved"),
+                            ],
+                        })
+                    })
+                    .collect();
+            }
+            serde_json::json!({ "status": status })
         }
     }
 }

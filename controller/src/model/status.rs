@@ -4,7 +4,7 @@
 
 use super::key::ObjectKey;
 use super::objects::Objects;
-use super::policy::gateway::ParentRef;
+use super::policy::gateway::{INGRESS_CLASS, ParentRef};
 use super::policy::{PolicyKind, PolicySpec};
 
 /// The verdict on one policy.
@@ -40,6 +40,20 @@ pub struct Verdict {
     /// For waypoint Gateways: whether the waypoint runs (its pod has an address), and where.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub programmed: Option<Result<String, String>>,
+    /// For ingress Gateways (class `weft`): the gateway's address, once it runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// For ingress Gateways: each listener, whether it is served, and the routes attached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// One listener of an ingress Gateway, as its status reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub served: bool,
+    pub attached_routes: u32,
 }
 
 /// How a policy was judged.
@@ -134,18 +148,61 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
         {
             continue;
         }
+        let ingress_class = |ns: &str, name: &str| {
+            objects.policies.values().any(|p| {
+                matches!(&p.spec, PolicySpec::Gateway(g) if g.gateway_class_name == INGRESS_CLASS)
+                    && p.key.namespace == ns
+                    && p.key.name == name
+            })
+        };
         let parents = match &policy.spec {
             PolicySpec::HttpRoute(route) => {
-                let parents: Vec<ParentRef> = route.service_parents().cloned().collect();
+                let parents: Vec<ParentRef> = route
+                    .service_parents()
+                    .chain(route.gateway_parents().filter(|g| {
+                        ingress_class(
+                            g.namespace.as_deref().unwrap_or(&policy.key.namespace),
+                            &g.name,
+                        )
+                    }))
+                    .cloned()
+                    .collect();
                 if parents.is_empty() {
                     continue;
                 }
                 parents
             }
+            PolicySpec::Gateway(g) if g.gateway_class_name == INGRESS_CLASS => Vec::new(),
             PolicySpec::Gateway(_) if !super::translate::is_waypoint_gateway(policy) => continue,
             _ => Vec::new(),
         };
+        let running_ingress = super::translate::running_gateways(objects)
+            .into_iter()
+            .find(|g| g.key == policy.key)
+            .and_then(|g| g.pod.ip);
+        let (addresses, listeners) = match &policy.spec {
+            PolicySpec::Gateway(g) if g.gateway_class_name == INGRESS_CLASS => (
+                running_ingress.iter().map(ToString::to_string).collect(),
+                g.listeners
+                    .iter()
+                    .map(|l| ListenerStatus {
+                        name: l.name.clone(),
+                        served: l.served(),
+                        attached_routes: attached_routes(objects, policy, l),
+                    })
+                    .collect(),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
         let programmed = match &policy.spec {
+            PolicySpec::Gateway(g) if g.gateway_class_name == INGRESS_CLASS => Some(
+                running_ingress
+                    .map(|ip| format!("gateway pod running at {ip}"))
+                    .ok_or_else(|| {
+                        "no gateway pod with an address yet (label gateway.networking.k8s.io/gateway-name)"
+                            .to_owned()
+                    }),
+            ),
             PolicySpec::Gateway(_) => Some(
                 super::translate::running_waypoints(objects)
                     .iter()
@@ -193,6 +250,8 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             hints: policy.hints.clone(),
             parents,
             programmed,
+            addresses,
+            listeners,
         });
     }
     for r in rejected {
@@ -217,6 +276,8 @@ pub fn verdicts(objects: &Objects, rejected: &[Rejected]) -> Vec<Verdict> {
             hints: Vec::new(),
             parents: Vec::new(),
             programmed: None,
+            addresses: Vec::new(),
+            listeners: Vec::new(),
         });
     }
     out.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
@@ -237,4 +298,20 @@ pub fn log_changes(before: &[Verdict], now: &[Verdict]) {
             Reason::Invalid => tracing::error!(%object, "policy refused: {}", v.message),
         }
     }
+}
+
+/// The HTTPRoutes attached to listener `l` of ingress Gateway `gateway`.
+fn attached_routes(
+    objects: &Objects,
+    gateway: &super::policy::Policy,
+    l: &super::policy::gateway::Listener,
+) -> u32 {
+    objects
+        .policies
+        .values()
+        .filter(|p| {
+            matches!(&p.spec, PolicySpec::HttpRoute(route)
+                if route.attaches_to(&p.key.namespace, &gateway.key, l))
+        })
+        .count() as u32
 }

@@ -203,6 +203,9 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
     (
         "HttpRoute",
         &[
+            // For a Gateway parent; for a Service parent (GAMMA) named in the verdict.
+            "spec.hostnames",
+            "spec.parentRefs[].sectionName",
             "spec.parentRefs[].group",
             "spec.parentRefs[].kind",
             "spec.parentRefs[].name",
@@ -268,6 +271,14 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
             "spec.listeners[].name",
             "spec.listeners[].port",
             "spec.listeners[].protocol",
+            // At an ingress gateway (class weft); a waypoint names each in its verdict.
+            "spec.listeners[].allowedRoutes.namespaces.from",
+            "spec.listeners[].hostname",
+            "spec.listeners[].tls.certificateRefs[].group",
+            "spec.listeners[].tls.certificateRefs[].kind",
+            "spec.listeners[].tls.certificateRefs[].name",
+            "spec.listeners[].tls.certificateRefs[].namespace",
+            "spec.listeners[].tls.mode",
         ],
     ),
     (
@@ -325,10 +336,6 @@ pub(crate) const NOTED: &[(&str, &[&str])] = &[
             "spec.routes[].responseClasses[].condition.any[]",
             "spec.routes[].responseClasses[].condition.not",
         ],
-    ),
-    (
-        "HttpRoute",
-        &["spec.hostnames", "spec.parentRefs[].sectionName"],
     ),
     ("ServiceEntry", &["spec.endpoints[].ports"]),
 ];

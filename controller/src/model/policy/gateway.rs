@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::common::{ApiDuration, Notes, Unhonoured};
+pub use super::gateway_class::*;
 
 /// The HTTPRoute filters a waypoint applies.
 pub const HONOURED_FILTERS: [&str; 5] = [
@@ -307,14 +308,14 @@ pub struct Retry {
 impl HttpRouteSpec {
     /// Reports what Weft does not do.
     pub fn notes(&self, notes: &mut Notes) {
-        if !self.hostnames.is_empty() {
+        if !self.hostnames.is_empty() && self.service_parents().next().is_some() {
             notes.note(
                 "spec.hostnames",
                 "not honoured: a route whose parent is a Service (GAMMA) applies to every request to it",
             );
         }
         for (i, p) in self.parent_refs.iter().enumerate() {
-            if p.section_name.is_some() {
+            if p.section_name.is_some() && p.kind.as_deref() == Some("Service") {
                 notes.note(
                     &format!("spec.parentRefs[{i}].sectionName"),
                     "not honoured: the route applies to every port of the Service",
@@ -427,82 +428,42 @@ impl HttpRouteSpec {
         Ok(())
     }
 
-    /// The parents that are Services: the route is the mesh's (GAMMA). Routes of ingress
-    /// Gateways belong to other controllers and are left alone.
+    /// The parents that are Gateways (the default kind): ingress gateways, Weft's if their
+    /// class is `weft`.
+    pub fn gateway_parents(&self) -> impl Iterator<Item = &ParentRef> {
+        self.parent_refs.iter().filter(|p| {
+            p.kind.as_deref().is_none_or(|k| k == "Gateway")
+                && p.group
+                    .as_deref()
+                    .is_none_or(|g| g == "gateway.networking.k8s.io")
+        })
+    }
+
+    /// Whether this route (in `namespace`) attaches to `listener` of the Gateway `gateway`:
+    /// a Gateway parent naming it (and the listener or its port, if it names one), and the
+    /// listener admitting routes from that namespace.
+    pub fn attaches_to(
+        &self,
+        namespace: &str,
+        gateway: &crate::model::key::ObjectKey,
+        listener: &Listener,
+    ) -> bool {
+        listener.admits_routes_from(namespace, &gateway.namespace)
+            && self.gateway_parents().any(|parent| {
+                parent.name == gateway.name
+                    && parent.namespace.as_deref().unwrap_or(namespace) == gateway.namespace
+                    && parent
+                        .section_name
+                        .as_ref()
+                        .is_none_or(|s| s == &listener.name)
+                    && parent.port.is_none_or(|port| port == listener.port)
+            })
+    }
+
+    /// The parents that are Services: the route is the mesh's (GAMMA).
     pub fn service_parents(&self) -> impl Iterator<Item = &ParentRef> {
         self.parent_refs.iter().filter(|p| {
             p.kind.as_deref() == Some("Service") && p.group.as_deref().unwrap_or("").is_empty()
         })
     }
-}
-
-/// `Gateway.spec`.
-#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GatewaySpec {
-    /// Class; `weft-waypoint` makes it a Weft waypoint.
-    pub gateway_class_name: String,
-    /// Listeners.
-    #[serde(default)]
-    pub listeners: Vec<Listener>,
-    /// Not honoured.
-    #[serde(default)]
-    pub addresses: Unhonoured,
-    /// Not honoured.
-    #[serde(default)]
-    pub infrastructure: Unhonoured,
-}
-
-impl GatewaySpec {
-    /// Reports what Weft does not do.
-    pub fn notes(&self, notes: &mut Notes) {
-        notes.unhonoured(
-            "spec.addresses",
-            &self.addresses,
-            "a waypoint's address is its pod's",
-        );
-        notes.unhonoured(
-            "spec.infrastructure",
-            &self.infrastructure,
-            "the waypoint Deployment is Weft's",
-        );
-        for (i, l) in self.listeners.iter().enumerate() {
-            let at = |f: &str| format!("spec.listeners[{i}].{f}");
-            notes.unhonoured(&at("hostname"), &l.hostname, "a waypoint serves every host");
-            notes.unhonoured(
-                &at("allowedRoutes"),
-                &l.allowed_routes,
-                "a waypoint takes the routes of the services bound to it",
-            );
-            notes.unhonoured(&at("tls"), &l.tls, "a waypoint speaks HBONE (mTLS) only");
-            if (l.port, l.protocol.as_str()) != (15008, "HBONE") {
-                notes.note(
-                    &format!("spec.listeners[{i}]"),
-                    format!(
-                        "{} on port {} not honoured: a waypoint listens for HBONE on 15008 only",
-                        l.protocol, l.port
-                    ),
-                );
-            }
-        }
-    }
-}
-
-/// A listener.
-#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Listener {
-    pub name: String,
-    pub port: u16,
-    /// Protocol (`HBONE` for waypoints).
-    pub protocol: String,
-    /// Not honoured.
-    #[serde(default)]
-    pub hostname: Unhonoured,
-    /// Not honoured.
-    #[serde(default)]
-    pub allowed_routes: Unhonoured,
-    /// Not honoured.
-    #[serde(default)]
-    pub tls: Unhonoured,
 }

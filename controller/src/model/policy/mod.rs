@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod gateway;
+pub mod gateway_class;
 pub mod istio;
 pub mod istio_operator;
 pub mod linkerd;

@@ -12,7 +12,7 @@ use super::smi::default_backends;
 use crate::model::key::ObjectKey;
 use crate::model::objects::{Objects, Service};
 use crate::model::policy::PolicySpec;
-use crate::model::policy::gateway::{PathModifier, RouteRule};
+use crate::model::policy::gateway::{HttpRouteSpec, PathModifier, RouteRule};
 
 pub(crate) fn http_route_routes(
     objects: &Objects,
@@ -39,6 +39,39 @@ pub(crate) fn http_route_routes(
                 && parent.namespace.as_deref().unwrap_or(&key.namespace) == svc.namespace
         })
         .and_then(|parent| parent.port);
+    let mut routes = rule_routes(objects, backends, key, route, Some(svc));
+    // (On a Service with that one port the scope is every request: nothing to add.)
+    let other_ports = port.is_some_and(|p| svc.ports.iter().any(|sp| sp.port != p));
+    if let Some(port) = port.filter(|_| other_ports) {
+        for route in &mut routes {
+            if route.matches.is_empty() {
+                route.matches.push(RouteMatch::default());
+            }
+            for m in &mut route.matches {
+                m.port = Some(port);
+            }
+        }
+        routes.push(Route {
+            name: "default".into(),
+            matches: Vec::new(),
+            backends: default_backends(objects, backends, svc),
+            timeout_ms: None,
+            retry: Some(default_retry()),
+            ..Route::default()
+        });
+    }
+    Some(routes)
+}
+
+/// The routes of HTTPRoute `route` (`key`). A rule without backends sends to `fallback` (the
+/// Service it is attached to); with none, the rule is left out.
+pub(crate) fn rule_routes(
+    objects: &Objects,
+    backends: &mut Backends<'_>,
+    key: &ObjectKey,
+    route: &HttpRouteSpec,
+    fallback: Option<&Service>,
+) -> Vec<Route> {
     let value_match = |kind: Option<&str>, value: &str| match kind {
         Some("RegularExpression") => StrMatch::Regex(value.to_owned()),
         _ => StrMatch::Exact(value.to_owned()),
@@ -96,6 +129,7 @@ pub(crate) fn http_route_routes(
             });
         }
         if weighted.is_empty() {
+            let Some(svc) = fallback else { continue };
             weighted.push(WeightedBackend {
                 backend: backends.get(svc, None),
                 weight: 1,
@@ -189,27 +223,7 @@ pub(crate) fn http_route_routes(
         };
         routes.extend(with_path_filters(&template, rule, matches));
     }
-    // (On a Service with that one port the scope is every request: nothing to add.)
-    let other_ports = port.is_some_and(|p| svc.ports.iter().any(|sp| sp.port != p));
-    if let Some(port) = port.filter(|_| other_ports) {
-        for route in &mut routes {
-            if route.matches.is_empty() {
-                route.matches.push(RouteMatch::default());
-            }
-            for m in &mut route.matches {
-                m.port = Some(port);
-            }
-        }
-        routes.push(Route {
-            name: "default".into(),
-            matches: Vec::new(),
-            backends: default_backends(objects, backends, svc),
-            timeout_ms: None,
-            retry: Some(default_retry()),
-            ..Route::default()
-        });
-    }
-    Some(routes)
+    routes
 }
 
 /// The rule's routes with its redirect or rewrite. A `ReplacePrefixMatch` replaces the prefix

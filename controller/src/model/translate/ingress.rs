@@ -8,16 +8,20 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use weft_core::mesh::{Listener, ListenerCert, ServicePolicy, VirtualHost, WaypointConfig};
+use weft_core::mesh::{
+    Listener, ListenerCert, ServicePolicy, VirtualHost, WaypointConfig, host_matches,
+};
 
 use super::authz::workload_authz;
 use super::backends::Backends;
 use super::common::labels_match;
 use super::endpoints::Membership;
+use super::gateway_api::rule_routes;
 use super::istio::vs_routes;
-use super::waypoints::RunningWaypoint;
+use super::waypoints::{GATEWAY_NAME, RunningWaypoint};
 use crate::model::key::ObjectKey;
 use crate::model::objects::{Objects, Pod};
+use crate::model::policy::gateway::{GatewaySpec, INGRESS_CLASS};
 use crate::model::policy::istio::{IstioGatewaySpec, Server, Serving};
 use crate::model::policy::{Policy, PolicySpec};
 
@@ -46,16 +50,35 @@ fn gateway_name(pod: &Pod) -> String {
     }
 }
 
+/// Gateway API Gateways of class `weft`.
+fn api_gateways(objects: &Objects) -> impl Iterator<Item = (&Policy, &GatewaySpec)> {
+    objects.policies.values().filter_map(|p| match &p.spec {
+        PolicySpec::Gateway(g) if g.gateway_class_name == INGRESS_CLASS => Some((p, &**g)),
+        _ => None,
+    })
+}
+
 /// Ingress gateways that run: one per gateway workload with a pod that has an address (the
-/// first such pod names its identity; replicas share it).
+/// first such pod names its identity; replicas share it). An Istio Gateway's pods run as their
+/// workload; a Gateway API Gateway's (class `weft`, pods labelled
+/// `gateway.networking.k8s.io/gateway-name`) as the Gateway.
 pub fn running_gateways(objects: &Objects) -> Vec<RunningWaypoint<'_>> {
     let mut out: BTreeMap<ObjectKey, &Pod> = BTreeMap::new();
     for pod in objects.pods.values() {
-        if pod.ip.is_none() || pod.terminating || !is_ingress_pod(objects, pod) {
+        if pod.ip.is_none() || pod.terminating {
             continue;
         }
-        out.entry(ObjectKey::new(&pod.namespace, &gateway_name(pod)))
-            .or_insert(pod);
+        if is_ingress_pod(objects, pod) {
+            out.entry(ObjectKey::new(&pod.namespace, &gateway_name(pod)))
+                .or_insert(pod);
+        }
+        if let Some(name) = pod.labels.get(GATEWAY_NAME)
+            && api_gateways(objects)
+                .any(|(p, _)| p.key.namespace == pod.namespace && &p.key.name == name)
+        {
+            out.entry(ObjectKey::new(&pod.namespace, name))
+                .or_insert(pod);
+        }
     }
     out.into_iter()
         .map(|(key, pod)| RunningWaypoint { key, pod })
@@ -164,6 +187,9 @@ pub(super) fn gateway_config(
             }
         }
     }
+    if let Some((gateway, spec)) = api_gateways(objects).find(|(p, _)| p.key == running.key) {
+        api_listeners(objects, members, gateway, spec, &authz, &mut listeners);
+    }
     // The most specific host first (Istio's order): names, then `*.suffix`, then `*`; the
     // same for the certificates SNI picks from.
     for listener in listeners.values_mut() {
@@ -178,6 +204,70 @@ pub(super) fn gateway_config(
         services: Vec::new(),
         tracing,
         listeners: listeners.into_values().collect(),
+    }
+}
+
+/// A Gateway API Gateway's listeners, with the HTTPRoutes attached to each.
+fn api_listeners(
+    objects: &Objects,
+    members: &Membership<'_>,
+    gateway: &Policy,
+    spec: &GatewaySpec,
+    authz: &[weft_core::mesh::AuthzPolicy],
+    listeners: &mut BTreeMap<u16, Listener>,
+) {
+    for l in spec.listeners.iter().filter(|l| l.served()) {
+        let listener = listeners.entry(l.port).or_insert_with(|| Listener {
+            name: format!("{} listener {}", gateway.describe(), l.name),
+            port: l.port,
+            hosts: Vec::new(),
+            certificates: Vec::new(),
+            https_redirect: false,
+        });
+        let own = l.hostname.clone().unwrap_or_else(|| "*".into());
+        if let Some(credential) = l.credential() {
+            listener.certificates.push(ListenerCert {
+                hostnames: vec![own.clone()],
+                credential: credential.to_owned(),
+            });
+        }
+        for p in objects.policies.values() {
+            let PolicySpec::HttpRoute(route) = &p.spec else {
+                continue;
+            };
+            if !route.attaches_to(&p.key.namespace, &gateway.key, l) {
+                continue;
+            }
+            // The route's hosts within the listener's (none: the listener's).
+            let hostnames: Vec<String> = if route.hostnames.is_empty() {
+                vec![own.clone()]
+            } else {
+                route
+                    .hostnames
+                    .iter()
+                    .filter(|h| host_matches(&own, h) || host_matches(h, &own))
+                    .cloned()
+                    .collect()
+            };
+            if hostnames.is_empty() {
+                continue;
+            }
+            let mut backends = Backends::new(objects, members);
+            let mut routes = rule_routes(objects, &mut backends, &p.key, route, None);
+            routes.retain(|r| r.backends.iter().any(|b| b.weight > 0));
+            listener.hosts.push(VirtualHost {
+                hostnames,
+                policy: ServicePolicy {
+                    name: p.key.name.clone(),
+                    namespace: p.key.namespace.clone(),
+                    vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    ports: Vec::new(),
+                    routes,
+                    backends: backends.list,
+                    authz: authz.to_vec(),
+                },
+            });
+        }
     }
 }
 
