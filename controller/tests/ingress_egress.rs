@@ -169,6 +169,22 @@ spec:
         "{:?}",
         gateway.notes
     );
+    // As the status writer patches it: addresses and each listener's state.
+    let body = weft_controller::k8s::status::patch_body(gateway, std::time::SystemTime::now());
+    let status = &body["status"];
+    assert_eq!(status["addresses"][0]["value"], "10.10.1.20");
+    assert_eq!(status["listeners"][0]["attachedRoutes"], 1);
+    assert_eq!(
+        status["listeners"][2]["conditions"][0]["reason"],
+        "UnsupportedProtocol"
+    );
+    let programmed = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .expect("Programmed");
+    assert_eq!(programmed["status"], "True");
     // The route's verdict names the Gateway as its parent.
     let route = verdicts
         .iter()
