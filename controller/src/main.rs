@@ -278,7 +278,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(|p| WaypointGateway {
                 key: p.key.clone(),
                 uid: p.uid.clone(),
+                ingress: None,
             })
+            .chain(weft_controller::k8s::ingress_gateways::planned(&objects))
             .collect();
         let controller_ip = objects
             .services

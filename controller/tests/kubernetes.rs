@@ -343,6 +343,7 @@ async fn a_waypoint_gateway_becomes_a_service_account_config_map_deployment_and_
     let gateway = WaypointGateway {
         key: ObjectKey::new("default", "reviews-waypoint"),
         uid: Some("7e1d0c2b-0000-4a5b-8c7d-bbbbbbbbbbbb".into()),
+        ingress: None,
     };
     let settings = DeploySettings {
         image: "weft/waypoint:0.1.0".into(),

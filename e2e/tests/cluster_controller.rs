@@ -364,3 +364,93 @@ fn the_guides_tracing_yaml_applies_unchanged_and_its_verdict_names_the_jaeger_ag
     eprintln!("IstioOperator: {reason}: {message}");
     Ok(())
 }
+
+#[test]
+fn the_guides_production_ingress_gateways_become_a_deployment_pdb_and_load_balancer() -> Result<()>
+{
+    let Some(plane) = plane("operator")? else {
+        return Ok(());
+    };
+    install(&plane)?;
+    let controller = Controller::start(&plane, "replica-a")?;
+    wait_until("the lease", Duration::from_secs(15), || {
+        Ok(lease_holder(&plane) == "replica-a")
+    })?;
+    plane.run(&["create", "namespace", "istio-system"])?;
+    // The guide's production resources, its ingressGateways block as written.
+    let operator = plane.dir().join("operator.yaml");
+    std::fs::write(
+        &operator,
+        "apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata:
+  name: istio-operator
+  namespace: istio-system
+spec:
+  profile: production
+  components:
+    ingressGateways:
+    - name: istio-ingressgateway
+      enabled: true
+      k8s:
+        service:
+          type: LoadBalancer
+        resources:
+          requests: {cpu: 500m, memory: 512Mi}
+          limits: {cpu: 1000m, memory: 1024Mi}
+        replicas: 2
+    egressGateways:
+    - name: istio-egressgateway
+      enabled: true
+",
+    )?;
+    plane.run(&["apply", "-f", &operator.display().to_string()])?;
+    let get = |object: &str, path: &str| {
+        plane
+            .run(&[
+                "get",
+                object,
+                "-n",
+                "istio-system",
+                "-o",
+                &format!("jsonpath={path}"),
+            ])
+            .unwrap_or_default()
+    };
+    wait_until("the gateway's Deployment", Duration::from_secs(20), || {
+        Ok(get("deployment/istio-ingressgateway", "{.spec.replicas}") == "2")
+    })
+    .with_context(|| controller.log())?;
+    ensure!(
+        get(
+            "deployment/istio-ingressgateway",
+            "{.metadata.ownerReferences[0].kind}"
+        ) == "IstioOperator"
+    );
+    ensure!(
+        get(
+            "deployment/istio-ingressgateway",
+            "{.spec.template.metadata.labels.istio}"
+        ) == "ingressgateway",
+        "the pods carry what the guide's Gateway selects"
+    );
+    ensure!(
+        get(
+            "deployment/istio-ingressgateway",
+            "{.spec.template.spec.containers[0].resources.requests.cpu}"
+        ) == "500m",
+        "the entry's resources"
+    );
+    ensure!(get("service/istio-ingressgateway", "{.spec.type}") == "LoadBalancer");
+    ensure!(get("pdb/istio-ingressgateway", "{.spec.minAvailable}") == "1");
+    // The egress gateway is not deployed, and the verdict says so.
+    let message = get(
+        "istiooperator/istio-operator",
+        "{.status.conditions[?(@.type==\"Accepted\")].message}",
+    );
+    ensure!(
+        message.contains("spec.components.egressGateways") && message.contains("spec.profile"),
+        "{message}"
+    );
+    Ok(())
+}

@@ -4,6 +4,8 @@
 
 pub mod ca_secret;
 pub mod crds;
+pub mod deploy;
+pub mod ingress_gateways;
 pub mod lease;
 pub mod status;
 pub mod token_review;

@@ -5,60 +5,27 @@
 //! removes them. Nothing is re-applied while the Gateway and the inputs stay the same.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use tracing::{info, warn};
 
+use super::deploy::resource;
+pub use super::deploy::{DeploySettings, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway};
 use crate::model::ObjectKey;
 use crate::model::translate::GATEWAY_NAME;
 
 /// The field manager of what the controller applies.
 pub const FIELD_MANAGER: &str = "weft-controller";
-/// Suffix of the ConfigMap (`<gateway>-root-cert`) holding the mesh root for one waypoint.
-pub const ROOT_CONFIG_MAP_SUFFIX: &str = "-root-cert";
 
-/// A waypoint Gateway to deploy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WaypointGateway {
-    /// Namespace and name of the Gateway.
-    pub key: ObjectKey,
-    /// Its uid (the owner reference).
-    pub uid: Option<String>,
-}
-
-/// What every waypoint Deployment gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeploySettings {
-    /// The `weft-waypoint` image.
-    pub image: String,
-    /// The controller's address as waypoints reach it (its Service's cluster IP).
-    pub controller: SocketAddr,
-    pub trust_domain: String,
-    /// The mesh root (PEM).
-    pub root_pem: String,
-}
-
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.to_owned(),
-        version: version.to_owned(),
-        api_version: if group.is_empty() {
-            version.to_owned()
-        } else {
-            format!("{group}/{version}")
-        },
-        kind: kind.to_owned(),
-        plural: plural.to_owned(),
-    }
-}
-
-/// The objects for one waypoint, in apply order.
+/// The objects for one waypoint (or ingress gateway), in apply order.
 pub fn manifests(
     gw: &WaypointGateway,
     settings: &DeploySettings,
 ) -> Vec<(ApiResource, serde_json::Value)> {
+    if let Some((operator, component)) = &gw.ingress {
+        return super::ingress_gateways::manifests(gw, operator, component, settings);
+    }
     let (ns, name) = (&gw.key.namespace, &gw.key.name);
     let owner = gw.uid.as_ref().map(|uid| {
         serde_json::json!([{

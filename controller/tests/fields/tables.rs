@@ -301,7 +301,10 @@ pub(crate) const HONOURED: &[(&str, &[&str])] = &[
     ),
     // Read by hand: the parts that are not tracing are named in the notes (unit tests in
     // model::policy::telemetry and model::translate::tracing).
-    ("IstioOperator", &["spec.meshConfig", "spec.values"]),
+    (
+        "IstioOperator",
+        &["spec.components", "spec.meshConfig", "spec.values"],
+    ),
     // `data["config.yaml"]`, a YAML document read the same way.
     ("LinkerdConfig", &["spec.config.yaml"]),
 ];

@@ -37,9 +37,10 @@ pub struct IstioOperatorSpec {
     /// Not honoured.
     #[serde(default)]
     pub install_package_path: Unhonoured,
-    /// Not honoured.
+    /// Read: `ingressGateways` (Weft deploys each enabled one as an ingress gateway); the
+    /// other components are named in the notes.
     #[serde(default)]
-    pub components: Unhonoured,
+    pub components: Open,
     /// Not honoured.
     #[serde(default)]
     pub unvalidated_values: Unhonoured,
@@ -58,6 +59,10 @@ pub struct IstioOperatorSpec {
     #[serde(skip)]
     #[schemars(skip)]
     pub providers: BTreeMap<String, Collector>,
+    /// Its enabled `components.ingressGateways`, as Weft deploys them.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub ingress_gateways: Vec<GatewayComponent>,
     /// Its `meshConfig.outboundTrafficPolicy.mode`: `REGISTRY_ONLY` (true) or `ALLOW_ANY`.
     #[serde(skip)]
     #[schemars(skip)]
@@ -155,7 +160,7 @@ impl IstioOperatorSpec {
         notes.unhonoured("spec.revision", &self.revision, why);
         notes.unhonoured("spec.namespace", &self.namespace, why);
         notes.unhonoured("spec.installPackagePath", &self.install_package_path, why);
-        notes.unhonoured("spec.components", &self.components, why);
+        self.read_components(notes)?;
         notes.unhonoured("spec.unvalidatedValues", &self.unvalidated_values, why);
         let mut tracing = TracingSettings::default();
         for (key, value) in self.values.entries("spec.values")? {
@@ -366,4 +371,131 @@ fn provider_collector(field: &str, p: &ExtensionProvider, notes: &mut Notes) -> 
         host,
         port: service.port,
     })
+}
+
+/// An ingress gateway an IstioOperator asks for, as Weft deploys it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayComponent {
+    /// The Deployment's (and Service's) name.
+    pub name: String,
+    /// Its namespace (none: the IstioOperator's).
+    pub namespace: Option<String>,
+    /// Its pods' labels (Istio's defaults: `istio: ingressgateway`, `app: <name>`).
+    pub labels: BTreeMap<String, String>,
+    pub replicas: u32,
+    /// The container's `resources`, as written.
+    pub resources: Option<serde_json::Value>,
+    /// The Service's type (`LoadBalancer` by default, as Istio's).
+    pub service_type: String,
+}
+
+/// One of `components.ingressGateways`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayEntry {
+    name: String,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    k8s: Option<BTreeMap<String, serde_yaml::Value>>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_yaml::Value>,
+}
+
+impl IstioOperatorSpec {
+    fn read_components(&mut self, notes: &mut Notes) -> Result<(), String> {
+        for (key, value) in self.components.entries("spec.components")? {
+            let at = format!("spec.components.{key}");
+            match key.as_str() {
+                "ingressGateways" => {
+                    let entries: Vec<GatewayEntry> = typed(&at, value)?;
+                    for (i, e) in entries.into_iter().enumerate() {
+                        let at = format!("{at}[{i}]");
+                        if let Some(g) = gateway_component(&at, e, notes)? {
+                            self.ingress_gateways.push(g);
+                        }
+                    }
+                }
+                "egressGateways" => notes.note(
+                    &at,
+                    "not deployed: Weft has no egress gateway yet (ServiceEntry and REGISTRY_ONLY work at the node proxies)",
+                ),
+                _ => notes.note(
+                    &at,
+                    "not honoured by Weft (its own control plane and node proxies are installed by `weft install`)",
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gateway_component(
+    at: &str,
+    e: GatewayEntry,
+    notes: &mut Notes,
+) -> Result<Option<GatewayComponent>, String> {
+    for other in e.other.keys() {
+        notes.note(&format!("{at}.{other}"), "not honoured by Weft");
+    }
+    if e.enabled == Some(false) {
+        return Ok(None);
+    }
+    let mut k8s = e.k8s.unwrap_or_default();
+    let mut replicas = 1;
+    for key in ["replicaCount", "replicas"] {
+        if let Some(v) = k8s.remove(key) {
+            let n: u32 = typed(&format!("{at}.k8s.{key}"), v)?;
+            if n == 0 || n > 100 {
+                return Err(format!("{at}.k8s.{key}: {n} is not 1 to 100"));
+            }
+            replicas = n;
+        }
+    }
+    let resources = match k8s.remove("resources") {
+        Some(v) => Some(serde_json::to_value(&v).map_err(|e| format!("{at}.k8s.resources: {e}"))?),
+        None => None,
+    };
+    let mut service_type = "LoadBalancer".to_owned();
+    if let Some(service) = k8s.remove("service") {
+        let mut service: BTreeMap<String, serde_yaml::Value> =
+            typed(&format!("{at}.k8s.service"), service)?;
+        if let Some(t) = service.remove("type") {
+            let t: String = typed(&format!("{at}.k8s.service.type"), t)?;
+            if !["LoadBalancer", "NodePort", "ClusterIP"].contains(&t.as_str()) {
+                return Err(format!(
+                    "{at}.k8s.service.type: {t:?} is not LoadBalancer, NodePort or ClusterIP"
+                ));
+            }
+            service_type = t;
+        }
+        for other in service.keys() {
+            notes.note(
+                &format!("{at}.k8s.service.{other}"),
+                "not honoured by Weft (the Service serves 80 and 443)",
+            );
+        }
+    }
+    for other in k8s.keys() {
+        notes.note(&format!("{at}.k8s.{other}"), "not honoured by Weft");
+    }
+    let labels = e.label.unwrap_or_else(|| {
+        [
+            ("istio".to_owned(), "ingressgateway".to_owned()),
+            ("app".to_owned(), e.name.clone()),
+        ]
+        .into()
+    });
+    Ok(Some(GatewayComponent {
+        name: e.name,
+        namespace: e.namespace,
+        labels,
+        replicas,
+        resources,
+        service_type,
+    }))
 }

@@ -1,0 +1,182 @@
+//! The ingress gateways an IstioOperator's `components.ingressGateways` ask for: a
+//! ServiceAccount (the gateway's identity), the mesh root in a ConfigMap, a Deployment running
+//! `weft-waypoint` in the gateway role with the entry's replicas, labels and resources, a
+//! PodDisruptionBudget when there is more than one replica, and a Service of the entry's type
+//! on 80 and 443. Owned by the IstioOperator when in its namespace, so deleting it removes
+//! them. TLS Secrets are not mounted: patch the Deployment with a volume per `credentialName`
+//! at `/etc/weft/credentials/<name>`.
+
+use kube::api::ApiResource;
+
+use super::deploy::{DeploySettings, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway, resource};
+use crate::model::ObjectKey;
+use crate::model::Objects;
+use crate::model::policy::istio_operator::GatewayComponent;
+use crate::model::policy::{PolicyKind, PolicySpec};
+
+/// The ingress gateways the (first) IstioOperator asks for, owned by it where they share its
+/// namespace.
+pub fn planned(objects: &Objects) -> Vec<WaypointGateway> {
+    let Some((policy, operator)) = objects.policies.values().find_map(|p| match &p.spec {
+        PolicySpec::IstioOperator(o) if p.kind == PolicyKind::IstioOperator => Some((p, o)),
+        _ => None,
+    }) else {
+        return Vec::new();
+    };
+    operator
+        .ingress_gateways
+        .iter()
+        .map(|g| {
+            let ns = g.namespace.as_deref().unwrap_or(&policy.key.namespace);
+            WaypointGateway {
+                key: ObjectKey::new(ns, &g.name),
+                uid: policy.uid.clone().filter(|_| ns == policy.key.namespace),
+                ingress: Some((policy.key.name.clone(), g.clone())),
+            }
+        })
+        .collect()
+}
+
+/// The objects for one ingress gateway, in apply order.
+pub fn manifests(
+    gw: &WaypointGateway,
+    operator: &str,
+    component: &GatewayComponent,
+    settings: &DeploySettings,
+) -> Vec<(ApiResource, serde_json::Value)> {
+    let (ns, name) = (&gw.key.namespace, &gw.key.name);
+    let owner = gw.uid.as_ref().map(|uid| {
+        serde_json::json!([{
+            "apiVersion": "install.istio.io/v1alpha1",
+            "kind": "IstioOperator",
+            "name": operator,
+            "uid": uid,
+            "controller": true,
+        }])
+    });
+    let metadata = |object_name: &str| {
+        let mut m = serde_json::json!({
+            "name": object_name,
+            "namespace": ns,
+            "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "weft"},
+        });
+        if let Some(owner) = &owner {
+            m["ownerReferences"] = owner.clone();
+        }
+        m
+    };
+    let mut pod_labels = serde_json::json!(component.labels);
+    pod_labels["weft.io/dataplane-mode"] = "none".into();
+    let selector = serde_json::json!(component.labels);
+    let root_config_map = format!("{name}{ROOT_CONFIG_MAP_SUFFIX}");
+    let mut container = serde_json::json!({
+        "name": "gateway",
+        "image": settings.image,
+        "args": [
+            "--name", name, "--namespace", ns,
+            "--service-account", name,
+            "--trust-domain", settings.trust_domain,
+            "--controller", settings.controller.to_string(),
+            "--controller-credential", "/var/run/secrets/weft/token",
+            "--cert-dir", "/var/run/weft/certs",
+            "--trust-bundle", "/var/run/weft/root/root-cert.pem",
+            "--credential-dir", "/etc/weft/credentials",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": 80},
+            {"name": "https", "containerPort": 443},
+            {"name": "hbone", "containerPort": 15008},
+            {"name": "metrics", "containerPort": 15020},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+        },
+        "volumeMounts": [
+            {"name": "token", "mountPath": "/var/run/secrets/weft", "readOnly": true},
+            {"name": "root", "mountPath": "/var/run/weft/root", "readOnly": true},
+            {"name": "certs", "mountPath": "/var/run/weft/certs"},
+        ],
+    });
+    if let Some(resources) = &component.resources {
+        container["resources"] = resources.clone();
+    }
+    let mut out = vec![
+        (
+            resource("", "v1", "ServiceAccount", "serviceaccounts"),
+            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name)}),
+        ),
+        (
+            resource("", "v1", "ConfigMap", "configmaps"),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": metadata(&root_config_map),
+                "data": {"root-cert.pem": settings.root_pem},
+            }),
+        ),
+        (
+            resource("apps", "v1", "Deployment", "deployments"),
+            serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": metadata(name),
+                "spec": {
+                    "replicas": component.replicas,
+                    "selector": {"matchLabels": selector},
+                    "template": {
+                        "metadata": {
+                            "labels": pod_labels,
+                            "annotations": {
+                                "prometheus.io/scrape": "true",
+                                "prometheus.io/port": "15020",
+                                "prometheus.io/path": "/metrics",
+                            },
+                        },
+                        "spec": {
+                            "serviceAccountName": name,
+                            "containers": [container],
+                            "volumes": [
+                                {"name": "token", "projected": {"sources": [{"serviceAccountToken": {
+                                    "audience": "weft", "expirationSeconds": 3600, "path": "token"}}]}},
+                                {"name": "root", "configMap": {"name": root_config_map}},
+                                {"name": "certs", "emptyDir": {}},
+                            ],
+                        },
+                    },
+                },
+            }),
+        ),
+    ];
+    if component.replicas > 1 {
+        out.push((
+            resource(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+            ),
+            serde_json::json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": metadata(name),
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
+            }),
+        ));
+    }
+    out.push((
+        resource("", "v1", "Service", "services"),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": metadata(name),
+            "spec": {
+                "type": component.service_type,
+                "selector": selector,
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"},
+                    {"name": "https", "port": 443, "targetPort": 443, "protocol": "TCP"},
+                ],
+            },
+        }),
+    ));
+    out
+}
