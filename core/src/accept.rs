@@ -3,7 +3,8 @@
 //! writes a log line per try. [`Backoff`] sleeps, doubling up to a second, and logs once per
 //! streak of failures. [`raise_fd_limit`] lifts the soft file-descriptor limit to the hard one
 //! at start, so the limit is reached as late as the system allows. [`ConnectionLimits`] bounds
-//! the connections a listener holds open, in all and from one peer address.
+//! the connections a listener holds open, in all and from one peer address; [`serve_accepted`]
+//! is the accept loop of the waypoints' HBONE and gateway listeners.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -166,6 +167,46 @@ impl RefusalLog {
     /// After an admitted connection: the next refusal is logged again.
     pub fn admitted(&mut self) {
         self.refusing = None;
+    }
+}
+
+/// Accepts on `listener` until `drain` is signalled: accept errors back off, connections over
+/// `limits` are refused (and logged as `what`), and each admitted one goes to `serve` with its
+/// slot, to be held until the connection ends. Nodelay is set.
+pub async fn serve_accepted(
+    what: &'static str,
+    listener: tokio::net::TcpListener,
+    limits: Arc<ConnectionLimits>,
+    drain: &crate::drain::Watch,
+    mut serve: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr, ConnectionSlot),
+) {
+    let mut backoff = Backoff::default();
+    let mut refusals = RefusalLog::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(e) => {
+                backoff.failed(what, &e).await;
+                continue;
+            }
+        };
+        let slot = match limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refusals.refused(what, peer.ip(), why);
+                continue;
+            }
+        };
+        refusals.admitted();
+        let _ = stream.set_nodelay(true);
+        serve(stream, peer, slot);
     }
 }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use weft_testbed::{TestBed, pcap, wait_until};
+use weft_testbed::{Pod, TestBed, pcap, wait_until};
 
 const PRODUCTPAGE_VIP: &str = "10.96.0.40";
 const DETAILS_VIP: &str = "10.96.0.41";
@@ -45,7 +45,7 @@ spec:
         host: details
 ";
 
-fn status(bed: &TestBed, pod: &weft_testbed::Pod, args: &[&str]) -> Result<(String, String)> {
+fn status(bed: &TestBed, pod: &Pod, args: &[&str]) -> Result<(String, String)> {
     let mut argv = vec![
         "curl",
         "-sS",
@@ -64,9 +64,19 @@ fn status(bed: &TestBed, pod: &weft_testbed::Pod, args: &[&str]) -> Result<(Stri
     ))
 }
 
-#[test]
-fn the_guides_gateway_routes_outside_clients_into_the_mesh_by_host_over_mtls() -> Result<()> {
-    let mut bed = TestBed::new("ingr", 2)?;
+/// A bed (not started) with a client outside the mesh on node 0, a gateway pod on node 0
+/// (`name` in `namespace`, labelled `labels`), and productpage and details (services on 9080)
+/// on node 1.
+struct Shop {
+    bed: TestBed,
+    outside: Pod,
+    gateway: Pod,
+    productpage: Pod,
+    details: Pod,
+}
+
+fn shop(label: &str, name: &str, namespace: &str, labels: &[(&str, &str)]) -> Result<Shop> {
+    let mut bed = TestBed::new(label, 2)?;
     bed.with_controller();
     // The internet: a client outside the mesh.
     let outside = bed
@@ -75,12 +85,7 @@ fn the_guides_gateway_routes_outside_clients_into_the_mesh_by_host_over_mtls() -
         .on_node(0)
         .not_enrolled()
         .add()?;
-    let gateway = bed.ingress_gateway(
-        "istio-ingressgateway",
-        "istio-system",
-        0,
-        &[("istio", "ingressgateway")],
-    )?;
+    let gateway = bed.ingress_gateway(name, namespace, 0, labels)?;
     let productpage = bed
         .pod("productpage")
         .namespace("default")
@@ -94,7 +99,6 @@ fn the_guides_gateway_routes_outside_clients_into_the_mesh_by_host_over_mtls() -
         .label("app", "details")
         .on_node(1)
         .add()?;
-    let sneaky = bed.pod("sneaky").namespace("default").on_node(0).add()?;
     bed.service(
         "productpage",
         "default",
@@ -111,6 +115,30 @@ fn the_guides_gateway_routes_outside_clients_into_the_mesh_by_host_over_mtls() -
         8080,
         &[&details],
     );
+    Ok(Shop {
+        bed,
+        outside,
+        gateway,
+        productpage,
+        details,
+    })
+}
+
+#[test]
+fn the_guides_gateway_routes_outside_clients_into_the_mesh_by_host_over_mtls() -> Result<()> {
+    let Shop {
+        mut bed,
+        outside,
+        gateway,
+        productpage,
+        details,
+    } = shop(
+        "ingr",
+        "istio-ingressgateway",
+        "istio-system",
+        &[("istio", "ingressgateway")],
+    )?;
+    let sneaky = bed.pod("sneaky").namespace("default").on_node(0).add()?;
     // The guide's traffic-management YAML, its Gateway included, as users apply it.
     bed.preload_manifest(
         "guide.yaml",
@@ -259,34 +287,18 @@ spec:
 
 #[test]
 fn https_picks_each_hosts_certificate_by_sni_and_http_is_redirected() -> Result<()> {
-    let mut bed = TestBed::new("ingtls", 2)?;
-    bed.with_controller();
-    let outside = bed
-        .pod("internet")
-        .namespace("outside")
-        .on_node(0)
-        .not_enrolled()
-        .add()?;
-    let gateway = bed.ingress_gateway(
+    let Shop {
+        mut bed,
+        outside,
+        gateway,
+        productpage,
+        ..
+    } = shop(
+        "ingtls",
         "istio-ingressgateway",
         "istio-system",
-        0,
         &[("istio", "ingressgateway")],
     )?;
-    let productpage = bed
-        .pod("productpage")
-        .namespace("default")
-        .label("app", "productpage")
-        .on_node(1)
-        .add()?;
-    bed.service(
-        "productpage",
-        "default",
-        PRODUCTPAGE_VIP.parse()?,
-        9080,
-        8080,
-        &[&productpage],
-    );
     let credentials = bed.dir().join("gateway-credentials");
     let a = bed.tls_credential(&credentials, "a-cert", "a.example.test")?;
     let b = bed.tls_credential(&credentials, "b-cert", "b.example.test")?;
@@ -378,49 +390,19 @@ spec:
 
 #[test]
 fn the_gateway_api_form_routes_by_hostname_and_path() -> Result<()> {
-    let mut bed = TestBed::new("ingapi", 2)?;
-    bed.with_controller();
-    let outside = bed
-        .pod("internet")
-        .namespace("outside")
-        .on_node(0)
-        .not_enrolled()
-        .add()?;
     // Its pod, as a Gateway API implementation labels it.
-    let gateway = bed.ingress_gateway(
+    let Shop {
+        mut bed,
+        outside,
+        gateway,
+        productpage,
+        details,
+    } = shop(
+        "ingapi",
         "shop",
         "default",
-        0,
         &[("gateway.networking.k8s.io/gateway-name", "shop")],
     )?;
-    let productpage = bed
-        .pod("productpage")
-        .namespace("default")
-        .label("app", "productpage")
-        .on_node(1)
-        .add()?;
-    let details = bed
-        .pod("details")
-        .namespace("default")
-        .label("app", "details")
-        .on_node(1)
-        .add()?;
-    bed.service(
-        "productpage",
-        "default",
-        PRODUCTPAGE_VIP.parse()?,
-        9080,
-        8080,
-        &[&productpage],
-    );
-    bed.service(
-        "details",
-        "default",
-        DETAILS_VIP.parse()?,
-        9080,
-        8080,
-        &[&details],
-    );
     bed.preload_manifest("gateway.yaml", API_GATEWAY)?;
     bed.start()?;
     bed.serve_http(&productpage, 8080, &[("x", "productpage")])?;

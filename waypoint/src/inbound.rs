@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
-use weft_core::accept::{ConnectionLimits, RefusalLog};
+use weft_core::accept::{ConnectionLimits, serve_accepted};
 use weft_core::drain;
 use weft_core::hbone::{self, PendingTunnel, Rejection};
 use weft_core::identity::SpiffeId;
@@ -36,33 +36,9 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Accepts until `drain` is signalled; every connection then finishes its requests (GOAWAY
 /// to the peer, no new tunnels, keep-alive connections closed after their current request).
 pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener, drain: drain::Watch) {
-    let mut backoff = weft_core::accept::Backoff::default();
     let limits = ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER);
-    let mut refusals = RefusalLog::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = drain.signaled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff.succeeded();
-                accepted
-            }
-            Err(e) => {
-                backoff.failed("HBONE", &e).await;
-                continue;
-            }
-        };
-        let slot = match limits.admit(peer.ip()) {
-            Ok(slot) => slot,
-            Err(why) => {
-                refusals.refused("HBONE", peer.ip(), why);
-                continue;
-            }
-        };
-        refusals.admitted();
-        let _ = stream.set_nodelay(true);
+    let watch = drain.clone();
+    serve_accepted("HBONE", listener, limits, &watch, |stream, peer, slot| {
         let (waypoint, drain) = (waypoint.clone(), drain.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(&waypoint, stream, &drain).await {
@@ -70,7 +46,8 @@ pub(crate) async fn run(waypoint: Arc<Waypoint>, listener: TcpListener, drain: d
             }
             drop(slot);
         });
-    }
+    })
+    .await;
 }
 
 async fn connection(

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
-use weft_core::accept::{ConnectionLimits, RefusalLog};
+use weft_core::accept::{ConnectionLimits, serve_accepted};
 use weft_core::drain;
 
 use crate::ingress_tls::{Credentials, server_config};
@@ -122,56 +122,39 @@ async fn accept(
     tls: TlsAcceptor,
     drain: drain::Watch,
 ) {
-    let mut backoff = weft_core::accept::Backoff::default();
     let limits = ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT);
-    let mut refusals = RefusalLog::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = drain.signaled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, client) = match accepted {
-            Ok(accepted) => {
-                backoff.succeeded();
-                accepted
-            }
-            Err(e) => {
-                backoff.failed("gateway", &e).await;
-                continue;
-            }
-        };
-        let slot = match limits.admit(client.ip()) {
-            Ok(slot) => slot,
-            Err(why) => {
-                refusals.refused("gateway", client.ip(), why);
-                continue;
-            }
-        };
-        refusals.admitted();
-        let _ = stream.set_nodelay(true);
-        let (waypoint, drain, tls) = (waypoint.clone(), drain.clone(), tls.clone());
-        tokio::spawn(async move {
-            let Ok(target) = stream.local_addr() else {
-                return;
-            };
-            // TLS if the listener has certificates now (the config may change them).
-            let secure = waypoint
-                .snapshot
-                .load()
-                .listener(target.port())
-                .is_some_and(|l| !l.certificates.is_empty());
-            if secure {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve(waypoint, stream, client, target, drain).await,
-                    Ok(Err(e)) => debug!(%client, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%client, "TLS handshake timed out"),
+    let watch = drain.clone();
+    serve_accepted(
+        "gateway",
+        listener,
+        limits,
+        &watch,
+        |stream, client, slot| {
+            let (waypoint, drain, tls) = (waypoint.clone(), drain.clone(), tls.clone());
+            tokio::spawn(async move {
+                let Ok(target) = stream.local_addr() else {
+                    return;
+                };
+                // TLS if the listener has certificates now (the config may change them).
+                let secure = waypoint
+                    .snapshot
+                    .load()
+                    .listener(target.port())
+                    .is_some_and(|l| !l.certificates.is_empty());
+                if secure {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(waypoint, stream, client, target, drain).await,
+                        Ok(Err(e)) => debug!(%client, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%client, "TLS handshake timed out"),
+                    }
+                } else {
+                    serve(waypoint, stream, client, target, drain).await;
                 }
-            } else {
-                serve(waypoint, stream, client, target, drain).await;
-            }
-            drop(slot);
-        });
-    }
+                drop(slot);
+            });
+        },
+    )
+    .await;
 }
 
 async fn serve<S>(

@@ -50,3 +50,76 @@ pub(crate) fn resource(group: &str, version: &str, kind: &str, plural: &str) -> 
         plural: plural.to_owned(),
     }
 }
+
+/// The ServiceAccount (the gateway's identity) and the root ConfigMap (its bootstrap trust
+/// bundle) every gateway pod needs, with `metadata` for each name.
+pub(crate) fn identity_objects(
+    name: &str,
+    root_config_map: &str,
+    settings: &DeploySettings,
+    metadata: &dyn Fn(&str) -> serde_json::Value,
+) -> Vec<(ApiResource, serde_json::Value)> {
+    vec![
+        (
+            resource("", "v1", "ServiceAccount", "serviceaccounts"),
+            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name)}),
+        ),
+        (
+            resource("", "v1", "ConfigMap", "configmaps"),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": metadata(root_config_map),
+                "data": {"root-cert.pem": settings.root_pem},
+            }),
+        ),
+    ]
+}
+
+/// What every `weft-waypoint` container gets: its identity and the controller (args), the
+/// readiness probe, and the token, root and certificate mounts.
+pub(crate) fn container(
+    name: &str,
+    namespace: &str,
+    settings: &DeploySettings,
+    container_name: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": container_name,
+        "image": settings.image,
+        "args": [
+            "--name", name, "--namespace", namespace,
+            "--service-account", name,
+            "--trust-domain", settings.trust_domain,
+            "--controller", settings.controller.to_string(),
+            "--controller-credential", "/var/run/secrets/weft/token",
+            "--cert-dir", "/var/run/weft/certs",
+            "--trust-bundle", "/var/run/weft/root/root-cert.pem",
+        ],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}},
+        "volumeMounts": [
+            {"name": "token", "mountPath": "/var/run/secrets/weft", "readOnly": true},
+            {"name": "root", "mountPath": "/var/run/weft/root", "readOnly": true},
+            {"name": "certs", "mountPath": "/var/run/weft/certs"},
+        ],
+    })
+}
+
+/// The volumes [`container`] mounts: a projected token (audience `weft`), the root ConfigMap,
+/// and an emptyDir for certificates.
+pub(crate) fn volumes(root_config_map: &str) -> serde_json::Value {
+    serde_json::json!([
+        {"name": "token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": "weft", "expirationSeconds": 3600, "path": "token"}}]}},
+        {"name": "root", "configMap": {"name": root_config_map}},
+        {"name": "certs", "emptyDir": {}},
+    ])
+}
+
+/// Prometheus' usual pod discovery finds the request metrics by these.
+pub(crate) fn metrics_annotations() -> serde_json::Value {
+    serde_json::json!({
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "15020",
+        "prometheus.io/path": "/metrics",
+    })
+}

@@ -8,7 +8,10 @@
 
 use kube::api::ApiResource;
 
-use super::deploy::{DeploySettings, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway, resource};
+use super::deploy::{
+    DeploySettings, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway, container, identity_objects,
+    metrics_annotations, resource, volumes,
+};
 use crate::model::ObjectKey;
 use crate::model::Objects;
 use crate::model::policy::istio_operator::GatewayComponent;
@@ -69,85 +72,47 @@ pub fn manifests(
     pod_labels["weft.io/dataplane-mode"] = "none".into();
     let selector = serde_json::json!(component.labels);
     let root_config_map = format!("{name}{ROOT_CONFIG_MAP_SUFFIX}");
-    let mut container = serde_json::json!({
-        "name": "gateway",
-        "image": settings.image,
-        "args": [
-            "--name", name, "--namespace", ns,
-            "--service-account", name,
-            "--trust-domain", settings.trust_domain,
-            "--controller", settings.controller.to_string(),
-            "--controller-credential", "/var/run/secrets/weft/token",
-            "--cert-dir", "/var/run/weft/certs",
-            "--trust-bundle", "/var/run/weft/root/root-cert.pem",
-            "--credential-dir", "/etc/weft/credentials",
-        ],
-        "ports": [
-            {"name": "http", "containerPort": 80},
-            {"name": "https", "containerPort": 443},
-            {"name": "hbone", "containerPort": 15008},
-            {"name": "metrics", "containerPort": 15020},
-        ],
-        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}},
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
-        },
-        "volumeMounts": [
-            {"name": "token", "mountPath": "/var/run/secrets/weft", "readOnly": true},
-            {"name": "root", "mountPath": "/var/run/weft/root", "readOnly": true},
-            {"name": "certs", "mountPath": "/var/run/weft/certs"},
-        ],
+    let mut container = container(name, ns, settings, "gateway");
+    if let Some(args) = container["args"].as_array_mut() {
+        args.extend(["--credential-dir".into(), "/etc/weft/credentials".into()]);
+    }
+    container["ports"] = serde_json::json!([
+        {"name": "http", "containerPort": 80},
+        {"name": "https", "containerPort": 443},
+        {"name": "hbone", "containerPort": 15008},
+        {"name": "metrics", "containerPort": 15020},
+    ]);
+    container["securityContext"] = serde_json::json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
     });
     if let Some(resources) = &component.resources {
         container["resources"] = resources.clone();
     }
-    let mut out = vec![
-        (
-            resource("", "v1", "ServiceAccount", "serviceaccounts"),
-            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name)}),
-        ),
-        (
-            resource("", "v1", "ConfigMap", "configmaps"),
-            serde_json::json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": metadata(&root_config_map),
-                "data": {"root-cert.pem": settings.root_pem},
-            }),
-        ),
-        (
-            resource("apps", "v1", "Deployment", "deployments"),
-            serde_json::json!({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": metadata(name),
-                "spec": {
-                    "replicas": component.replicas,
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        "metadata": {
-                            "labels": pod_labels,
-                            "annotations": {
-                                "prometheus.io/scrape": "true",
-                                "prometheus.io/port": "15020",
-                                "prometheus.io/path": "/metrics",
-                            },
-                        },
-                        "spec": {
-                            "serviceAccountName": name,
-                            "containers": [container],
-                            "volumes": [
-                                {"name": "token", "projected": {"sources": [{"serviceAccountToken": {
-                                    "audience": "weft", "expirationSeconds": 3600, "path": "token"}}]}},
-                                {"name": "root", "configMap": {"name": root_config_map}},
-                                {"name": "certs", "emptyDir": {}},
-                            ],
-                        },
+    let mut out = identity_objects(name, &root_config_map, settings, &metadata);
+    out.push((
+        resource("apps", "v1", "Deployment", "deployments"),
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": metadata(name),
+            "spec": {
+                "replicas": component.replicas,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {
+                        "labels": pod_labels,
+                        "annotations": metrics_annotations(),
+                    },
+                    "spec": {
+                        "serviceAccountName": name,
+                        "containers": [container],
+                        "volumes": volumes(&root_config_map),
                     },
                 },
-            }),
-        ),
-    ];
+            },
+        }),
+    ));
     if component.replicas > 1 {
         out.push((
             resource(

@@ -10,8 +10,8 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use tracing::{info, warn};
 
-use super::deploy::resource;
 pub use super::deploy::{DeploySettings, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway};
+use super::deploy::{container, identity_objects, metrics_annotations, resource, volumes};
 use crate::model::ObjectKey;
 use crate::model::translate::GATEWAY_NAME;
 
@@ -54,19 +54,13 @@ pub fn manifests(
     // Each Gateway owns its own copy: one shared by the waypoints of a namespace would be
     // collected with the first Gateway deleted.
     let root_config_map = format!("{name}{ROOT_CONFIG_MAP_SUFFIX}");
-    vec![
-        (
-            resource("", "v1", "ServiceAccount", "serviceaccounts"),
-            serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(name)}),
-        ),
-        (
-            resource("", "v1", "ConfigMap", "configmaps"),
-            serde_json::json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": metadata(&root_config_map),
-                "data": {"root-cert.pem": settings.root_pem},
-            }),
-        ),
+    let mut container = container(name, ns, settings, "waypoint");
+    container["ports"] = serde_json::json!([
+        {"name": "hbone", "containerPort": 15008},
+        {"name": "metrics", "containerPort": 15020},
+    ]);
+    let mut out = identity_objects(name, &root_config_map, settings, &metadata);
+    out.extend([
         (
             resource("apps", "v1", "Deployment", "deployments"),
             serde_json::json!({
@@ -77,44 +71,12 @@ pub fn manifests(
                     "template": {
                         "metadata": {
                             "labels": {GATEWAY_NAME: name, "weft.io/dataplane-mode": "none"},
-                            // Prometheus' usual pod discovery finds the request metrics.
-                            "annotations": {
-                                "prometheus.io/scrape": "true",
-                                "prometheus.io/port": "15020",
-                                "prometheus.io/path": "/metrics",
-                            },
+                            "annotations": metrics_annotations(),
                         },
                         "spec": {
                             "serviceAccountName": name,
-                            "containers": [{
-                                "name": "waypoint",
-                                "image": settings.image,
-                                "args": [
-                                    "--name", name, "--namespace", ns,
-                                    "--service-account", name,
-                                    "--trust-domain", settings.trust_domain,
-                                    "--controller", settings.controller.to_string(),
-                                    "--controller-credential", "/var/run/secrets/weft/token",
-                                    "--cert-dir", "/var/run/weft/certs",
-                                    "--trust-bundle", "/var/run/weft/root/root-cert.pem",
-                                ],
-                                "ports": [
-                                    {"name": "hbone", "containerPort": 15008},
-                                    {"name": "metrics", "containerPort": 15020},
-                                ],
-                                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}},
-                                "volumeMounts": [
-                                    {"name": "token", "mountPath": "/var/run/secrets/weft", "readOnly": true},
-                                    {"name": "root", "mountPath": "/var/run/weft/root", "readOnly": true},
-                                    {"name": "certs", "mountPath": "/var/run/weft/certs"},
-                                ],
-                            }],
-                            "volumes": [
-                                {"name": "token", "projected": {"sources": [{"serviceAccountToken": {
-                                    "audience": "weft", "expirationSeconds": 3600, "path": "token"}}]}},
-                                {"name": "root", "configMap": {"name": root_config_map}},
-                                {"name": "certs", "emptyDir": {}},
-                            ],
+                            "containers": [container],
+                            "volumes": volumes(&root_config_map),
                         },
                     },
                 },
@@ -134,7 +96,8 @@ pub fn manifests(
                 },
             }),
         ),
-    ]
+    ]);
+    out
 }
 
 /// Applies waypoint Deployments for Gateways, remembering what it applied.

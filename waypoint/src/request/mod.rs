@@ -81,7 +81,12 @@ pub(crate) async fn handle(
         entry.trace_id = format!("{:032x}", scope.server.trace_id);
     }
     let snapshot = tunnel.waypoint.snapshot.load_full();
-    let source = snapshot.mesh.workload_by_ip(tunnel.client.ip()).cloned();
+    // An outside client is no workload, whatever address it comes from.
+    let source = if tunnel.outside() {
+        None
+    } else {
+        snapshot.mesh.workload_by_ip(tunnel.client.ip()).cloned()
+    };
     let grpc = request
         .headers()
         .get(http::header::CONTENT_TYPE)

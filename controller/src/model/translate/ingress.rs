@@ -169,21 +169,14 @@ pub(super) fn gateway_config(
                 if hostnames.is_empty() {
                     continue;
                 }
-                let mut backends = Backends::new(objects, members);
-                let mut routes = vs_routes(objects, &mut backends, &p.key, vs, None);
-                routes.retain(|r| r.backends.iter().any(|b| b.weight > 0));
-                listener.hosts.push(VirtualHost {
+                listener.hosts.push(virtual_host(
+                    objects,
+                    members,
+                    &p.key,
                     hostnames,
-                    policy: ServicePolicy {
-                        name: p.key.name.clone(),
-                        namespace: p.key.namespace.clone(),
-                        vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                        ports: Vec::new(),
-                        routes,
-                        backends: backends.list,
-                        authz: authz.clone(),
-                    },
-                });
+                    &authz,
+                    |backends| vs_routes(objects, backends, &p.key, vs, None),
+                ));
             }
         }
     }
@@ -204,6 +197,33 @@ pub(super) fn gateway_config(
         services: Vec::new(),
         tracing,
         listeners: listeners.into_values().collect(),
+    }
+}
+
+/// The virtual host of one routing object (`key`) for `hostnames`: its routes (those that send
+/// somewhere) and the backends they use, judged by the gateway's `authz`.
+fn virtual_host(
+    objects: &Objects,
+    members: &Membership<'_>,
+    key: &ObjectKey,
+    hostnames: Vec<String>,
+    authz: &[weft_core::mesh::AuthzPolicy],
+    routes: impl FnOnce(&mut Backends<'_>) -> Vec<weft_core::mesh::Route>,
+) -> VirtualHost {
+    let mut backends = Backends::new(objects, members);
+    let mut routes = routes(&mut backends);
+    routes.retain(|r| r.backends.iter().any(|b| b.weight > 0));
+    VirtualHost {
+        hostnames,
+        policy: ServicePolicy {
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports: Vec::new(),
+            routes,
+            backends: backends.list,
+            authz: authz.to_vec(),
+        },
     }
 }
 
@@ -252,21 +272,14 @@ fn api_listeners(
             if hostnames.is_empty() {
                 continue;
             }
-            let mut backends = Backends::new(objects, members);
-            let mut routes = rule_routes(objects, &mut backends, &p.key, route, None);
-            routes.retain(|r| r.backends.iter().any(|b| b.weight > 0));
-            listener.hosts.push(VirtualHost {
+            listener.hosts.push(virtual_host(
+                objects,
+                members,
+                &p.key,
                 hostnames,
-                policy: ServicePolicy {
-                    name: p.key.name.clone(),
-                    namespace: p.key.namespace.clone(),
-                    vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    ports: Vec::new(),
-                    routes,
-                    backends: backends.list,
-                    authz: authz.to_vec(),
-                },
-            });
+                authz,
+                |backends| rule_routes(objects, backends, &p.key, route, None),
+            ));
         }
     }
 }
