@@ -402,6 +402,19 @@ spec:
     egressGateways:
     - name: istio-egressgateway
       enabled: true
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: shop
+  namespace: istio-system
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.test]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
 ",
     )?;
     plane.run(&["apply", "-f", &operator.display().to_string()])?;
@@ -442,6 +455,19 @@ spec:
         "the entry's resources"
     );
     ensure!(get("service/istio-ingressgateway", "{.spec.type}") == "LoadBalancer");
+    // The Secret the Gateway selecting it names is mounted under its name.
+    ensure!(
+        get(
+            "deployment/istio-ingressgateway",
+            "{.spec.template.spec.volumes[?(@.secret.secretName==\"shop-cert\")].name}"
+        ) == "credential-0"
+    );
+    ensure!(
+        get(
+            "deployment/istio-ingressgateway",
+            "{.spec.template.spec.containers[0].volumeMounts[?(@.name==\"credential-0\")].mountPath}"
+        ) == "/etc/weft/credentials/shop-cert"
+    );
     ensure!(get("pdb/istio-ingressgateway", "{.spec.minAvailable}") == "1");
     // The egress gateway is not deployed, and the verdict says so.
     let message = get(

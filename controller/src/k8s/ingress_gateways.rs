@@ -3,8 +3,10 @@
 //! `weft-waypoint` in the gateway role with the entry's replicas, labels and resources, a
 //! PodDisruptionBudget when there is more than one replica, and a Service of the entry's type
 //! on 80 and 443. Owned by the IstioOperator when in its namespace, so deleting it removes
-//! them. TLS Secrets are not mounted: patch the Deployment with a volume per `credentialName`
-//! at `/etc/weft/credentials/<name>`.
+//! them. The TLS Secrets that the Istio Gateways selecting its pods name (`credentialName`,
+//! in the gateway's namespace) are mounted at `/etc/weft/credentials/<name>`.
+
+use std::collections::BTreeMap;
 
 use kube::api::ApiResource;
 
@@ -31,13 +33,40 @@ pub fn planned(objects: &Objects) -> Vec<WaypointGateway> {
         .iter()
         .map(|g| {
             let ns = g.namespace.as_deref().unwrap_or(&policy.key.namespace);
+            let mut g = g.clone();
+            g.credentials = credentials(objects, &g.labels);
             WaypointGateway {
                 key: ObjectKey::new(ns, &g.name),
                 uid: policy.uid.clone().filter(|_| ns == policy.key.namespace),
-                ingress: Some((policy.key.name.clone(), g.clone())),
+                ingress: Some((policy.key.name.clone(), g)),
             }
         })
         .collect()
+}
+
+/// The `credentialName`s of the Istio Gateways whose selector picks pods labelled `labels`.
+fn credentials(objects: &Objects, labels: &BTreeMap<String, String>) -> Vec<String> {
+    let mut names: Vec<String> = objects
+        .policies
+        .values()
+        .filter_map(|p| match &p.spec {
+            PolicySpec::IstioGateway(g)
+                if !g.selector.is_empty()
+                    && g.selector.iter().all(|(k, v)| labels.get(k) == Some(v)) =>
+            {
+                Some(
+                    g.servers
+                        .iter()
+                        .filter_map(|s| s.tls.as_ref().and_then(|t| t.credential_name.clone())),
+                )
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The objects for one ingress gateway, in apply order.
@@ -82,6 +111,19 @@ pub fn manifests(
         {"name": "hbone", "containerPort": 15008},
         {"name": "metrics", "containerPort": 15020},
     ]);
+    // Each TLS Secret a Gateway selecting it names, under its name (optional: a Secret made
+    // later appears in the pod when kubelet next syncs it).
+    let mut pod_volumes = volumes(&root_config_map);
+    for (i, credential) in component.credentials.iter().enumerate() {
+        let volume = format!("credential-{i}");
+        if let (Some(list), Some(mounts)) = (
+            pod_volumes.as_array_mut(),
+            container["volumeMounts"].as_array_mut(),
+        ) {
+            list.push(serde_json::json!({"name": volume, "secret": {"secretName": credential, "optional": true}}));
+            mounts.push(serde_json::json!({"name": volume, "mountPath": format!("/etc/weft/credentials/{credential}"), "readOnly": true}));
+        }
+    }
     container["securityContext"] = serde_json::json!({
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,
@@ -107,7 +149,7 @@ pub fn manifests(
                     "spec": {
                         "serviceAccountName": name,
                         "containers": [container],
-                        "volumes": volumes(&root_config_map),
+                        "volumes": pod_volumes,
                     },
                 },
             },

@@ -387,6 +387,9 @@ pub struct GatewayComponent {
     pub resources: Option<serde_json::Value>,
     /// The Service's type (`LoadBalancer` by default, as Istio's).
     pub service_type: String,
+    /// The TLS Secrets the Gateways selecting its pods name (`credentialName`), mounted
+    /// under their names (filled in when it is deployed).
+    pub credentials: Vec<String>,
 }
 
 /// One of `components.ingressGateways`.
@@ -497,5 +500,6 @@ fn gateway_component(
         replicas,
         resources,
         service_type,
+        credentials: Vec::new(),
     }))
 }
