@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
@@ -28,10 +26,6 @@ use crate::shared::Waypoint;
 /// pool their tunnels over a few connections).
 const MAX_CONNECTIONS: usize = 16_384;
 const MAX_CONNECTIONS_PER_PEER: usize = 256;
-/// How long a request's head may take to arrive.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head (HTTP/1.1) or header list (HTTP/2).
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Accepts until `drain` is signalled; every connection then finishes its requests (GOAWAY
 /// to the peer, no new tunnels, keep-alive connections closed after their current request).
@@ -150,28 +144,7 @@ async fn serve_tunnel(
         client,
         target: target.destination,
     });
-    let service =
-        hyper::service::service_fn(move |request| request::handle(tunnel.clone(), request));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    // A client that sends half a request head is cut off; header lists are bounded as HBONE's.
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let served = tokio::select! {
-        served = conn.as_mut() => served,
-        _ = drain.signaled() => {
-            // Finish the request in flight, then close.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = served {
+    if let Err(e) = request::serve_connection(tunnel, stream, &drain).await {
         debug!(error = %e, "HTTP connection in tunnel ended");
     }
 }

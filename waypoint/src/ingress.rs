@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -26,10 +24,6 @@ use crate::shared::{Tunnel, Waypoint};
 /// Client connections a listener holds open, in all and from one address.
 const MAX_CONNECTIONS: usize = 16_384;
 const MAX_CONNECTIONS_PER_CLIENT: usize = 512;
-/// How long a request's head may take to arrive.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head (HTTP/1.1) or header list (HTTP/2).
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How long a client's TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,27 +166,7 @@ async fn serve<S>(
         client,
         target,
     });
-    let service =
-        hyper::service::service_fn(move |request| request::handle(tunnel.clone(), request));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    // A client that sends half a request head is cut off; header lists are bounded.
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let served = tokio::select! {
-        served = conn.as_mut() => served,
-        _ = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = served {
+    if let Err(e) = request::serve_connection(tunnel, stream, &drain).await {
         debug!(%client, error = %e, "gateway connection ended");
     }
 }

@@ -491,3 +491,41 @@ fn forwarded_headers(headers: &mut http::HeaderMap, client: std::net::SocketAddr
         http::HeaderValue::from_static(if secure { "https" } else { "http" }),
     );
 }
+
+/// How long a request's head may take to arrive.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest request head (HTTP/1.1) or header list (HTTP/2).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Serves one client connection (a tunnel's stream, or an outside client's at a gateway)
+/// with HTTP/1.1 or HTTP/2, each request through [`handle`], until it closes; on drain the
+/// request in flight finishes, then it closes. A client that sends half a request head is
+/// cut off, and heads and header lists are bounded.
+pub(crate) async fn serve_connection<S>(
+    tunnel: Arc<Tunnel>,
+    stream: S,
+    drain: &weft_core::drain::Watch,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let service = hyper::service::service_fn(move |request| handle(tunnel.clone(), request));
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => served,
+        _ = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
