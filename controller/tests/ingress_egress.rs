@@ -206,3 +206,127 @@ spec:
         ["shop.example.test"]
     );
 }
+
+/// Istio's egress gateway recipe, applied unchanged: a ServiceEntry for the outside host, a
+/// Gateway on the egress gateway's pods, a VirtualService sending the mesh's port-80 traffic
+/// for the host to the gateway and the gateway's on to the host's port 443, a DestinationRule
+/// originating TLS there, and an AuthorizationPolicy at the gateway.
+const EGRESS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: istio-egressgateway-5c8d7-abcde, namespace: istio-system, labels: {istio: egressgateway, app: istio-egressgateway, pod-template-hash: 5c8d7}, ownerReferences: [{kind: ReplicaSet, name: istio-egressgateway-5c8d7, controller: true}]}
+spec: {nodeName: node1, serviceAccountName: istio-egressgateway, containers: [{name: gw, image: x, ports: [{name: http2, containerPort: 8080}]}]}
+status: {podIP: 10.10.1.20}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-egressgateway, namespace: istio-system}
+spec: {clusterIP: 10.96.0.90, selector: {istio: egressgateway}, ports: [{name: http2, port: 80, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.test]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 443, name: https, protocol: HTTPS}
+  resolution: DNS
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: [api.example.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api-through-egress, namespace: default}
+spec:
+  hosts: [api.example.test]
+  gateways: [istio-system/egress, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 80}}
+  - match: [{gateways: [istio-system/egress], port: 8080}]
+    route:
+    - destination: {host: api.example.test, port: {number: 443}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api-tls, namespace: default}
+spec:
+  host: api.example.test
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: SIMPLE, caCertificates: /etc/weft/outside-ca.pem}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: egress-api, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: egressgateway}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/reviews]}}]
+    to: [{operation: {hosts: [api.example.test]}}]
+"#;
+
+#[test]
+fn the_egress_gateway_recipe_sends_the_entrys_port_to_the_gateway_which_originates_tls() {
+    let o = objects(EGRESS);
+    let mesh = mesh_config(&o, "cluster.local");
+    // The node proxies: port 80 of the entry goes to the gateway pod's listener (the Service's
+    // port 80 targets 8080), proving the gateway's identity; 443 is not routed through it.
+    let api = mesh
+        .outbound
+        .external
+        .iter()
+        .find(|e| e.name == "api")
+        .expect("the entry");
+    let via = api.via_for(80).expect("port 80 goes through the gateway");
+    assert_eq!(via.gateway.ip.to_string(), "10.10.1.20");
+    assert_eq!(
+        via.gateway.identity.to_string(),
+        "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway"
+    );
+    assert_eq!(via.gateway_port, 8080);
+    assert!(api.via_for(443).is_none(), "{:?}", api.via);
+
+    // The gateway: a listener on 8080 for the host, whose route (only the gateway's rule, not
+    // the mesh's) goes to the host's 443 with TLS originated against the given CA, the host
+    // resolved by DNS, and the policy selecting the gateway judging it.
+    let gw = mesh
+        .waypoints
+        .iter()
+        .find(|w| w.name == "istio-egressgateway")
+        .expect("the gateway's config");
+    let listener = gw.listeners.iter().find(|l| l.port == 8080).expect("8080");
+    assert!(!listener.mesh_only && listener.certificates.is_empty());
+    let host = &listener.hosts[0];
+    assert!(host.serves("api.example.test"));
+    assert_eq!(host.policy.routes.len(), 1, "{:?}", host.policy.routes);
+    let backend = &host.policy.backends[host.policy.routes[0].backends[0].backend];
+    let external = backend.external.as_ref().expect("outside the mesh");
+    assert_eq!(external.host, "api.example.test");
+    assert!(external.addresses.is_empty(), "DNS: resolved when dialing");
+    assert_eq!(backend.ports[0].target_port, 443);
+    let tls = external.tls.as_ref().expect("TLS originated on 443");
+    assert_eq!(tls.sni, "api.example.test");
+    assert_eq!(tls.ca_file.as_deref(), Some("/etc/weft/outside-ca.pem"));
+    assert_eq!(host.policy.authz.len(), 1, "the gateway's policy");
+    mesh.waypoints
+        .iter()
+        .try_for_each(|w| w.validate())
+        .expect("valid");
+}

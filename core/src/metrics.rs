@@ -153,6 +153,14 @@ impl DestinationLabels {
         self.destination_canonical_service = canonical;
         self.destination_canonical_revision = revision;
     }
+
+    /// Names a destination outside the mesh (a ServiceEntry's `host`): the service is the
+    /// host, as Istio labels it; no workload or identity answers for it.
+    pub fn set_outside(&mut self, host: &str) {
+        *self = Self::of(None, None, None);
+        self.destination_service = host.to_owned();
+        self.destination_service_name = host.to_owned();
+    }
 }
 
 /// A service's `destination_service` label: its cluster-local FQDN.

@@ -2,7 +2,8 @@
 //! listener belongs to one pod, so the source workload is known without trusting anything the
 //! pod sends. The original destination is resolved to a workload (through a service VIP if
 //! need be) and reached over HBONE, presenting the source workload's certificate; destinations
-//! outside the mesh are passed through as plain TCP.
+//! outside the mesh are passed through as plain TCP, or carried over HBONE to the egress
+//! gateway a VirtualService routes them through.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,24 +78,35 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
             }
             // Outside the mesh: under REGISTRY_ONLY, only what a ServiceEntry holds.
             let outbound = &index.config().outbound;
-            if outbound.registry_only(&pod.workload.namespace)
-                && outbound.external_for(dst).is_none()
-            {
+            let external = outbound.external_for(dst);
+            if outbound.registry_only(&pod.workload.namespace) && external.is_none() {
                 warn!(%client, %dst, namespace = %pod.workload.namespace, "refused: the outbound traffic policy is REGISTRY_ONLY and {dst} is not in the registry (no workload, service or ServiceEntry holds it)");
                 proxy
                     .metrics
                     .refuse_outbound(RefusalReason::not_in_registry, &src_id);
                 return;
             }
-            let plain = Plain {
-                client,
-                dst,
-                source,
-                destination: Peer::UNKNOWN,
-                service: None,
-                started,
-            };
-            return passthrough(proxy, pod, stream, plain).await;
+            // Through an egress gateway: in HBONE as the source, to the gateway's listener.
+            match external.and_then(|e| e.via_for(dst.port())) {
+                Some(via) => Hop {
+                    proxy_addr: SocketAddr::new(via.gateway.ip, weft_core::ports::HBONE),
+                    identity: via.gateway.identity.clone(),
+                    destination: SocketAddr::new(via.gateway.ip, via.gateway_port),
+                    workload: index.workload_by_ip(via.gateway.ip).cloned(),
+                    service: None,
+                },
+                None => {
+                    let plain = Plain {
+                        client,
+                        dst,
+                        source,
+                        destination: Peer::UNKNOWN,
+                        service: None,
+                        started,
+                    };
+                    return passthrough(proxy, pod, stream, plain).await;
+                }
+            }
         }
         (None, Some(upstream)) => {
             let dst_id = index.identity(&upstream.workload);

@@ -153,6 +153,43 @@ impl TestBed {
         )
     }
 
+    /// Serves `files` over HTTPS on `port` in `pod` (Python's http.server in TLS, with the
+    /// certificate and key PEM files given), and waits until it accepts connections.
+    pub fn serve_https(
+        &mut self,
+        pod: &Pod,
+        port: u16,
+        files: &[(&str, &str)],
+        cert: &Path,
+        key: &Path,
+    ) -> Result<()> {
+        let root = self.dir.join(format!("www-tls-{}", pod.name));
+        std::fs::create_dir_all(&root)?;
+        for (name, contents) in files {
+            std::fs::write(root.join(name), contents)?;
+        }
+        let script = "import functools, http.server, ssl, sys
+port, root, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+server = http.server.ThreadingHTTPServer(('0.0.0.0', port), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+";
+        let (port_str, root_str) = (port.to_string(), root.display().to_string());
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        self.spawn_in(
+            &pod.netns.clone(),
+            &["python3", "-c", script, &port_str, &root_str, &cert, &key],
+            &format!("https-{}.log", pod.name),
+        )?;
+        wait_listening(
+            &pod.netns_path(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        )
+    }
+
     /// `curl http://<to>:8080/<path>` from `from` with a short connect timeout (a captured
     /// connection that fails closed should fail fast): (success, stdout, stderr).
     pub fn fetch(&self, from: &Pod, to: &Pod, path: &str) -> Result<(bool, String, String)> {

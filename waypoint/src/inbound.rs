@@ -53,6 +53,8 @@ async fn connection(
         .certs
         .get()
         .ok_or("no certificate loaded yet (early deny)")?;
+    // The gateway's own address: a tunnel addressed to it is for one of its listeners.
+    let own = stream.local_addr().map_err(|e| e.to_string())?.ip();
     let incoming = hbone::accept(stream, identity.server.clone(), Duration::from_secs(10))
         .await
         .map_err(|e| e.to_string())?;
@@ -61,7 +63,7 @@ async fn connection(
         .serve(drain, hbone::IDLE_TIMEOUT, |tunnel, open| {
             let (waypoint, peer, drain) = (waypoint.clone(), peer.clone(), drain.clone());
             tokio::spawn(async move {
-                serve_tunnel(waypoint, peer, tunnel, drain).await;
+                serve_tunnel(waypoint, peer, own, tunnel, drain).await;
                 drop(open);
             });
         })
@@ -75,6 +77,7 @@ async fn connection(
 async fn serve_tunnel(
     waypoint: Arc<Waypoint>,
     peer: SpiffeId,
+    own: std::net::IpAddr,
     pending: PendingTunnel,
     drain: drain::Watch,
 ) {
@@ -107,9 +110,13 @@ async fn serve_tunnel(
         pending.reject(&rejection);
         return;
     }
-    if snapshot.service_for(target.destination).is_none() {
+    // A mesh client's tunnel to one of a gateway's listeners (an egress gateway's, say):
+    // routed by host like an outside client's, as the client's proven identity.
+    let at_listener =
+        target.destination.ip() == own && snapshot.listener(target.destination.port()).is_some();
+    if !at_listener && snapshot.service_for(target.destination).is_none() {
         let rejection = Rejection::BadRequest(format!(
-            "{} is not a service bound to waypoint {}/{}",
+            "{} is not a service bound to waypoint {}/{}, nor one of its listeners",
             target.destination, waypoint.namespace, waypoint.name
         ));
         warn!(%peer, "tunnel refused: {rejection}");
@@ -143,6 +150,7 @@ async fn serve_tunnel(
         peer: Some(peer),
         client,
         target: target.destination,
+        at_listener,
     });
     if let Err(e) = request::serve_connection(tunnel, stream, &drain).await {
         debug!(error = %e, "HTTP connection in tunnel ended");

@@ -165,6 +165,7 @@ async fn serve<S>(
         peer: None,
         client,
         target,
+        at_listener: true,
     });
     if let Err(e) = request::serve_connection(tunnel, stream, &drain).await {
         debug!(%client, error = %e, "gateway connection ended");

@@ -31,16 +31,6 @@ struct Cached {
     key: Arc<CertifiedKey>,
 }
 
-/// A credential's name as Kubernetes names Secrets (so it cannot leave the directory).
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with('.')
-}
-
 impl Credentials {
     pub(crate) fn new(dir: PathBuf) -> Self {
         Self {
@@ -51,7 +41,7 @@ impl Credentials {
 
     /// The certificate and key of `name`, read again if their files changed.
     pub(crate) fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        if !valid_name(name) {
+        if !crate::credential::valid_name(name) {
             warn!(credential = %name, "not a Secret name: no certificate");
             return None;
         }
@@ -156,18 +146,4 @@ pub(crate) fn server_config(
     }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_secret_names_are_read() {
-        assert!(valid_name("bookinfo-cert"));
-        assert!(valid_name("a.example.test"));
-        for bad in ["", "../etc", "a/b", ".hidden", "UPPER", "x y"] {
-            assert!(!valid_name(bad), "{bad:?}");
-        }
-    }
 }

@@ -6,11 +6,13 @@
 
 mod backend;
 mod body;
+mod credential;
 mod identity;
 mod inbound;
 mod ingress;
 mod ingress_tls;
 mod metrics;
+mod outside;
 mod request;
 mod runtime;
 mod shared;

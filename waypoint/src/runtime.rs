@@ -105,7 +105,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
     let (signal, serving_drain) = weft_core::drain::channel();
     listeners.open(serving_drain.clone());
 
-    let retained = Arc::new(snapshot::Retained::default());
+    let retained = Arc::new(snapshot::Retained::new(args.credential_dir.clone()));
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let controller = weft_core::control::ControllerEndpoint {
         addr: args.controller,

@@ -54,6 +54,9 @@ pub(crate) struct Tunnel {
     /// The original destination (service VIP:port or endpoint:port; at a gateway, the
     /// listener's own address and port).
     pub(crate) target: SocketAddr,
+    /// Addressed to one of the gateway's listeners (an outside client's connection, or a
+    /// mesh client's tunnel to an egress gateway): requests are routed by host.
+    pub(crate) at_listener: bool,
 }
 
 impl Tunnel {
@@ -63,9 +66,9 @@ impl Tunnel {
     }
 
     /// The address the tunnels upstream say they are for (`forwarded`): the mesh client, or
-    /// for an outside client the gateway itself (the workload whose identity it proves).
+    /// at a gateway's listener the gateway itself (the workload whose identity it proves).
     pub(crate) fn forwarded(&self) -> SocketAddr {
-        if self.outside() {
+        if self.at_listener {
             SocketAddr::new(self.target.ip(), self.client.port())
         } else {
             self.client

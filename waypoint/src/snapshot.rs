@@ -2,13 +2,14 @@
 //! swapped whole on every update; backends and retry budgets persist across updates.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use weft_core::mesh::{MeshConfig, MeshIndex, ServicePort};
+use weft_core::mesh::{MeshConfig, MeshIndex, Protocol, ServicePort, Workload};
 use weft_core::mesh::{RetryBudget, ServicePolicy, VirtualHost};
 
-use crate::backend::{Backend, Backends, Limits};
+use crate::backend::{Backend, Backends, Limits, Reach};
+use crate::outside::Outside;
 use crate::request::retry::Budget;
 use crate::request::route::CompiledRoute;
 
@@ -55,6 +56,18 @@ pub(crate) struct Snapshot {
 pub(crate) struct Retained {
     pub(crate) backends: Backends,
     budgets: Mutex<HashMap<String, Arc<Budget>>>,
+    /// Where mounted credentials are (TLS originated outside the mesh reads CAs there).
+    credential_dir: std::path::PathBuf,
+}
+
+impl Retained {
+    /// Nothing retained yet; credentials under `credential_dir`.
+    pub(crate) fn new(credential_dir: std::path::PathBuf) -> Self {
+        Self {
+            credential_dir,
+            ..Self::default()
+        }
+    }
 }
 
 impl Snapshot {
@@ -96,7 +109,12 @@ impl Snapshot {
 
     /// As an ingress gateway: the ports it listens on for clients outside the mesh.
     pub(crate) fn listener_ports(&self) -> Vec<u16> {
-        self.listeners.iter().map(|(port, _)| *port).collect()
+        self.config
+            .listeners
+            .iter()
+            .filter(|l| !l.mesh_only)
+            .map(|l| l.port)
+            .collect()
     }
 
     /// As an ingress gateway: the listener on `port` as configured (its certificates, whether
@@ -152,22 +170,25 @@ fn bind(
         .backends
         .iter()
         .map(|b| {
-            let endpoints = b
-                .endpoints
-                .iter()
-                .filter_map(|e| {
-                    state
-                        .config()
-                        .workloads
-                        .iter()
-                        .find(|w| &w.name == e && w.namespace == b.namespace)
-                        .and_then(|w| state.workload_by_ip(w.ip).cloned())
-                })
-                .map(|w| {
-                    let id = state.identity(&w);
-                    (w, id)
-                })
-                .collect();
+            let endpoints = match &b.external {
+                Some(external) => outside_endpoints(b, external, retained),
+                None => b
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| {
+                        state
+                            .config()
+                            .workloads
+                            .iter()
+                            .find(|w| &w.name == e && w.namespace == b.namespace)
+                            .and_then(|w| state.workload_by_ip(w.ip).cloned())
+                    })
+                    .map(|w| {
+                        let id = state.identity(&w);
+                        (w, Reach::Mesh(id))
+                    })
+                    .collect(),
+            };
             (
                 retained.backends.update(
                     &format!("{}/{}:{}", policy.namespace, policy.name, b.name),
@@ -206,4 +227,40 @@ fn bind(
         backends,
         budgets,
     })
+}
+
+/// A destination outside the mesh as endpoints: one per address to dial, or one standing for
+/// the host resolved by DNS (the unspecified address). They share how they are reached.
+fn outside_endpoints(
+    backend: &weft_core::mesh::Backend,
+    external: &weft_core::mesh::ExternalBackend,
+    retained: &Retained,
+) -> Vec<(Arc<Workload>, Reach)> {
+    let reach = Reach::Outside(Arc::new(Outside::new(
+        external.clone(),
+        &retained.credential_dir,
+    )));
+    let addresses = if external.addresses.is_empty() {
+        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+    } else {
+        external.addresses.clone()
+    };
+    addresses
+        .into_iter()
+        .map(|ip| {
+            let workload = Workload {
+                name: external.host.clone(),
+                namespace: backend.namespace.clone(),
+                service_account: String::new(),
+                ip,
+                node: String::new(),
+                protocol: Protocol::Tcp,
+                netns: None,
+                mtls: Default::default(),
+                authz: Vec::new(),
+                meta: Default::default(),
+            };
+            (Arc::new(workload), reach.clone())
+        })
+        .collect()
 }

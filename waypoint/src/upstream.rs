@@ -1,5 +1,6 @@
 //! HTTP connections to endpoints, each carried in an HBONE tunnel to the endpoint's node proxy
-//! (mTLS with the waypoint's identity; the `forwarded` header names the original client).
+//! (mTLS with the waypoint's identity; the `forwarded` header names the original client), or
+//! for a destination outside the mesh opened directly (`crate::outside`).
 //! HTTP/1.1 connections are pooled per endpoint and returned when a response body ends;
 //! HTTP/2 uses one multiplexed connection per endpoint. `maxConnections`, the pending queue
 //! (`http1MaxPendingRequests`) and `maxRequestsPerConnection` are enforced here, with the
@@ -19,9 +20,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_core::hbone::{ConnectRequest, Pool, PoolKey};
 
-use crate::backend::{Backend, ConnSlot, Endpoint, Http1Conn, Http2Conn};
+use crate::backend::{Backend, ConnSlot, Endpoint, Http1Conn, Http2Conn, Reach};
 use crate::body::Body;
 use crate::identity::Identity;
+use crate::outside::Conn;
 
 /// Why a request did not get a response.
 #[derive(Debug, thiserror::Error)]
@@ -49,14 +51,23 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
-    async fn tunnel(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<TokioIo<weft_core::hbone::H2Stream>, UpstreamError> {
+    /// A connection to `endpoint`: an HBONE tunnel in the mesh, else directly (in TLS where
+    /// the destination wants it, offering `h2` or `http/1.1`).
+    async fn open(&self, endpoint: &Endpoint, http2: bool) -> Result<TokioIo<Conn>, UpstreamError> {
+        let expected = match &endpoint.reach {
+            Reach::Mesh(id) => id.clone(),
+            Reach::Outside(outside) => {
+                return outside
+                    .connect(endpoint.workload.ip, self.port, http2)
+                    .await
+                    .map(TokioIo::new)
+                    .map_err(UpstreamError::Connect);
+            }
+        };
         let key = PoolKey {
             source: self.identity.id.clone(),
             proxy: SocketAddr::new(endpoint.workload.ip, weft_core::ports::HBONE),
-            destination: endpoint.identity.clone(),
+            destination: expected.clone(),
         };
         let request = ConnectRequest {
             destination: SocketAddr::new(endpoint.workload.ip, self.port),
@@ -65,7 +76,6 @@ impl Dialer {
             baggage: None,
         };
         let identity = self.identity.clone();
-        let expected = endpoint.identity.clone();
         let stream = self
             .pool
             .connect(
@@ -76,7 +86,7 @@ impl Dialer {
             )
             .await
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        Ok(TokioIo::new(stream))
+        Ok(TokioIo::new(Conn::Hbone(stream)))
     }
 }
 
@@ -214,7 +224,7 @@ async fn open_http1(
     dialer: &Dialer,
     slot: ConnSlot,
 ) -> Result<Http1Conn, UpstreamError> {
-    let io = dialer.tunnel(endpoint).await?;
+    let io = dialer.open(endpoint, false).await?;
     let (sender, conn) = http1::handshake(io)
         .await
         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
@@ -251,7 +261,7 @@ async fn send_h2(
         Some(sender) => sender,
         None => {
             let slot = backend.try_connection().ok_or(UpstreamError::Overflow)?;
-            let io = dialer.tunnel(endpoint).await?;
+            let io = dialer.open(endpoint, true).await?;
             let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?;

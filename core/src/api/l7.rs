@@ -3,12 +3,13 @@
 //! backend); the mesh config's own validation then judges the whole.
 
 use super::authz::authz_from;
+use super::backend::{backend_from, backend_to};
 use super::field::{FieldError, Result, each, ip, port, ports_from, ports_to};
 use super::v1;
 use crate::mesh::{
-    Backend, DirectResponse, Fault, HeaderEdits, Listener, ListenerCert, Mirror, NamedMatch,
-    Outlier, PathPart, PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route,
-    RouteMatch, ServicePolicy, StrMatch, Tracing, VirtualHost, WaypointConfig, WeightedBackend,
+    DirectResponse, Fault, HeaderEdits, Listener, ListenerCert, Mirror, NamedMatch, PathPart,
+    Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy, StrMatch,
+    Tracing, VirtualHost, WaypointConfig, WeightedBackend,
 };
 
 fn str_match_to(m: &StrMatch) -> v1::StrMatch {
@@ -338,55 +339,6 @@ fn path_part_from(p: Option<&v1::PathPart>) -> PathPart {
     }
 }
 
-fn backend_to(b: &Backend) -> v1::Backend {
-    v1::Backend {
-        name: b.name.clone(),
-        namespace: b.namespace.clone(),
-        endpoints: b.endpoints.clone(),
-        ports: ports_to(&b.ports),
-        pool: Some(v1::PoolLimits {
-            max_connections: b.pool.max_connections,
-            max_pending: b.pool.max_pending,
-            max_requests: b.pool.max_requests,
-            max_requests_per_connection: b.pool.max_requests_per_connection,
-            connect_timeout_ms: b.pool.connect_timeout_ms,
-        }),
-        outlier: b.outlier.as_ref().map(|o| v1::Outlier {
-            consecutive_5xx: o.consecutive_5xx,
-            consecutive_gateway: o.consecutive_gateway,
-            interval_ms: o.interval_ms,
-            base_ejection_ms: o.base_ejection_ms,
-            max_ejection_percent: o.max_ejection_percent,
-            min_health_percent: o.min_health_percent,
-        }),
-    }
-}
-
-fn backend_from(b: &v1::Backend) -> Result<Backend> {
-    let pool = b.pool.unwrap_or_default();
-    Ok(Backend {
-        name: b.name.clone(),
-        namespace: b.namespace.clone(),
-        endpoints: b.endpoints.clone(),
-        ports: ports_from(&b.ports)?,
-        pool: PoolLimits {
-            max_connections: pool.max_connections,
-            max_pending: pool.max_pending,
-            max_requests: pool.max_requests,
-            max_requests_per_connection: pool.max_requests_per_connection,
-            connect_timeout_ms: pool.connect_timeout_ms,
-        },
-        outlier: b.outlier.as_ref().map(|o| Outlier {
-            consecutive_5xx: o.consecutive_5xx,
-            consecutive_gateway: o.consecutive_gateway,
-            interval_ms: o.interval_ms,
-            base_ejection_ms: o.base_ejection_ms,
-            max_ejection_percent: o.max_ejection_percent,
-            min_health_percent: o.min_health_percent,
-        }),
-    })
-}
-
 impl From<&WaypointConfig> for v1::WaypointConfig {
     fn from(w: &WaypointConfig) -> Self {
         Self {
@@ -408,6 +360,7 @@ impl From<&WaypointConfig> for v1::WaypointConfig {
                         })
                         .collect(),
                     https_redirect: l.https_redirect,
+                    mesh_only: l.mesh_only,
                     hosts: l
                         .hosts
                         .iter()
@@ -469,6 +422,7 @@ pub(super) fn waypoint_from(w: &v1::WaypointConfig) -> Result<WaypointConfig> {
                     })
                     .collect(),
                 https_redirect: l.https_redirect,
+                mesh_only: l.mesh_only,
                 hosts: each("hosts", &l.hosts, |h| {
                     Ok(VirtualHost {
                         hostnames: h.hostnames.clone(),

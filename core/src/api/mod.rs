@@ -4,6 +4,7 @@
 //! text to be parsed again.
 
 mod authz;
+mod backend;
 mod field;
 mod l7;
 pub mod otlp;

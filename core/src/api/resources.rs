@@ -58,6 +58,15 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                 hosts: e.hosts.clone(),
                 addresses: e.addresses.iter().map(ToString::to_string).collect(),
                 ports: e.ports.iter().map(|p| u32::from(*p)).collect(),
+                via: e
+                    .via
+                    .iter()
+                    .map(|v| v1::EgressVia {
+                        port: v.port.map(u32::from),
+                        gateway: Some(waypoint_ref_to(&v.gateway)),
+                        gateway_port: u32::from(v.gateway_port),
+                    })
+                    .collect(),
             }),
         );
     }
@@ -94,11 +103,7 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                 vip: s.vip.to_string(),
                 ports: ports_to(&s.ports),
                 endpoints: s.endpoints.clone(),
-                waypoint: s.waypoint.as_ref().map(|w| v1::WaypointRef {
-                    name: w.name.clone(),
-                    ip: w.ip.to_string(),
-                    identity: w.identity.to_string(),
-                }),
+                waypoint: s.waypoint.as_ref().map(waypoint_ref_to),
             }),
         );
     }
@@ -194,6 +199,29 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                         u16::try_from(*p).map_err(|_| field("ports", format!("{p} is not a port")))
                     })
                     .collect::<Result<_, _>>()?,
+                via: e
+                    .via
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let at = |f: &str| format!("via[{i}].{f}");
+                        let port = |p: u32, f: &str| {
+                            u16::try_from(p)
+                                .map_err(|_| field(&at(f), format!("{p} is not a port")))
+                        };
+                        Ok(crate::mesh::EgressVia {
+                            port: v.port.map(|p| port(p, "port")).transpose()?,
+                            gateway: waypoint_ref_from(
+                                v.gateway
+                                    .as_ref()
+                                    .ok_or_else(|| field(&at("gateway"), "missing".into()))?,
+                                &at("gateway"),
+                            )
+                            .map_err(nested)?,
+                            gateway_port: port(v.gateway_port, "gatewayPort")?,
+                        })
+                    })
+                    .collect::<Result<_, ResourceError>>()?,
             }),
             Some(v1::resource::Kind::Workload(w)) => mesh.workloads.push(Workload {
                 name: w.name.clone(),
@@ -255,20 +283,12 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                         .map_err(|e| field("vip", format!("{:?}: {e}", s.vip)))?,
                     ports,
                     endpoints: s.endpoints.clone(),
-                    waypoint: match &s.waypoint {
-                        None => None,
-                        Some(w) => Some(crate::mesh::WaypointRef {
-                            name: w.name.clone(),
-                            ip: w
-                                .ip
-                                .parse()
-                                .map_err(|e| field("waypoint.ip", format!("{:?}: {e}", w.ip)))?,
-                            identity: w
-                                .identity
-                                .parse()
-                                .map_err(|e| field("waypoint.identity", format!("{e}")))?,
-                        }),
-                    },
+                    waypoint: s
+                        .waypoint
+                        .as_ref()
+                        .map(|w| waypoint_ref_from(w, "waypoint"))
+                        .transpose()
+                        .map_err(nested)?,
                 });
             }
             Some(v1::resource::Kind::Waypoint(w)) => {
@@ -286,6 +306,28 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn waypoint_ref_to(w: &crate::mesh::WaypointRef) -> v1::WaypointRef {
+    v1::WaypointRef {
+        name: w.name.clone(),
+        ip: w.ip.to_string(),
+        identity: w.identity.to_string(),
+    }
+}
+
+fn waypoint_ref_from(
+    w: &v1::WaypointRef,
+    at: &str,
+) -> super::field::Result<crate::mesh::WaypointRef> {
+    Ok(crate::mesh::WaypointRef {
+        name: w.name.clone(),
+        ip: super::field::ip(&format!("{at}.ip"), &w.ip)?,
+        identity: w
+            .identity
+            .parse()
+            .map_err(|e| FieldError::new(format!("{at}.identity"), format!("{e}")))?,
     })
 }
 

@@ -4,6 +4,7 @@
 
 mod authz;
 mod config;
+mod gateway;
 mod index;
 mod outbound;
 mod service;
@@ -15,15 +16,16 @@ pub use authz::{
     AuthzAction, AuthzCondition, AuthzOperation, AuthzPolicy, AuthzRule, AuthzSource, glob_matches,
 };
 pub use config::{ConfigError, MAX_CONFIG_BYTES, MeshConfig, read_config};
+pub use gateway::{ListenerCert, host_matches};
 pub use index::{MeshIndex, Upstream};
-pub use outbound::{Cidr, External, Outbound};
+pub use outbound::{Cidr, EgressVia, External, Outbound};
+pub use outbound::{ExternalBackend, TlsOrigination};
 pub use service::{Service, ServicePort, WaypointRef};
 pub use tracing::{COLLECTOR_PROTOCOLS, Tracing};
 pub use waypoint::{
-    Backend, DirectResponse, Fault, HeaderEdits, Listener, ListenerCert, Mirror, NamedMatch,
-    Outlier, PathPart, PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route,
-    RouteMatch, ServicePolicy, StrMatch, VirtualHost, WaypointConfig, WeightedBackend,
-    host_matches,
+    Backend, DirectResponse, Fault, HeaderEdits, Listener, Mirror, NamedMatch, Outlier, PathPart,
+    PoolLimits, Redirect, Retry, RetryBudget, RetryOn, Rewrite, Route, RouteMatch, ServicePolicy,
+    StrMatch, VirtualHost, WaypointConfig, WeightedBackend,
 };
 pub use workload::{MtlsPolicy, Protocol, Workload, WorkloadMeta};
 

@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::service::WaypointRef;
+
 /// The outbound traffic policy and the external services.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -41,6 +43,57 @@ pub struct External {
     /// Its ports (none: every port).
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Ports whose connections go through an egress gateway instead of straight out (a
+    /// VirtualService routes the mesh's traffic for the entry's hosts to the gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<EgressVia>,
+}
+
+/// An egress gateway a connection to an external service is carried to, over HBONE with the
+/// source's identity, addressed to one of the gateway's listeners (which routes it by host).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressVia {
+    /// The connection's destination port (none: every port of the entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The gateway: its pod's address and the identity it proves.
+    pub gateway: WaypointRef,
+    /// The gateway's listener the tunnel is addressed to.
+    pub gateway_port: u16,
+}
+
+/// A destination outside the mesh, as an egress gateway reaches it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalBackend {
+    /// Its host name.
+    pub host: String,
+    /// Its addresses (a ServiceEntry's STATIC endpoints); none: the host is resolved by DNS
+    /// for each new connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
+    /// Set: the gateway speaks TLS to it (a DestinationRule's `tls.mode: SIMPLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsOrigination>,
+}
+
+/// TLS originated to a destination outside the mesh: the server's certificate must chain to
+/// the given CAs and name `sni` (or one of `subjectAltNames`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsOrigination {
+    /// The name sent in SNI.
+    pub sni: String,
+    /// A PEM file of CA certificates on the gateway (`caCertificates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// A credential mounted on the gateway (`credentialName`): its `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Names the certificate may hold instead of `sni`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 impl External {
@@ -48,6 +101,11 @@ impl External {
     pub fn holds(&self, dst: SocketAddr) -> bool {
         self.addresses.iter().any(|a| a.contains(dst.ip()))
             && (self.ports.is_empty() || self.ports.contains(&dst.port()))
+    }
+
+    /// The egress gateway a connection to port `port` goes through, if any.
+    pub fn via_for(&self, port: u16) -> Option<&EgressVia> {
+        self.via.iter().find(|v| v.port.is_none_or(|p| p == port))
     }
 }
 
@@ -172,6 +230,7 @@ mod tests {
                 hosts: vec!["api.example.test".into()],
                 addresses: vec![block],
                 ports: vec![443],
+                via: Vec::new(),
             }],
         };
         assert!(outbound.registry_only("shop"));

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::authz::AuthzPolicy;
+use super::gateway::{ListenerCert, host_matches};
+use super::outbound::ExternalBackend;
 use super::service::ServicePort;
 use super::tracing::{COLLECTOR_PROTOCOLS, Tracing};
 
@@ -49,28 +51,10 @@ pub struct Listener {
     /// Every request is answered with a redirect to the same URL over https.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub https_redirect: bool,
-}
-
-/// A certificate of a TLS listener, named by its credential (the gateway reads
-/// `<credential dir>/<credential>/tls.crt` and `tls.key`: the private key never leaves it).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ListenerCert {
-    /// The SNI names it serves (`*`, `*.example.com` or a name).
-    pub hostnames: Vec<String>,
-    pub credential: String,
-}
-
-/// Whether `pattern` (`*`, `*.example.com` or a name) matches `host` (no port).
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    pattern == "*"
-        || pattern.eq_ignore_ascii_case(host)
-        || pattern.strip_prefix("*.").is_some_and(|suffix| {
-            host.len() > suffix.len() + 1
-                && host
-                    .to_ascii_lowercase()
-                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
-        })
+    /// Only mesh clients are served (in HBONE tunnels addressed to the port): nothing
+    /// listens for clients outside the mesh (Istio's `ISTIO_MUTUAL`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh_only: bool,
 }
 
 /// The routes one VirtualService bound to a gateway gives the hosts it names.
@@ -473,6 +457,10 @@ pub struct Backend {
     /// Outlier detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier: Option<Outlier>,
+    /// Set: a destination outside the mesh (a ServiceEntry's host), reached directly rather
+    /// than over HBONE; `endpoints` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalBackend>,
 }
 
 impl WaypointConfig {
@@ -512,6 +500,20 @@ impl WaypointConfig {
             .enumerate()
             .map(|(s, service)| (format!("services[{s}]"), service));
         for (at_service, service) in services.chain(hosts) {
+            for (b, backend) in service.backends.iter().enumerate() {
+                if let Some(e) = &backend.external {
+                    let at = format!("{at_service}.backends[{b}].external");
+                    let names = e
+                        .tls
+                        .iter()
+                        .flat_map(|t| std::iter::once(&t.sni).chain(&t.subject_alt_names));
+                    for name in std::iter::once(&e.host).chain(names) {
+                        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                            return Err(format!("{at}: {name:?} is not a host name"));
+                        }
+                    }
+                }
+            }
             for (r, route) in service.routes.iter().enumerate() {
                 let at = format!("{at_service}.routes[{r}]");
                 route

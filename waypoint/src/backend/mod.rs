@@ -15,12 +15,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tracing::info;
-use weft_core::identity::SpiffeId;
 use weft_core::mesh::Workload;
 use weft_core::mesh::{Outlier, PoolLimits};
 
 pub(crate) use balance::PickError;
-pub(crate) use endpoint::Endpoint;
+pub(crate) use endpoint::{Endpoint, Reach};
 pub(crate) use outlier::Outcome;
 pub(crate) use pool::{ConnSlot, Http1Conn, Http2Conn, PendingSlot, RequestSlot};
 
@@ -146,7 +145,7 @@ impl Backends {
     pub(crate) fn update(
         &self,
         name: &str,
-        endpoints: Vec<(Arc<Workload>, SpiffeId)>,
+        endpoints: Vec<(Arc<Workload>, Reach)>,
         limits: Limits,
     ) -> Arc<Backend> {
         let backend = self
@@ -159,11 +158,11 @@ impl Backends {
         let old = backend.endpoints.load();
         let next: Vec<Arc<Endpoint>> = endpoints
             .into_iter()
-            .map(|(w, id)| {
+            .map(|(w, reach)| {
                 old.iter()
-                    .find(|e| e.workload.ip == w.ip && e.identity == id)
+                    .find(|e| e.workload.ip == w.ip && e.reach == reach)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(w, id)))
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(w, reach)))
             })
             .collect();
         backend.endpoints.store(Arc::new(next));
@@ -175,6 +174,7 @@ impl Backends {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use weft_core::identity::SpiffeId;
 
     /// A backend with `n` endpoints `10.0.0.1..=n` and these limits.
     pub(crate) fn backend(n: u8, limits: Limits) -> Arc<Backend> {
@@ -194,7 +194,7 @@ pub(crate) mod test_support {
                 };
                 (
                     Arc::new(workload),
-                    SpiffeId::new("cluster.local", "shop", "web"),
+                    Reach::Mesh(SpiffeId::new("cluster.local", "shop", "web")),
                 )
             })
             .collect();

@@ -94,12 +94,12 @@ pub(crate) async fn handle(
         .is_some_and(|v| v.starts_with("application/grpc"));
     // Upstream in the client's protocol; from outside the mesh (a browser that chose h2 by
     // ALPN, say) HTTP/1.1 unless it is gRPC, which is HTTP/2 only.
-    let http2 = if tunnel.outside() {
+    let http2 = if tunnel.at_listener {
         grpc
     } else {
         request.version() == Version::HTTP_2
     };
-    let service = if tunnel.outside() {
+    let service = if tunnel.at_listener {
         snapshot.host_for(tunnel.target.port(), &host_of(&request, &tunnel))
     } else {
         snapshot.service_for(tunnel.target)
@@ -132,7 +132,7 @@ pub(crate) async fn handle(
     let request_bytes = Arc::new(AtomicU64::new(0));
     let request = request.map(|b| Counted::new(body::once(b), request_bytes.clone()).boxed());
     // An ingress listener that only redirects to https.
-    let redirect = tunnel.outside()
+    let redirect = tunnel.at_listener
         && snapshot
             .listener(tunnel.target.port())
             .is_some_and(|l| l.https_redirect);
@@ -159,7 +159,7 @@ pub(crate) async fn handle(
             }
             reply
         }
-        None if tunnel.outside() => local(
+        None if tunnel.at_listener => local(
             StatusCode::NOT_FOUND,
             ResponseFlag::NoRoute,
             format!(
@@ -358,8 +358,8 @@ async fn serve(
     let budget = &service.budgets[index];
     budget.deposit();
     // A tunnel to one endpoint goes to it; a gateway's own address pins nothing.
-    let pinned =
-        (!tunnel.outside() && tunnel.target.ip() != service.policy.vip).then(|| tunnel.target.ip());
+    let pinned = (!tunnel.at_listener && tunnel.target.ip() != service.policy.vip)
+        .then(|| tunnel.target.ip());
     let backend_index = split::choose(route, service, pinned, &mut tunnel.waypoint.rng());
     let Some((backend, ports)) = service.backends.get(backend_index) else {
         return local(
@@ -372,7 +372,7 @@ async fn serve(
         Some(_) => tunnel.target.port(),
         // From outside, the listener's port says nothing of the service's: its port of the
         // same number, else its first.
-        None if tunnel.outside() => ports
+        None if tunnel.at_listener => ports
             .iter()
             .find(|p| p.port == port)
             .or(ports.first())

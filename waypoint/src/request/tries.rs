@@ -15,7 +15,7 @@ use super::body::Replayable;
 use super::reply::{Reply, ResponseFlag, downstream_response, full, local, upstream_request};
 use super::retry::{self, Budget, TryResult};
 use super::timeout::Deadlines;
-use crate::backend::{Backend, Outcome, PickError};
+use crate::backend::{Backend, Outcome, PickError, Reach};
 use crate::body::Body;
 use crate::metrics::RequestLabels;
 use crate::shared::Waypoint;
@@ -93,9 +93,10 @@ impl Tries<'_> {
                     );
                 }
             };
-            labels
-                .destination
-                .set_workload(&endpoint.workload, &endpoint.identity);
+            match &endpoint.reach {
+                Reach::Mesh(id) => labels.destination.set_workload(&endpoint.workload, id),
+                Reach::Outside(_) => labels.destination.set_outside(&endpoint.workload.name),
+            }
             previous = Some(endpoint.workload.ip);
             let mut request = upstream_request(
                 self.parts,
@@ -146,7 +147,7 @@ impl Tries<'_> {
                         ("upstream_cluster", self.backend.name.clone()),
                         ("upstream_host", endpoint.workload.ip.to_string()),
                         ("upstream_workload", endpoint.workload.name.clone()),
-                        ("peer.identity", endpoint.identity.to_string()),
+                        ("peer.identity", endpoint.reach.principal()),
                         ("http.status_code", status),
                     ],
                 });

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use weft_core::mesh::{Backend, Outlier, PoolLimits};
+use weft_core::mesh::{
+    Backend, ExternalBackend, Outlier, PoolLimits, ServicePort, TlsOrigination, host_matches,
+};
 
 use super::common::{host_is, labels_match, ms};
 use super::endpoints::Membership;
@@ -59,6 +61,7 @@ impl<'a> Backends<'a> {
             ports: Membership::ports(svc, &members),
             pool: PoolLimits::default(),
             outlier: None,
+            external: None,
         };
         if let Some(policy) = policy {
             apply_traffic_policy(&mut backend, policy);
@@ -88,6 +91,71 @@ impl<'a> Backends<'a> {
         self.list.push(backend);
         self.index.insert(name, i);
         i
+    }
+}
+
+impl Backends<'_> {
+    /// The backend for `host` outside the mesh, on `port` (none: the entry's ports), if a
+    /// ServiceEntry names the host: its STATIC endpoints or single addresses (else the host is
+    /// resolved by DNS when connecting), and TLS originated as the host's DestinationRule says.
+    pub(crate) fn external(&mut self, host: &str, port: Option<u16>) -> Option<usize> {
+        let name = match port {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        if let Some(i) = self.index.get(&name) {
+            return Some(*i);
+        }
+        let (key, entry) = self.objects.policies.values().find_map(|p| match &p.spec {
+            PolicySpec::ServiceEntry(se) if se.hosts.iter().any(|h| host_matches(h, host)) => {
+                Some((&p.key, &**se))
+            }
+            _ => None,
+        })?;
+        let ports = match port {
+            Some(port) => vec![port],
+            None => entry.ports.iter().map(|p| p.number).collect(),
+        };
+        let rule = self.objects.policies.values().find_map(|p| match &p.spec {
+            PolicySpec::DestinationRule(dr) if host_matches(&dr.host, host) => Some(&**dr),
+            _ => None,
+        });
+        let policy = rule.and_then(|r| r.traffic_policy.as_ref());
+        let tls = policy
+            .and_then(|p| p.tls_for(port))
+            .filter(|t| t.originates())
+            .map(|t| TlsOrigination {
+                sni: t.sni.clone().unwrap_or_else(|| host.to_owned()),
+                ca_file: t.ca_certificates.clone(),
+                credential: t.credential_name.clone(),
+                subject_alt_names: t.subject_alt_names.clone(),
+            });
+        let mut backend = Backend {
+            name: name.clone(),
+            namespace: key.namespace.clone(),
+            endpoints: Vec::new(),
+            ports: ports
+                .into_iter()
+                .map(|port| ServicePort {
+                    port,
+                    target_port: port,
+                })
+                .collect(),
+            pool: PoolLimits::default(),
+            outlier: None,
+            external: Some(ExternalBackend {
+                host: host.to_owned(),
+                addresses: entry.addresses_to_dial(),
+                tls,
+            }),
+        };
+        if let Some(policy) = policy {
+            apply_traffic_policy(&mut backend, policy);
+        }
+        let i = self.list.len();
+        self.list.push(backend);
+        self.index.insert(name, i);
+        Some(i)
     }
 }
 

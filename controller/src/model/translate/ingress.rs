@@ -22,7 +22,7 @@ use super::waypoints::{GATEWAY_NAME, RunningWaypoint};
 use crate::model::key::ObjectKey;
 use crate::model::objects::{Objects, Pod};
 use crate::model::policy::gateway::{GatewaySpec, INGRESS_CLASS};
-use crate::model::policy::istio::{IstioGatewaySpec, Server, Serving};
+use crate::model::policy::istio::{self, IstioGatewaySpec, Server, Serving};
 use crate::model::policy::{Policy, PolicySpec};
 
 /// The Istio Gateways (ingress) and their specs.
@@ -149,10 +149,12 @@ pub(super) fn gateway_config(
                     hosts: Vec::new(),
                     certificates: Vec::new(),
                     https_redirect: false,
+                    mesh_only: false,
                 });
             match serving {
                 Serving::Http => {}
                 Serving::RedirectToHttps => listener.https_redirect = true,
+                Serving::MeshOnly => listener.mesh_only = true,
                 Serving::Https { credential } => listener.certificates.push(ListenerCert {
                     hostnames: server.hostnames().map(str::to_owned).collect(),
                     credential,
@@ -175,7 +177,16 @@ pub(super) fn gateway_config(
                     &p.key,
                     hostnames,
                     &authz,
-                    |backends| vs_routes(objects, backends, &p.key, vs, None),
+                    |backends| {
+                        vs_routes(
+                            objects,
+                            backends,
+                            &p.key,
+                            vs,
+                            None,
+                            istio::Context::Gateway(&gateway.key),
+                        )
+                    },
                 ));
             }
         }
@@ -243,6 +254,7 @@ fn api_listeners(
             hosts: Vec::new(),
             certificates: Vec::new(),
             https_redirect: false,
+            mesh_only: false,
         });
         let own = l.hostname.clone().unwrap_or_else(|| "*".into());
         if let Some(credential) = l.credential() {

@@ -101,7 +101,14 @@ pub(crate) fn virtual_service_routes(
         }
         _ => None,
     })?;
-    Some(vs_routes(objects, backends, key, vs, Some(svc)))
+    Some(vs_routes(
+        objects,
+        backends,
+        key,
+        vs,
+        Some(svc),
+        istio::Context::Mesh,
+    ))
 }
 
 /// The routes of `vs` (`key`). A rule answering by itself (a direct response, a redirect)
@@ -113,12 +120,22 @@ pub(crate) fn vs_routes(
     key: &ObjectKey,
     vs: &istio::VirtualServiceSpec,
     fallback: Option<&Service>,
+    context: istio::Context<'_>,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for (i, http) in vs.http.iter().enumerate() {
-        let matches = http
+        // Only the matches that apply here; a rule all of whose matches are for elsewhere
+        // (`gateways: [mesh]` at a gateway, say) is not a rule here.
+        let applicable: Vec<_> = http
             .matches
             .iter()
+            .filter(|m| m.applies(&key.namespace, context))
+            .collect();
+        if !http.matches.is_empty() && applicable.is_empty() {
+            continue;
+        }
+        let matches = applicable
+            .into_iter()
             .map(|m| RouteMatch {
                 path: m.uri.as_ref().and_then(str_match),
                 method: m.method.as_ref().and_then(str_match),
@@ -155,11 +172,17 @@ pub(crate) fn vs_routes(
         let single = http.route.len() == 1;
         let mut weighted = Vec::new();
         for d in &http.route {
-            let Some(target) = service_for(objects, &d.destination.host, &key.namespace) else {
-                continue;
+            let port = d.destination.port.as_ref().map(|p| p.number);
+            let backend = match service_for(objects, &d.destination.host, &key.namespace) {
+                Some(target) => backends.get(target, d.destination.subset.as_deref()),
+                // A host outside the mesh that a ServiceEntry names.
+                None => match backends.external(&d.destination.host, port) {
+                    Some(backend) => backend,
+                    None => continue,
+                },
             };
             weighted.push(WeightedBackend {
-                backend: backends.get(target, d.destination.subset.as_deref()),
+                backend,
                 weight: d.weight.unwrap_or(if single { 100 } else { 0 }),
             });
         }

@@ -126,7 +126,7 @@ pub fn mesh_config(objects: &Objects, trust_domain: &str) -> MeshConfig {
         workloads,
         services,
         waypoints,
-        outbound: super::outbound::outbound(objects),
+        outbound: super::outbound::outbound(objects, trust_domain),
     }
 }
 

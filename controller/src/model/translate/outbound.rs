@@ -1,18 +1,23 @@
 //! Where enrolled pods may connect outside the mesh: the outbound traffic policy, mesh-wide
 //! from the (first) IstioOperator's `meshConfig.outboundTrafficPolicy.mode`, per namespace from
 //! the namespace label `weft.io/outbound-traffic-policy` (`REGISTRY_ONLY` or `ALLOW_ANY`); and
-//! the external services the ServiceEntries describe.
+//! the external services the ServiceEntries describe, and the egress gateways that a
+//! VirtualService applying in the mesh sends their hosts' traffic through.
 
-use weft_core::mesh::{Cidr, External, Outbound};
+use weft_core::identity::SpiffeId;
+use weft_core::mesh::{Cidr, EgressVia, External, Outbound, WaypointRef, host_matches};
 
-use crate::model::objects::Objects;
+use super::common::{labels_match, service_for};
+use super::ingress::is_ingress_pod;
+use crate::model::objects::{Objects, Pod, Service, TargetPort};
 use crate::model::policy::PolicySpec;
+use crate::model::policy::istio::Context;
 
 /// Namespace label setting its pods' outbound traffic policy.
 pub const OUTBOUND_POLICY: &str = "weft.io/outbound-traffic-policy";
 
 /// The outbound policy and external services for `objects`.
-pub fn outbound(objects: &Objects) -> Outbound {
+pub fn outbound(objects: &Objects, trust_domain: &str) -> Outbound {
     let registry_only = objects
         .policies
         .values()
@@ -36,6 +41,7 @@ pub fn outbound(objects: &Objects) -> Outbound {
         .values()
         .filter_map(|p| match &p.spec {
             PolicySpec::ServiceEntry(se) => Some(External {
+                via: egress_via(objects, trust_domain, &se.hosts),
                 name: p.key.name.clone(),
                 namespace: p.key.namespace.clone(),
                 hosts: se.hosts.clone(),
@@ -54,5 +60,105 @@ pub fn outbound(objects: &Objects) -> Outbound {
         registry_only,
         namespaces,
         external,
+    }
+}
+
+/// Where the mesh's connections to `hosts` (a ServiceEntry's) go through an egress gateway:
+/// for each VirtualService applying in the mesh to one of the hosts, each rule (its matches
+/// that apply in the mesh give the ports) whose first destination is a Service backed by
+/// gateway pods (an Istio Gateway selects them) sends those ports to one of the pods, at the
+/// destination port's target.
+fn egress_via(objects: &Objects, trust_domain: &str, hosts: &[String]) -> Vec<EgressVia> {
+    let mut via = Vec::new();
+    for p in objects.policies.values() {
+        let PolicySpec::VirtualService(vs) = &p.spec else {
+            continue;
+        };
+        let names_host = vs.hosts.iter().any(|v| {
+            hosts
+                .iter()
+                .any(|h| host_matches(v, h) || host_matches(h, v))
+        });
+        if !vs.in_mesh() || !names_host {
+            continue;
+        }
+        for http in &vs.http {
+            let applicable: Vec<_> = http
+                .matches
+                .iter()
+                .filter(|m| m.applies(&p.key.namespace, Context::Mesh))
+                .collect();
+            if !http.matches.is_empty() && applicable.is_empty() {
+                continue;
+            }
+            let Some(destination) = http.route.first().map(|r| &r.destination) else {
+                continue;
+            };
+            let Some(svc) = service_for(objects, &destination.host, &p.key.namespace) else {
+                continue;
+            };
+            let Some(pod) = gateway_pod(objects, svc) else {
+                continue;
+            };
+            let (Some(ip), Some(gateway_port)) = (
+                pod.ip,
+                target_port(svc, pod, destination.port.as_ref().map(|p| p.number)),
+            ) else {
+                continue;
+            };
+            // Every port, when some match names none.
+            let ports: Vec<Option<u16>> =
+                if applicable.is_empty() || applicable.iter().any(|m| m.port.is_none()) {
+                    vec![None]
+                } else {
+                    applicable.iter().map(|m| m.port).collect()
+                };
+            for port in ports {
+                if via
+                    .iter()
+                    .any(|v: &EgressVia| v.port == port || v.port.is_none())
+                {
+                    continue;
+                }
+                via.push(EgressVia {
+                    port,
+                    gateway: WaypointRef {
+                        name: format!("{}/{}", pod.namespace, pod.name),
+                        ip,
+                        identity: SpiffeId::new(trust_domain, &pod.namespace, &pod.service_account),
+                    },
+                    gateway_port,
+                });
+            }
+        }
+    }
+    via
+}
+
+/// A running gateway pod behind `svc` (the first by name).
+fn gateway_pod<'a>(objects: &'a Objects, svc: &Service) -> Option<&'a Pod> {
+    objects.pods.values().find(|pod| {
+        pod.namespace == svc.namespace
+            && !svc.selector.is_empty()
+            && labels_match(&svc.selector, &pod.labels)
+            && pod.ip.is_some()
+            && !pod.terminating
+            && is_ingress_pod(objects, pod)
+    })
+}
+
+/// The pod port `svc`'s port `port` (none: its first) goes to.
+fn target_port(svc: &Service, pod: &Pod, port: Option<u16>) -> Option<u16> {
+    let spec = match port {
+        Some(port) => svc.ports.iter().find(|p| p.port == port)?,
+        None => svc.ports.first()?,
+    };
+    match &spec.target_port {
+        TargetPort::Number(n) => Some(*n),
+        TargetPort::Name(name) => pod
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port),
     }
 }

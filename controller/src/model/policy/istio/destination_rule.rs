@@ -54,12 +54,13 @@ pub struct TrafficPolicy {
     /// Load balancing (Weft balances by least requests; other choices are reported).
     #[serde(default)]
     pub load_balancer: Unhonoured,
-    /// Not honoured: the mesh's own mTLS is always used inside the mesh.
+    /// TLS to the destination: inside the mesh the mesh's own mTLS is always used; for a
+    /// ServiceEntry's host, `SIMPLE` makes the egress gateway originate TLS.
     #[serde(default)]
-    pub tls: Unhonoured,
-    /// Not honoured.
+    pub tls: Option<ClientTls>,
+    /// Per port: only `tls` is read (TLS origination on that port).
     #[serde(default)]
-    pub port_level_settings: Unhonoured,
+    pub port_level_settings: Vec<PortTrafficPolicy>,
     /// Not honoured.
     #[serde(default)]
     pub tunnel: Unhonoured,
@@ -69,6 +70,84 @@ pub struct TrafficPolicy {
     /// Not honoured.
     #[serde(default)]
     pub proxy_protocol: Unhonoured,
+}
+
+/// `tls` (Istio's ClientTLSSettings).
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTls {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// A PEM file of CA certificates on the gateway (default: the system's CA bundle).
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    /// A Secret mounted on the gateway whose `ca.crt` holds the CA certificates.
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    /// The name sent in SNI (default: the host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Names the server's certificate may hold instead of the SNI name.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    /// Not honoured: the server's certificate is always verified.
+    #[serde(default)]
+    pub insecure_skip_verify: Unhonoured,
+    /// Not honoured (no client certificates to servers outside the mesh).
+    #[serde(default)]
+    pub client_certificate: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub private_key: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub ca_crl: Unhonoured,
+}
+
+impl ClientTls {
+    /// The mode, upper case (none when not given).
+    pub fn mode(&self) -> Option<String> {
+        self.mode.as_deref().map(str::to_ascii_uppercase)
+    }
+
+    /// Whether it asks for TLS originated by the proxy (`SIMPLE`, or `MUTUAL`).
+    pub fn originates(&self) -> bool {
+        matches!(self.mode().as_deref(), Some("SIMPLE" | "MUTUAL"))
+    }
+}
+
+/// `portLevelSettings[]`.
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    /// The port it applies to.
+    pub port: super::virtual_service::PortSelector,
+    /// TLS on this port.
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+    /// Not honoured per port (the rule's own `connectionPool` is).
+    #[serde(default)]
+    pub connection_pool: Unhonoured,
+    /// Not honoured per port (the rule's own `outlierDetection` is).
+    #[serde(default)]
+    pub outlier_detection: Unhonoured,
+    /// Not honoured.
+    #[serde(default)]
+    pub load_balancer: Unhonoured,
+}
+
+impl TrafficPolicy {
+    /// The TLS settings for `port`: its `portLevelSettings` entry's, else the policy's.
+    pub fn tls_for(&self, port: Option<u16>) -> Option<&ClientTls> {
+        port.and_then(|port| {
+            self.port_level_settings
+                .iter()
+                .find(|p| p.port.number == port)
+                .and_then(|p| p.tls.as_ref())
+        })
+        .or(self.tls.as_ref())
+    }
 }
 
 /// `connectionPool`.
@@ -182,13 +261,37 @@ impl DestinationRuleSpec {
         }
         for (i, s) in self.subsets.iter().enumerate() {
             if let Some(p) = &s.traffic_policy {
-                p.notes(&format!("spec.subsets[{i}].trafficPolicy"), notes);
+                let at = format!("spec.subsets[{i}].trafficPolicy");
+                p.notes(&at, notes);
+                p.subset_tls_notes(&at, notes);
             }
         }
     }
 }
 
 impl TrafficPolicy {
+    /// A subset's TLS settings are not read: inside the mesh its mTLS is used, and TLS to a
+    /// host outside it is originated as the rule's own `trafficPolicy` says.
+    fn subset_tls_notes(&self, at: &str, notes: &mut Notes) {
+        let why = "not read in a subset: between mesh workloads the mesh's mTLS is used (what ISTIO_MUTUAL asks), and TLS to a ServiceEntry's host is originated as the rule's own trafficPolicy.tls says";
+        if let Some(tls) = &self.tls {
+            let mesh = matches!(
+                tls.mode().as_deref(),
+                None | Some("ISTIO_MUTUAL" | "DISABLE")
+            );
+            let other = tls.ca_certificates.is_some()
+                || tls.credential_name.is_some()
+                || tls.sni.is_some()
+                || !tls.subject_alt_names.is_empty();
+            if !mesh || other {
+                notes.note(&format!("{at}.tls"), why);
+            }
+        }
+        for i in 0..self.port_level_settings.len() {
+            notes.note(&format!("{at}.portLevelSettings[{i}]"), why);
+        }
+    }
+
     fn notes(&self, at: &str, notes: &mut Notes) {
         if let Some(lb) = &self.load_balancer.0 {
             let simple = lb.get("simple").and_then(|v| v.as_str());
@@ -199,16 +302,31 @@ impl TrafficPolicy {
                 );
             }
         }
-        notes.unhonoured(
-            &format!("{at}.tls"),
-            &self.tls,
-            "the mesh's mTLS is used between proxies",
+        let settings = self.tls.iter().map(|t| (format!("{at}.tls"), t)).chain(
+            self.port_level_settings
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    Some((format!("{at}.portLevelSettings[{i}].tls"), p.tls.as_ref()?))
+                }),
         );
-        notes.unhonoured(
-            &format!("{at}.portLevelSettings"),
-            &self.port_level_settings,
-            "not implemented",
-        );
+        for (at_tls, tls) in settings {
+            tls.notes(&at_tls, notes);
+        }
+        for (i, p) in self.port_level_settings.iter().enumerate() {
+            let at = format!("{at}.portLevelSettings[{i}]");
+            for (field, value) in [
+                ("connectionPool", &p.connection_pool),
+                ("outlierDetection", &p.outlier_detection),
+                ("loadBalancer", &p.load_balancer),
+            ] {
+                notes.unhonoured(
+                    &format!("{at}.{field}"),
+                    value,
+                    "per-port pools and balancing are not implemented: the rule's own apply to every port",
+                );
+            }
+        }
         notes.unhonoured(&format!("{at}.tunnel"), &self.tunnel, "not implemented");
         notes.unhonoured(
             &format!("{at}.retryBudget"),
@@ -274,5 +392,43 @@ impl TrafficPolicy {
                 "connect failures count as gateway errors",
             );
         }
+    }
+}
+
+impl ClientTls {
+    fn notes(&self, at: &str, notes: &mut Notes) {
+        match self.mode().as_deref() {
+            None | Some("DISABLE" | "ISTIO_MUTUAL" | "SIMPLE") => {}
+            Some("MUTUAL") => notes.note(
+                &format!("{at}.mode"),
+                "MUTUAL is originated as SIMPLE: Weft presents no client certificate to servers outside the mesh",
+            ),
+            Some(other) => notes.note(
+                &format!("{at}.mode"),
+                format!("{other:?} is not DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL: no TLS is originated"),
+            ),
+        }
+        if self.originates() {
+            notes.note(
+                &format!("{at}.mode"),
+                "TLS is originated only to a ServiceEntry's host, by the egress gateway that routes to it; between mesh workloads the mesh's own mTLS is used",
+            );
+        }
+        notes.unhonoured(
+            &format!("{at}.insecureSkipVerify"),
+            &self.insecure_skip_verify,
+            "the server's certificate is always verified",
+        );
+        for (field, value) in [
+            ("clientCertificate", &self.client_certificate),
+            ("privateKey", &self.private_key),
+        ] {
+            notes.unhonoured(
+                &format!("{at}.{field}"),
+                value,
+                "no client certificate is presented outside the mesh",
+            );
+        }
+        notes.unhonoured(&format!("{at}.caCrl"), &self.ca_crl, "not implemented");
     }
 }

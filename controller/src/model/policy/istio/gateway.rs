@@ -106,6 +106,9 @@ pub enum Serving {
     RedirectToHttps,
     /// TLS with the credential of this name, then HTTP.
     Https { credential: String },
+    /// `ISTIO_MUTUAL`: only for mesh clients, whose HBONE tunnels (mutual TLS with their
+    /// identities) carry the HTTP; no port is opened to clients outside the mesh.
+    MeshOnly,
 }
 
 /// A server's port.
@@ -128,6 +131,9 @@ impl Server {
     pub fn serving(&self) -> Option<Serving> {
         let protocol = self.port.protocol.to_ascii_uppercase();
         match (protocol.as_str(), &self.tls) {
+            ("HTTP" | "HTTPS", Some(tls)) if tls.mode.as_deref() == Some("ISTIO_MUTUAL") => {
+                Some(Serving::MeshOnly)
+            }
             ("HTTP", None) => Some(Serving::Http),
             ("HTTP", Some(tls)) if tls.https_redirect == Some(true) => {
                 Some(Serving::RedirectToHttps)
@@ -175,7 +181,7 @@ impl IstioGatewaySpec {
             if server.port.protocol.eq_ignore_ascii_case("HTTPS") && !server.served() {
                 notes.note(
                     &format!("{at}.tls"),
-                    "an HTTPS server is served with mode SIMPLE and a credentialName: nothing listens on this one",
+                    "an HTTPS server is served with mode SIMPLE and a credentialName, or ISTIO_MUTUAL (mesh clients only): nothing listens on this one",
                 );
             }
             notes.unhonoured(
@@ -216,10 +222,17 @@ impl ServerTls {
     fn notes(&self, at: &str, notes: &mut Notes) {
         if let Some(mode) = &self.mode
             && mode != "SIMPLE"
+            && mode != "ISTIO_MUTUAL"
         {
             notes.note(
                 &format!("{at}.mode"),
-                format!("{mode:?} is not served yet (SIMPLE is)"),
+                format!("{mode:?} is not served yet (SIMPLE and ISTIO_MUTUAL are)"),
+            );
+        }
+        if self.mode.as_deref() == Some("ISTIO_MUTUAL") {
+            notes.note(
+                &format!("{at}.mode"),
+                "ISTIO_MUTUAL: served to mesh clients only, in their HBONE tunnels (mutual TLS with their identities); no port is opened outside the mesh",
             );
         }
         let why = "the gateway reads certificates by credentialName";

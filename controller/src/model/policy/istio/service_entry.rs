@@ -102,6 +102,35 @@ impl ServiceEntrySpec {
             .collect()
     }
 
+    /// The addresses an egress gateway dials for the entry: under `STATIC` its endpoints',
+    /// else its single addresses (`10.1.2.3`, not blocks); none: its host is resolved by DNS.
+    pub fn addresses_to_dial(&self) -> Vec<std::net::IpAddr> {
+        let static_ = self
+            .resolution
+            .as_deref()
+            .is_some_and(|r| r.eq_ignore_ascii_case("STATIC"));
+        if static_ && !self.endpoints.is_empty() {
+            return self
+                .endpoints
+                .iter()
+                .filter_map(|e| e.address.parse().ok())
+                .collect();
+        }
+        let dns = self
+            .resolution
+            .as_deref()
+            .is_some_and(|r| r.to_ascii_uppercase().starts_with("DNS"));
+        if dns {
+            return Vec::new();
+        }
+        self.addresses
+            .iter()
+            .filter_map(|a| a.parse::<weft_core::mesh::Cidr>().ok())
+            .filter(|c| c.prefix == if c.ip.is_ipv4() { 32 } else { 128 })
+            .map(|c| c.ip)
+            .collect()
+    }
+
     /// Checks the addresses and values, and reports what Weft does not do.
     pub fn read(&self, notes: &mut Notes) -> Result<(), String> {
         for (i, a) in self.addresses.iter().enumerate() {
@@ -162,7 +191,7 @@ impl ServiceEntrySpec {
         notes.unhonoured(
             "spec.subjectAltNames",
             &self.subject_alt_names,
-            "Weft does not originate TLS to external services yet",
+            "the egress gateway verifies the names a DestinationRule's tls.subjectAltNames gives",
         );
         notes.unhonoured(
             "spec.workloadSelector",

@@ -308,9 +308,10 @@ pub struct HttpMatchRequest {
     /// Not honoured.
     #[serde(default)]
     pub source_namespace: Unhonoured,
-    /// Not honoured.
+    /// Where the match applies: `mesh` and gateway names (none: wherever the
+    /// VirtualService's `gateways` say).
     #[serde(default)]
-    pub gateways: Unhonoured,
+    pub gateways: Vec<String>,
     /// Not honoured.
     #[serde(default)]
     pub stat_prefix: Unhonoured,
@@ -401,10 +402,9 @@ impl VirtualServiceSpec {
     /// Whether it is bound to the Istio Gateway `gateway` (`namespace/name`), itself being in
     /// `namespace`.
     pub fn binds(&self, namespace: &str, gateway: &crate::model::key::ObjectKey) -> bool {
-        self.gateways.iter().any(|g| match g.split_once('/') {
-            Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
-            None => namespace == gateway.namespace && g == &gateway.name,
-        })
+        self.gateways
+            .iter()
+            .any(|g| Context::Gateway(gateway).is(namespace, g))
     }
 
     /// Reports what Weft does not do.
@@ -475,7 +475,6 @@ impl VirtualServiceSpec {
                     &m.source_namespace,
                     "use AuthorizationPolicy for source-based rules",
                 );
-                notes.unhonoured(&at("gateways"), &m.gateways, "ingress gateways");
                 if m.authority.is_some() {
                     notes.note(
                         &at("authority"),
@@ -527,6 +526,36 @@ impl VirtualServiceSpec {
                     "retries pick endpoints by load",
                 );
             }
+        }
+    }
+}
+
+/// Where routes are built for: inside the mesh (waypoints, node proxies) or at an Istio
+/// Gateway (`namespace/name`).
+#[derive(Clone, Copy, Debug)]
+pub enum Context<'a> {
+    Mesh,
+    Gateway(&'a crate::model::key::ObjectKey),
+}
+
+impl HttpMatchRequest {
+    /// Whether the match applies where `context` is (the VirtualService being in
+    /// `namespace`): its own `gateways` name it, or it names none.
+    pub fn applies(&self, namespace: &str, context: Context<'_>) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| context.is(namespace, g))
+    }
+}
+
+impl Context<'_> {
+    /// Whether `name` (as a VirtualService in `namespace` writes it: `mesh`, `name` or
+    /// `ns/name`) is this place.
+    pub fn is(&self, namespace: &str, name: &str) -> bool {
+        match self {
+            Self::Mesh => name == "mesh",
+            Self::Gateway(key) => match name.split_once('/') {
+                Some((ns, n)) => ns == key.namespace && n == key.name,
+                None => namespace == key.namespace && name == key.name,
+            },
         }
     }
 }

@@ -1,0 +1,272 @@
+//! Destinations outside the mesh (a ServiceEntry's host, as an egress gateway reaches it):
+//! dialed directly from the gateway, at the entry's addresses or the host resolved by DNS,
+//! with TLS originated where the host's DestinationRule says (`tls.mode: SIMPLE`). The
+//! server's certificate must chain to the configured CAs (a PEM file, a mounted credential's
+//! `ca.crt`, else the system's bundle) and name the SNI name or one of `subjectAltNames`. A CA
+//! that cannot be read fails the connections, never the config: nothing leaves unverified.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use weft_core::mesh::{ExternalBackend, TlsOrigination};
+
+/// The CA bundle used when a DestinationRule names none (Debian's `ca-certificates`).
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How long a connection and its TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A destination outside the mesh and how to speak to it.
+pub(crate) struct Outside {
+    pub(crate) spec: ExternalBackend,
+    /// For HTTP/1.1 and HTTP/2 (their ALPN differs), or why TLS cannot be originated.
+    tls: Option<Result<[Arc<ClientConfig>; 2], String>>,
+}
+
+impl Outside {
+    /// Reads the CAs its TLS needs (credentials under `credential_dir`).
+    pub(crate) fn new(spec: ExternalBackend, credential_dir: &Path) -> Self {
+        let tls = spec.tls.as_ref().map(|t| client_configs(t, credential_dir));
+        Self { spec, tls }
+    }
+
+    /// A connection to `ip` (unspecified: the host resolved by DNS) on `port`, in TLS when
+    /// the destination wants it.
+    pub(crate) async fn connect(&self, ip: IpAddr, port: u16, http2: bool) -> Result<Conn, String> {
+        let connecting = async {
+            let tcp = if ip.is_unspecified() {
+                TcpStream::connect((self.spec.host.as_str(), port)).await
+            } else {
+                TcpStream::connect(SocketAddr::new(ip, port)).await
+            }
+            .map_err(|e| format!("connecting to {}:{port}: {e}", self.spec.host))?;
+            let _ = tcp.set_nodelay(true);
+            let (Some(tls), Some(origination)) = (&self.tls, &self.spec.tls) else {
+                return Ok(Conn::Plain(tcp));
+            };
+            let configs = tls.as_ref().map_err(Clone::clone)?;
+            let config = configs[usize::from(http2)].clone();
+            let name = ServerName::try_from(origination.sni.clone())
+                .map_err(|e| format!("SNI {:?}: {e}", origination.sni))?;
+            let stream = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS to {}:{port}: {e}", self.spec.host))?;
+            Ok(Conn::Tls(Box::new(stream)))
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("connecting to {}:{port}: timed out", self.spec.host))?
+    }
+}
+
+/// The client configs for `tls` (HTTP/1.1, then `h2` by ALPN).
+fn client_configs(
+    tls: &TlsOrigination,
+    credential_dir: &Path,
+) -> Result<[Arc<ClientConfig>; 2], String> {
+    let path = match (&tls.ca_file, &tls.credential) {
+        (Some(file), _) => Path::new(file).to_path_buf(),
+        (None, Some(name)) => {
+            if !crate::credential::valid_name(name) {
+                return Err(format!("credential {name:?} is not a Secret name"));
+            }
+            credential_dir.join(name).join("ca.crt")
+        }
+        (None, None) => Path::new(SYSTEM_BUNDLE).to_path_buf(),
+    };
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("CA certificates {}: none", path.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
+    let names = tls
+        .subject_alt_names
+        .iter()
+        .map(|n| ServerName::try_from(n.clone()).map_err(|e| format!("subjectAltName {n:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let verifier = Arc::new(Names {
+        inner: verifier,
+        names,
+    });
+    let config = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(config))
+    };
+    Ok([config(b"http/1.1")?, config(b"h2")?])
+}
+
+/// The web PKI's verification, for the SNI name or, when given, any of `names` instead.
+#[derive(Debug)]
+struct Names {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for Names {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.names.is_empty() {
+            return self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp,
+                now,
+            );
+        }
+        let mut last = None;
+        for name in &self.names {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+            {
+                Ok(verified) => return Ok(verified),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(rustls::Error::General("no subjectAltNames".into())))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// An upstream connection: an HBONE tunnel to a mesh endpoint, or a connection outside the
+/// mesh in plain TCP or TLS.
+pub(crate) enum Conn {
+    Hbone(weft_core::hbone::H2Stream),
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Hbone(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Hbone(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Hbone(s) => Pin::new(s).poll_flush(cx),
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Hbone(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_that_cannot_be_read_fails_the_connection_not_the_config() {
+        let spec = ExternalBackend {
+            host: "api.example.test".into(),
+            addresses: vec![],
+            tls: Some(TlsOrigination {
+                sni: "api.example.test".into(),
+                ca_file: Some("/nonexistent/ca.pem".into()),
+                ..TlsOrigination::default()
+            }),
+        };
+        let outside = Outside::new(spec, Path::new("/nonexistent"));
+        let why = outside
+            .tls
+            .as_ref()
+            .and_then(|t| t.as_ref().err())
+            .expect("refused");
+        assert!(why.contains("/nonexistent/ca.pem"), "{why}");
+        let bad = TlsOrigination {
+            sni: "x".into(),
+            credential: Some("../etc".into()),
+            ..TlsOrigination::default()
+        };
+        assert!(client_configs(&bad, Path::new("/tmp")).is_err());
+    }
+}
