@@ -31,6 +31,8 @@ pub mod ports {
     pub const INBOUND_PLAINTEXT: u16 = 15006;
     /// HBONE.
     pub const HBONE: u16 = 15008;
+    /// Captured DNS (UDP, each enrolled pod's 127.0.0.1).
+    pub const DNS: u16 = 15053;
     /// Prometheus metrics.
     pub const METRICS: u16 = 15020;
     /// Readiness.

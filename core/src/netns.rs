@@ -120,6 +120,27 @@ impl Netns {
         Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
     }
 
+    /// Binds a UDP socket to `addr` inside the namespace, marked with `mark`.
+    pub async fn udp_bind(
+        &self,
+        addr: SocketAddr,
+        mark: Option<u32>,
+    ) -> io::Result<tokio::net::UdpSocket> {
+        let socket = self
+            .run(move || -> io::Result<Socket> {
+                let socket =
+                    Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+                if let Some(mark) = mark {
+                    socket.set_mark(mark)?;
+                }
+                socket.set_nonblocking(true)?;
+                socket.bind(&addr.into())?;
+                Ok(socket)
+            })
+            .await??;
+        tokio::net::UdpSocket::from_std(socket.into())
+    }
+
     /// Connects to `addr` from inside the namespace.
     pub async fn connect(
         &self,

@@ -7,6 +7,11 @@
 // client's port is known, which is what the proxy sees on accept. getpeername4 shows the app its
 // original destination again. Sockets carrying the proxy mark are never touched.
 //
+// DNS: UDP queries to port 53 from an enrolled pod's apps (connect4 for connected sockets,
+// sendmsg4 for sendto) go to the proxy's in-pod DNS listener (127.0.0.1:15053), the nameserver
+// they were for remembered by socket cookie; recvmsg4 shows the app the answer as coming from
+// that nameserver. TCP queries are captured like any TCP connect.
+//
 // Inbound: a tc ingress program on the pod's interfaces assigns new TCP connections to the pod's
 // IP (other than HBONE on 15008 and the node's health probes) to the proxy's transparent
 // inbound-plaintext listener (15006). If that listener is missing (proxy down) the SYN is dropped:
@@ -25,6 +30,9 @@
 #include <bpf/bpf_helpers.h>
 
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define DNS_PORT 53
+#define DNS_PROXY_PORT 15053
 #define PROXY_MARK 0x200
 #define OUTBOUND_PORT 15001
 #define INBOUND_PLAINTEXT_PORT 15006
@@ -86,6 +94,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_orig_dst SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64); // socket cookie
+	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_dns_dst SEC(".maps");
+
 static __always_inline int enrolled(__u64 netns)
 {
 	return bpf_map_lookup_elem(&weft_enrolled, &netns) != 0;
@@ -111,9 +127,56 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, __u32 ip)
 	return bpf_map_update_elem(&weft_pending, &cookie, &dst, BPF_ANY) == 0;
 }
 
+// A UDP DNS query made by an app of an enrolled pod to a nameserver off loopback.
+static __always_inline int dns_from_enrolled_app(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM || ctx->user_port != bpf_htons(DNS_PORT))
+		return 0;
+	if ((bpf_ntohl(ctx->user_ip4) >> 24) == 127 || !enrolled(bpf_get_netns_cookie(ctx)))
+		return 0;
+	struct bpf_sock *sk = ctx->sk;
+	return sk && !(sk->mark & PROXY_MARK);
+}
+
+// Sends the query to the proxy's DNS listener, remembering the nameserver for recvmsg4.
+static __always_inline int redirect_dns(struct bpf_sock_addr *ctx)
+{
+	struct orig_dst dst = {.ip = ctx->user_ip4, .port = DNS_PORT};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&weft_dns_dst, &cookie, &dst, BPF_ANY))
+		return 0; // cannot answer as that nameserver: refuse rather than leak
+	ctx->user_ip4 = bpf_htonl(LOOPBACK_IP);
+	ctx->user_port = bpf_htons(DNS_PROXY_PORT);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int weft_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (!dns_from_enrolled_app(ctx))
+		return 1;
+	return redirect_dns(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int weft_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_ip4 != bpf_htonl(LOOPBACK_IP) || ctx->user_port != bpf_htons(DNS_PROXY_PORT))
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct orig_dst *dst = bpf_map_lookup_elem(&weft_dns_dst, &cookie);
+	if (!dst)
+		return 1;
+	ctx->user_ip4 = dst->ip;
+	ctx->user_port = bpf_htons(DNS_PORT);
+	return 1;
+}
+
 SEC("cgroup/connect4")
 int weft_connect4(struct bpf_sock_addr *ctx)
 {
+	if (dns_from_enrolled_app(ctx))
+		return redirect_dns(ctx);
 	if (!from_enrolled_app(ctx))
 		return 1;
 	__u32 ip = ctx->user_ip4;

@@ -35,10 +35,12 @@ pub const PROXY_MARK: u32 = 0x200;
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const TC_PROGRAM: &str = "weft_tc_ingress";
-const SOCKET_PROGRAMS: [&str; 4] = [
+const SOCKET_PROGRAMS: [&str; 6] = [
     "weft_connect4",
     "weft_connect6",
     "weft_getpeername4",
+    "weft_sendmsg4",
+    "weft_recvmsg4",
     "weft_sockops",
 ];
 

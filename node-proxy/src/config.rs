@@ -52,6 +52,8 @@ pub struct ProxyConfig {
     pub trace_collector: Option<String>,
     /// Share of new connections traced, in percent (a tunnel's sampled context is kept).
     pub trace_sampling: f64,
+    /// Where DNS queries the proxy does not answer go; none: they fail (SERVFAIL).
+    pub dns_upstream: Option<SocketAddr>,
 }
 
 /// Where the mesh config comes from.

@@ -239,6 +239,16 @@ async fn enroll(
     let outbound = listen(ports::OUTBOUND, false, Ipv4Addr::LOCALHOST).await?;
     let plaintext = listen(ports::INBOUND_PLAINTEXT, true, Ipv4Addr::UNSPECIFIED).await?;
     let hbone = listen(ports::HBONE, false, Ipv4Addr::UNSPECIFIED).await?;
+    let dns = netns
+        .udp_bind(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, ports::DNS)),
+            Some(capture::PROXY_MARK),
+        )
+        .await
+        .map_err(|source| EnrollError::Listen {
+            port: ports::DNS,
+            source,
+        })?;
     let cookie = weft_ebpf::netns_cookie(&outbound).map_err(EnrollError::Netns)?;
     let net = PodNet {
         netns: netns.clone(),
@@ -296,6 +306,12 @@ async fn enroll(
             inbound::handle_hbone,
         ),
     ));
+    run(Box::pin(crate::dns::serve::serve_udp(
+        proxy.clone(),
+        pod.clone(),
+        dns,
+        watch.clone(),
+    )));
     run(Box::pin(accept_loop(
         plaintext,
         "inbound_plaintext",

@@ -11,6 +11,7 @@ pub mod capture;
 mod cni;
 pub mod config;
 mod config_stream;
+mod dns;
 mod enrollment;
 mod forward;
 mod identity;
@@ -18,6 +19,8 @@ mod inbound;
 mod outbound;
 mod pod;
 mod proxy;
+
+pub use dns::nameserver;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -87,6 +87,10 @@ struct Args {
     /// Share of new connections traced, in percent.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// Where DNS queries the proxy does not answer go (default: the first nameserver of
+    /// /etc/resolv.conf).
+    #[arg(long, env = "WEFT_DNS_UPSTREAM")]
+    dns_upstream: Option<std::net::SocketAddr>,
     /// Directory for state that must survive a restart (the pods weft-cni reported).
     /// Default: /var/run/weft/<node>.
     #[arg(long)]
@@ -143,6 +147,11 @@ fn main() -> anyhow::Result<()> {
         handshake_timeout: Duration::from_secs(10),
         trace_collector: args.trace_collector,
         trace_sampling: args.trace_sampling,
+        dns_upstream: args.dns_upstream.or_else(|| {
+            std::fs::read_to_string("/etc/resolv.conf")
+                .ok()
+                .and_then(|text| weft_node_proxy::nameserver(&text))
+        }),
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -49,6 +49,10 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
         warn!(%client, %dst, "early deny: {why}");
         return;
     }
+    // DNS over TCP: answered by the DNS proxy like the UDP queries.
+    if dst.port() == 53 {
+        return crate::dns::serve::serve_tcp(proxy, pod, stream).await;
+    }
     let _ = stream.set_nodelay(true);
     let index = proxy.index.load();
     let src_id = index.identity(&pod.workload);
@@ -96,6 +100,19 @@ async fn serve_connection(proxy: &Proxy, pod: &Pod, stream: TcpStream, client: S
                     service: None,
                 },
                 None => {
+                    // An address the mesh allocated a host: the host as resolved upstream.
+                    let dst = match external.and_then(|e| e.allocated_host(dst.ip())) {
+                        Some(host) => match proxy.dns.resolve_upstream(host).await {
+                            Ok(found) if !found.is_empty() => {
+                                SocketAddr::new(found[0].into(), dst.port())
+                            }
+                            Ok(_) | Err(_) => {
+                                warn!(%client, %dst, %host, "connection failed: {host} (an address the mesh allocated) does not resolve upstream");
+                                return;
+                            }
+                        },
+                        None => dst,
+                    };
                     let plain = Plain {
                         client,
                         dst,

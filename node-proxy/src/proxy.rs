@@ -32,6 +32,8 @@ pub(crate) struct Proxy {
     next_pick: AtomicUsize,
     /// Connection spans (off unless `--trace-collector` is given).
     pub(crate) tracing: weft_core::trace::config::Tracing,
+    /// The DNS proxy.
+    pub(crate) dns: crate::dns::Dns,
     seed: AtomicU64,
 }
 
@@ -59,6 +61,7 @@ impl Proxy {
             mode,
         );
         let gauges = NodeGauges::register(&mut registry);
+        let dns = crate::dns::Dns::register(&mut registry, config.dns_upstream);
         let tracing = weft_core::trace::config::Tracing::new(
             weft_core::trace::config::Flags {
                 // Checked at startup (`run`).
@@ -78,6 +81,7 @@ impl Proxy {
             .map_or(1, |d| d.as_nanos() as u64);
         Self {
             tracing,
+            dns,
             seed: AtomicU64::new(seed),
             config: Arc::new(config),
             index: ArcSwap::from_pointee(index),

@@ -41,6 +41,7 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
             trust_domain: mesh.trust_domain.clone(),
             trust_bundle_pem: trust_bundle_pem.to_owned(),
             registry_only: mesh.outbound.registry_only,
+            dns_proxy: mesh.outbound.dns_proxy,
             namespace_registry_only: mesh
                 .outbound
                 .namespaces
@@ -58,6 +59,14 @@ pub fn resources(mesh: &MeshConfig, trust_bundle_pem: &str) -> Resources {
                 hosts: e.hosts.clone(),
                 addresses: e.addresses.iter().map(ToString::to_string).collect(),
                 ports: e.ports.iter().map(|p| u32::from(*p)).collect(),
+                allocated: e
+                    .allocated
+                    .iter()
+                    .map(|a| v1::HostAddress {
+                        host: a.host.clone(),
+                        ip: a.ip.to_string(),
+                    })
+                    .collect(),
                 via: e
                     .via
                     .iter()
@@ -177,6 +186,7 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                 mesh.trust_domain = m.trust_domain.clone();
                 bundle = Some(m.trust_bundle_pem.clone());
                 mesh.outbound.registry_only = m.registry_only;
+                mesh.outbound.dns_proxy = m.dns_proxy;
                 mesh.outbound.namespaces = m
                     .namespace_registry_only
                     .iter()
@@ -199,6 +209,19 @@ pub fn to_mesh(resources: &Resources) -> Result<(MeshConfig, String), ResourceEr
                         u16::try_from(*p).map_err(|_| field("ports", format!("{p} is not a port")))
                     })
                     .collect::<Result<_, _>>()?,
+                allocated: e
+                    .allocated
+                    .iter()
+                    .map(|a| {
+                        Ok(crate::mesh::HostAddress {
+                            host: a.host.clone(),
+                            ip: a
+                                .ip
+                                .parse()
+                                .map_err(|err| field("allocated", format!("{:?}: {err}", a.ip)))?,
+                        })
+                    })
+                    .collect::<Result<_, ResourceError>>()?,
                 via: e
                     .via
                     .iter()

@@ -18,7 +18,7 @@ pub use authz::{
 pub use config::{ConfigError, MAX_CONFIG_BYTES, MeshConfig, read_config};
 pub use gateway::{ListenerCert, host_matches};
 pub use index::{MeshIndex, Upstream};
-pub use outbound::{Cidr, EgressVia, External, Outbound};
+pub use outbound::{Cidr, EgressVia, External, HostAddress, Outbound};
 pub use outbound::{ExternalBackend, TlsOrigination};
 pub use service::{Service, ServicePort, WaypointRef};
 pub use tracing::{COLLECTOR_PROTOCOLS, Tracing};

@@ -26,6 +26,10 @@ pub struct Outbound {
     /// Destinations outside the mesh that the registry holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external: Vec<External>,
+    /// The node proxies answer enrolled pods' DNS queries for the registry's names (services,
+    /// external hosts); off, every query is forwarded upstream unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dns_proxy: bool,
 }
 
 /// An external service (a ServiceEntry): where it is, and on which ports.
@@ -43,10 +47,23 @@ pub struct External {
     /// Its ports (none: every port).
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Addresses the mesh gave its hosts, from a block no network uses (240.240.0.0/16), where
+    /// it has none of its own to answer DNS with: connections to one go to the entry's
+    /// endpoints, or its host as resolved upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocated: Vec<HostAddress>,
     /// Ports whose connections go through an egress gateway instead of straight out (a
     /// VirtualService routes the mesh's traffic for the entry's hosts to the gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub via: Vec<EgressVia>,
+}
+
+/// A host name and the address given to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostAddress {
+    pub host: String,
+    pub ip: std::net::Ipv4Addr,
 }
 
 /// An egress gateway a connection to an external service is carried to, over HBONE with the
@@ -99,8 +116,41 @@ pub struct TlsOrigination {
 impl External {
     /// Whether a connection to `dst` is for it.
     pub fn holds(&self, dst: SocketAddr) -> bool {
-        self.addresses.iter().any(|a| a.contains(dst.ip()))
+        (self.addresses.iter().any(|a| a.contains(dst.ip()))
+            || self.allocated_host(dst.ip()).is_some())
             && (self.ports.is_empty() || self.ports.contains(&dst.port()))
+    }
+
+    /// The host whose allocated address `ip` is, if any.
+    pub fn allocated_host(&self, ip: IpAddr) -> Option<&str> {
+        self.allocated
+            .iter()
+            .find(|a| IpAddr::V4(a.ip) == ip)
+            .map(|a| a.host.as_str())
+    }
+
+    /// The addresses DNS answers for `host` (one of its hosts): its own single addresses,
+    /// else the one allocated to the host.
+    pub fn addresses_of(&self, host: &str) -> Vec<std::net::Ipv4Addr> {
+        if !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return Vec::new();
+        }
+        let own: Vec<_> = self
+            .addresses
+            .iter()
+            .filter_map(|a| match a.ip {
+                IpAddr::V4(ip) if a.prefix == 32 => Some(ip),
+                _ => None,
+            })
+            .collect();
+        if !own.is_empty() {
+            return own;
+        }
+        self.allocated
+            .iter()
+            .filter(|a| a.host.eq_ignore_ascii_case(host))
+            .map(|a| a.ip)
+            .collect()
     }
 
     /// The egress gateway a connection to port `port` goes through, if any.
@@ -230,8 +280,10 @@ mod tests {
                 hosts: vec!["api.example.test".into()],
                 addresses: vec![block],
                 ports: vec![443],
+                allocated: Vec::new(),
                 via: Vec::new(),
             }],
+            dns_proxy: false,
         };
         assert!(outbound.registry_only("shop"));
         assert!(!outbound.registry_only("legacy"));

@@ -1,6 +1,7 @@
 //! The nftables fallback: rules installed inside each enrolled pod's network namespace redirect
 //! its outbound TCP to the proxy's outbound listener (the original destination stays in
-//! conntrack, read back with `SO_ORIGINAL_DST`) and TPROXY its inbound plaintext to the
+//! conntrack, read back with `SO_ORIGINAL_DST`) and its DNS queries (UDP to port 53) to the DNS
+//! proxy's 127.0.0.1:15053 (conntrack answers as the nameserver), and TPROXY its inbound plaintext to the
 //! inbound-plaintext listener; HBONE (15008) and the node's health probes are left alone.
 //!
 //! Sockets the proxy opens inside the pod carry `PROXY_MARK` and are never captured. If the
@@ -47,6 +48,7 @@ table ip weft {{
     type nat hook output priority -100; policy accept;
     meta mark & {mark:#x} == {mark:#x} return
     oifname "lo" return
+    meta l4proto udp udp dport 53 redirect to :{dns}
     meta l4proto tcp redirect to :{outbound}
   }}
 }}
@@ -69,6 +71,7 @@ table ip6 weft {{
         hbone = ports::HBONE,
         inbound = ports::INBOUND_PLAINTEXT,
         outbound = ports::OUTBOUND,
+        dns = ports::DNS,
         mark = PROXY_MARK,
     )
 }

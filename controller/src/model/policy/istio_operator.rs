@@ -2,7 +2,8 @@
 //! agent's host is read as the same host's Zipkin endpoint, and the note says so),
 //! `values.pilot.traceSampling`, `meshConfig.enableTracing`, `meshConfig.defaultConfig.tracing`,
 //! `meshConfig.defaultProviders.tracing` and the `meshConfig.extensionProviders` that Telemetry
-//! names; and `meshConfig.outboundTrafficPolicy.mode` (ALLOW_ANY or REGISTRY_ONLY). The rest
+//! names; `meshConfig.outboundTrafficPolicy.mode` (ALLOW_ANY or REGISTRY_ONLY); and DNS capture
+//! (`values.cni.ambient.dnsCapture`, `ISTIO_META_DNS_CAPTURE` in `proxyMetadata`). The rest
 //! installs Istio's own parts and is named in the notes.
 
 use std::collections::BTreeMap;
@@ -67,6 +68,11 @@ pub struct IstioOperatorSpec {
     #[serde(skip)]
     #[schemars(skip)]
     pub registry_only: Option<bool>,
+    /// Whether the node proxies answer DNS (`values.cni.ambient.dnsCapture`, or
+    /// `meshConfig.defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub dns_capture: Option<bool>,
 }
 
 /// The guide's `values.tracing` block.
@@ -167,6 +173,28 @@ impl IstioOperatorSpec {
             let at = format!("spec.values.{key}");
             match key.as_str() {
                 "tracing" => read_values_tracing(&at, value, &mut tracing, notes)?,
+                "cni" => {
+                    let mut cni: BTreeMap<String, serde_yaml::Value> = typed(&at, value)?;
+                    if let Some(ambient) = cni.remove("ambient") {
+                        let mut ambient: BTreeMap<String, serde_yaml::Value> =
+                            typed(&format!("{at}.ambient"), ambient)?;
+                        if let Some(v) = ambient.remove("dnsCapture") {
+                            self.dns_capture = Some(typed(&format!("{at}.ambient.dnsCapture"), v)?);
+                        }
+                        for other in ambient.keys() {
+                            notes.note(
+                                &format!("{at}.ambient.{other}"),
+                                format!("not honoured by Weft ({why})"),
+                            );
+                        }
+                    }
+                    for other in cni.keys() {
+                        notes.note(
+                            &format!("{at}.{other}"),
+                            format!("not honoured by Weft ({why})"),
+                        );
+                    }
+                }
                 "pilot" => {
                     let mut pilot: BTreeMap<String, serde_yaml::Value> = typed(&at, value)?;
                     if let Some(v) = pilot.remove("traceSampling") {
@@ -212,6 +240,19 @@ impl IstioOperatorSpec {
                             notes.note(
                                 &format!("{at}.tracing.{other}"),
                                 "not honoured by Weft (it exports to Zipkin and OTLP collectors)",
+                            );
+                        }
+                    }
+                    if let Some(m) = config.remove("proxyMetadata") {
+                        let mut m: BTreeMap<String, String> =
+                            typed(&format!("{at}.proxyMetadata"), m)?;
+                        if let Some(v) = m.remove("ISTIO_META_DNS_CAPTURE") {
+                            self.dns_capture = Some(v.eq_ignore_ascii_case("true"));
+                        }
+                        for other in m.keys() {
+                            notes.note(
+                                &format!("{at}.proxyMetadata.{other}"),
+                                "not honoured by Weft (a sidecar setting)",
                             );
                         }
                     }

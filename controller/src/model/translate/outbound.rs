@@ -5,7 +5,9 @@
 //! VirtualService applying in the mesh sends their hosts' traffic through.
 
 use weft_core::identity::SpiffeId;
-use weft_core::mesh::{Cidr, EgressVia, External, Outbound, WaypointRef, host_matches};
+use weft_core::mesh::{
+    Cidr, EgressVia, External, HostAddress, Outbound, WaypointRef, host_matches,
+};
 
 use super::common::{labels_match, service_for};
 use super::ingress::is_ingress_pod;
@@ -36,12 +38,13 @@ pub fn outbound(objects: &Objects, trust_domain: &str) -> Outbound {
             Some((ns.name.clone(), mode != "ALLOW_ANY"))
         })
         .collect();
-    let external = objects
+    let mut external: Vec<External> = objects
         .policies
         .values()
         .filter_map(|p| match &p.spec {
             PolicySpec::ServiceEntry(se) => Some(External {
                 via: egress_via(objects, trust_domain, &se.hosts),
+                allocated: Vec::new(),
                 name: p.key.name.clone(),
                 namespace: p.key.namespace.clone(),
                 hosts: se.hosts.clone(),
@@ -56,10 +59,21 @@ pub fn outbound(objects: &Objects, trust_domain: &str) -> Outbound {
             _ => None,
         })
         .collect();
+    allocate(&mut external);
+    let dns_proxy = objects
+        .policies
+        .values()
+        .find_map(|p| match &p.spec {
+            PolicySpec::IstioOperator(o) => Some(o.dns_capture),
+            _ => None,
+        })
+        .flatten()
+        .unwrap_or(true);
     Outbound {
         registry_only,
         namespaces,
         external,
+        dns_proxy,
     }
 }
 
@@ -160,5 +174,48 @@ fn target_port(svc: &Service, pod: &Pod, port: Option<u16>) -> Option<u16> {
             .iter()
             .find(|p| p.name.as_deref() == Some(name))
             .map(|p| p.container_port),
+    }
+}
+
+/// The block allocated addresses come from (Istio's): class E, routed by no network.
+const ALLOCATED_BLOCK: [u8; 2] = [240, 240];
+
+/// Gives each host (not a wildcard) of an entry without single addresses of its own an
+/// address in 240.240.0.0/16, so the DNS proxy can answer it and the node proxies tell the
+/// hosts apart. Stable: the address comes from a hash of the entry and host, the next free one
+/// on a collision (entries are visited in name order).
+fn allocate(external: &mut [External]) {
+    let mut taken = std::collections::BTreeSet::new();
+    for entry in external.iter_mut() {
+        let has_own = entry
+            .addresses
+            .iter()
+            .any(|a| a.ip.is_ipv4() && a.prefix == 32);
+        if has_own {
+            continue;
+        }
+        for host in entry.hosts.iter().filter(|h| !h.contains('*')) {
+            let key = format!(
+                "{}/{}/{}",
+                entry.namespace,
+                entry.name,
+                host.to_ascii_lowercase()
+            );
+            // FNV-1a, folded to 16 bits.
+            let hash = key.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+            let mut offset = ((hash >> 16) ^ (hash & 0xffff)) as u16;
+            // Neither the block's first nor last address; the next free one on a collision.
+            while offset == 0 || offset == u16::MAX || taken.contains(&offset) {
+                offset = offset.wrapping_add(1);
+            }
+            taken.insert(offset);
+            let [hi, lo] = offset.to_be_bytes();
+            entry.allocated.push(HostAddress {
+                host: host.clone(),
+                ip: std::net::Ipv4Addr::new(ALLOCATED_BLOCK[0], ALLOCATED_BLOCK[1], hi, lo),
+            });
+        }
     }
 }

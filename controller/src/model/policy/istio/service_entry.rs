@@ -13,7 +13,8 @@ use crate::model::policy::common::{Notes, Unhonoured};
 #[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntrySpec {
-    /// Host names (named in logs; resolving them is the DNS proxy's, not built yet).
+    /// Host names: the node proxies' DNS proxy answers them (with `addresses`, or addresses
+    /// the mesh allocates), and an egress gateway routes by them.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// Addresses or blocks (`203.0.113.7`, `203.0.113.0/24`).
@@ -151,14 +152,7 @@ impl ServiceEntrySpec {
                     })?;
                 }
             }
-            Some("DNS" | "DNS_ROUND_ROBIN") => {
-                if self.addresses.is_empty() {
-                    notes.note(
-                        "spec.resolution",
-                        "DNS: the node proxies cannot tell these hosts' addresses apart without the DNS proxy (not built yet), so under REGISTRY_ONLY this entry lets nothing through; give it `addresses`",
-                    );
-                }
-            }
+            Some("DNS" | "DNS_ROUND_ROBIN") => {}
             Some(other) => {
                 return Err(format!(
                     "spec.resolution: {other:?} is not NONE, STATIC, DNS or DNS_ROUND_ROBIN"
