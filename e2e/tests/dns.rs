@@ -145,7 +145,13 @@ fn resolves_through_the_dns_proxy(label: &str, mode: CaptureMode) -> Result<()> 
     // Over TCP, to whatever nameserver the pod names: answered by the proxy too.
     let out = bed.exec(
         &app,
-        &["python3", "-c", TCP_QUERY, "web.shop.svc.cluster.local", "10.255.255.53"],
+        &[
+            "python3",
+            "-c",
+            TCP_QUERY,
+            "web.shop.svc.cluster.local",
+            "10.255.255.53",
+        ],
     )?;
     let seen = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     ensure!(

@@ -1,4 +1,6 @@
-//! The ingress gateways an IstioOperator's `components.ingressGateways` ask for: a
+//! The gateways an IstioOperator's `components.ingressGateways` and `egressGateways` ask for
+//! (the same deployment; an egress gateway is labelled `istio: egressgateway` and its Service
+//! is a ClusterIP by default): a
 //! ServiceAccount (the gateway's identity), the mesh root in a ConfigMap, a Deployment running
 //! `weft-waypoint` in the gateway role with the entry's replicas, labels and resources, a
 //! PodDisruptionBudget when there is more than one replica, and a Service of the entry's type
@@ -29,7 +31,7 @@ pub fn planned(objects: &Objects) -> Vec<WaypointGateway> {
         return Vec::new();
     };
     operator
-        .ingress_gateways
+        .gateways
         .iter()
         .map(|g| {
             let ns = g.namespace.as_deref().unwrap_or(&policy.key.namespace);

@@ -60,10 +60,10 @@ pub struct IstioOperatorSpec {
     #[serde(skip)]
     #[schemars(skip)]
     pub providers: BTreeMap<String, Collector>,
-    /// Its enabled `components.ingressGateways`, as Weft deploys them.
+    /// Its enabled `components.ingressGateways` and `egressGateways`, as Weft deploys them.
     #[serde(skip)]
     #[schemars(skip)]
-    pub ingress_gateways: Vec<GatewayComponent>,
+    pub gateways: Vec<GatewayComponent>,
     /// Its `meshConfig.outboundTrafficPolicy.mode`: `REGISTRY_ONLY` (true) or `ALLOW_ANY`.
     #[serde(skip)]
     #[schemars(skip)]
@@ -414,7 +414,8 @@ fn provider_collector(field: &str, p: &ExtensionProvider, notes: &mut Notes) -> 
     })
 }
 
-/// An ingress gateway an IstioOperator asks for, as Weft deploys it.
+/// A gateway an IstioOperator asks for (`ingressGateways`, `egressGateways`), as Weft deploys
+/// it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayComponent {
     /// The Deployment's (and Service's) name.
@@ -431,6 +432,9 @@ pub struct GatewayComponent {
     /// The TLS Secrets the Gateways selecting its pods name (`credentialName`), mounted
     /// under their names (filled in when it is deployed).
     pub credentials: Vec<String>,
+    /// An egress gateway (`components.egressGateways`): the same deployment, labelled
+    /// `istio: egressgateway` and behind a ClusterIP Service by default.
+    pub egress: bool,
 }
 
 /// One of `components.ingressGateways`.
@@ -455,19 +459,16 @@ impl IstioOperatorSpec {
         for (key, value) in self.components.entries("spec.components")? {
             let at = format!("spec.components.{key}");
             match key.as_str() {
-                "ingressGateways" => {
+                "ingressGateways" | "egressGateways" => {
+                    let egress = key == "egressGateways";
                     let entries: Vec<GatewayEntry> = typed(&at, value)?;
                     for (i, e) in entries.into_iter().enumerate() {
                         let at = format!("{at}[{i}]");
-                        if let Some(g) = gateway_component(&at, e, notes)? {
-                            self.ingress_gateways.push(g);
+                        if let Some(g) = gateway_component(&at, e, egress, notes)? {
+                            self.gateways.push(g);
                         }
                     }
                 }
-                "egressGateways" => notes.note(
-                    &at,
-                    "not deployed: Weft has no egress gateway yet (ServiceEntry and REGISTRY_ONLY work at the node proxies)",
-                ),
                 _ => notes.note(
                     &at,
                     "not honoured by Weft (its own control plane and node proxies are installed by `weft install`)",
@@ -481,6 +482,7 @@ impl IstioOperatorSpec {
 fn gateway_component(
     at: &str,
     e: GatewayEntry,
+    egress: bool,
     notes: &mut Notes,
 ) -> Result<Option<GatewayComponent>, String> {
     for other in e.other.keys() {
@@ -504,7 +506,8 @@ fn gateway_component(
         Some(v) => Some(serde_json::to_value(&v).map_err(|e| format!("{at}.k8s.resources: {e}"))?),
         None => None,
     };
-    let mut service_type = "LoadBalancer".to_owned();
+    // Istio's defaults: ingress behind a load balancer, egress inside the cluster.
+    let mut service_type = if egress { "ClusterIP" } else { "LoadBalancer" }.to_owned();
     if let Some(service) = k8s.remove("service") {
         let mut service: BTreeMap<String, serde_yaml::Value> =
             typed(&format!("{at}.k8s.service"), service)?;
@@ -527,9 +530,14 @@ fn gateway_component(
     for other in k8s.keys() {
         notes.note(&format!("{at}.k8s.{other}"), "not honoured by Weft");
     }
+    let role = if egress {
+        "egressgateway"
+    } else {
+        "ingressgateway"
+    };
     let labels = e.label.unwrap_or_else(|| {
         [
-            ("istio".to_owned(), "ingressgateway".to_owned()),
+            ("istio".to_owned(), role.to_owned()),
             ("app".to_owned(), e.name.clone()),
         ]
         .into()
@@ -542,5 +550,6 @@ fn gateway_component(
         resources,
         service_type,
         credentials: Vec::new(),
+        egress,
     }))
 }
