@@ -470,12 +470,16 @@ spec:
     );
     ensure!(get("pdb/istio-ingressgateway", "{.spec.minAvailable}") == "1");
     // The egress gateway too: Istio's labels, one replica behind a ClusterIP Service.
-    wait_until("the egress gateway's Deployment", Duration::from_secs(20), || {
-        Ok(get(
-            "deployment/istio-egressgateway",
-            "{.spec.template.metadata.labels.istio}",
-        ) == "egressgateway")
-    })
+    wait_until(
+        "the egress gateway's Deployment",
+        Duration::from_secs(20),
+        || {
+            Ok(get(
+                "deployment/istio-egressgateway",
+                "{.spec.template.metadata.labels.istio}",
+            ) == "egressgateway")
+        },
+    )
     .with_context(|| controller.log())?;
     ensure!(get("deployment/istio-egressgateway", "{.spec.replicas}") == "1");
     ensure!(get("service/istio-egressgateway", "{.spec.type}") == "ClusterIP");

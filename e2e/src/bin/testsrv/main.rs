@@ -14,6 +14,7 @@
 //! prints one JSON line: counts by status, by body, by `grpc-status`, and response flags.
 
 mod collect;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -96,6 +97,13 @@ enum Command {
         /// A new connection for every request (each one crosses the mesh's connection path).
         #[arg(long)]
         fresh_connections: bool,
+        /// For an `https://` URL: the CA certificates (PEM) the server's must chain to.
+        #[arg(long)]
+        cacert: Option<std::path::PathBuf>,
+        /// For an `https://` URL: the name sent in SNI and checked in the certificate (also
+        /// the `host` header).
+        #[arg(long)]
+        sni: Option<String>,
     },
 }
 
@@ -145,7 +153,10 @@ fn main() -> Result<()> {
             rate,
             timeout_ms,
             fresh_connections,
+            cacert,
+            sni,
         } => runtime.block_on(load(LoadSpec {
+            tls: tls::for_load(&url, cacert.as_deref(), sni.as_deref())?,
             url,
             requests,
             concurrency,
@@ -341,6 +352,8 @@ struct LoadSpec {
     rate: u64,
     timeout: Duration,
     fresh_connections: bool,
+    /// For an `https://` URL: the connector and the server's name.
+    tls: Option<tls::Tls>,
 }
 
 #[derive(Default)]
@@ -445,6 +458,22 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
+/// An HTTP/1.1 (or, for gRPC, HTTP/2) client connection over `io`.
+async fn handshake<IO>(io: IO, grpc: bool) -> Result<Sender>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    Ok(if grpc {
+        let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(c);
+        Sender::H2(s)
+    } else {
+        let (s, c) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(c);
+        Sender::H1(s)
+    })
+}
+
 async fn one(
     spec: &LoadSpec,
     uri: &http::Uri,
@@ -457,15 +486,9 @@ async fn one(
     }) {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
-        *conn = Some(if spec.grpc {
-            let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(c);
-            Sender::H2(s)
-        } else {
-            let (s, c) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(c);
-            Sender::H1(s)
+        *conn = Some(match &spec.tls {
+            Some(tls) => handshake(TokioIo::new(tls.connect(stream).await?), spec.grpc).await?,
+            None => handshake(TokioIo::new(stream), spec.grpc).await?,
         });
     }
     let body = if spec.grpc {
@@ -488,7 +511,13 @@ async fn one(
             uri.path_and_query()
                 .map_or("/".to_owned(), |p| p.to_string())
         })
-        .header("host", uri.authority().map_or("", |a| a.as_str()));
+        .header(
+            "host",
+            spec.tls
+                .as_ref()
+                .map(|t| t.name.as_str())
+                .unwrap_or_else(|| uri.authority().map_or("", |a| a.as_str())),
+        );
     if spec.grpc {
         request = request
             .header("content-type", "application/grpc")
