@@ -2,7 +2,8 @@
 //! outside host, a Gateway on the egress gateway's pod, a VirtualService sending the mesh's
 //! port-80 traffic for the host to the gateway and the gateway's on to the host's port 443, a
 //! DestinationRule originating TLS there, and an AuthorizationPolicy at the gateway letting
-//! only one ServiceAccount reach the host. A pod speaks plain HTTP; what crosses the link is
+//! only one ServiceAccount reach the host. A pod speaks plain HTTP to the host by name (resolved
+//! by the DNS proxy); what crosses the link is
 //! TLS both ways (HBONE to the gateway, the originated TLS from it), and a second
 //! ServiceAccount is refused at the gateway.
 
@@ -167,8 +168,8 @@ fn a_pods_plain_http_leaves_through_the_egress_gateway_in_tls_and_only_for_its_s
     )?;
     let capture = bed.capture(0, "link.pcap")?;
 
-    // Plain HTTP to the host's port 80 (the name resolved to the entry's address).
-    let resolve = format!("api.example.test:80:{}", api.ip);
+    // Plain HTTP to the host's port 80, the name resolved by the node proxy's DNS proxy (to
+    // the entry's endpoint), as an unmodified client does it.
     let get = |pod| -> Result<(String, String)> {
         let out = bed.exec(
             pod,
@@ -181,8 +182,6 @@ fn a_pods_plain_http_leaves_through_the_egress_gateway_in_tls_and_only_for_its_s
                 "%{http_code}",
                 "--max-time",
                 "5",
-                "--resolve",
-                &resolve,
                 "http://api.example.test/x",
             ],
         )?;
