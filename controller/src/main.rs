@@ -281,6 +281,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ingress: None,
             })
             .chain(weft_controller::k8s::ingress_gateways::planned(&objects))
+            .chain(weft_controller::k8s::ingress_gateways::planned_api(
+                &objects,
+            ))
             .collect();
         let controller_ip = objects
             .services

@@ -366,8 +366,8 @@ fn the_guides_tracing_yaml_applies_unchanged_and_its_verdict_names_the_jaeger_ag
 }
 
 #[test]
-fn the_guides_production_ingress_gateways_become_a_deployment_pdb_and_load_balancer() -> Result<()>
-{
+fn the_guides_production_gateways_and_a_gateway_api_gateway_become_deployments_pdbs_and_services()
+-> Result<()> {
     let Some(plane) = plane("operator")? else {
         return Ok(());
     };
@@ -483,6 +483,52 @@ spec:
     .with_context(|| controller.log())?;
     ensure!(get("deployment/istio-egressgateway", "{.spec.replicas}") == "1");
     ensure!(get("service/istio-egressgateway", "{.spec.type}") == "ClusterIP");
+    // A Gateway API Gateway of class `weft` is deployed as Gateway API implementations do:
+    // named after it and owned by it, on its listeners' ports, its certificateRefs mounted.
+    let api = plane.dir().join("gateway-api.yaml");
+    std::fs::write(
+        &api,
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: shop-gw
+  namespace: istio-system
+spec:
+  gatewayClassName: weft
+  listeners:
+  - name: http
+    port: 80
+    protocol: HTTP
+  - name: https
+    port: 8443
+    protocol: HTTPS
+    tls:
+      mode: Terminate
+      certificateRefs:
+      - name: shop-gw-cert
+",
+    )?;
+    plane.run(&["apply", "-f", &api.display().to_string()])?;
+    wait_until("the Gateway's Deployment", Duration::from_secs(20), || {
+        Ok(get("deployment/shop-gw", "{.spec.replicas}") == "2")
+    })
+    .with_context(|| controller.log())?;
+    ensure!(get("deployment/shop-gw", "{.metadata.ownerReferences[0].kind}") == "Gateway");
+    ensure!(
+        get(
+            "deployment/shop-gw",
+            "{.spec.template.metadata.labels.gateway\\.networking\\.k8s\\.io/gateway-name}"
+        ) == "shop-gw"
+    );
+    ensure!(get("service/shop-gw", "{.spec.type}") == "LoadBalancer");
+    ensure!(get("service/shop-gw", "{.spec.ports[*].port}") == "80 8443");
+    ensure!(get("pdb/shop-gw", "{.spec.minAvailable}") == "1");
+    ensure!(
+        get(
+            "deployment/shop-gw",
+            "{.spec.template.spec.volumes[?(@.secret.secretName==\"shop-gw-cert\")].name}"
+        ) == "credential-0"
+    );
     // What does not map is named in the verdict; the gateways are not.
     let message = get(
         "istiooperator/istio-operator",

@@ -19,9 +19,18 @@ pub struct WaypointGateway {
     pub key: ObjectKey,
     /// Its owner's uid (the owner reference): the Gateway's, or the IstioOperator's.
     pub uid: Option<String>,
-    /// Set: an ingress gateway (`components.ingressGateways[]`), owned by this IstioOperator
-    /// (its name) when in the same namespace.
-    pub ingress: Option<(String, GatewayComponent)>,
+    /// Set: a gateway for clients outside the mesh (an IstioOperator's
+    /// `components.ingressGateways[]` or `egressGateways[]`, or a Gateway API Gateway of class
+    /// `weft`), and the kind of what owns it.
+    pub ingress: Option<(Owner, GatewayComponent)>,
+}
+
+/// What owns a gateway's objects (with [`WaypointGateway::uid`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub name: String,
 }
 
 /// What every waypoint Deployment gets.

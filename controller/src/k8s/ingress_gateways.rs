@@ -1,27 +1,30 @@
-//! The gateways an IstioOperator's `components.ingressGateways` and `egressGateways` ask for
-//! (the same deployment; an egress gateway is labelled `istio: egressgateway` and its Service
-//! is a ClusterIP by default): a
-//! ServiceAccount (the gateway's identity), the mesh root in a ConfigMap, a Deployment running
-//! `weft-waypoint` in the gateway role with the entry's replicas, labels and resources, a
-//! PodDisruptionBudget when there is more than one replica, and a Service of the entry's type
-//! on 80 and 443. Owned by the IstioOperator when in its namespace, so deleting it removes
-//! them. The TLS Secrets that the Istio Gateways selecting its pods name (`credentialName`,
-//! in the gateway's namespace) are mounted at `/etc/weft/credentials/<name>`.
+//! Gateways for clients outside the mesh, deployed by the leader: those an IstioOperator's
+//! `components.ingressGateways` and `egressGateways` ask for (an egress gateway is labelled
+//! `istio: egressgateway` and its Service is a ClusterIP by default), and those Gateway API
+//! Gateways of class `weft` ask for. Each gets a ServiceAccount (its identity), the mesh root in
+//! a ConfigMap, a Deployment running `weft-waypoint` in the gateway role (replicas, labels and
+//! resources), a PodDisruptionBudget with more than one replica, and a Service on its ports (80
+//! and 443 for an IstioOperator's; the served listeners' for a Gateway). Owned by the
+//! IstioOperator when in its namespace, or by the Gateway, so deleting it removes them. The TLS
+//! Secrets it serves (`credentialName` of the Istio Gateways selecting its pods, a Gateway's
+//! `certificateRefs`) are mounted at `/etc/weft/credentials/<name>`.
 
 use std::collections::BTreeMap;
 
 use kube::api::ApiResource;
 
 use super::deploy::{
-    DeploySettings, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway, container, identity_objects,
+    DeploySettings, Owner, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway, container, identity_objects,
     metrics_annotations, resource, volumes,
 };
 use crate::model::ObjectKey;
 use crate::model::Objects;
+use crate::model::policy::gateway::INGRESS_CLASS;
 use crate::model::policy::istio_operator::GatewayComponent;
 use crate::model::policy::{PolicyKind, PolicySpec};
+use crate::model::translate::GATEWAY_NAME;
 
-/// The ingress gateways the (first) IstioOperator asks for, owned by it where they share its
+/// The gateways the (first) IstioOperator asks for, owned by it where they share its
 /// namespace.
 pub fn planned(objects: &Objects) -> Vec<WaypointGateway> {
     let Some((policy, operator)) = objects.policies.values().find_map(|p| match &p.spec {
@@ -37,10 +40,62 @@ pub fn planned(objects: &Objects) -> Vec<WaypointGateway> {
             let ns = g.namespace.as_deref().unwrap_or(&policy.key.namespace);
             let mut g = g.clone();
             g.credentials = credentials(objects, &g.labels);
+            let owner = Owner {
+                api_version: "install.istio.io/v1alpha1",
+                kind: "IstioOperator",
+                name: policy.key.name.clone(),
+            };
             WaypointGateway {
                 key: ObjectKey::new(ns, &g.name),
                 uid: policy.uid.clone().filter(|_| ns == policy.key.namespace),
-                ingress: Some((policy.key.name.clone(), g)),
+                ingress: Some((owner, g)),
+            }
+        })
+        .collect()
+}
+
+/// The gateways Gateway API Gateways of class `weft` ask for, as Gateway API implementations
+/// deploy them: named after the Gateway and owned by it, 2 replicas (with a
+/// PodDisruptionBudget), pods labelled `gateway.networking.k8s.io/gateway-name`, a
+/// LoadBalancer Service on the served listeners' ports, and their `certificateRefs` mounted.
+pub fn planned_api(objects: &Objects) -> Vec<WaypointGateway> {
+    objects
+        .policies
+        .values()
+        .filter_map(|p| match &p.spec {
+            PolicySpec::Gateway(g) if g.gateway_class_name == INGRESS_CLASS => Some((p, g)),
+            _ => None,
+        })
+        .map(|(p, g)| {
+            let served = || g.listeners.iter().filter(|l| l.served());
+            let mut ports: Vec<u16> = served().map(|l| l.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            let mut credentials: Vec<String> = served()
+                .filter_map(|l| l.credential().map(str::to_owned))
+                .collect();
+            credentials.sort();
+            credentials.dedup();
+            let component = GatewayComponent {
+                name: p.key.name.clone(),
+                namespace: Some(p.key.namespace.clone()),
+                labels: [(GATEWAY_NAME.to_owned(), p.key.name.clone())].into(),
+                replicas: 2,
+                resources: None,
+                service_type: "LoadBalancer".to_owned(),
+                credentials,
+                egress: false,
+                ports,
+            };
+            let owner = Owner {
+                api_version: "gateway.networking.k8s.io/v1",
+                kind: "Gateway",
+                name: p.key.name.clone(),
+            };
+            WaypointGateway {
+                key: p.key.clone(),
+                uid: p.uid.clone(),
+                ingress: Some((owner, component)),
             }
         })
         .collect()
@@ -74,16 +129,16 @@ fn credentials(objects: &Objects, labels: &BTreeMap<String, String>) -> Vec<Stri
 /// The objects for one ingress gateway, in apply order.
 pub fn manifests(
     gw: &WaypointGateway,
-    operator: &str,
+    owner: &Owner,
     component: &GatewayComponent,
     settings: &DeploySettings,
 ) -> Vec<(ApiResource, serde_json::Value)> {
     let (ns, name) = (&gw.key.namespace, &gw.key.name);
     let owner = gw.uid.as_ref().map(|uid| {
         serde_json::json!([{
-            "apiVersion": "install.istio.io/v1alpha1",
-            "kind": "IstioOperator",
-            "name": operator,
+            "apiVersion": owner.api_version,
+            "kind": owner.kind,
+            "name": owner.name,
             "uid": uid,
             "controller": true,
         }])
@@ -107,12 +162,14 @@ pub fn manifests(
     if let Some(args) = container["args"].as_array_mut() {
         args.extend(["--credential-dir".into(), "/etc/weft/credentials".into()]);
     }
-    container["ports"] = serde_json::json!([
-        {"name": "http", "containerPort": 80},
-        {"name": "https", "containerPort": 443},
-        {"name": "hbone", "containerPort": 15008},
-        {"name": "metrics", "containerPort": 15020},
-    ]);
+    let mut ports: Vec<serde_json::Value> = component
+        .ports
+        .iter()
+        .map(|p| serde_json::json!({"name": port_name(*p), "containerPort": p}))
+        .collect();
+    ports.push(serde_json::json!({"name": "hbone", "containerPort": 15008}));
+    ports.push(serde_json::json!({"name": "metrics", "containerPort": 15020}));
+    container["ports"] = serde_json::Value::Array(ports);
     // Each TLS Secret a Gateway selecting it names, under its name (optional: a Secret made
     // later appears in the pod when kubelet next syncs it).
     let mut pod_volumes = volumes(&root_config_map);
@@ -180,12 +237,20 @@ pub fn manifests(
             "spec": {
                 "type": component.service_type,
                 "selector": selector,
-                "ports": [
-                    {"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"},
-                    {"name": "https", "port": 443, "targetPort": 443, "protocol": "TCP"},
-                ],
+                "ports": component.ports.iter().map(|p| serde_json::json!({
+                    "name": port_name(*p), "port": p, "targetPort": p, "protocol": "TCP",
+                })).collect::<Vec<_>>(),
             },
         }),
     ));
     out
+}
+
+/// A port's name in the Service and the container: Istio's for 80 and 443, else by number.
+fn port_name(port: u16) -> String {
+    match port {
+        80 => "http".to_owned(),
+        443 => "https".to_owned(),
+        p => format!("port-{p}"),
+    }
 }

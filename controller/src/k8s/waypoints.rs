@@ -10,7 +10,7 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use tracing::{info, warn};
 
-pub use super::deploy::{DeploySettings, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway};
+pub use super::deploy::{DeploySettings, Owner, ROOT_CONFIG_MAP_SUFFIX, WaypointGateway};
 use super::deploy::{container, identity_objects, metrics_annotations, resource, volumes};
 use crate::model::ObjectKey;
 use crate::model::translate::GATEWAY_NAME;
@@ -23,8 +23,8 @@ pub fn manifests(
     gw: &WaypointGateway,
     settings: &DeploySettings,
 ) -> Vec<(ApiResource, serde_json::Value)> {
-    if let Some((operator, component)) = &gw.ingress {
-        return super::ingress_gateways::manifests(gw, operator, component, settings);
+    if let Some((owner, component)) = &gw.ingress {
+        return super::ingress_gateways::manifests(gw, owner, component, settings);
     }
     let (ns, name) = (&gw.key.namespace, &gw.key.name);
     let owner = gw.uid.as_ref().map(|uid| {

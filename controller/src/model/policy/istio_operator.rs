@@ -435,6 +435,8 @@ pub struct GatewayComponent {
     /// An egress gateway (`components.egressGateways`): the same deployment, labelled
     /// `istio: egressgateway` and behind a ClusterIP Service by default.
     pub egress: bool,
+    /// The ports its Service and container expose (80 and 443 for an IstioOperator's).
+    pub ports: Vec<u16>,
 }
 
 /// One of `components.ingressGateways`.
@@ -551,5 +553,6 @@ fn gateway_component(
         service_type,
         credentials: Vec::new(),
         egress,
+        ports: vec![80, 443],
     }))
 }

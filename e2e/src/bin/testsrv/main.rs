@@ -11,8 +11,8 @@
 //! the upgrade, sends a line, and prints the status and the echo as JSON.
 //!
 //! `load` (`load.rs`): sends N requests (HTTP/1.1, or gRPC over h2c; TLS for `https://`) with a
-//! concurrency and headers, and
-//! prints one JSON line: counts by status, by body, by `grpc-status`, and response flags.
+//! concurrency and headers, and prints one JSON line: counts by status, by body, by
+//! `grpc-status`, and response flags, and latency percentiles.
 
 mod collect;
 mod load;
