@@ -31,6 +31,7 @@ pub mod pcap;
 mod pod;
 mod pod_runner;
 mod pods;
+pub mod process;
 mod procs;
 pub mod rogue;
 mod traffic;

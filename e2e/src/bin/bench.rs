@@ -191,35 +191,6 @@ async fn load(kind: &str, target: SocketAddr, streams: usize, dur: Duration) -> 
     })
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn orchestrate(secs: u64, mode: weft_testbed::CaptureMode) -> Result<()> {
     let mut bed = weft_testbed::TestBed::new("bench", 2)?;
     bed.capture_mode(mode);
@@ -254,7 +225,7 @@ fn orchestrate(secs: u64, mode: weft_testbed::CaptureMode) -> Result<()> {
         bed.proxy_pid(0).context("proxy 1")?,
         bed.proxy_pid(1).context("proxy 2")?,
     ];
-    let rss_idle = pids.map(rss_kib);
+    let rss_idle = pids.map(weft_testbed::process::rss_kib);
 
     let run = |client: &weft_testbed::Pod,
                server: &weft_testbed::Pod,
@@ -262,7 +233,7 @@ fn orchestrate(secs: u64, mode: weft_testbed::CaptureMode) -> Result<()> {
                port: u16,
                streams: usize|
      -> Result<(Measured, [f64; 2], [u64; 2])> {
-        let cpu0 = pids.map(cpu_secs);
+        let cpu0 = pids.map(weft_testbed::process::cpu_secs);
         let target = format!("{}:{port}", server.ip);
         let (s, secs_s) = (streams.to_string(), secs.to_string());
         let sampler = std::thread::spawn(move || {
@@ -270,7 +241,7 @@ fn orchestrate(secs: u64, mode: weft_testbed::CaptureMode) -> Result<()> {
             let end = Instant::now() + Duration::from_secs(secs);
             while Instant::now() < end {
                 for (m, pid) in max.iter_mut().zip(pids) {
-                    *m = (*m).max(rss_kib(pid));
+                    *m = (*m).max(weft_testbed::process::rss_kib(pid));
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -297,7 +268,7 @@ fn orchestrate(secs: u64, mode: weft_testbed::CaptureMode) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         let measured: Measured = serde_json::from_slice(&out.stdout)?;
-        let cpu1 = pids.map(cpu_secs);
+        let cpu1 = pids.map(weft_testbed::process::cpu_secs);
         let rss = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?;
         Ok((measured, [cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]], rss))
     };

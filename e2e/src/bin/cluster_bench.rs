@@ -32,17 +32,6 @@ fn apiserver_metric(bed: &TestBed, name: &str, filter: &str) -> Result<f64> {
         .sum())
 }
 
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024.0)
-}
-
 /// How many bench pods node `i`'s proxy holds as mesh (HBONE) workloads.
 fn meshed(bed: &TestBed, i: usize) -> Result<usize> {
     let (_, body) = http_get_in(
@@ -76,7 +65,7 @@ fn main() -> Result<()> {
     bed.with_kubernetes(&assets);
     bed.start()?;
     let controller = bed.controller_pid().context("no controller")?;
-    let rss_start = rss_mib(controller)?;
+    let rss_start = weft_testbed::process::rss_kib(controller) as f64 / 1024.0;
 
     // The cluster: namespaces (not yet in the mesh), a ServiceAccount each, pods spread over
     // the two nodes, then their status as a kubelet reports it.
@@ -156,7 +145,7 @@ fn main() -> Result<()> {
 
     // At rest: requests per minute, watches with and without the controller, its memory.
     std::thread::sleep(Duration::from_secs(5));
-    let rss = rss_mib(controller)?;
+    let rss = weft_testbed::process::rss_kib(controller) as f64 / 1024.0;
     let before = apiserver_metric(&bed, "apiserver_request_total", "")?;
     std::thread::sleep(Duration::from_secs(60));
     let after = apiserver_metric(&bed, "apiserver_request_total", "")?;

@@ -74,20 +74,10 @@ spec:
           number: 9080
 ";
 
-/// CPU seconds (user + system) and RSS (KiB) of a process.
+/// CPU seconds (user + system) and RSS (KiB) of a process, if it runs.
 fn proc_stat(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks / 100.0, rss))
+    let rss = weft_testbed::process::rss_kib(pid);
+    (rss > 0).then(|| (weft_testbed::process::cpu_secs(pid), rss))
 }
 
 /// The pid of the process whose command line holds `needle`.
