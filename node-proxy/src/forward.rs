@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
+use weft_core::copy::Leg;
 use weft_core::identity::SpiffeId;
 use weft_core::mesh::{Service, Workload};
 use weft_core::metrics::{DestinationLabels, Reporter, SecurityPolicy, SourceLabels, TcpLabels};
@@ -113,13 +113,14 @@ impl Connection<'_> {
 }
 
 /// Copies between `downstream` and `upstream` until both are done, counted and logged.
-pub(crate) async fn forward<D, U>(proxy: &Proxy, conn: Connection<'_>, downstream: D, upstream: U)
-where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+pub(crate) async fn forward(
+    proxy: &Proxy,
+    conn: Connection<'_>,
+    downstream: impl Into<Leg>,
+    upstream: impl Into<Leg>,
+) {
     let metrics = proxy.metrics.open(&conn.labels());
-    let result = weft_core::copy::proxy(downstream, upstream, &metrics).await;
+    let result = weft_core::copy::proxy_legs(downstream.into(), upstream.into(), &metrics).await;
     let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
     let id_text = |p: Option<&SpiffeId>| p.map(ToString::to_string).unwrap_or_default();
     let started_at = std::time::SystemTime::now()

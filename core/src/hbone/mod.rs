@@ -9,7 +9,7 @@
 mod client;
 mod protocol;
 mod server;
-mod stream;
+pub(crate) mod stream;
 
 pub use client::{Pool, PoolConfig, PoolKey, PoolStats};
 pub use protocol::{

@@ -54,7 +54,16 @@ impl H2Stream {
     }
 }
 
-fn h2_io(e: h2::Error) -> io::Error {
+impl H2Stream {
+    /// The stream's halves (and bytes received but not yet read), for a copy loop that hands
+    /// DATA frames' buffers on without copying them (`crate::copy`). The guard keeps the
+    /// stream counted until it is dropped.
+    pub(crate) fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes, Option<ActiveGuard>) {
+        (self.send, self.recv, self.pending, self._active)
+    }
+}
+
+pub(crate) fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         e.into_io()
             .unwrap_or_else(|| io::Error::other("h2 I/O error"))
