@@ -3,8 +3,11 @@
 //! The node proxy serves pods from the node's namespace but opens its listeners, and the
 //! outbound sockets it connects on behalf of a pod, *inside* the pod's network namespace (the
 //! in-pod model of ztunnel). A socket stays in the namespace it was created in, so only the
-//! `socket()` call has to happen there: each [`Netns`] owns one thread that has entered the
-//! namespace and creates sockets on request. Tokio's worker threads never change namespace.
+//! `socket()` call has to happen there. Each [`Netns`] owns one thread that has entered the
+//! namespace, for listeners and other rare work. The sockets of new connections, made on the
+//! hot path, are created on the calling thread instead: it enters the pod's namespace, creates
+//! the socket and returns to the node's before anything else runs on it (a thread that cannot
+//! return aborts the process rather than serve from the wrong namespace).
 
 use std::future::Future;
 use std::io;
@@ -22,6 +25,36 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Netns {
     path: PathBuf,
     jobs: mpsc::Sender<Job>,
+    /// The namespace, entered by the calling thread to create a socket.
+    file: std::fs::File,
+}
+
+/// The node proxy's own network namespace (the main thread never leaves it).
+fn home() -> io::Result<&'static std::fs::File> {
+    static HOME: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(file) = HOME.get() {
+        return Ok(file);
+    }
+    let file = std::fs::File::open("/proc/self/ns/net")?;
+    Ok(HOME.get_or_init(|| file))
+}
+
+/// Runs `f` on the calling thread inside the namespace `file`, then returns the thread to the
+/// node's. Only for short synchronous work (creating a socket): nothing else runs meanwhile.
+fn inside<T>(file: &std::fs::File, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    struct Back(&'static std::fs::File);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            if nix::sched::setns(self.0, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                // Serving from a pod's namespace would be worse than stopping.
+                std::process::abort();
+            }
+        }
+    }
+    let home = home()?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let _back = Back(home);
+    f()
 }
 
 /// Options for a listening socket.
@@ -44,10 +77,11 @@ impl Netns {
             "netns-{}",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("?")
         );
+        let thread_file = file.try_clone()?;
         std::thread::Builder::new().name(name).spawn(move || {
-            let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            let entered = nix::sched::setns(&thread_file, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(io::Error::from);
-            drop(file);
+            drop(thread_file);
             let ok = entered.is_ok();
             let _ = ready_tx.send(entered);
             if ok {
@@ -64,6 +98,7 @@ impl Netns {
         Ok(Self {
             path: path.to_path_buf(),
             jobs,
+            file,
         })
     }
 
@@ -107,16 +142,14 @@ impl Netns {
     /// Creates an unconnected TCP socket inside the namespace, marked with `mark` so the
     /// namespace's capture rules let it through.
     pub async fn tcp_socket(&self, mark: Option<u32>) -> io::Result<tokio::net::TcpSocket> {
-        let socket = self
-            .run(move || -> io::Result<Socket> {
-                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-                if let Some(mark) = mark {
-                    socket.set_mark(mark)?;
-                }
-                socket.set_nonblocking(true)?;
-                Ok(socket)
-            })
-            .await??;
+        let socket = inside(&self.file, || {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            if let Some(mark) = mark {
+                socket.set_mark(mark)?;
+            }
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })?;
         Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
     }
 
