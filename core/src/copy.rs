@@ -151,8 +151,13 @@ mod tunnel {
         counter: &Counter,
     ) -> io::Result<u64> {
         let mut total = 0;
+        let mut buf = BytesMut::with_capacity(BUF);
         loop {
-            let mut buf = BytesMut::with_capacity(BUF);
+            // Reads go into what is left of the allocation until little is: small messages
+            // share one, and a frame's bytes stay valid while h2 still holds them.
+            if buf.capacity() < BUF / 8 {
+                buf.reserve(BUF);
+            }
             let n = read.read_buf(&mut buf).await?;
             if n == 0 {
                 // END_STREAM carries the half-close; an error means the stream is gone.
@@ -161,7 +166,7 @@ mod tunnel {
             }
             counter.inc_by(n as u64);
             total += n as u64;
-            let mut data = buf.freeze();
+            let mut data = buf.split().freeze();
             while !data.is_empty() {
                 send.reserve_capacity(data.len());
                 let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {

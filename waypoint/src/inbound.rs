@@ -114,7 +114,8 @@ async fn serve_tunnel(
     // routed by host like an outside client's, as the client's proven identity.
     let at_listener =
         target.destination.ip() == own && snapshot.listener(target.destination.port()).is_some();
-    if !at_listener && snapshot.service_for(target.destination).is_none() {
+    let service = snapshot.service_for(target.destination).map(|s| &s.policy);
+    if !at_listener && service.is_none() {
         let rejection = Rejection::BadRequest(format!(
             "{} is not a service bound to waypoint {}/{}, nor one of its listeners",
             target.destination, waypoint.namespace, waypoint.name
@@ -126,7 +127,6 @@ async fn serve_tunnel(
     let Ok(stream) = pending.open() else { return };
     // The tunnel as a TCP connection: opened, closed and its bytes both ways, labelled as the
     // node proxies label theirs.
-    let service = snapshot.service_for(target.destination).map(|s| &s.policy);
     let labels = TcpLabels {
         reporter: Reporter::waypoint,
         source: SourceLabels::of(

@@ -151,7 +151,13 @@ impl Dns {
 
     /// The addresses the upstream nameserver gives `host` (A records).
     pub(crate) async fn resolve_upstream(&self, host: &str) -> Result<Vec<Ipv4Addr>, String> {
-        let id = (std::process::id() as u16) ^ (host.len() as u16).rotate_left(7);
+        // A transaction id no one off the path can guess (with the socket's random port).
+        let mut random = [0u8; 2];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut random)
+            .map_err(|_| "no randomness for a DNS id".to_owned())?;
+        let id = u16::from_be_bytes(random);
         let query = message::a_query(id, host).ok_or_else(|| format!("{host:?} is no name"))?;
         let reply = self.forward(&query).await?;
         message::a_records(&reply, id).ok_or_else(|| format!("{host}: no answer"))
