@@ -357,3 +357,73 @@ async fn a_connection_left_idle_is_closed_by_the_server() -> anyhow::Result<()> 
         .map_err(|_| anyhow::anyhow!("the idle connection was not closed"))??;
     Ok(())
 }
+
+/// A peer whose first connection takes tunnels and never answers them; later connections
+/// echo as [`echo_server`] does.
+async fn server_silent_on_its_first_connection(
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+) -> anyhow::Result<SocketAddr> {
+    let config = Arc::new(tls::server_config(cert, bundle)?);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let config = config.clone();
+            tokio::spawn(async move {
+                let Ok(mut incoming) = hbone::accept(tcp, config, Duration::from_secs(5)).await
+                else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(Ok(tunnel)) = incoming.next().await {
+                    if n == 0 {
+                        held.push(tunnel);
+                        continue;
+                    }
+                    let Ok(mut stream) = tunnel.open() else {
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = stream.read(&mut buf).await {
+                            if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_tunnels_gets_new_ones_on_a_fresh_connection()
+-> anyhow::Result<()> {
+    let ca = TestCa::new("mesh")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let addr = server_silent_on_its_first_connection(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig::default());
+    let err = open(&pool, &client, &bundle, addr, "web", 7)
+        .await
+        .err()
+        .expect("no answer");
+    assert!(matches!(err, HboneError::ResponseTimeout { .. }), "{err}");
+    // The next tunnel does not queue behind the silent connection.
+    let mut ok = tokio::time::timeout(
+        Duration::from_secs(5),
+        open(&pool, &client, &bundle, addr, "web", 7),
+    )
+    .await??;
+    ok.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    ok.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"ping");
+    Ok(())
+}

@@ -371,10 +371,17 @@ spec:
             "500",
             "--concurrency",
             "4",
+            "--timeout-ms",
+            "5000",
+            "--deadline-ms",
+            "60000",
         ],
     )?;
     let served = b.bed.testsrv_count(&b.v1)? + b.bed.testsrv_count(&b.v2)?;
     eprintln!("gRPC with 30% UNAVAILABLE: {tally}; backends served {served}");
+    if count(&tally, "grpc_status", "0") < 485 {
+        eprintln!("{}", b.logs());
+    }
     // Model: each try fails with p = 0.3 (the backends' pattern is even, but concurrent calls
     // and retries interleave on it, so tries are taken as independent); a call fails only if
     // all 4 tries do: p^4 = 0.0081, so Binomial(500, 0.0081) failures, mean 4.05, sd 2.0.

@@ -133,6 +133,30 @@ impl Bookinfo {
     }
 }
 
+impl Bookinfo {
+    /// The last lines of the node proxies' and the waypoint's logs, for a failure's message.
+    pub fn logs(&self) -> String {
+        let tail = |name: String, text: String| {
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            format!(
+                "--- {name} (last {} lines)\n{}\n",
+                lines.len() - from,
+                lines[from..].join("\n")
+            )
+        };
+        let mut out = String::new();
+        for i in 0..2 {
+            out += &tail(format!("node proxy {i}"), self.bed.proxy_log(i));
+        }
+        out += &tail(
+            "waypoint".into(),
+            std::fs::read_to_string(self.bed.waypoint_log_path(&self.waypoint)).unwrap_or_default(),
+        );
+        out
+    }
+}
+
 /// `http://<reviews VIP>:9080<path>`.
 pub fn reviews_url(path: &str) -> String {
     format!("http://{REVIEWS_VIP}:9080{path}")

@@ -153,7 +153,7 @@ impl Pool {
         D: FnOnce(SocketAddr) -> F,
         F: Future<Output = std::io::Result<TcpStream>>,
     {
-        let (sender, guard) = self.checkout(key, tls, dial).await?;
+        let (sender, guard, closed) = self.checkout(key, tls, dial).await?;
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(req.destination.to_string())
@@ -176,16 +176,27 @@ impl Pool {
             addr: key.proxy,
             source,
         };
-        let mut sender = sender.ready().await.map_err(h2_err)?;
-        let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
-        let response = tokio::time::timeout(settings::RESPONSE_TIMEOUT, response)
-            .await
-            .map_err(|_| HboneError::ResponseTimeout {
-                addr: key.proxy,
-                destination: req.destination,
-                timeout: settings::RESPONSE_TIMEOUT,
-            })?
-            .map_err(h2_err)?;
+        // Waiting for a stream slot and for the answer are bounded together: a peer that stops
+        // granting streams or answering must not hold a connection here for ever.
+        let exchange = async {
+            let mut sender = sender.ready().await.map_err(h2_err)?;
+            let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
+            Ok::<_, HboneError>((response.await.map_err(h2_err)?, send))
+        };
+        let (response, send) =
+            match tokio::time::timeout(settings::RESPONSE_TIMEOUT, exchange).await {
+                Ok(done) => done?,
+                Err(_) => {
+                    // New tunnels to this peer go on a fresh connection; this one keeps serving
+                    // the streams it has.
+                    closed.store(true, Ordering::Relaxed);
+                    return Err(HboneError::ResponseTimeout {
+                        addr: key.proxy,
+                        destination: req.destination,
+                        timeout: settings::RESPONSE_TIMEOUT,
+                    });
+                }
+            };
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 addr: key.proxy,
@@ -201,7 +212,7 @@ impl Pool {
         key: &PoolKey,
         tls: T,
         dial: D,
-    ) -> Result<(SendRequest<Bytes>, ActiveGuard), HboneError>
+    ) -> Result<(SendRequest<Bytes>, ActiveGuard, Arc<AtomicBool>), HboneError>
     where
         T: FnOnce() -> Result<ClientConfig, crate::tls::TlsError>,
         D: FnOnce(SocketAddr) -> F,
@@ -250,6 +261,7 @@ impl Pool {
         Ok((
             conn.sender.clone(),
             ActiveGuard(conn.active.clone(), Some(self.open_streams.clone())),
+            conn.closed.clone(),
         ))
     }
 }

@@ -204,6 +204,8 @@ fn main() -> Result<()> {
         args.rate.to_string(),
         args.concurrency.to_string(),
     );
+    // Twice the run's length and half a minute: only a broken path is cut short.
+    let deadline = (args.secs * 2000 + 30_000).to_string();
     let run = |ip: std::net::Ipv4Addr, n: &str, rate: &str| {
         let url = format!("https://{ip}:443/");
         bed.load(
@@ -221,6 +223,8 @@ fn main() -> Result<()> {
                 rate,
                 "--concurrency",
                 &conc,
+                "--deadline-ms",
+                &deadline,
             ],
         )
     };

@@ -83,6 +83,8 @@ fn main() -> Result<()> {
         bed.serve_testsrv(pod, name)?;
     }
     let requests = (args.rate * args.secs).to_string();
+    // Twice the run's length and half a minute: only a broken path is cut short.
+    let deadline = (args.secs * 2000 + 30_000).to_string();
     let (rate, conc, body) = (
         args.rate.to_string(),
         args.concurrency.to_string(),
@@ -104,6 +106,8 @@ fn main() -> Result<()> {
                 &conc,
                 "--body-bytes",
                 &body,
+                "--deadline-ms",
+                &deadline,
             ],
         )
     };

@@ -26,6 +26,8 @@ pub(crate) struct LoadSpec {
     pub(crate) grpc: bool,
     pub(crate) rate: u64,
     pub(crate) timeout: Duration,
+    /// No request starts after this long; the ones left are tallied as `unsent`.
+    pub(crate) deadline: Duration,
     pub(crate) fresh_connections: bool,
     /// For an `https://` URL: the connector and the server's name.
     pub(crate) tls: Option<tls::Tls>,
@@ -60,6 +62,11 @@ pub(crate) async fn load(spec: LoadSpec) -> Result<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= spec.requests {
                     return;
+                }
+                if started.elapsed() >= spec.deadline {
+                    let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    *tally.by_status.entry("unsent".into()).or_default() += 1;
+                    continue;
                 }
                 if spec.rate > 0 {
                     let at = started + Duration::from_secs_f64(i as f64 / spec.rate as f64);

@@ -95,6 +95,10 @@ enum Command {
         /// Per-request timeout, milliseconds.
         #[arg(long, default_value_t = 15_000)]
         timeout_ms: u64,
+        /// No request starts after this many milliseconds from the first (the rest are
+        /// tallied as `unsent`), so a broken path ends the run instead of hanging it.
+        #[arg(long, default_value_t = 120_000)]
+        deadline_ms: u64,
         /// A new connection for every request (each one crosses the mesh's connection path).
         #[arg(long)]
         fresh_connections: bool,
@@ -153,6 +157,7 @@ fn main() -> Result<()> {
             grpc,
             rate,
             timeout_ms,
+            deadline_ms,
             fresh_connections,
             cacert,
             sni,
@@ -167,6 +172,7 @@ fn main() -> Result<()> {
             grpc,
             rate,
             timeout: Duration::from_millis(timeout_ms),
+            deadline: Duration::from_millis(deadline_ms),
             fresh_connections,
         })),
     }
