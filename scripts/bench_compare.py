@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Compares weft-bench runs of two builds: the JSON line each run prints (the last line starting
 with '{' in each file). With several files per side (A1,A2,... -- B1,B2,...), medians.
+weft-waypoint-bench output is recognised too: its figures are printed as medians (min-max).
 
     ./target/release/weft-bench --secs 5 > a1.txt   # build A, then build B, interleaved
     python3 scripts/bench_compare.py a1.txt a2.txt a3.txt -- b1.txt b2.txt b3.txt
@@ -47,10 +48,40 @@ def side(paths):
     return out
 
 
+WAYPOINT_FIGURES = [
+    ("waypoint p50 (us)", lambda r: r["l4_waypoint"]["p50_us"]),
+    ("waypoint p99 (us)", lambda r: r["l4_waypoint"]["p99_us"]),
+    ("waypoint p50 added (us)", lambda r: r["l4_waypoint"]["p50_us"] - r["no_mesh"]["p50_us"]),
+    ("waypoint p99 added (us)", lambda r: r["l4_waypoint"]["p99_us"] - r["no_mesh"]["p99_us"]),
+    ("L4 p50 added (us)", lambda r: r["l4"]["p50_us"] - r["no_mesh"]["p50_us"]),
+    ("L4 p99 added (us)", lambda r: r["l4"]["p99_us"] - r["no_mesh"]["p99_us"]),
+    ("waypoint CPU-s/s", lambda r: r["waypoint_cpu_s_per_s"]),
+    ("waypoint RSS after (MiB)", lambda r: r["waypoint_rss_kib"] / 1024),
+]
+
+
+def spread(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def waypoint(a_paths, b_paths):
+    a, b = [load(p) for p in a_paths], [load(p) for p in b_paths]
+    print(f"{'figure':26} {'A median (min-max)':>26} {'B median (min-max)':>26} {'B/A':>7}")
+    for label, get in WAYPOINT_FIGURES:
+        (am, al, ah), (bm, bl, bh) = spread([get(r) for r in a]), spread([get(r) for r in b])
+        ratio = bm / am if am else float("nan")
+        print(
+            f"{label:26} {f'{am:.3f} ({al:.3f}-{ah:.3f})':>26} "
+            f"{f'{bm:.3f} ({bl:.3f}-{bh:.3f})':>26} {ratio:7.3f}"
+        )
+
+
 def main(argv):
     if "--" not in argv:
         sys.exit(__doc__)
     cut = argv.index("--")
+    if "l4_waypoint" in load(argv[0]):
+        return waypoint(argv[:cut], argv[cut + 1 :])
     a, b = side(argv[:cut]), side(argv[cut + 1 :])
     print(f"{'figure':34} {'A mesh':>10} {'A ratio':>8} {'B mesh':>10} {'B ratio':>8} {'B/A':>7}")
     for key, label in FIGURES:

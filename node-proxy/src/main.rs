@@ -60,6 +60,9 @@ struct Args {
     /// Time in-flight connections get to finish on SIGTERM, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_deadline_secs: u64,
+    /// Threads carrying connections.
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
     /// Log format: plain or json.
     #[arg(long, default_value = "plain")]
     log_format: LogFormat,
@@ -99,6 +102,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let args_workers = args.worker_threads;
     telemetry::init(args.log_format, "info");
     match weft_core::accept::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
@@ -154,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         }),
     };
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args_workers.max(1))
         .enable_all()
         .build()?
         .block_on(weft_node_proxy::run(config))

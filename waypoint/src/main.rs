@@ -66,6 +66,11 @@ struct Args {
     /// as `<dir>/<name>/tls.crt` and `tls.key` (a TLS Secret mounted under its name).
     #[arg(long, default_value = "/etc/weft/credentials")]
     credential_dir: PathBuf,
+    /// Threads serving requests: 1 serves everything on one thread (no wakeups between
+    /// threads; the cheapest per request, up to one core's worth of requests), 0 one per CPU
+    /// the process may use. More requests than one core serves: more replicas, or more threads.
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,7 +100,16 @@ fn main() -> anyhow::Result<()> {
         trace_sampling: args.trace_sampling,
         credential_dir: args.credential_dir,
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut multi = tokio::runtime::Builder::new_multi_thread();
+            multi.worker_threads(n);
+            multi
+        }
+    };
+    runtime
         .enable_all()
         .build()?
         .block_on(weft_waypoint::run(settings))

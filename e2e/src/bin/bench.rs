@@ -28,6 +28,9 @@ struct Cli {
     /// Capture mechanism of the node proxies: ebpf or nftables.
     #[arg(long, default_value = "ebpf")]
     capture: String,
+    /// The node proxies' `--worker-threads` (default: theirs).
+    #[arg(long)]
+    proxy_workers: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -77,7 +80,7 @@ fn main() -> Result<()> {
                 "nftables" => weft_testbed::CaptureMode::Nftables,
                 other => anyhow::bail!("--capture {other}: expected ebpf or nftables"),
             };
-            orchestrate(cli.secs, mode)
+            orchestrate(cli.secs, mode, cli.proxy_workers)
         }
     }
 }
@@ -191,9 +194,16 @@ async fn load(kind: &str, target: SocketAddr, streams: usize, dur: Duration) -> 
     })
 }
 
-fn orchestrate(secs: u64, mode: weft_testbed::CaptureMode) -> Result<()> {
+fn orchestrate(
+    secs: u64,
+    mode: weft_testbed::CaptureMode,
+    proxy_workers: Option<usize>,
+) -> Result<()> {
     let mut bed = weft_testbed::TestBed::new("bench", 2)?;
     bed.capture_mode(mode);
+    if let Some(n) = proxy_workers {
+        bed.proxy_args(&["--worker-threads", &n.to_string()]);
+    }
     let mesh_client = bed.pod("client").namespace("bench").on_node(0).add()?;
     let mesh_server = bed.pod("server").namespace("bench").on_node(1).add()?;
     let plain_client = bed

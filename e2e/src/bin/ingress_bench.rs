@@ -29,9 +29,12 @@ struct Args {
     /// Connections (and requests in flight at most).
     #[arg(long, default_value_t = 16)]
     concurrency: u64,
-    /// HAProxy's threads (the gateway's runtime has 2 workers).
-    #[arg(long, default_value_t = 2)]
+    /// HAProxy's threads (`nbthread`).
+    #[arg(long, default_value_t = 1)]
     haproxy_threads: u32,
+    /// The gateway's threads (its `--worker-threads`).
+    #[arg(long, default_value_t = 1)]
+    gateway_threads: u32,
 }
 
 const HOST: &str = "shop.example.test";
@@ -177,9 +180,15 @@ fn main() -> Result<()> {
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca)?;
     let credential_dir = credentials.display().to_string();
+    let gateway_threads = args.gateway_threads.to_string();
     bed.waypoint_args_for(
         "istio-ingressgateway",
-        &["--credential-dir", &credential_dir],
+        &[
+            "--credential-dir",
+            &credential_dir,
+            "--worker-threads",
+            &gateway_threads,
+        ],
     );
     bed.preload_manifest("gateway.yaml", GATEWAY)?;
     bed.start()?;

@@ -27,6 +27,9 @@ struct Args {
     /// Requests in flight at most.
     #[arg(long, default_value_t = 16)]
     concurrency: u64,
+    /// The waypoints' `--worker-threads` (default: theirs, one per CPU).
+    #[arg(long)]
+    waypoint_workers: Option<usize>,
 }
 
 /// CPU seconds (user + system) and RSS (KiB) of a process, if it runs.
@@ -59,15 +62,20 @@ fn main() -> Result<()> {
     // The same waypoint tracing every request to a collector that is down (nothing listens on
     // port 9 in its pod): what tracing costs the request path when export fails.
     let traced = bed.waypoint("waypoint-traced", "bench", 1)?;
-    bed.waypoint_args_for(
-        "waypoint-traced",
-        &[
-            "--trace-collector",
-            "zipkin:127.0.0.1:9",
-            "--trace-sampling",
-            "100",
-        ],
-    );
+    let workers = args
+        .waypoint_workers
+        .map(|n| vec!["--worker-threads".to_owned(), n.to_string()])
+        .unwrap_or_default();
+    let workers: Vec<&str> = workers.iter().map(String::as_str).collect();
+    bed.waypoint_args_for("waypoint", &workers);
+    let mut traced_args = vec![
+        "--trace-collector",
+        "zipkin:127.0.0.1:9",
+        "--trace-sampling",
+        "100",
+    ];
+    traced_args.extend_from_slice(&workers);
+    bed.waypoint_args_for("waypoint-traced", &traced_args);
     bed.service("l4", "bench", "10.96.1.4".parse()?, 80, 8080, &[&l4]);
     bed.service("l7", "bench", "10.96.1.7".parse()?, 80, 8080, &[&l7]);
     bed.service("l7t", "bench", "10.96.1.8".parse()?, 80, 8080, &[&l7t]);
