@@ -100,7 +100,21 @@ struct Args {
     state_dir: Option<PathBuf>,
 }
 
+/// One malloc arena for the whole process, unless the operator set `MALLOC_ARENA_MAX`. glibc
+/// otherwise gives each thread that allocates an arena of its own (workers, pod namespace
+/// threads) and each keeps its high-water mark: peak RSS under load was 21.4 MiB with the
+/// default and 16.7 MiB with one arena, with no CPU cost measured (docs/benchmarks.md).
+fn one_malloc_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    one_malloc_arena();
     let args = Args::parse();
     let args_workers = args.worker_threads;
     telemetry::init(args.log_format, "info");
