@@ -60,7 +60,8 @@ struct Args {
     /// Time in-flight connections get to finish on SIGTERM, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_deadline_secs: u64,
-    /// Threads carrying connections.
+    /// Threads carrying connections (0: one per CPU the process may use, as for the
+    /// waypoint's flag of the same name).
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
     /// Log format: plain or json.
@@ -171,8 +172,11 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|text| weft_node_proxy::nameserver(&text))
         }),
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args_workers.max(1))
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args_workers > 0 {
+        runtime.worker_threads(args_workers);
+    }
+    runtime
         .enable_all()
         .build()?
         .block_on(weft_node_proxy::run(config))

@@ -146,7 +146,7 @@ impl Bookinfo {
             )
         };
         let mut out = String::new();
-        for i in 0..2 {
+        for i in 0..self.bed.nodes().len() {
             out += &tail(format!("node proxy {i}"), self.bed.proxy_log(i));
         }
         out += &tail(
