@@ -21,6 +21,8 @@ FIGURES = [
     ("latency_64b_p50_us", "64 B p50 (us)"),
     ("latency_64b_p99_us", "64 B p99 (us)"),
     ("new_connections_per_sec", "new connections/s"),
+    ("new_connection_p50_us", "new connection p50 (us)"),
+    ("new_connection_p99_us", "new connection p99 (us)"),
 ]
 
 
@@ -36,6 +38,8 @@ def side(paths):
     runs = [load(p) for p in paths]
     out = {}
     for key, _ in FIGURES:
+        if not all(key in r for r in runs):
+            continue  # a figure older runs did not print
         out[key] = (
             statistics.median(r[key]["mesh"] for r in runs),
             statistics.median(r[key]["ratio"] for r in runs),
@@ -85,6 +89,8 @@ def main(argv):
     a, b = side(argv[:cut]), side(argv[cut + 1 :])
     print(f"{'figure':34} {'A mesh':>10} {'A ratio':>8} {'B mesh':>10} {'B ratio':>8} {'B/A':>7}")
     for key, label in FIGURES:
+        if key not in a or key not in b:
+            continue
         (am, ar), (bm, br) = a[key], b[key]
         print(f"{label:34} {am:10.2f} {ar:8.3f} {bm:10.2f} {br:8.3f} {bm / am:7.3f}")
     print(f"{'CPU s/GB, both proxies':34} {a['cpu']:10.3f} {'':8} {b['cpu']:10.3f} {'':8} {b['cpu'] / a['cpu']:7.3f}")

@@ -38,6 +38,7 @@ for component in controller node-proxy waypoint; do
     add "$bin_dir/weft-cni" "$ctx/rootfs" /usr/local/bin/weft-cni
     add "$(command -v nsenter)" "$ctx/rootfs" /usr/bin/nsenter
     add "$(command -v nft)" "$ctx/rootfs" /usr/sbin/nft
+    add "$(command -v ip)" "$ctx/rootfs" /usr/sbin/ip
     mkdir -p "$ctx/rootfs/var/run/weft" "$ctx/rootfs/tmp"
   fi
   cp "images/$component.Containerfile" "$ctx/Containerfile"

@@ -236,7 +236,8 @@ async fn enroll(
         }
     };
     // Listeners first, capture second: no moment where traffic is captured with nobody listening.
-    let outbound = listen(ports::OUTBOUND, false, Ipv4Addr::LOCALHOST).await?;
+    // Transparent: nftables capture hands outbound connections to it by TPROXY.
+    let outbound = listen(ports::OUTBOUND, true, Ipv4Addr::LOCALHOST).await?;
     let plaintext = listen(ports::INBOUND_PLAINTEXT, true, Ipv4Addr::UNSPECIFIED).await?;
     let hbone = listen(ports::HBONE, false, Ipv4Addr::UNSPECIFIED).await?;
     let dns = netns

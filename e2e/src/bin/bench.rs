@@ -322,7 +322,21 @@ fn orchestrate(
                     mesh.p99_us,
                 ));
             }
-            _ => figures.push((name.to_owned(), rate(&base), rate(&capture), rate(&mesh))),
+            _ => {
+                figures.push((name.to_owned(), rate(&base), rate(&capture), rate(&mesh)));
+                figures.push((
+                    "new_connection_p50_us".into(),
+                    base.p50_us,
+                    capture.p50_us,
+                    mesh.p50_us,
+                ));
+                figures.push((
+                    "new_connection_p99_us".into(),
+                    base.p99_us,
+                    capture.p99_us,
+                    mesh.p99_us,
+                ));
+            }
         }
         for (label, b, c, m) in figures {
             json.insert(

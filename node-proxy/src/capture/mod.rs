@@ -1,6 +1,6 @@
 //! How enrolled pods' traffic reaches the proxy's in-pod listeners: eBPF (the default) or the
-//! nftables fallback, with one contract. Outbound TCP from the pod arrives at 15001 with its
-//! original destination recoverable; inbound plaintext arrives at 15006 (transparent, so the
+//! nftables fallback, with one contract. Outbound TCP from the pod arrives at 127.0.0.1:15001
+//! (transparent) with its original destination recoverable; inbound plaintext arrives at 15006 (transparent, so the
 //! accepted socket's local address is the original destination); HBONE reaches 15008 directly;
 //! the node's health probes reach the app; the proxy's own sockets ([`PROXY_MARK`]) are never
 //! captured; with the proxy down, captured traffic finds no listener and fails.
@@ -213,10 +213,8 @@ impl Capture {
                     .map(SocketAddr::V4)
                     .ok_or_else(|| io::Error::other("no original destination recorded for this connection (not redirected by the capture program)"))
             }
-            Self::Nftables { .. } => socket2::SockRef::from(stream)
-                .original_dst_v4()?
-                .as_socket()
-                .ok_or_else(|| io::Error::other("original destination is not an IP address")),
+            // TPROXY keeps the destination: the accepted socket's own address.
+            Self::Nftables { .. } => stream.local_addr(),
         }
     }
 }

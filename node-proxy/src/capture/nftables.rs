@@ -1,8 +1,20 @@
-//! The nftables fallback: rules installed inside each enrolled pod's network namespace redirect
-//! its outbound TCP to the proxy's outbound listener (the original destination stays in
-//! conntrack, read back with `SO_ORIGINAL_DST`) and its DNS queries (UDP to port 53) to the DNS
-//! proxy's 127.0.0.1:15053 (conntrack answers as the nameserver), and TPROXY its inbound plaintext to the
-//! inbound-plaintext listener; HBONE (15008) and the node's health probes are left alone.
+//! The nftables fallback: rules installed inside each enrolled pod's network namespace send its
+//! outbound TCP to the proxy's outbound listener by TPROXY, its DNS queries (UDP to port 53) to
+//! the DNS proxy's 127.0.0.1:15053 (conntrack answers as the nameserver), and TPROXY its inbound
+//! plaintext to the inbound-plaintext listener; HBONE (15008) and the node's health probes are
+//! left alone.
+//!
+//! Outbound TCP cannot be TPROXYed where it is sent (TPROXY works in prerouting only), so the
+//! `route` output chain marks the connections the pod opens from now on (their conntrack mark;
+//! connections open before enrollment, and replies on connections to the pod, are left alone)
+//! and each of their packets with [`LOOP_MARK`], and a policy rule (`fwmark` → table
+//! [`LOOP_TABLE`], whose one route makes every address local through `lo`) loops it back in,
+//! where prerouting hands it to 127.0.0.1:15001. The accepted socket's local address is the
+//! original destination, and its four-tuple is the client's own. REDIRECT (NAT) would give every
+//! connection from the pod the same proxy-side address (127.0.0.1:15001), so a client port
+//! reused towards another destination would meet the proxy's TIME_WAIT socket of an earlier
+//! connection under TCP timestamps of another offset: the kernel refuses that SYN and the
+//! client retries some 15 ms later (measured: a tenth of eBPF mode's connection rate).
 //!
 //! Sockets the proxy opens inside the pod carry `PROXY_MARK` and are never captured. If the
 //! proxy is down the rules stay and the listeners are gone, so captured traffic fails closed:
@@ -21,16 +33,29 @@ use weft_core::ports;
 
 use weft_ebpf::PROXY_MARK;
 
+/// The mark the `route` output chain puts on a pod's outbound TCP: the policy rule that loops it
+/// back into the pod matches it.
+pub(crate) const LOOP_MARK: u32 = 0x400;
+
+/// The routing table (and the policy rule's priority) that makes every address local.
+pub(crate) const LOOP_TABLE: u32 = 15001;
+
 /// Why the rules could not be set up or removed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NftError {
-    #[error("running nft in {netns}: {source} (are nftables and util-linux's nsenter installed?)")]
+    #[error(
+        "running nsenter, nft and ip in {netns}: {source} (are nftables, iproute2 and util-linux's nsenter installed?)"
+    )]
     Spawn {
         netns: String,
         source: std::io::Error,
     },
-    #[error("nft in {netns} failed: {stderr}")]
-    Nft { netns: String, stderr: String },
+    #[error("{tool} in {netns} failed: {stderr}")]
+    Failed {
+        tool: &'static str,
+        netns: String,
+        stderr: String,
+    },
 }
 
 fn ruleset(probe_src: Option<Ipv4Addr>) -> String {
@@ -41,15 +66,23 @@ delete table ip weft
 table ip weft {{
   chain prerouting {{
     type filter hook prerouting priority mangle; policy accept;
+    meta l4proto tcp iifname "lo" meta mark & {loop:#x} == {loop:#x} tproxy to 127.0.0.1:{outbound} accept
+    meta l4proto tcp iifname "lo" meta mark & {loop:#x} == {loop:#x} drop
     meta l4proto tcp iifname != "lo" ct direction original {probe}tcp dport != {hbone} tproxy to :{inbound} accept
     meta l4proto tcp iifname != "lo" ct direction original {probe}tcp dport != {hbone} drop
+  }}
+  chain loop {{
+    type route hook output priority mangle; policy accept;
+    meta mark & {mark:#x} == {mark:#x} return
+    oifname "lo" return
+    meta l4proto tcp ct state new ct direction original ct mark set ct mark | {loop:#x}
+    ct mark & {loop:#x} == {loop:#x} ct direction original meta mark set meta mark | {loop:#x}
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
     meta mark & {mark:#x} == {mark:#x} return
     oifname "lo" return
     meta l4proto udp udp dport 53 redirect to :{dns}
-    meta l4proto tcp redirect to :{outbound}
   }}
 }}
 table ip6 weft
@@ -73,38 +106,84 @@ table ip6 weft {{
         outbound = ports::OUTBOUND,
         dns = ports::DNS,
         mark = PROXY_MARK,
+        loop = LOOP_MARK,
     )
 }
 
-/// Installs (or replaces) the capture rules in the namespace at `netns`.
+/// The policy rule and route that loop marked packets back into the pod, for `ip -batch`.
+fn loop_routing() -> String {
+    format!(
+        "rule add pref {LOOP_TABLE} fwmark {LOOP_MARK:#x}/{LOOP_MARK:#x} lookup {LOOP_TABLE}\n\
+         route replace local 0.0.0.0/0 dev lo table {LOOP_TABLE}\n"
+    )
+}
+
+/// Installs (or replaces) the capture rules in the namespace at `netns`: the routing that loops
+/// marked packets back first, so no packet is marked before it would be looped.
 pub(crate) fn install(netns: &Path, probe_src: Option<Ipv4Addr>) -> Result<(), NftError> {
-    nft(netns, &ruleset(probe_src))
+    unroute(netns)?;
+    run(netns, "ip", &["-4", "-batch", "-"], &loop_routing())?;
+    run(netns, "nft", &["-f", "-"], &ruleset(probe_src)).map(drop)
 }
 
-/// Removes the capture rules; a namespace without them is fine.
+/// Removes the capture rules, then the routing; a namespace without them is fine.
 pub(crate) fn remove(netns: &Path) -> Result<(), NftError> {
-    nft(
+    run(
         netns,
+        "nft",
+        &["-f", "-"],
         "table ip weft\ndelete table ip weft\ntable ip6 weft\ndelete table ip6 weft\n",
-    )
+    )?;
+    unroute(netns)
 }
 
-fn nft(netns: &Path, script: &str) -> Result<(), NftError> {
+/// Removes the loop's policy rule and route, if they are there (deleting what is absent fails,
+/// so each is deleted only when listed).
+fn unroute(netns: &Path) -> Result<(), NftError> {
+    let rules = run(
+        netns,
+        "ip",
+        &["-4", "rule", "show", "pref", &LOOP_TABLE.to_string()],
+        "",
+    )?;
+    if !rules.trim().is_empty() {
+        run(
+            netns,
+            "ip",
+            &["-4", "rule", "del", "pref", &LOOP_TABLE.to_string()],
+            "",
+        )?;
+    }
+    // `show table N` fails while table N does not exist; `table all` lists it when it does.
+    let routes = run(netns, "ip", &["-4", "route", "show", "table", "all"], "")?;
+    if routes.contains(&format!(" table {LOOP_TABLE} ")) {
+        run(
+            netns,
+            "ip",
+            &["-4", "route", "flush", "table", &LOOP_TABLE.to_string()],
+            "",
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `tool args` inside the namespace with `stdin`; its standard output.
+fn run(netns: &Path, tool: &'static str, args: &[&str], stdin: &str) -> Result<String, NftError> {
     let name = netns.display().to_string();
     let mut child = Command::new("nsenter")
         .arg(format!("--net={name}"))
-        .args(["nft", "-f", "-"])
+        .arg(tool)
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| NftError::Spawn {
             netns: name.clone(),
             source,
         })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes())
             .map_err(|source| NftError::Spawn {
                 netns: name.clone(),
                 source,
@@ -115,9 +194,10 @@ fn nft(netns: &Path, script: &str) -> Result<(), NftError> {
         source,
     })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(NftError::Nft {
+        Err(NftError::Failed {
+            tool,
             netns: name,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
