@@ -1,7 +1,11 @@
 //! `weft-ingress-bench`: HTTPS from a client outside the mesh at a fixed request rate, through
-//! Weft's ingress gateway (TLS terminated, then HBONE into the mesh to the service) and through
-//! HAProxy (Debian's, the same TLS termination, then plain HTTP to the same kind of server), in
-//! one run, rounds interleaved; requests/s, latency percentiles, and each proxy's CPU and RSS.
+//! Weft's ingress gateway (TLS terminated, then HBONE into the mesh to the service, an access-log
+//! line per request) and through HAProxy doing the same job (Debian's: the same TLS termination,
+//! then mutual TLS to a second HAProxy in the server's pod that terminates it, as the server's
+//! node proxy does for the gateway, and a log line per request), in one run, rounds
+//! interleaved; requests/s, latency percentiles, and each edge proxy's CPU and RSS.
+//! `--haproxy-plain`: HAProxy proxies plain HTTP to the server and logs nothing (the first
+//! comparison, less work than the gateway does).
 //!
 //! Run as root, with release binaries and HAProxy installed (`apt-get install haproxy`):
 //! `cargo build --release --workspace --bins && ./target/release/weft-ingress-bench
@@ -35,7 +39,15 @@ struct Args {
     /// The gateway's threads (its `--worker-threads`).
     #[arg(long, default_value_t = 1)]
     gateway_threads: u32,
+    /// HAProxy sends plain HTTP to the server and logs nothing.
+    #[arg(long)]
+    haproxy_plain: bool,
 }
+
+/// The name the server side's HAProxy presents and the edge checks.
+const BACKEND_HOST: &str = "backend.mesh.test";
+/// Where the server side's HAProxy terminates mutual TLS.
+const BACKEND_PORT: u16 = 8443;
 
 const HOST: &str = "shop.example.test";
 const VIP: &str = "10.96.0.40";
@@ -93,11 +105,62 @@ fn pid_of(needle: &str) -> Option<u32> {
     })
 }
 
-fn haproxy_config(dir: &Path, threads: u32, backend: &str) -> Result<std::path::PathBuf> {
+/// How the edge HAProxy reaches the server.
+enum Upstream<'a> {
+    /// Plain HTTP to `addr`, no log.
+    Plain { addr: String },
+    /// Mutual TLS to the server pod's HAProxy at `ip`, with `tls`'s files; a log line per request.
+    Mtls { ip: String, tls: &'a HaproxyTls },
+}
+
+/// The certificates of the HAProxy pair: each side's self-signed ECDSA P-256 certificate is
+/// what the other trusts.
+struct HaproxyTls {
+    edge_pem: std::path::PathBuf,
+    edge_crt: std::path::PathBuf,
+    backend_pem: std::path::PathBuf,
+    backend_crt: std::path::PathBuf,
+}
+
+impl HaproxyTls {
+    fn create(bed: &TestBed, dir: &Path) -> Result<Self> {
+        let mut files = Vec::new();
+        for (name, host) in [("edge", "edge.mesh.test"), ("backend", BACKEND_HOST)] {
+            bed.tls_credential(dir, name, host)?;
+            let crt = dir.join(name).join("tls.crt");
+            let key = std::fs::read_to_string(dir.join(name).join("tls.key"))?;
+            let pem = dir.join(format!("{name}.pem"));
+            std::fs::write(&pem, format!("{}{key}", std::fs::read_to_string(&crt)?))?;
+            files.push((pem, crt));
+        }
+        let [(edge_pem, edge_crt), (backend_pem, backend_crt)] =
+            <[_; 2]>::try_from(files).map_err(|_| anyhow::anyhow!("two credentials"))?;
+        Ok(Self {
+            edge_pem,
+            edge_crt,
+            backend_pem,
+            backend_crt,
+        })
+    }
+}
+
+fn haproxy_config(dir: &Path, threads: u32, upstream: &Upstream<'_>) -> Result<std::path::PathBuf> {
     let pem = dir.join("haproxy.pem");
     let cert = std::fs::read_to_string(dir.join("credentials/shop-cert/tls.crt"))?;
     let key = std::fs::read_to_string(dir.join("credentials/shop-cert/tls.key"))?;
     std::fs::write(&pem, format!("{cert}{key}"))?;
+    let (log, server) = match upstream {
+        Upstream::Plain { addr } => (String::new(), format!("{addr} maxconn 1000")),
+        Upstream::Mtls { ip, tls } => (
+            "    log stdout format raw local0 info\n".to_owned(),
+            format!(
+                "{ip}:{BACKEND_PORT} maxconn 1000 ssl verify required ca-file {} \
+                 verifyhost {BACKEND_HOST} sni str({BACKEND_HOST}) crt {} alpn http/1.1",
+                tls.backend_crt.display(),
+                tls.edge_pem.display()
+            ),
+        ),
+    };
     let config = dir.join("haproxy.cfg");
     std::fs::write(
         &config,
@@ -105,8 +168,10 @@ fn haproxy_config(dir: &Path, threads: u32, backend: &str) -> Result<std::path::
             "global
     nbthread {threads}
     maxconn 8000
-defaults
+{log}defaults
     mode http
+    log global
+    option httplog
     timeout connect 10s
     timeout client 30s
     timeout server 30s
@@ -117,9 +182,38 @@ frontend tls
 backend app
     retries 2
     retry-on conn-failure empty-response 503
-    server s1 {backend} maxconn 1000
+    server s1 {server}
 ",
             pem = pem.display()
+        ),
+    )?;
+    Ok(config)
+}
+
+/// The server pod's HAProxy: terminates mutual TLS (the edge's certificate required) and passes
+/// plain HTTP to the server beside it, as a destination node proxy does.
+fn backend_config(dir: &Path, tls: &HaproxyTls) -> Result<std::path::PathBuf> {
+    let config = dir.join("haproxy-backend.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 10s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend mtls
+    bind 0.0.0.0:{BACKEND_PORT} ssl crt {} ca-file {} verify required alpn http/1.1
+    default_backend app
+backend app
+    server s1 127.0.0.1:8080 maxconn 1000
+",
+            tls.backend_pem.display(),
+            tls.edge_crt.display()
         ),
     )?;
     Ok(config)
@@ -194,7 +288,31 @@ fn main() -> Result<()> {
     bed.start()?;
     bed.serve_testsrv(&productpage, "productpage")?;
     bed.serve_testsrv(&plain, "plain")?;
-    let config = haproxy_config(&dir, args.haproxy_threads, &format!("{}:8080", plain.ip))?;
+    let tls = HaproxyTls::create(&bed, &dir.join("haproxy-tls"))?;
+    let upstream = if args.haproxy_plain {
+        Upstream::Plain {
+            addr: format!("{}:8080", plain.ip),
+        }
+    } else {
+        let backend = backend_config(&dir, &tls)?.display().to_string();
+        bed.spawn_in(
+            &plain.netns,
+            &["haproxy", "-db", "-f", &backend],
+            "haproxy-backend.log",
+        )?;
+        weft_testbed::wait_listening(
+            &plain.netns_path(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], BACKEND_PORT)),
+        )
+        .with_context(|| {
+            std::fs::read_to_string(dir.join("haproxy-backend.log")).unwrap_or_default()
+        })?;
+        Upstream::Mtls {
+            ip: plain.ip.to_string(),
+            tls: &tls,
+        }
+    };
+    let config = haproxy_config(&dir, args.haproxy_threads, &upstream)?;
     let config_str = config.display().to_string();
     bed.spawn_in(
         &edge.netns,
@@ -270,8 +388,16 @@ fn main() -> Result<()> {
         }
     }
     println!(
-        "HTTPS at {} requests/s for {} s, {} connections, {} rounds interleaved; 2 vCPUs shared by everything",
-        args.rate, args.secs, args.concurrency, args.rounds
+        "HTTPS at {} requests/s for {} s, {} connections, {} rounds interleaved; HAProxy upstream: {}",
+        args.rate,
+        args.secs,
+        args.concurrency,
+        args.rounds,
+        if args.haproxy_plain {
+            "plain HTTP, no log"
+        } else {
+            "mutual TLS, a log line per request"
+        }
     );
     println!("| proxy | ok | req/s | p50 (µs) | p99 (µs) | CPU-s/s | RSS (MiB) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
