@@ -21,18 +21,27 @@ pub(crate) struct Identity {
 pub(crate) struct CertStore {
     pub(crate) bundle: Option<TrustBundle>,
     pub(crate) identities: HashMap<SpiffeId, Arc<Identity>>,
-    /// Latest modification time of the files read: a change triggers a reload.
+    /// Latest modification time of the files, taken before they were read: a change triggers
+    /// a reload. `None` while an identity wanted failed to load, so that every tick retries it.
     pub(crate) stamp: Option<SystemTime>,
+    /// Why each identity that failed to load did, as last reported.
+    pub(crate) failed: Vec<String>,
 }
 
 impl CertStore {
     /// Loads the bundle and the certificates of `wanted`. An identity whose files are missing
     /// or invalid is left out and reported; its pods are refused until it appears.
+    ///
+    /// The stamp is taken first: a pair rewritten while it is read (a renewal writes the key,
+    /// then the certificate) is newer than the stamp and read again on the next tick. Taken
+    /// after, it would include that write, and an identity caught half-written would never be
+    /// read again.
     pub(crate) fn load(
         dir: &Path,
         bundle_path: &Path,
         wanted: impl Iterator<Item = SpiffeId>,
     ) -> (Self, Vec<CertError>) {
+        let before = stamp(dir, bundle_path);
         let mut errors = Vec::new();
         let bundle = match TrustBundle::load(bundle_path) {
             Ok(bundle) => Some(bundle),
@@ -66,7 +75,8 @@ impl CertStore {
         let store = Self {
             bundle,
             identities,
-            stamp: stamp(dir, bundle_path),
+            stamp: if errors.is_empty() { before } else { None },
+            failed: errors.iter().map(ToString::to_string).collect(),
         };
         (store, errors)
     }
@@ -94,4 +104,65 @@ pub(crate) fn stamp(dir: &Path, bundle: &Path) -> Option<SystemTime> {
         }
     }
     newest
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use weft_core::identity::WorkloadCsr;
+    use weft_core::testing::TestCa;
+
+    use super::*;
+
+    /// Writes `contents` to `path` and gives it the modification time `at`.
+    fn write_at(path: &Path, contents: &str, at: SystemTime) {
+        std::fs::write(path, contents).expect("write");
+        let file = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open");
+        file.set_modified(at).expect("mtime");
+    }
+
+    /// A renewal writes the key, then the certificate. A read between the two fails (the new
+    /// key, the old certificate). If the certificate's write is as old as the read's stamp
+    /// (within the same instant), a stamp taken after the read cannot tell it came later: the
+    /// identity would stay refused until the next renewal. The store keeps no stamp while an
+    /// identity is missing, so the next tick reads it again.
+    #[test]
+    fn an_identity_caught_half_written_is_read_again_on_the_next_tick() {
+        let ca = TestCa::new("test").expect("ca");
+        let id = SpiffeId::new("cluster.local", "default", "reviews");
+        let root = std::env::temp_dir().join(format!("weft-certstore-{}", std::process::id()));
+        let dir = cert_dir(&root, &id);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bundle = root.join("root-cert.pem");
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        write_at(&bundle, ca.root_pem(), at);
+        let pair = || {
+            let csr = WorkloadCsr::generate(&id).expect("csr");
+            (csr.key_pem.clone(), ca.sign(&csr).expect("signed"))
+        };
+        let ((_, old_cert), (new_key, new_cert)) = (pair(), pair());
+        write_at(&dir.join("key.pem"), &new_key, at);
+        write_at(&dir.join("cert.pem"), &old_cert, at);
+
+        let (torn, errors) = CertStore::load(&root, &bundle, [id.clone()].into_iter());
+        assert!(torn.get(&id).is_none() && errors.len() == 1, "{errors:?}");
+        assert_eq!(torn.failed.len(), 1);
+
+        // The certificate lands, no newer than what the failed read saw.
+        write_at(&dir.join("cert.pem"), &new_cert, at);
+        let now = stamp(&root, &bundle);
+        assert_ne!(
+            now, torn.stamp,
+            "the next tick would not read the pair again"
+        );
+        let (read, errors) = CertStore::load(&root, &bundle, [id.clone()].into_iter());
+        assert!(read.get(&id).is_some(), "{errors:?}");
+        // Loaded: the stamp settles, so the next tick reads nothing.
+        assert_eq!(read.stamp, stamp(&root, &bundle));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -67,7 +67,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         ConfigSource::File(path) => MeshIndex::new(MeshConfig::load(path)?),
         ConfigSource::Controller(_) => MeshIndex::default(),
     };
-    let certs = load_certs(&config, &index);
+    let certs = load_certs(&config, &index, &CertStore::default());
     let capture = Capture::start(
         config.capture,
         &config.bpf_pin_dir,
@@ -126,9 +126,11 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
             _ = sigterm.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-        proxy
-            .certs
-            .store(Arc::new(load_certs(&config, &proxy.index.load())));
+        proxy.certs.store(Arc::new(load_certs(
+            &config,
+            &proxy.index.load(),
+            &proxy.certs.load(),
+        )));
     }
     let mut registry = cni::Registry::load(&config.state_dir);
     let mut pods = Pods::default();
@@ -165,7 +167,7 @@ pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         let changed = streamed || reload_config(&proxy, &mut last_read);
         let stamp = identity::stamp(&config.cert_dir, &config.trust_bundle);
         if changed || stamp != proxy.certs.load().stamp {
-            let mut next = load_certs(&config, &proxy.index.load());
+            let mut next = load_certs(&config, &proxy.index.load(), &proxy.certs.load());
             // An identity that failed to load (a renewal caught half-written) keeps its last
             // good certificate while that is still valid.
             for (id, identity) in &proxy.certs.load().identities {
@@ -302,7 +304,7 @@ async fn handle_cni(
     response
 }
 
-fn load_certs(config: &ProxyConfig, index: &MeshIndex) -> CertStore {
+fn load_certs(config: &ProxyConfig, index: &MeshIndex, previous: &CertStore) -> CertStore {
     // Only enrolled workloads have certificates: the others would log a missing one on every
     // reload.
     let wanted = index
@@ -312,8 +314,11 @@ fn load_certs(config: &ProxyConfig, index: &MeshIndex) -> CertStore {
         .collect::<Vec<_>>();
     let (store, errors) =
         CertStore::load(&config.cert_dir, &config.trust_bundle, wanted.into_iter());
+    // Each failure once: a failed identity is retried every tick until it loads.
     for e in errors {
-        error!(error = %e, "certificate not loaded; pods with this identity are refused until it is fixed");
+        if !previous.failed.contains(&e.to_string()) {
+            error!(error = %e, "certificate not loaded; pods with this identity are refused until it is fixed");
+        }
     }
     store
 }
