@@ -3,15 +3,17 @@
 //! with TLS originated where the host's DestinationRule says (`tls.mode: SIMPLE`). The
 //! server's certificate must chain to the configured CAs (a PEM file, a mounted credential's
 //! `ca.crt`, else the system's bundle) and name the SNI name or one of `subjectAltNames`. A CA
-//! that cannot be read fails the connections, never the config: nothing leaves unverified.
+//! that cannot be read fails the connections, never the config: nothing leaves unverified. The
+//! CA file is read again when it changes (a new connection looks at its modification time), so
+//! a CA replaced in place, or a mounted Secret updated, takes effect without a config change.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -22,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tracing::{info, warn};
 use weft_core::mesh::{ExternalBackend, TlsOrigination};
 
 /// The CA bundle used when a DestinationRule names none (Debian's `ca-certificates`).
@@ -33,15 +36,63 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A destination outside the mesh and how to speak to it.
 pub(crate) struct Outside {
     pub(crate) spec: ExternalBackend,
-    /// For HTTP/1.1 and HTTP/2 (their ALPN differs), or why TLS cannot be originated.
-    tls: Option<Result<[Arc<ClientConfig>; 2], String>>,
+    tls: Option<Tls>,
+}
+
+/// Client configs for HTTP/1.1 and HTTP/2 (their ALPN differs), or why TLS cannot be
+/// originated.
+type Configs = Result<[Arc<ClientConfig>; 2], String>;
+
+/// The client configs of TLS origination, kept with the CA file they were read from.
+struct Tls {
+    /// The CA file, or why there is none.
+    ca: Result<PathBuf, String>,
+    /// The CA file's modification time when read, and what was built from it.
+    read: Mutex<(Option<SystemTime>, Configs)>,
 }
 
 impl Outside {
     /// Reads the CAs its TLS needs (credentials under `credential_dir`).
     pub(crate) fn new(spec: ExternalBackend, credential_dir: &Path) -> Self {
-        let tls = spec.tls.as_ref().map(|t| client_configs(t, credential_dir));
+        let tls = spec.tls.as_ref().map(|t| {
+            let ca = ca_path(t, credential_dir);
+            let read = match &ca {
+                Ok(path) => (modified(path), client_configs(t, path)),
+                Err(e) => (None, Err(e.clone())),
+            };
+            Tls {
+                ca,
+                read: Mutex::new(read),
+            }
+        });
         Self { spec, tls }
+    }
+
+    /// The client configs, read again first if the CA file changed since.
+    fn configs(
+        &self,
+        origination: &TlsOrigination,
+    ) -> Option<Result<[Arc<ClientConfig>; 2], String>> {
+        let tls = self.tls.as_ref()?;
+        let path = match &tls.ca {
+            Ok(path) => path,
+            Err(e) => return Some(Err(e.clone())),
+        };
+        let now = modified(path);
+        let mut read = tls.read.lock().unwrap_or_else(|e| e.into_inner());
+        if read.0 != now {
+            read.1 = client_configs(origination, path);
+            read.0 = now;
+            match &read.1 {
+                Ok(_) => {
+                    info!(host = %self.spec.host, ca = %path.display(), "CA certificates changed: read again")
+                }
+                Err(e) => {
+                    warn!(host = %self.spec.host, error = %e, "CA certificates changed and cannot be used: connections fail")
+                }
+            }
+        }
+        Some(read.1.clone())
     }
 
     /// A connection to `ip` (unspecified: the host resolved by DNS) on `port`, in TLS when
@@ -55,10 +106,13 @@ impl Outside {
             }
             .map_err(|e| format!("connecting to {}:{port}: {e}", self.spec.host))?;
             let _ = tcp.set_nodelay(true);
-            let (Some(tls), Some(origination)) = (&self.tls, &self.spec.tls) else {
+            let Some(origination) = &self.spec.tls else {
                 return Ok(Conn::Plain(tcp));
             };
-            let configs = tls.as_ref().map_err(Clone::clone)?;
+            let Some(configs) = self.configs(origination) else {
+                return Ok(Conn::Plain(tcp));
+            };
+            let configs = configs?;
             let config = configs[usize::from(http2)].clone();
             let name = ServerName::try_from(origination.sni.clone())
                 .map_err(|e| format!("SNI {:?}: {e}", origination.sni))?;
@@ -74,23 +128,29 @@ impl Outside {
     }
 }
 
-/// The client configs for `tls` (HTTP/1.1, then `h2` by ALPN).
-fn client_configs(
-    tls: &TlsOrigination,
-    credential_dir: &Path,
-) -> Result<[Arc<ClientConfig>; 2], String> {
-    let path = match (&tls.ca_file, &tls.credential) {
-        (Some(file), _) => Path::new(file).to_path_buf(),
+/// The modification time of `path`, if it can be read.
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Where `tls`'s CAs are: its file, its credential's `ca.crt`, else the system's bundle.
+fn ca_path(tls: &TlsOrigination, credential_dir: &Path) -> Result<PathBuf, String> {
+    match (&tls.ca_file, &tls.credential) {
+        (Some(file), _) => Ok(Path::new(file).to_path_buf()),
         (None, Some(name)) => {
             if !crate::credential::valid_name(name) {
                 return Err(format!("credential {name:?} is not a Secret name"));
             }
-            credential_dir.join(name).join("ca.crt")
+            Ok(credential_dir.join(name).join("ca.crt"))
         }
-        (None, None) => Path::new(SYSTEM_BUNDLE).to_path_buf(),
-    };
+        (None, None) => Ok(Path::new(SYSTEM_BUNDLE).to_path_buf()),
+    }
+}
+
+/// The client configs for `tls` with the CAs in `path` (HTTP/1.1, then `h2` by ALPN).
+fn client_configs(tls: &TlsOrigination, path: &Path) -> Configs {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path)
+    let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
     for cert in certs {
         let cert = cert.map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
@@ -255,11 +315,11 @@ mod tests {
                 ..TlsOrigination::default()
             }),
         };
+        let origination = spec.tls.clone().expect("tls");
         let outside = Outside::new(spec, Path::new("/nonexistent"));
         let why = outside
-            .tls
-            .as_ref()
-            .and_then(|t| t.as_ref().err())
+            .configs(&origination)
+            .and_then(Result::err)
             .expect("refused");
         assert!(why.contains("/nonexistent/ca.pem"), "{why}");
         let bad = TlsOrigination {
@@ -267,6 +327,102 @@ mod tests {
             credential: Some("../etc".into()),
             ..TlsOrigination::default()
         };
-        assert!(client_configs(&bad, Path::new("/tmp")).is_err());
+        assert!(ca_path(&bad, Path::new("/tmp")).is_err());
+    }
+
+    /// Drives a TLS handshake between `client` and `server` in memory; why it failed.
+    fn handshake(
+        client: Arc<ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+        name: &str,
+    ) -> Result<(), String> {
+        let name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+        let mut client = rustls::ClientConnection::new(client, name).map_err(|e| e.to_string())?;
+        let mut server = rustls::ServerConnection::new(server).map_err(|e| e.to_string())?;
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).map_err(|e| e.to_string())?;
+            server
+                .read_tls(&mut wire.as_slice())
+                .map_err(|e| e.to_string())?;
+            server.process_new_packets().map_err(|e| e.to_string())?;
+            let mut wire = Vec::new();
+            server.write_tls(&mut wire).map_err(|e| e.to_string())?;
+            client
+                .read_tls(&mut wire.as_slice())
+                .map_err(|e| e.to_string())?;
+            client.process_new_packets().map_err(|e| e.to_string())?;
+            if !client.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err("the handshake did not finish".into())
+    }
+
+    /// A CA file replaced in place (an operator's edit, a mounted Secret updated) is used by the
+    /// next connection without a config change; a real TLS handshake, in memory, before and
+    /// after.
+    #[test]
+    fn a_ca_file_replaced_in_place_is_used_by_the_next_connection() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca = |name: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).expect("self-signed");
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (old_ca, _) = ca("old CA");
+        let (new_ca, issuer) = ca("new CA");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["api.example.test".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("signed");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+        let server = Arc::new(server);
+
+        let dir = std::env::temp_dir().join(format!("weft-outside-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &old_ca).expect("write");
+        let origination = TlsOrigination {
+            sni: "api.example.test".into(),
+            ca_file: Some(path.display().to_string()),
+            ..TlsOrigination::default()
+        };
+        let spec = ExternalBackend {
+            host: "api.example.test".into(),
+            addresses: vec![],
+            tls: Some(origination.clone()),
+        };
+        let outside = Outside::new(spec, &dir);
+        let connect = |outside: &Outside| {
+            let configs = outside.configs(&origination).expect("tls")?;
+            handshake(configs[0].clone(), server.clone(), "api.example.test")
+        };
+        let refused = connect(&outside).expect_err("a server the old CA did not sign");
+        assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+        // Replaced in place; its modification time moves on, as an edit's or an update's does.
+        std::fs::write(&path, &new_ca).expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now() + Duration::from_secs(1)))
+            .expect("mtime");
+        connect(&outside).expect("the new CA is used by the next connection");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
