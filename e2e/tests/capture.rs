@@ -158,6 +158,17 @@ fn enrolling_a_running_pod_captures_its_next_connection(mode: CaptureMode) -> Re
     let (ok, _, err) = fetch(&bed, &client, &plain, "x")?;
     ensure!(ok, "before enrollment: {err}");
     ensure!(count(&bed)? == 0.0, "captured before enrollment");
+    // Routing of the pod's own at the priority and in the table the nftables loop uses.
+    ip(
+        &bed,
+        &client,
+        "rule add pref 15001 fwmark 0x1/0x1 lookup 200",
+    )?;
+    ip(
+        &bed,
+        &client,
+        "route add local 10.99.0.0/16 dev lo table 15001",
+    )?;
 
     let log_at = bed.proxy_log(0).len();
     bed.set_enrolled(&client, true)?;
@@ -171,12 +182,33 @@ fn enrolling_a_running_pod_captures_its_next_connection(mode: CaptureMode) -> Re
     );
     let took = enrolled_at.elapsed();
 
+    let loop_rule = "fwmark 0x400/0x400 lookup 15001";
+    ensure!(
+        (mode == CaptureMode::Nftables) == ip(&bed, &client, "rule show")?.contains(loop_rule),
+        "the loop's policy rule, in {mode:?} mode: {}",
+        ip(&bed, &client, "rule show")?
+    );
+
     let log_at = bed.proxy_log(0).len();
     bed.set_enrolled(&client, false)?;
     bed.wait_log(0, log_at, "pod released", Duration::from_secs(3))?;
     let (ok, _, err) = fetch(&bed, &client, &plain, "x")?;
     ensure!(ok, "after unenrollment: {err}");
     ensure!(count(&bed)? == 1.0, "still captured after unenrollment");
+    // Released: the loop's rule and route are gone, the pod's own are untouched.
+    let (rules, routes) = (
+        ip(&bed, &client, "rule show")?,
+        ip(&bed, &client, "route show table all")?,
+    );
+    ensure!(
+        !rules.contains(loop_rule) && rules.contains("fwmark 0x1/0x1 lookup 200"),
+        "rules after release: {rules}"
+    );
+    ensure!(
+        !routes.contains("local default dev lo table 15001")
+            && routes.contains("local 10.99.0.0/16 dev lo table 15001"),
+        "routes after release: {routes}"
+    );
 
     ensure!(
         still_running(&client, &pids_before)?,
@@ -185,6 +217,14 @@ fn enrolling_a_running_pod_captures_its_next_connection(mode: CaptureMode) -> Re
     );
     eprintln!("enrolled and captured within {took:?}");
     Ok(())
+}
+
+/// `ip -4 <args>` in `pod`'s namespace; its output.
+fn ip(bed: &TestBed, pod: &Pod, args: &str) -> Result<String> {
+    let argv: Vec<&str> = ["ip", "-4"].into_iter().chain(args.split(' ')).collect();
+    let out = bed.exec(pod, &argv)?;
+    ensure!(out.status.success(), "ip {args:?}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn health_probes_from_the_node_reach_an_enrolled_pod(mode: CaptureMode) -> Result<()> {

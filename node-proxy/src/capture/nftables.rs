@@ -137,32 +137,39 @@ pub(crate) fn remove(netns: &Path) -> Result<(), NftError> {
     unroute(netns)
 }
 
-/// Removes the loop's policy rule and route, if they are there (deleting what is absent fails,
-/// so each is deleted only when listed).
+/// Removes the loop's policy rule and route, if they are there: only those, matched whole, so
+/// a rule or route of the pod's own that shares the priority or the table is left alone
+/// (deleting what is absent fails, so each is deleted only when listed).
 fn unroute(netns: &Path) -> Result<(), NftError> {
-    let rules = run(
-        netns,
-        "ip",
-        &["-4", "rule", "show", "pref", &LOOP_TABLE.to_string()],
-        "",
-    )?;
-    if !rules.trim().is_empty() {
-        run(
-            netns,
-            "ip",
-            &["-4", "rule", "del", "pref", &LOOP_TABLE.to_string()],
-            "",
-        )?;
+    let pref = LOOP_TABLE.to_string();
+    let (mark, table) = (
+        format!("{LOOP_MARK:#x}/{LOOP_MARK:#x}"),
+        LOOP_TABLE.to_string(),
+    );
+    let rules = run(netns, "ip", &["-4", "rule", "show", "pref", &pref], "")?;
+    if rules.contains(&format!("fwmark {mark} lookup {table}")) {
+        let del = [
+            "-4", "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", &table,
+        ];
+        run(netns, "ip", &del, "")?;
     }
     // `show table N` fails while table N does not exist; `table all` lists it when it does.
     let routes = run(netns, "ip", &["-4", "route", "show", "table", "all"], "")?;
-    if routes.contains(&format!(" table {LOOP_TABLE} ")) {
-        run(
-            netns,
-            "ip",
-            &["-4", "route", "flush", "table", &LOOP_TABLE.to_string()],
-            "",
-        )?;
+    if routes.lines().any(|l| {
+        l.starts_with("local default dev lo table ") && l.contains(&format!(" table {table} "))
+    }) {
+        let del = [
+            "-4",
+            "route",
+            "del",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ];
+        run(netns, "ip", &del, "")?;
     }
     Ok(())
 }
