@@ -110,19 +110,31 @@ table ip6 weft {{
     )
 }
 
-/// The policy rule and route that loop marked packets back into the pod, for `ip -batch`.
-fn loop_routing() -> String {
-    format!(
-        "rule add pref {LOOP_TABLE} fwmark {LOOP_MARK:#x}/{LOOP_MARK:#x} lookup {LOOP_TABLE}\n\
-         route replace local 0.0.0.0/0 dev lo table {LOOP_TABLE}\n"
-    )
+/// The loop's policy rule, as `ip rule` adds it (after `pref N`) and lists it.
+fn loop_rule() -> String {
+    format!("fwmark {LOOP_MARK:#x}/{LOOP_MARK:#x} lookup {LOOP_TABLE}")
+}
+
+/// Adds the policy rule and route that loop marked packets back into the pod, keeping them if
+/// they are there: a reinstall (the proxy restarted) never leaves a moment without them while
+/// the rules of the run before still mark packets.
+fn route(netns: &Path) -> Result<(), NftError> {
+    let pref = LOOP_TABLE.to_string();
+    let rules = run(netns, "ip", &["-4", "rule", "show", "pref", &pref], "")?;
+    let mut batch = String::new();
+    if !rules.contains(&loop_rule()) {
+        batch.push_str(&format!("rule add pref {LOOP_TABLE} {}\n", loop_rule()));
+    }
+    batch.push_str(&format!(
+        "route replace local 0.0.0.0/0 dev lo table {LOOP_TABLE}\n"
+    ));
+    run(netns, "ip", &["-4", "-batch", "-"], &batch).map(drop)
 }
 
 /// Installs (or replaces) the capture rules in the namespace at `netns`: the routing that loops
 /// marked packets back first, so no packet is marked before it would be looped.
 pub(crate) fn install(netns: &Path, probe_src: Option<Ipv4Addr>) -> Result<(), NftError> {
-    unroute(netns)?;
-    run(netns, "ip", &["-4", "-batch", "-"], &loop_routing())?;
+    route(netns)?;
     run(netns, "nft", &["-f", "-"], &ruleset(probe_src)).map(drop)
 }
 
@@ -147,7 +159,7 @@ fn unroute(netns: &Path) -> Result<(), NftError> {
         LOOP_TABLE.to_string(),
     );
     let rules = run(netns, "ip", &["-4", "rule", "show", "pref", &pref], "")?;
-    if rules.contains(&format!("fwmark {mark} lookup {table}")) {
+    if rules.contains(&loop_rule()) {
         let del = [
             "-4", "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", &table,
         ];
