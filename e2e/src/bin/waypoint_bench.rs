@@ -186,5 +186,34 @@ fn main() -> Result<()> {
             "waypoint_cpu_s_per_s": cpu / secs, "waypoint_rss_kib": after.1,
         })
     );
+    // A path that did not answer every request is a broken run, not a slow one: say why while
+    // the bed's logs still exist.
+    let expected = args.rate * args.secs;
+    let short: Vec<&str> = [
+        ("no mesh", &plain),
+        ("L4", &mesh_l4),
+        ("L4 + waypoint", &mesh_l7),
+        ("traced", &mesh_l7t),
+    ]
+    .into_iter()
+    .filter(|(_, v)| ok(v) < expected)
+    .map(|(name, _)| name)
+    .collect();
+    if !short.is_empty() {
+        for i in 0..bed.nodes().len() {
+            eprintln!("--- node proxy {i}\n{}", tail(&bed.proxy_log(i)));
+        }
+        for w in [&waypoint, &traced] {
+            let log = std::fs::read_to_string(bed.waypoint_log_path(w)).unwrap_or_default();
+            eprintln!("--- {}\n{}", w.name, tail(&log));
+        }
+        anyhow::bail!("not every request was answered on: {short:?} (logs above)");
+    }
     Ok(())
+}
+
+/// The last 40 lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
