@@ -5,6 +5,9 @@
 //! address 127.0.0.1:15001, so the new SYN reached the old TIME_WAIT socket with timestamps of
 //! another offset, the kernel refused it, and the client retried some 15 ms later.) Real node
 //! proxies, Python clients and servers in network namespaces. Needs root.
+//!
+//! Also, nftables mode only: with the loop's policy rule gone (the pod's routing edited), the
+//! marked traffic is dropped, never let around the proxy.
 
 use anyhow::{Context, Result, ensure};
 use weft_testbed::{CaptureMode, Pod, TestBed};
@@ -12,6 +15,55 @@ use weft_testbed::{CaptureMode, Pod, TestBed};
 weft_testbed::in_both_capture_modes!(
     a_client_port_reused_towards_another_destination_connects_at_once
 );
+
+#[test]
+fn without_the_loops_policy_rule_captured_traffic_is_dropped_not_let_around_the_proxy() -> Result<()>
+{
+    let mut bed = TestBed::new("unloop", 2)?;
+    bed.capture_mode(CaptureMode::Nftables);
+    let client = bed.pod("client").namespace("shop").on_node(0).add()?;
+    let plain = bed
+        .pod("plain")
+        .namespace("legacy")
+        .on_node(1)
+        .not_enrolled()
+        .add()?;
+    bed.start()?;
+    bed.serve_http(&plain, 8080, &[("x", "ok")])?;
+    let proxied = |bed: &TestBed| -> Result<f64> {
+        Ok(weft_testbed::metric_sum(
+            &bed.metrics(0)?,
+            "weft_tcp_connections_opened_total",
+            &[("source_workload", "client")],
+        ))
+    };
+    let (ok, _, err) = bed.fetch(&client, &plain, "x")?;
+    ensure!(ok && proxied(&bed)? == 1.0, "through the proxy: {err}");
+
+    let out = bed.exec(
+        &client,
+        &[
+            "ip",
+            "-4",
+            "rule",
+            "del",
+            "pref",
+            "15001",
+            "fwmark",
+            "0x400/0x400",
+            "lookup",
+            "15001",
+        ],
+    )?;
+    ensure!(out.status.success(), "ip rule del: {out:?}");
+    let (ok, body, _) = bed.fetch(&client, &plain, "x")?;
+    ensure!(!ok, "reached the server around the proxy: {body}");
+    ensure!(
+        proxied(&bed)? == 1.0,
+        "the proxy saw a connection it should not"
+    );
+    Ok(())
+}
 
 /// Ports outside the ephemeral range, so nothing else in the pod holds them.
 const FIRST_PORT: u16 = 21000;

@@ -1,9 +1,10 @@
 //! How enrolled pods' traffic reaches the proxy's in-pod listeners: eBPF (the default) or the
 //! nftables fallback, with one contract. Outbound TCP from the pod arrives at 127.0.0.1:15001
-//! (transparent) with its original destination recoverable; inbound plaintext arrives at 15006 (transparent, so the
-//! accepted socket's local address is the original destination); HBONE reaches 15008 directly;
-//! the node's health probes reach the app; the proxy's own sockets ([`PROXY_MARK`]) are never
-//! captured; with the proxy down, captured traffic finds no listener and fails.
+//! (transparent) with its original destination recoverable; inbound plaintext arrives at 15006
+//! (transparent, so the accepted socket's local address is the original destination); HBONE
+//! reaches 15008 directly; the node's health probes reach the app; the proxy's own sockets
+//! ([`PROXY_MARK`]) are never captured; with the proxy down, captured traffic finds no listener
+//! and fails.
 
 pub(crate) mod nftables;
 

@@ -18,7 +18,9 @@
 //!
 //! Sockets the proxy opens inside the pod carry `PROXY_MARK` and are never captured. If the
 //! proxy is down the rules stay and the listeners are gone, so captured traffic fails closed:
-//! TPROXY finding no listener lets the packet go on, so the rule after it drops it.
+//! TPROXY finding no listener lets the packet go on, so the rule after it drops it. A marked
+//! packet about to leave by another interface than `lo` (the loop's policy rule or route was
+//! removed) is dropped too, rather than let around the proxy.
 //!
 //! The mesh carries IPv4 only: native IPv6 TCP to or from an enrolled pod is refused rather
 //! than let around the mesh (a dual-stack socket reaching IPv4 through a v4-mapped address sends
@@ -83,6 +85,10 @@ table ip weft {{
     meta mark & {mark:#x} == {mark:#x} return
     oifname "lo" return
     meta l4proto udp udp dport 53 redirect to :{dns}
+  }}
+  chain unlooped {{
+    type filter hook postrouting priority filter; policy accept;
+    meta mark & {loop:#x} == {loop:#x} oifname != "lo" drop
   }}
 }}
 table ip6 weft
@@ -154,33 +160,24 @@ pub(crate) fn remove(netns: &Path) -> Result<(), NftError> {
 /// (deleting what is absent fails, so each is deleted only when listed).
 fn unroute(netns: &Path) -> Result<(), NftError> {
     let pref = LOOP_TABLE.to_string();
-    let (mark, table) = (
-        format!("{LOOP_MARK:#x}/{LOOP_MARK:#x}"),
-        LOOP_TABLE.to_string(),
-    );
     let rules = run(netns, "ip", &["-4", "rule", "show", "pref", &pref], "")?;
     if rules.contains(&loop_rule()) {
-        let del = [
-            "-4", "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", &table,
-        ];
+        let rule = loop_rule();
+        let del: Vec<&str> = ["-4", "rule", "del", "pref", &pref]
+            .into_iter()
+            .chain(rule.split(' '))
+            .collect();
         run(netns, "ip", &del, "")?;
     }
     // `show table N` fails while table N does not exist; `table all` lists it when it does.
+    let route = format!("local 0.0.0.0/0 dev lo table {LOOP_TABLE}");
+    let listed = format!("local default dev lo table {LOOP_TABLE} ");
     let routes = run(netns, "ip", &["-4", "route", "show", "table", "all"], "")?;
-    if routes.lines().any(|l| {
-        l.starts_with("local default dev lo table ") && l.contains(&format!(" table {table} "))
-    }) {
-        let del = [
-            "-4",
-            "route",
-            "del",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            &table,
-        ];
+    if routes.lines().any(|l| l.starts_with(&listed)) {
+        let del: Vec<&str> = ["-4", "route", "del"]
+            .into_iter()
+            .chain(route.split(' '))
+            .collect();
         run(netns, "ip", &del, "")?;
     }
     Ok(())
