@@ -51,6 +51,29 @@ struct Tls {
     read: Mutex<(Option<SystemTime>, Configs)>,
 }
 
+impl Tls {
+    /// The client configs for `origination` (to `host`), read again first if the CA file
+    /// changed since.
+    fn configs(&self, origination: &TlsOrigination, host: &str) -> Configs {
+        let path = self.ca.as_ref().map_err(Clone::clone)?;
+        let now = modified(path);
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        if read.0 != now {
+            read.1 = client_configs(origination, path);
+            read.0 = now;
+            match &read.1 {
+                Ok(_) => {
+                    info!(%host, ca = %path.display(), "CA certificates changed: read again")
+                }
+                Err(e) => {
+                    warn!(%host, error = %e, "CA certificates changed and cannot be used: connections fail")
+                }
+            }
+        }
+        read.1.clone()
+    }
+}
+
 impl Outside {
     /// Reads the CAs its TLS needs (credentials under `credential_dir`).
     pub(crate) fn new(spec: ExternalBackend, credential_dir: &Path) -> Self {
@@ -68,33 +91,6 @@ impl Outside {
         Self { spec, tls }
     }
 
-    /// The client configs, read again first if the CA file changed since.
-    fn configs(
-        &self,
-        origination: &TlsOrigination,
-    ) -> Option<Result<[Arc<ClientConfig>; 2], String>> {
-        let tls = self.tls.as_ref()?;
-        let path = match &tls.ca {
-            Ok(path) => path,
-            Err(e) => return Some(Err(e.clone())),
-        };
-        let now = modified(path);
-        let mut read = tls.read.lock().unwrap_or_else(|e| e.into_inner());
-        if read.0 != now {
-            read.1 = client_configs(origination, path);
-            read.0 = now;
-            match &read.1 {
-                Ok(_) => {
-                    info!(host = %self.spec.host, ca = %path.display(), "CA certificates changed: read again")
-                }
-                Err(e) => {
-                    warn!(host = %self.spec.host, error = %e, "CA certificates changed and cannot be used: connections fail")
-                }
-            }
-        }
-        Some(read.1.clone())
-    }
-
     /// A connection to `ip` (unspecified: the host resolved by DNS) on `port`, in TLS when
     /// the destination wants it.
     pub(crate) async fn connect(&self, ip: IpAddr, port: u16, http2: bool) -> Result<Conn, String> {
@@ -106,13 +102,10 @@ impl Outside {
             }
             .map_err(|e| format!("connecting to {}:{port}: {e}", self.spec.host))?;
             let _ = tcp.set_nodelay(true);
-            let Some(origination) = &self.spec.tls else {
+            let (Some(tls), Some(origination)) = (&self.tls, &self.spec.tls) else {
                 return Ok(Conn::Plain(tcp));
             };
-            let Some(configs) = self.configs(origination) else {
-                return Ok(Conn::Plain(tcp));
-            };
-            let configs = configs?;
+            let configs = tls.configs(origination, &self.spec.host)?;
             let config = configs[usize::from(http2)].clone();
             let name = ServerName::try_from(origination.sni.clone())
                 .map_err(|e| format!("SNI {:?}: {e}", origination.sni))?;
@@ -318,9 +311,11 @@ mod tests {
         let origination = spec.tls.clone().expect("tls");
         let outside = Outside::new(spec, Path::new("/nonexistent"));
         let why = outside
-            .configs(&origination)
-            .and_then(Result::err)
-            .expect("refused");
+            .tls
+            .as_ref()
+            .expect("tls")
+            .configs(&origination, "api.example.test")
+            .expect_err("refused");
         assert!(why.contains("/nonexistent/ca.pem"), "{why}");
         let bad = TlsOrigination {
             sni: "x".into(),
@@ -409,7 +404,8 @@ mod tests {
         };
         let outside = Outside::new(spec, &dir);
         let connect = |outside: &Outside| {
-            let configs = outside.configs(&origination).expect("tls")?;
+            let tls = outside.tls.as_ref().expect("tls");
+            let configs = tls.configs(&origination, "api.example.test")?;
             handshake(configs[0].clone(), server.clone(), "api.example.test")
         };
         let refused = connect(&outside).expect_err("a server the old CA did not sign");
