@@ -39,7 +39,6 @@ use crate::enrollment::Pods;
 use crate::identity::CertStore;
 use crate::proxy::Proxy;
 
-/// Runs the node proxy until SIGTERM or SIGINT, then drains.
 /// Gives the pages the allocator holds free back to the kernel. Loading the eBPF programs parses
 /// their object and BTF on the heap and frees it; with one malloc arena those pages would stay
 /// in the proxy's resident set for its lifetime (measured in docs/benchmarks.md).
@@ -50,6 +49,7 @@ fn return_freed_heap() {
     }
 }
 
+/// Runs the node proxy until SIGTERM or SIGINT, then drains.
 pub async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     if let Some(c) = &config.trace_collector {
         weft_core::trace::export::Collector::parse(c)
