@@ -13,7 +13,7 @@
 //! keep-alive connections (`--concurrency` of them), the servers `weft-testsrv serve`; the
 //! latency is per request, send to end of response (no coordinated-omission correction).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
@@ -116,25 +116,22 @@ enum Upstream<'a> {
 /// The certificates of the HAProxy pair: each side's self-signed ECDSA P-256 certificate is
 /// what the other trusts.
 struct HaproxyTls {
-    edge_pem: std::path::PathBuf,
-    edge_crt: std::path::PathBuf,
-    backend_pem: std::path::PathBuf,
-    backend_crt: std::path::PathBuf,
+    edge_pem: PathBuf,
+    edge_crt: PathBuf,
+    backend_pem: PathBuf,
+    backend_crt: PathBuf,
 }
 
 impl HaproxyTls {
     fn create(bed: &TestBed, dir: &Path) -> Result<Self> {
-        let mut files = Vec::new();
-        for (name, host) in [("edge", "edge.mesh.test"), ("backend", BACKEND_HOST)] {
+        let pair = |name: &str, host: &str| -> Result<(PathBuf, PathBuf)> {
             bed.tls_credential(dir, name, host)?;
-            let crt = dir.join(name).join("tls.crt");
-            let key = std::fs::read_to_string(dir.join(name).join("tls.key"))?;
             let pem = dir.join(format!("{name}.pem"));
-            std::fs::write(&pem, format!("{}{key}", std::fs::read_to_string(&crt)?))?;
-            files.push((pem, crt));
-        }
-        let [(edge_pem, edge_crt), (backend_pem, backend_crt)] =
-            <[_; 2]>::try_from(files).map_err(|_| anyhow::anyhow!("two credentials"))?;
+            combined_pem(&dir.join(name), &pem)?;
+            Ok((pem, dir.join(name).join("tls.crt")))
+        };
+        let (edge_pem, edge_crt) = pair("edge", "edge.mesh.test")?;
+        let (backend_pem, backend_crt) = pair("backend", BACKEND_HOST)?;
         Ok(Self {
             edge_pem,
             edge_crt,
@@ -144,11 +141,17 @@ impl HaproxyTls {
     }
 }
 
-fn haproxy_config(dir: &Path, threads: u32, upstream: &Upstream<'_>) -> Result<std::path::PathBuf> {
+/// Writes the certificate and key of the credential in `credential` (`tls.crt`, `tls.key`) as
+/// one PEM file at `out`, as HAProxy's `crt` takes them.
+fn combined_pem(credential: &Path, out: &Path) -> Result<()> {
+    let cert = std::fs::read_to_string(credential.join("tls.crt"))?;
+    let key = std::fs::read_to_string(credential.join("tls.key"))?;
+    Ok(std::fs::write(out, format!("{cert}{key}"))?)
+}
+
+fn haproxy_config(dir: &Path, threads: u32, upstream: &Upstream<'_>) -> Result<PathBuf> {
     let pem = dir.join("haproxy.pem");
-    let cert = std::fs::read_to_string(dir.join("credentials/shop-cert/tls.crt"))?;
-    let key = std::fs::read_to_string(dir.join("credentials/shop-cert/tls.key"))?;
-    std::fs::write(&pem, format!("{cert}{key}"))?;
+    combined_pem(&dir.join("credentials/shop-cert"), &pem)?;
     let (log, server) = match upstream {
         Upstream::Plain { addr } => (String::new(), format!("{addr} maxconn 1000")),
         Upstream::Mtls { ip, tls } => (
@@ -192,7 +195,7 @@ backend app
 
 /// The server pod's HAProxy: terminates mutual TLS (the edge's certificate required) and passes
 /// plain HTTP to the server beside it, as a destination node proxy does.
-fn backend_config(dir: &Path, tls: &HaproxyTls) -> Result<std::path::PathBuf> {
+fn backend_config(dir: &Path, tls: &HaproxyTls) -> Result<PathBuf> {
     let config = dir.join("haproxy-backend.cfg");
     std::fs::write(
         &config,
