@@ -154,6 +154,107 @@ async fn many_streams_share_one_mtls_connection() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens a tunnel to the echo port and checks that it echoes.
+async fn echoing(
+    pool: &Pool,
+    key: &PoolKey,
+    client: &WorkloadCert,
+    bundle: &TrustBundle,
+    refuse_new: bool,
+) -> anyhow::Result<hbone::H2Stream> {
+    let expect = key.destination.clone();
+    let mut stream = pool
+        .connect(
+            key,
+            || tls::client_config(client, expect, bundle),
+            |addr| async move {
+                if refuse_new {
+                    return Err(std::io::ErrorKind::ConnectionRefused.into());
+                }
+                TcpStream::connect(addr).await
+            },
+            &request(7),
+        )
+        .await?;
+    stream.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await?;
+    anyhow::ensure!(&buf == b"ping", "the tunnel did not echo");
+    Ok(stream)
+}
+
+#[tokio::test]
+async fn busy_tunnels_to_one_peer_are_spread_over_connections() -> anyhow::Result<()> {
+    let ca = TestCa::new("mesh")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let (addr, _events) = echo_server(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig {
+        spread: 3,
+        ..PoolConfig::default()
+    });
+    let key = PoolKey {
+        source: client.identity().clone(),
+        proxy: addr,
+        destination: id("web"),
+    };
+    let mut open_now = Vec::new();
+    for n in 1..=5 {
+        open_now.push(echoing(&pool, &key, &client, &bundle, false).await?);
+        let stats = pool.stats();
+        assert_eq!(stats.streams, n);
+        assert_eq!(
+            stats.connections,
+            n.min(3),
+            "each of the first 3 tunnels gets a connection of its own, the next share them"
+        );
+    }
+    // All closed: the next tunnels reuse the connections there are.
+    open_now.clear();
+    let again = echoing(&pool, &key, &client, &bundle, false).await?;
+    assert_eq!(pool.stats().connections, 3, "no connection past the spread");
+    // A further connection that cannot be opened leaves the tunnel on one already open.
+    let mut held = vec![again];
+    for _ in 0..2 {
+        held.push(echoing(&pool, &key, &client, &bundle, false).await?);
+    }
+    let shared = echoing(&pool, &key, &client, &bundle, true).await?;
+    assert_eq!(pool.stats().streams, 4);
+    drop((held, shared));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_extra_connection_leaves_tunnels_on_the_open_one() -> anyhow::Result<()> {
+    let ca = TestCa::new("mesh")?;
+    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+    let (addr, _events) = echo_server(&server, &bundle).await?;
+    let pool = Pool::new(PoolConfig {
+        spread: 4,
+        ..PoolConfig::default()
+    });
+    let key = PoolKey {
+        source: client.identity().clone(),
+        proxy: addr,
+        destination: id("web"),
+    };
+    let first = echoing(&pool, &key, &client, &bundle, false).await?;
+    // The peer takes no new connection now: a second tunnel still opens, on the first one.
+    let second = echoing(&pool, &key, &client, &bundle, true).await?;
+    assert_eq!(pool.stats().connections, 1);
+    assert_eq!(pool.stats().streams, 2);
+    // With no connection open at all, a refused dial is the tunnel's error.
+    drop((first, second));
+    let fresh = Pool::new(PoolConfig::default());
+    let refused = echoing(&fresh, &key, &client, &bundle, true).await;
+    assert!(
+        refused.is_err(),
+        "a tunnel opened with no connection to carry it"
+    );
+    Ok(())
+}
+
 fn stream_box(s: &mut hbone::H2Stream) -> &mut hbone::H2Stream {
     s
 }

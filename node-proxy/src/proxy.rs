@@ -86,7 +86,12 @@ impl Proxy {
             config: Arc::new(config),
             index: ArcSwap::from_pointee(index),
             certs: ArcSwap::from_pointee(certs),
-            pool: Pool::new(PoolConfig::default()),
+            // Busy tunnels to one peer are encrypted on as many threads as the proxy runs.
+            pool: Pool::new(PoolConfig {
+                spread: tokio::runtime::Handle::try_current()
+                    .map_or(1, |runtime| runtime.metrics().num_workers()),
+                ..PoolConfig::default()
+            }),
             metrics,
             gauges,
             registry,

@@ -91,7 +91,12 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
         certs,
-        pool: Arc::new(Pool::new(PoolConfig::default())),
+        // Busy tunnels to one peer are encrypted on as many threads as the waypoint runs.
+        pool: Arc::new(Pool::new(PoolConfig {
+            spread: tokio::runtime::Handle::try_current()
+                .map_or(1, |runtime| runtime.metrics().num_workers()),
+            ..PoolConfig::default()
+        })),
         metrics,
         tcp,
         seed: AtomicU64::new(seed),

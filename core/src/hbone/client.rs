@@ -27,6 +27,11 @@ use crate::identity::SpiffeId;
 pub struct PoolConfig {
     /// Most CONNECT streams carried by one connection.
     pub max_streams_per_conn: usize,
+    /// Connections to one peer that tunnels are spread over. One TLS connection is encrypted on
+    /// one thread at a time, so busy tunnels to the same peer on a single connection share one
+    /// core. While every connection carries a stream, a new tunnel opens another, up to this
+    /// many; past it, tunnels go to the least-loaded one.
+    pub spread: usize,
     /// A connection with no stream for this long is closed.
     pub idle_timeout: Duration,
     /// Time allowed for TCP connect plus the TLS and HTTP/2 handshakes.
@@ -37,6 +42,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             max_streams_per_conn: 100,
+            spread: 1,
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
         }
@@ -232,28 +238,29 @@ impl Pool {
         let idle = self.config.idle_timeout;
         conns.retain(|c| usable(c, now, idle));
         let max = self.config.max_streams_per_conn;
-        let conn = match conns
-            .iter_mut()
-            .position(|c| c.active.load(Ordering::Relaxed) < max)
-        {
-            Some(i) => &mut conns[i],
-            None => {
-                let fresh = tokio::time::timeout(
-                    self.config.connect_timeout,
-                    handshake(key.proxy, tls()?, dial, self.open_conns.clone()),
-                )
-                .await
-                .map_err(|_| HboneError::Connect {
-                    addr: key.proxy,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connection timed out",
-                    ),
-                })??;
-                debug!(peer = %key.proxy, source = %key.source, destination = %key.destination, "new HBONE connection");
-                conns.push(fresh);
-                conns.last_mut().expect("just pushed")
-            }
+        // The least-loaded connection with room for another stream.
+        let least = conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.active.load(Ordering::Relaxed)))
+            .filter(|&(_, active)| active < max)
+            .min_by_key(|&(_, active)| active);
+        let spread_more = conns.len() < self.config.spread.max(1);
+        let conn = match least {
+            Some((i, active)) if active == 0 || !spread_more => &mut conns[i],
+            _ => match self.open(key, tls, dial).await {
+                Ok(fresh) => {
+                    conns.push(fresh);
+                    conns.last_mut().expect("just pushed")
+                }
+                // Another connection to spread over could not be opened: the ones there are
+                // still carry the tunnel.
+                Err(e) if least.is_some() => {
+                    debug!(peer = %key.proxy, error = %e, "no further HBONE connection; sharing one");
+                    &mut conns[least.map_or(0, |(i, _)| i)]
+                }
+                Err(e) => return Err(e),
+            },
         };
         conn.last_used = now;
         conn.active.fetch_add(1, Ordering::Relaxed);
@@ -263,6 +270,25 @@ impl Pool {
             ActiveGuard(conn.active.clone(), Some(self.open_streams.clone())),
             conn.closed.clone(),
         ))
+    }
+    /// A new connection to the peer in `key`, handshakes included, within the connect timeout.
+    async fn open<T, D, F>(&self, key: &PoolKey, tls: T, dial: D) -> Result<Conn, HboneError>
+    where
+        T: FnOnce() -> Result<ClientConfig, crate::tls::TlsError>,
+        D: FnOnce(SocketAddr) -> F,
+        F: Future<Output = std::io::Result<TcpStream>>,
+    {
+        let fresh = tokio::time::timeout(
+            self.config.connect_timeout,
+            handshake(key.proxy, tls()?, dial, self.open_conns.clone()),
+        )
+        .await
+        .map_err(|_| HboneError::Connect {
+            addr: key.proxy,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"),
+        })??;
+        debug!(peer = %key.proxy, source = %key.source, destination = %key.destination, "new HBONE connection");
+        Ok(fresh)
     }
 }
 
