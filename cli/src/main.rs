@@ -80,7 +80,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    weft_core::telemetry::init(weft_core::telemetry::LogFormat::Plain, "warn");
+    let _log = weft_core::telemetry::init(weft_core::telemetry::LogFormat::Plain, "warn");
     let result = match Cli::parse().command {
         Command::Lab(args) => lab::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => analyze::run(&args),

@@ -101,7 +101,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_format, "info");
+    let _log = telemetry::init(args.log_format, "info");
     match weft_core::accept::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),

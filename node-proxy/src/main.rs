@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<()> {
     one_malloc_arena();
     let args = Args::parse();
     let args_workers = args.worker_threads;
-    telemetry::init(args.log_format, "info");
+    let _log = telemetry::init(args.log_format, "info");
     match weft_core::accept::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
