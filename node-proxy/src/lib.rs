@@ -312,8 +312,12 @@ fn load_certs(config: &ProxyConfig, index: &MeshIndex, previous: &CertStore) -> 
         .filter(|w| w.protocol == weft_core::mesh::Protocol::Hbone)
         .map(|w| index.identity(w))
         .collect::<Vec<_>>();
-    let (store, errors) =
-        CertStore::load(&config.cert_dir, &config.trust_bundle, wanted.into_iter());
+    let (store, errors) = CertStore::load(
+        &config.cert_dir,
+        &config.trust_bundle,
+        wanted.into_iter(),
+        previous,
+    );
     // Each failure once: a failed identity is retried every tick until it loads.
     for e in errors {
         if !previous.failed.contains(&e.to_string()) {
