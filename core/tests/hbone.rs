@@ -154,54 +154,79 @@ async fn many_streams_share_one_mtls_connection() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens a tunnel to the echo port and checks that it echoes.
-async fn echoing(
-    pool: &Pool,
-    key: &PoolKey,
-    client: &WorkloadCert,
-    bundle: &TrustBundle,
-    refuse_new: bool,
-) -> anyhow::Result<hbone::H2Stream> {
-    let expect = key.destination.clone();
-    let mut stream = pool
-        .connect(
+/// A pool spreading tunnels over `spread` connections to an echo server, counting its dials.
+struct Spread {
+    pool: Pool,
+    key: PoolKey,
+    client: WorkloadCert,
+    bundle: TrustBundle,
+    dials: std::sync::atomic::AtomicUsize,
+}
+
+impl Spread {
+    async fn new(spread: usize) -> anyhow::Result<Self> {
+        let ca = TestCa::new("mesh")?;
+        let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
+        let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
+        let (addr, _events) = echo_server(&server, &bundle).await?;
+        let key = PoolKey {
+            source: client.identity().clone(),
+            proxy: addr,
+            destination: id("web"),
+        };
+        let pool = Pool::new(PoolConfig {
+            spread,
+            ..PoolConfig::default()
+        });
+        Ok(Self {
+            pool,
             key,
-            || tls::client_config(client, expect, bundle),
-            |addr| async move {
-                if refuse_new {
-                    return Err(std::io::ErrorKind::ConnectionRefused.into());
-                }
-                TcpStream::connect(addr).await
-            },
-            &request(7),
-        )
-        .await?;
-    stream.write_all(b"ping").await?;
-    let mut buf = [0u8; 4];
-    stream.read_exact(&mut buf).await?;
-    anyhow::ensure!(&buf == b"ping", "the tunnel did not echo");
-    Ok(stream)
+            client,
+            bundle,
+            dials: Default::default(),
+        })
+    }
+
+    /// Opens a tunnel to the echo port and checks that it echoes. With `refuse_new`, a new
+    /// connection's dial fails.
+    async fn tunnel(&self, refuse_new: bool) -> anyhow::Result<hbone::H2Stream> {
+        let mut stream = self
+            .pool
+            .connect(
+                &self.key,
+                || tls::client_config(&self.client, id("web"), &self.bundle),
+                |addr| {
+                    self.dials
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async move {
+                        if refuse_new {
+                            return Err(std::io::ErrorKind::ConnectionRefused.into());
+                        }
+                        TcpStream::connect(addr).await
+                    }
+                },
+                &request(7),
+            )
+            .await?;
+        stream.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await?;
+        anyhow::ensure!(&buf == b"ping", "the tunnel did not echo");
+        Ok(stream)
+    }
+
+    fn dials(&self) -> usize {
+        self.dials.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[tokio::test]
 async fn busy_tunnels_to_one_peer_are_spread_over_connections() -> anyhow::Result<()> {
-    let ca = TestCa::new("mesh")?;
-    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
-    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
-    let (addr, _events) = echo_server(&server, &bundle).await?;
-    let pool = Pool::new(PoolConfig {
-        spread: 3,
-        ..PoolConfig::default()
-    });
-    let key = PoolKey {
-        source: client.identity().clone(),
-        proxy: addr,
-        destination: id("web"),
-    };
+    let spread = Spread::new(3).await?;
     let mut open_now = Vec::new();
     for n in 1..=5 {
-        open_now.push(echoing(&pool, &key, &client, &bundle, false).await?);
-        let stats = pool.stats();
+        open_now.push(spread.tunnel(false).await?);
+        let stats = spread.pool.stats();
         assert_eq!(stats.streams, n);
         assert_eq!(
             stats.connections,
@@ -209,47 +234,35 @@ async fn busy_tunnels_to_one_peer_are_spread_over_connections() -> anyhow::Resul
             "each of the first 3 tunnels gets a connection of its own, the next share them"
         );
     }
-    // All closed: the next tunnels reuse the connections there are.
+    assert_eq!(
+        spread.dials(),
+        3,
+        "a connection was dialled past the spread"
+    );
+    // All closed: the next tunnels reuse the connections there are, dialling none.
     open_now.clear();
-    let again = echoing(&pool, &key, &client, &bundle, false).await?;
-    assert_eq!(pool.stats().connections, 3, "no connection past the spread");
-    // A further connection that cannot be opened leaves the tunnel on one already open.
-    let mut held = vec![again];
-    for _ in 0..2 {
-        held.push(echoing(&pool, &key, &client, &bundle, false).await?);
+    for _ in 0..4 {
+        open_now.push(spread.tunnel(false).await?);
     }
-    let shared = echoing(&pool, &key, &client, &bundle, true).await?;
-    assert_eq!(pool.stats().streams, 4);
-    drop((held, shared));
+    assert_eq!(spread.pool.stats().connections, 3);
+    assert_eq!(spread.dials(), 3);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_failed_extra_connection_leaves_tunnels_on_the_open_one() -> anyhow::Result<()> {
-    let ca = TestCa::new("mesh")?;
-    let bundle = TrustBundle::from_pem("root", ca.root_pem())?;
-    let (client, server) = (issue(&ca, "client")?, issue(&ca, "web")?);
-    let (addr, _events) = echo_server(&server, &bundle).await?;
-    let pool = Pool::new(PoolConfig {
-        spread: 4,
-        ..PoolConfig::default()
-    });
-    let key = PoolKey {
-        source: client.identity().clone(),
-        proxy: addr,
-        destination: id("web"),
-    };
-    let first = echoing(&pool, &key, &client, &bundle, false).await?;
+    let spread = Spread::new(4).await?;
+    let first = spread.tunnel(false).await?;
     // The peer takes no new connection now: a second tunnel still opens, on the first one.
-    let second = echoing(&pool, &key, &client, &bundle, true).await?;
-    assert_eq!(pool.stats().connections, 1);
-    assert_eq!(pool.stats().streams, 2);
+    let second = spread.tunnel(true).await?;
+    assert_eq!(spread.dials(), 2, "no further connection was tried");
+    assert_eq!(spread.pool.stats().connections, 1);
+    assert_eq!(spread.pool.stats().streams, 2);
     // With no connection open at all, a refused dial is the tunnel's error.
     drop((first, second));
-    let fresh = Pool::new(PoolConfig::default());
-    let refused = echoing(&fresh, &key, &client, &bundle, true).await;
+    let alone = Spread::new(4).await?;
     assert!(
-        refused.is_err(),
+        alone.tunnel(true).await.is_err(),
         "a tunnel opened with no connection to carry it"
     );
     Ok(())
