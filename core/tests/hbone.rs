@@ -154,6 +154,14 @@ async fn many_streams_share_one_mtls_connection() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What dialling a new connection does in a test.
+#[derive(Clone, Copy)]
+enum NewConn {
+    Connect,
+    Refused,
+    Hangs,
+}
+
 /// A pool spreading tunnels over `spread` connections to an echo server, counting its dials.
 struct Spread {
     pool: Pool,
@@ -187,9 +195,9 @@ impl Spread {
         })
     }
 
-    /// Opens a tunnel to the echo port and checks that it echoes. With `refuse_new`, a new
-    /// connection's dial fails.
-    async fn tunnel(&self, refuse_new: bool) -> anyhow::Result<hbone::H2Stream> {
+    /// Opens a tunnel to the echo port and checks that it echoes. A new connection's dial
+    /// does what `dial` says.
+    async fn tunnel(&self, dial: NewConn) -> anyhow::Result<hbone::H2Stream> {
         let mut stream = self
             .pool
             .connect(
@@ -199,10 +207,11 @@ impl Spread {
                     self.dials
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     async move {
-                        if refuse_new {
-                            return Err(std::io::ErrorKind::ConnectionRefused.into());
+                        match dial {
+                            NewConn::Connect => TcpStream::connect(addr).await,
+                            NewConn::Refused => Err(std::io::ErrorKind::ConnectionRefused.into()),
+                            NewConn::Hangs => std::future::pending().await,
                         }
-                        TcpStream::connect(addr).await
                     }
                 },
                 &request(7),
@@ -225,7 +234,7 @@ async fn busy_tunnels_to_one_peer_are_spread_over_connections() -> anyhow::Resul
     let spread = Spread::new(3).await?;
     let mut open_now = Vec::new();
     for n in 1..=5 {
-        open_now.push(spread.tunnel(false).await?);
+        open_now.push(spread.tunnel(NewConn::Connect).await?);
         let stats = spread.pool.stats();
         assert_eq!(stats.streams, n);
         assert_eq!(
@@ -242,7 +251,7 @@ async fn busy_tunnels_to_one_peer_are_spread_over_connections() -> anyhow::Resul
     // All closed: the next tunnels reuse the connections there are, dialling none.
     open_now.clear();
     for _ in 0..4 {
-        open_now.push(spread.tunnel(false).await?);
+        open_now.push(spread.tunnel(NewConn::Connect).await?);
     }
     assert_eq!(spread.pool.stats().connections, 3);
     assert_eq!(spread.dials(), 3);
@@ -252,9 +261,9 @@ async fn busy_tunnels_to_one_peer_are_spread_over_connections() -> anyhow::Resul
 #[tokio::test]
 async fn a_failed_extra_connection_leaves_tunnels_on_the_open_one() -> anyhow::Result<()> {
     let spread = Spread::new(4).await?;
-    let first = spread.tunnel(false).await?;
+    let first = spread.tunnel(NewConn::Connect).await?;
     // The peer takes no new connection now: a second tunnel still opens, on the first one.
-    let second = spread.tunnel(true).await?;
+    let second = spread.tunnel(NewConn::Refused).await?;
     assert_eq!(spread.dials(), 2, "no further connection was tried");
     assert_eq!(spread.pool.stats().connections, 1);
     assert_eq!(spread.pool.stats().streams, 2);
@@ -262,9 +271,36 @@ async fn a_failed_extra_connection_leaves_tunnels_on_the_open_one() -> anyhow::R
     drop((first, second));
     let alone = Spread::new(4).await?;
     assert!(
-        alone.tunnel(true).await.is_err(),
+        alone.tunnel(NewConn::Refused).await.is_err(),
         "a tunnel opened with no connection to carry it"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_extra_connection_that_hangs_delays_one_tunnel_briefly_then_spreading_pauses()
+-> anyhow::Result<()> {
+    let spread = Spread::new(4).await?;
+    let _first = spread.tunnel(NewConn::Connect).await?;
+    // The peer takes the first connection and never answers a second: the tunnel waits for
+    // the short spreading timeout (1 s), not the connect timeout (10 s), then shares the first.
+    let started = std::time::Instant::now();
+    let _second = spread.tunnel(NewConn::Hangs).await?;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "a tunnel waited {waited:?} for a connection it did not need"
+    );
+    assert_eq!(spread.dials(), 2);
+    // Spreading pauses: the next tunnel dials nothing and waits for nothing.
+    let _third = spread.tunnel(NewConn::Hangs).await?;
+    assert_eq!(
+        spread.dials(),
+        2,
+        "spreading was tried again right after it failed"
+    );
+    assert_eq!(spread.pool.stats().connections, 1);
+    assert_eq!(spread.pool.stats().streams, 3);
     Ok(())
 }
 

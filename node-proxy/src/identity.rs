@@ -53,10 +53,15 @@ impl CertStore {
         let before = stamp(dir, bundle_path);
         let bundle_stamp = mtime(bundle_path);
         let mut errors = Vec::new();
-        let same_bundle = bundle_stamp.is_some() && bundle_stamp == previous.bundle_stamp;
-        let bundle = match &previous.bundle {
-            Some(bundle) if same_bundle => Some(bundle.clone()),
-            _ => match TrustBundle::load(bundle_path) {
+        // The bundle as read last time, if its file has not changed since.
+        let kept_bundle = previous
+            .bundle
+            .as_ref()
+            .filter(|_| bundle_stamp.is_some() && bundle_stamp == previous.bundle_stamp);
+        let same_bundle = kept_bundle.is_some();
+        let bundle = match kept_bundle {
+            Some(bundle) => Some(bundle.clone()),
+            None => match TrustBundle::load(bundle_path) {
                 Ok(bundle) => Some(bundle),
                 Err(e) => {
                     errors.push(e);
@@ -64,7 +69,6 @@ impl CertStore {
                 }
             },
         };
-        let same_bundle = same_bundle && previous.bundle.is_some();
         let mut identities = HashMap::new();
         if let Some(bundle) = &bundle {
             for id in wanted {

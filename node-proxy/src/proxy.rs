@@ -87,11 +87,7 @@ impl Proxy {
             index: ArcSwap::from_pointee(index),
             certs: ArcSwap::from_pointee(certs),
             // Busy tunnels to one peer are encrypted on as many threads as the proxy runs.
-            pool: Pool::new(PoolConfig {
-                spread: tokio::runtime::Handle::try_current()
-                    .map_or(1, |runtime| runtime.metrics().num_workers()),
-                ..PoolConfig::default()
-            }),
+            pool: Pool::new(PoolConfig::per_worker()),
             metrics,
             gauges,
             registry,

@@ -92,11 +92,7 @@ pub async fn run(args: Settings) -> anyhow::Result<()> {
         snapshot: ArcSwap::from_pointee(snapshot::Snapshot::default()),
         certs,
         // Busy tunnels to one peer are encrypted on as many threads as the waypoint runs.
-        pool: Arc::new(Pool::new(PoolConfig {
-            spread: tokio::runtime::Handle::try_current()
-                .map_or(1, |runtime| runtime.metrics().num_workers()),
-            ..PoolConfig::default()
-        })),
+        pool: Arc::new(Pool::new(PoolConfig::per_worker())),
         metrics,
         tcp,
         seed: AtomicU64::new(seed),

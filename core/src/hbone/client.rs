@@ -49,6 +49,18 @@ impl Default for PoolConfig {
     }
 }
 
+impl PoolConfig {
+    /// The defaults, spreading busy tunnels to one peer over as many connections as the
+    /// current runtime has worker threads (one outside a runtime).
+    pub fn per_worker() -> Self {
+        Self {
+            spread: tokio::runtime::Handle::try_current()
+                .map_or(1, |runtime| runtime.metrics().num_workers()),
+            ..Self::default()
+        }
+    }
+}
+
 /// Which connections may be shared: same client certificate, same peer, same expected peer
 /// identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,7 +80,21 @@ struct Conn {
     last_used: Instant,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Vec<Conn>>>;
+/// A peer's connections, and until when adding one to spread over is not tried again.
+#[derive(Default)]
+struct Peer {
+    conns: Vec<Conn>,
+    spread_paused_until: Option<Instant>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Peer>>;
+
+/// A connection opened only to spread tunnels over (one already open could carry the tunnel)
+/// gets this long at most: the tunnel waiting for it, and the peer's other checkouts behind the
+/// slot's lock, are never held for a full connect timeout by a peer slow to take a new one.
+const SPREAD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After such a connection failed, tunnels to the peer share the ones open for this long.
+const SPREAD_PAUSE: Duration = Duration::from_secs(30);
 
 /// The connection pool. Cheap to share behind an `Arc`.
 pub struct Pool {
@@ -126,9 +152,9 @@ impl Pool {
         let idle = self.config.idle_timeout;
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|_, slot| match slot.try_lock() {
-            Ok(mut conns) => {
-                conns.retain(|c| usable(c, now, idle));
-                !conns.is_empty()
+            Ok(mut peer) => {
+                peer.conns.retain(|c| usable(c, now, idle));
+                !peer.conns.is_empty()
             }
             // In use right now: certainly not forgotten.
             Err(_) => true,
@@ -140,7 +166,7 @@ impl Pool {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
             .values()
-            .filter_map(|slot| slot.try_lock().ok().map(|conns| conns.len()))
+            .filter_map(|slot| slot.try_lock().ok().map(|peer| peer.conns.len()))
             .sum()
     }
 
@@ -233,35 +259,47 @@ impl Pool {
         };
         // Holding the slot's lock while connecting means concurrent first requests to one peer
         // share one new connection instead of racing to open several.
-        let mut conns = slot.lock().await;
+        let mut peer = slot.lock().await;
         let now = Instant::now();
         let idle = self.config.idle_timeout;
-        conns.retain(|c| usable(c, now, idle));
+        peer.conns.retain(|c| usable(c, now, idle));
         let max = self.config.max_streams_per_conn;
         // The least-loaded connection with room for another stream.
-        let least = conns
+        let least = peer
+            .conns
             .iter()
             .enumerate()
             .map(|(i, c)| (i, c.active.load(Ordering::Relaxed)))
             .filter(|&(_, active)| active < max)
             .min_by_key(|&(_, active)| active);
-        let spread_more = conns.len() < self.config.spread.max(1);
-        let conn = match least {
-            Some((i, active)) if active == 0 || !spread_more => &mut conns[i],
-            _ => match self.open(key, tls, dial).await {
-                Ok(fresh) => {
-                    conns.push(fresh);
-                    conns.last_mut().expect("just pushed")
+        let spread_more = peer.conns.len() < self.config.spread.max(1)
+            && peer.spread_paused_until.is_none_or(|until| now >= until);
+        let index = match least {
+            Some((i, active)) if active == 0 || !spread_more => i,
+            // One more to spread over: short, and on failure the open ones carry the tunnel.
+            Some((i, _)) => {
+                let timeout = SPREAD_CONNECT_TIMEOUT.min(self.config.connect_timeout);
+                match self.open(key, tls, dial, timeout).await {
+                    Ok(fresh) => {
+                        peer.conns.push(fresh);
+                        peer.conns.len() - 1
+                    }
+                    Err(e) => {
+                        debug!(peer = %key.proxy, error = %e, "no further HBONE connection; sharing the open ones");
+                        peer.spread_paused_until = Some(Instant::now() + SPREAD_PAUSE);
+                        i
+                    }
                 }
-                // Another connection to spread over could not be opened: the ones there are
-                // still carry the tunnel.
-                Err(e) if least.is_some() => {
-                    debug!(peer = %key.proxy, error = %e, "no further HBONE connection; sharing one");
-                    &mut conns[least.map_or(0, |(i, _)| i)]
-                }
-                Err(e) => return Err(e),
-            },
+            }
+            None => {
+                let fresh = self
+                    .open(key, tls, dial, self.config.connect_timeout)
+                    .await?;
+                peer.conns.push(fresh);
+                peer.conns.len() - 1
+            }
         };
+        let conn = &mut peer.conns[index];
         conn.last_used = now;
         conn.active.fetch_add(1, Ordering::Relaxed);
         self.open_streams.fetch_add(1, Ordering::Relaxed);
@@ -271,15 +309,22 @@ impl Pool {
             conn.closed.clone(),
         ))
     }
-    /// A new connection to the peer in `key`, handshakes included, within the connect timeout.
-    async fn open<T, D, F>(&self, key: &PoolKey, tls: T, dial: D) -> Result<Conn, HboneError>
+
+    /// A new connection to the peer in `key`, handshakes included, within `timeout`.
+    async fn open<T, D, F>(
+        &self,
+        key: &PoolKey,
+        tls: T,
+        dial: D,
+        timeout: Duration,
+    ) -> Result<Conn, HboneError>
     where
         T: FnOnce() -> Result<ClientConfig, crate::tls::TlsError>,
         D: FnOnce(SocketAddr) -> F,
         F: Future<Output = std::io::Result<TcpStream>>,
     {
         let fresh = tokio::time::timeout(
-            self.config.connect_timeout,
+            timeout,
             handshake(key.proxy, tls()?, dial, self.open_conns.clone()),
         )
         .await
